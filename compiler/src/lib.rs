@@ -1,0 +1,9 @@
+//! kiln's compiler. Data flows one way through the modules:
+//! [`spec`] (TOML → resolved spec) → [`lower`] (spec → [`ir`] graph) →
+//! passes → code generators. The IR knows nothing of specs; the lowering is
+//! the only bridge.
+
+pub mod analysis;
+pub mod ir;
+pub mod lower;
+pub mod spec;

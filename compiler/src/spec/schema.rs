@@ -1,0 +1,535 @@
+//! The spec schema: every knob a transformer variant can turn, with its default.
+//!
+//! These types are both what a TOML file deserialises into and what the
+//! resolver hands to the lowering. Fields whose default depends on other
+//! fields (`kv_heads`, `head_dim`, `scale`, ...) are `Option` in the file and
+//! always `Some` after [`crate::spec::resolve`]; the accessor methods read the
+//! resolved values. Nothing here is keyed on a model's name: a value that
+//! changes numerics is a field.
+
+use serde::{Deserialize, Serialize};
+
+/// A whole model: global sizes plus one section per knob family.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// Human-readable model name; appears in IR headers and snapshots.
+    pub name: String,
+    /// A shipped model name (`"gpt2"`) or a path relative to this file whose
+    /// spec this one deep-merges over. Cleared once resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extends: Option<String>,
+    pub architecture: Architecture,
+    pub vocab_size: usize,
+    pub d_model: usize,
+    /// Number of blocks (of the encoder, for encoder-decoder models).
+    pub layers: usize,
+    /// Decoder blocks of an encoder-decoder model; defaults to `layers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder_layers: Option<usize>,
+    /// Longest sequence the model accepts (learned position table size, less `positions.offset`).
+    #[serde(default = "default_max_positions")]
+    pub max_positions: usize,
+    pub attention: Attention,
+    #[serde(default)]
+    pub norm: Norm,
+    #[serde(default)]
+    pub residual: Residual,
+    pub positions: Positions,
+    pub mlp: Mlp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moe: Option<Moe>,
+    #[serde(default)]
+    pub embeddings: Embeddings,
+    #[serde(default)]
+    pub head: Head,
+    /// Per-layer overrides, applied in order to the layers their selector picks.
+    #[serde(default, rename = "layer", skip_serializing_if = "Vec::is_empty")]
+    pub layer_overrides: Vec<LayerOverride>,
+}
+
+fn default_max_positions() -> usize {
+    2048
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Architecture {
+    /// Bidirectional encoder only (BERT).
+    Encoder,
+    /// Causal decoder only (GPT-2, Llama).
+    Decoder,
+    /// Encoder plus a decoder with cross-attention (T5, BART).
+    EncoderDecoder,
+}
+
+/// Self-attention (and, in encoder-decoder decoders, cross-attention).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attention {
+    pub heads: usize,
+    /// Key/value heads: `heads` for MHA, 1 for MQA, in between for GQA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_heads: Option<usize>,
+    /// Per-head width; defaults to `d_model / heads` (Gemma decouples it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
+    /// Biases on the Q, K and V projections.
+    #[serde(default)]
+    pub qkv_bias: bool,
+    /// Bias on the output projection.
+    #[serde(default)]
+    pub out_bias: bool,
+    /// Normalise queries and keys (with the model's norm kind) before RoPE.
+    #[serde(default)]
+    pub qk_norm: QkNorm,
+    /// Multiplier on QK^T; defaults to `1/sqrt(head_dim)` (T5: 1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<f64>,
+    /// `softcap * tanh(scores / softcap)` before masking (Gemma-2: 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub softcap: Option<f64>,
+    /// A query sees at most this many keys, itself included (Mistral: 4096).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QkNorm {
+    #[default]
+    None,
+    /// One norm over each head's `head_dim` channels (Qwen3).
+    PerHead,
+    /// One norm over all projected channels (OLMo-2).
+    Full,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Norm {
+    #[serde(default)]
+    pub kind: NormKind,
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// LayerNorm bias; defaults to true for LayerNorm, false (and forbidden) for RMSNorm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bias: Option<bool>,
+    /// Learned scale; false gives a parameter-free norm (OLMo-1).
+    #[serde(default = "yes")]
+    pub affine: bool,
+    /// Scale is `weight_offset + w` (Gemma's `1 + w`: 1.0).
+    #[serde(default)]
+    pub weight_offset: f64,
+    #[serde(default)]
+    pub placement: Placement,
+    /// Norm right after the embeddings (BERT, BART).
+    #[serde(default)]
+    pub embedding_norm: bool,
+    /// Norm after the last block (all pre-norm models).
+    #[serde(default = "yes")]
+    pub final_norm: bool,
+}
+
+impl Default for Norm {
+    fn default() -> Self {
+        Norm {
+            kind: NormKind::default(),
+            eps: default_eps(),
+            bias: None,
+            affine: true,
+            weight_offset: 0.0,
+            placement: Placement::default(),
+            embedding_norm: false,
+            final_norm: true,
+        }
+    }
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NormKind {
+    /// `(x - mean) / sqrt(var + eps)`, then scale and bias.
+    #[default]
+    Layernorm,
+    /// `x / sqrt(mean(x^2) + eps)`, then scale; no mean, no bias.
+    Rmsnorm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    /// `x + f(norm(x))` (GPT-2, Llama, T5).
+    #[default]
+    Pre,
+    /// `norm(x + f(x))` (BERT, BART).
+    Post,
+    /// `x + norm'(f(norm(x)))` (Gemma-2).
+    Sandwich,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Residual {
+    /// `x + attn(n(x)) + mlp(n'(x))` instead of two sequential residual steps.
+    #[serde(default)]
+    pub parallel: bool,
+    /// With `parallel`, one norm feeds both branches (Phi-2) instead of two (GPT-NeoX).
+    #[serde(default = "yes")]
+    pub shared_norm: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Positions {
+    pub kind: PositionKind,
+    /// Learned table row of position `p` is `p + offset` (RoBERTa, BART: 2).
+    #[serde(default)]
+    pub offset: usize,
+    /// RoPE base frequency; sinusoidal base (default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub theta: Option<f64>,
+    /// RoPE: fraction of each head's channels rotated (Pythia 0.25, Phi-2 0.4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<f64>,
+    /// RoPE / sinusoidal channel layout: `half` pairs channel i with i + n/2
+    /// (HF `rotate_half`), `interleaved` pairs 2i with 2i + 1 (GPT-J, Meta).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<PairLayout>,
+    /// RoPE frequency scaling for long contexts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<RopeScaling>,
+    /// T5 relative attention: number of buckets (default 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<usize>,
+    /// T5 relative attention: distance beyond which buckets saturate (default 128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_distance: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PositionKind {
+    /// A learned table added to the token embeddings (GPT-2, BERT, BART).
+    Learned,
+    /// Fixed sin/cos table added to the token embeddings.
+    Sinusoidal,
+    /// Rotary embeddings applied to queries and keys.
+    Rope,
+    /// Per-head linear distance bias on attention scores.
+    Alibi,
+    /// T5 bucketed relative bias, learned, from the first layer of each stack.
+    Relative,
+    /// No positional information.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PairLayout {
+    Half,
+    Interleaved,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum RopeScaling {
+    /// Positions divided by `factor` (linear interpolation).
+    Linear { factor: f64 },
+    /// Llama 3.1's frequency-dependent interpolation.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_positions: usize,
+    },
+    /// YaRN: ramp between interpolated and extrapolated frequencies, plus an
+    /// attention temperature on cos/sin.
+    Yarn {
+        factor: f64,
+        original_max_positions: usize,
+        #[serde(default = "yarn_beta_fast")]
+        beta_fast: f64,
+        #[serde(default = "yarn_beta_slow")]
+        beta_slow: f64,
+        /// Defaults to `0.1 * ln(factor) + 1`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attention_factor: Option<f64>,
+    },
+}
+
+fn yarn_beta_fast() -> f64 {
+    32.0
+}
+
+fn yarn_beta_slow() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mlp {
+    pub d_ff: usize,
+    pub activation: Activation,
+    /// GLU: `down(act(gate(x)) * up(x))` (SwiGLU with `silu`, GeGLU with `gelu`).
+    #[serde(default)]
+    pub gated: bool,
+    /// Biases on the MLP projections.
+    #[serde(default)]
+    pub bias: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Activation {
+    Relu,
+    /// Exact GELU, `x * Phi(x)` with erf (BERT's `gelu`).
+    Gelu,
+    /// Tanh-approximated GELU (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    /// `x * sigmoid(x)`.
+    Silu,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Moe {
+    pub experts: usize,
+    pub top_k: usize,
+    /// Divide the top-k router probabilities by their sum (Mixtral yes, Qwen2-MoE no).
+    #[serde(default = "yes")]
+    pub renormalize: bool,
+    /// Hidden width of each expert; defaults to `mlp.d_ff`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub d_ff: Option<usize>,
+    /// An always-on expert added to the routed ones (Qwen2-MoE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_expert: Option<SharedExpert>,
+    /// Which layers are MoE; the others use the dense `mlp` (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Selector>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedExpert {
+    pub d_ff: usize,
+    /// Multiply the shared expert's output by `sigmoid(x . w)` (Qwen2-MoE).
+    #[serde(default)]
+    pub gate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Embeddings {
+    /// Multiplier on token embeddings: a number, or `"sqrt-d-model"` (Gemma).
+    #[serde(default)]
+    pub scale: Scale,
+    /// Number of token-type (segment) embeddings (BERT: 2).
+    #[serde(default)]
+    pub token_types: usize,
+}
+
+impl Default for Embeddings {
+    fn default() -> Self {
+        Embeddings {
+            scale: Scale::Value(1.0),
+            token_types: 0,
+        }
+    }
+}
+
+/// A multiplier given as a number or as a function of `d_model`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Scale {
+    Value(f64),
+    Named(NamedScale),
+}
+
+impl Default for Scale {
+    fn default() -> Self {
+        Scale::Value(1.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NamedScale {
+    SqrtDModel,
+    InvSqrtDModel,
+}
+
+impl Scale {
+    pub fn value(self, d_model: usize) -> f64 {
+        match self {
+            Scale::Value(v) => v,
+            Scale::Named(NamedScale::SqrtDModel) => (d_model as f64).sqrt(),
+            Scale::Named(NamedScale::InvSqrtDModel) => 1.0 / (d_model as f64).sqrt(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Head {
+    #[serde(default)]
+    pub kind: HeadKind,
+    /// The output projection reuses the token embedding matrix.
+    #[serde(default = "yes")]
+    pub tied: bool,
+    /// Bias on the output projection (Phi-2; BART's `final_logits_bias`).
+    #[serde(default)]
+    pub bias: bool,
+    /// Multiplier on the hidden state before the output projection (T5 v1.0: `"inv-sqrt-d-model"`).
+    #[serde(default)]
+    pub input_scale: Scale,
+    /// `softcap * tanh(logits / softcap)` (Gemma-2: 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub softcap: Option<f64>,
+    /// Mean pooling: L2-normalise the pooled vector (sentence-transformers).
+    #[serde(default)]
+    pub normalize: bool,
+}
+
+impl Default for Head {
+    fn default() -> Self {
+        Head {
+            kind: HeadKind::default(),
+            tied: true,
+            bias: false,
+            input_scale: Scale::Value(1.0),
+            softcap: None,
+            normalize: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeadKind {
+    /// Vocabulary logits for every position.
+    #[default]
+    Lm,
+    /// BERT's masked-LM head: dense + activation + norm, then vocabulary logits.
+    Mlm,
+    /// BERT's pooler: dense + tanh on the first token, beside the hidden states.
+    Pooler,
+    /// Masked mean of the final hidden states (sentence embeddings).
+    MeanPool,
+    /// The final hidden states only.
+    None,
+}
+
+/// Which layers a per-layer override or MoE applies to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Selector {
+    /// Explicit layer indices: `[1, 3, 5]`.
+    List(Vec<usize>),
+    /// `"all"`, `"even"`, `"odd"`, `"every 2"` (0, 2, 4...), `"every 3 from 1"`,
+    /// a range `"0..4"` (end exclusive) or `"4.."`, or a single index `"7"`.
+    Text(String),
+}
+
+/// `[[layer]]`: knobs that may differ between layers, deep-merged over the
+/// model-wide sections for the layers `select` picks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerOverride {
+    pub select: Selector,
+    /// Restrict to one stack of an encoder-decoder model (default: both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<Stack>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention: Option<toml::Table>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp: Option<toml::Table>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub norm: Option<toml::Table>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub residual: Option<toml::Table>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stack {
+    Encoder,
+    Decoder,
+}
+
+/// The knobs of one block after per-layer overrides are applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerSpec {
+    pub attention: Attention,
+    pub mlp: Mlp,
+    pub norm: Norm,
+    pub residual: Residual,
+    /// The MoE section when this layer is a mixture-of-experts layer.
+    pub moe: Option<Moe>,
+}
+
+impl Attention {
+    pub fn kv_heads(&self) -> usize {
+        self.kv_heads.unwrap_or(self.heads)
+    }
+    pub fn head_dim(&self, d_model: usize) -> usize {
+        self.head_dim.unwrap_or(d_model / self.heads.max(1))
+    }
+    pub fn scale(&self, d_model: usize) -> f64 {
+        self.scale
+            .unwrap_or(1.0 / (self.head_dim(d_model) as f64).sqrt())
+    }
+}
+
+impl Norm {
+    pub fn has_bias(&self) -> bool {
+        self.bias.unwrap_or(self.kind == NormKind::Layernorm) && self.affine
+    }
+}
+
+impl Positions {
+    pub fn theta(&self) -> f64 {
+        self.theta.unwrap_or(10000.0)
+    }
+    pub fn fraction(&self) -> f64 {
+        self.fraction.unwrap_or(1.0)
+    }
+    pub fn layout(&self) -> PairLayout {
+        self.layout.unwrap_or(match self.kind {
+            PositionKind::Sinusoidal => PairLayout::Interleaved,
+            _ => PairLayout::Half,
+        })
+    }
+    pub fn buckets(&self) -> usize {
+        self.buckets.unwrap_or(32)
+    }
+    pub fn max_distance(&self) -> usize {
+        self.max_distance.unwrap_or(128)
+    }
+    /// Rotated channels per head (even, at most `head_dim`).
+    pub fn rotary_dims(&self, head_dim: usize) -> usize {
+        let r = (head_dim as f64 * self.fraction()).round() as usize;
+        r - r % 2
+    }
+}
+
+impl Moe {
+    pub fn expert_d_ff(&self, mlp: &Mlp) -> usize {
+        self.d_ff.unwrap_or(mlp.d_ff)
+    }
+}
+
+impl Spec {
+    pub fn decoder_layers(&self) -> usize {
+        self.decoder_layers.unwrap_or(self.layers)
+    }
+}
