@@ -1,0 +1,320 @@
+//! One stack of blocks (the decoder of a GPT, the encoder of a BERT, either
+//! half of a T5): embeddings, position handling, masks, the blocks with their
+//! norm placement and residual wiring, and the final norm.
+
+use super::attention::{AttnContext, KeyValues, attention, split_heads};
+use super::linear::{WEIGHT_STD, linear};
+use super::mlp::{mlp, moe};
+use super::norm::norm;
+use super::positions::{alibi_slopes, relative_buckets, rope_tables, sinusoidal};
+use crate::ir::{BinaryOp, Builder, DType, Dim, Init, IrError, NodeId, PAST, R, SEQ, UnaryOp};
+use crate::spec::{LayerSpec, Placement, PositionKind, Spec};
+use std::collections::HashMap;
+
+/// What kind of stack is being built.
+pub struct StackKind<'a> {
+    /// Parameter prefix: `""` for single-stack models, `"encoder"` / `"decoder"`.
+    pub prefix: &'a str,
+    /// Causal self-attention with a KV cache (decoders) or bidirectional (encoders).
+    pub causal: bool,
+}
+
+pub struct StackOut {
+    pub hidden: NodeId,
+    pub present: Vec<(NodeId, NodeId)>,
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") }
+}
+
+/// Lower a stack. `tokens`: i32 `[batch, seq]`; `mask`: i32 `[batch, keys]`
+/// (1 = attend); `past`: per-block caches; `cross`: per-block encoder K/V and
+/// the encoder's padding mask.
+#[allow(clippy::too_many_arguments)]
+pub fn stack(
+    b: &mut Builder,
+    spec: &Spec,
+    layers: &[LayerSpec],
+    kind: &StackKind,
+    tokens: NodeId,
+    token_types: Option<NodeId>,
+    mask: NodeId,
+    past: &[(NodeId, NodeId)],
+    cross: Option<(&[(NodeId, NodeId)], NodeId)>,
+) -> Result<StackOut, IrError> {
+    let d = spec.d_model;
+    let shape = b.shape(tokens);
+    let seq = shape[1].clone();
+    let keys = if kind.causal { Dim::sym(PAST) + Dim::sym(SEQ) } else { seq.clone() };
+
+    // Positions of the new tokens: past..past+seq with a cache, else 0..seq.
+    let q_pos = b.scoped(join(kind.prefix, "positions"), |b| {
+        if kind.causal {
+            super::positions::query_positions(b)
+        } else {
+            b.iota(DType::I32, vec![seq.clone()], 0)
+        }
+    })?;
+
+    // Embeddings.
+    let mut x = b.scoped("embed", |b| {
+        let table = b.param("tokens", &[spec.vocab_size, d], Init::Normal { std: WEIGHT_STD })?;
+        let x = b.gather(table, tokens, 0)?;
+        b.mul_scalar(x, spec.embeddings.scale.value(d))
+    })?;
+    if let Some(tt) = token_types {
+        let e = b.scoped("embed", |b| {
+            let t = b.param("token_types", &[spec.embeddings.token_types, d], Init::Normal { std: WEIGHT_STD })?;
+            b.gather(t, tt, 0)
+        })?;
+        x = b.add2(x, e)?;
+    }
+    let pe = b.scoped(join(kind.prefix, "embed"), |b| -> Result<Option<NodeId>, IrError> {
+        match spec.positions.kind {
+            PositionKind::Learned => {
+                let rows = spec.max_positions + spec.positions.offset;
+                let t = b.param("positions", &[rows, d], Init::Normal { std: WEIGHT_STD })?;
+                let off = b.scalar_i32(spec.positions.offset as i32)?;
+                let idx = b.add2(q_pos, off)?;
+                Ok(Some(b.gather(t, idx, 0)?))
+            }
+            PositionKind::Sinusoidal => Ok(Some(sinusoidal(b, &spec.positions, d, q_pos)?)),
+            _ => Ok(None),
+        }
+    })?;
+    if let Some(pe) = pe {
+        x = b.add2(x, pe)?;
+    }
+    if spec.norm.embedding_norm {
+        x = norm(b, &spec.norm, &join(kind.prefix, "embed.norm"), x, d)?;
+    }
+
+    // Attention context shared by the blocks.
+    let mut memo: HashMap<String, NodeId> = HashMap::new();
+    let (causal_mask, pad_mask) = b.scoped(join(kind.prefix, "mask"), |b| -> Result<_, IrError> {
+        let pad = padding_mask(b, mask)?;
+        let causal = if kind.causal {
+            let (qp, kp) = qk_positions(b, q_pos, &keys)?;
+            Some(b.binary(BinaryOp::Le, kp, qp)?)
+        } else {
+            None
+        };
+        Ok((causal, pad))
+    })?;
+
+    let mut present = Vec::new();
+    for (i, layer) in layers.iter().enumerate() {
+        let a = &layer.attention;
+        let hd = a.head_dim(d);
+        let ctx = b.scoped(join(kind.prefix, "mask"), |b| -> Result<AttnContext, IrError> {
+            // Mask: padding, causality and this layer's window.
+            let mut m = pad_mask;
+            if let Some(c) = causal_mask {
+                let c = match a.sliding_window {
+                    Some(w) => {
+                        let key = format!("window{w}");
+                        match memo.get(&key) {
+                            Some(&n) => n,
+                            None => {
+                                let (qp, kp) = qk_positions(b, q_pos, &keys)?;
+                                let wc = b.scalar_i32(w as i32)?;
+                                let lo = b.add2(kp, wc)?;
+                                let inside = b.binary(BinaryOp::Lt, qp, lo)?; // q - k < w
+                                let n = b.binary(BinaryOp::And, c, inside)?;
+                                memo.insert(key, n);
+                                n
+                            }
+                        }
+                    }
+                    None => c,
+                };
+                m = b.binary(BinaryOp::And, m, c)?;
+            }
+            Ok(AttnContext { mask: Some(m), bias: None, rope: None })
+        })?;
+        let bias = position_bias(b, spec, kind, a.heads, q_pos, &keys, &mut memo)?;
+        let rope = match spec.positions.kind {
+            PositionKind::Rope => {
+                let rot = spec.positions.rotary_dims(hd);
+                let key = format!("rope{rot}");
+                let (cos, sin) = match (memo.get(&format!("{key}.cos")), memo.get(&format!("{key}.sin"))) {
+                    (Some(&c), Some(&s)) => (c, s),
+                    _ => {
+                        let (c, s) = b.scoped(join(kind.prefix, "positions"), |b| rope_tables(b, &spec.positions, rot, q_pos))?;
+                        memo.insert(format!("{key}.cos"), c);
+                        memo.insert(format!("{key}.sin"), s);
+                        (c, s)
+                    }
+                };
+                Some((cos, sin, rot, spec.positions.layout()))
+            }
+            _ => None,
+        };
+        let ctx = AttnContext { bias, rope, ..ctx };
+        let cross_ctx = cross.map(|(kv, enc_mask)| (kv[i], enc_mask));
+        let scope = join(kind.prefix, &format!("layers.{i}"));
+        let (y, pres) = b.scoped(scope, |b| block(b, spec, layer, x, past.get(i).copied(), &ctx, cross_ctx))?;
+        x = y;
+        if let Some(p) = pres {
+            present.push(p);
+        }
+    }
+    if spec.norm.final_norm {
+        x = norm(b, &spec.norm, &join(kind.prefix, "final_norm"), x, d)?;
+    }
+    Ok(StackOut { hidden: x, present })
+}
+
+/// i32 query positions `[seq, 1]` and key positions `[1, keys]`.
+fn qk_positions(b: &mut Builder, q_pos: NodeId, keys: &Dim) -> Result<(NodeId, NodeId), IrError> {
+    let seq = b.shape(q_pos)[0].clone();
+    let qp = b.reshape(q_pos, vec![seq, Dim::c(1)])?;
+    let kp = b.iota(DType::I32, vec![Dim::c(1), keys.clone()], 1)?;
+    Ok((qp, kp))
+}
+
+/// `mask != 0` as bool `[batch, 1, 1, 1, keys]`.
+pub(super) fn padding_mask(b: &mut Builder, mask: NodeId) -> R {
+    let s = b.shape(mask);
+    let zero = b.scalar_i32(0)?;
+    let m = b.binary(BinaryOp::Eq, mask, zero)?;
+    let m = b.unary(UnaryOp::Not, m)?;
+    let one = Dim::c(1);
+    b.reshape(m, vec![s[0].clone(), one.clone(), one.clone(), one, s[1].clone()])
+}
+
+/// Additive score bias `[heads, seq, keys]` for ALiBi and T5 relative positions.
+fn position_bias(
+    b: &mut Builder,
+    spec: &Spec,
+    kind: &StackKind,
+    heads: usize,
+    q_pos: NodeId,
+    keys: &Dim,
+    memo: &mut HashMap<String, NodeId>,
+) -> Result<Option<NodeId>, IrError> {
+    let p = &spec.positions;
+    let key = match p.kind {
+        PositionKind::Alibi => format!("alibi{heads}"),
+        PositionKind::Relative => "relative".to_string(),
+        _ => return Ok(None),
+    };
+    if let Some(&n) = memo.get(&key) {
+        return Ok(Some(n));
+    }
+    let n = b.scoped(join(kind.prefix, "positions"), |b| -> R {
+        let (qp, kp) = qk_positions(b, q_pos, keys)?;
+        let rel = b.sub(kp, qp)?; // k - q, i32 [seq, keys]
+        let seq = b.shape(q_pos)[0].clone();
+        match p.kind {
+            PositionKind::Alibi => {
+                // Causal: slope * (k - q) <= 0. Bidirectional: -slope * |k - q|.
+                let dist = if kind.causal { rel } else {
+                    let a = b.unary(UnaryOp::Abs, rel)?;
+                    b.unary(UnaryOp::Neg, a)?
+                };
+                let dist = b.cast(dist, DType::F32)?;
+                let dist = b.reshape(dist, vec![Dim::c(1), seq, keys.clone()])?;
+                let slopes = b.literal(alibi_slopes(heads), &[heads, 1, 1])?;
+                b.mul(slopes, dist)
+            }
+            _ => {
+                let bucket = relative_buckets(b, rel, p.buckets(), p.max_distance(), !kind.causal)?;
+                let table = b.param("relative_bias", &[p.buckets(), heads], Init::Normal { std: WEIGHT_STD })?;
+                let bias = b.gather(table, bucket, 0)?; // [seq, keys, heads]
+                b.permute(bias, &[2, 0, 1])
+            }
+        }
+    })?;
+    memo.insert(key, n);
+    Ok(Some(n))
+}
+
+/// One block: attention (+ cross-attention) and MLP with the layer's norm
+/// placement and residual wiring. Returns the output and the new KV cache.
+fn block(
+    b: &mut Builder,
+    spec: &Spec,
+    l: &LayerSpec,
+    x: NodeId,
+    past: Option<(NodeId, NodeId)>,
+    ctx: &AttnContext,
+    cross: Option<((NodeId, NodeId), NodeId)>,
+) -> Result<(NodeId, Option<(NodeId, NodeId)>), IrError> {
+    let d = spec.d_model;
+    let mut present = None;
+    let mut attn = |b: &mut Builder, h: NodeId| -> R {
+        let o = attention(b, &l.attention, &l.norm, d, "attn", h, KeyValues::SelfAttn { past }, ctx)?;
+        present = if past.is_some() { o.present } else { None };
+        Ok(o.out)
+    };
+    let ffn = |b: &mut Builder, h: NodeId| -> R {
+        match &l.moe {
+            Some(m) => moe(b, m, &l.mlp, "moe", h, d),
+            None => mlp(b, &l.mlp, "mlp", h, d, l.mlp.d_ff),
+        }
+    };
+
+    if l.residual.parallel {
+        let n1 = norm(b, &l.norm, "attn_norm", x, d)?;
+        let n2 = if l.residual.shared_norm { n1 } else { norm(b, &l.norm, "mlp_norm", x, d)? };
+        let a = attn(b, n1)?;
+        let m = ffn(b, n2)?;
+        let am = b.add2(a, m)?;
+        let y = b.add2(am, x)?;
+        return Ok((y, present));
+    }
+
+    let mut x = sublayer(b, l, "attn_norm", x, &mut attn)?;
+    if let Some(((ck, cv), enc_mask)) = cross {
+        let mut cross_attn = |b: &mut Builder, h: NodeId| -> R {
+            let cctx = AttnContext { mask: Some(enc_mask), bias: None, rope: None };
+            Ok(attention(b, &l.attention, &l.norm, d, "cross_attn", h, KeyValues::Given { k: ck, v: cv }, &cctx)?.out)
+        };
+        x = sublayer(b, l, "cross_norm", x, &mut cross_attn)?;
+    }
+    let mut ffn = ffn;
+    let x = sublayer(b, l, "mlp_norm", x, &mut ffn)?;
+    Ok((x, present))
+}
+
+/// `x + f(norm(x))`, `norm(x + f(x))` or `x + post(f(norm(x)))` by placement.
+fn sublayer(b: &mut Builder, l: &LayerSpec, norm_name: &str, x: NodeId, f: &mut dyn FnMut(&mut Builder, NodeId) -> R) -> R {
+    let d = b.shape(x)[2].as_const().expect("d_model is constant");
+    match l.norm.placement {
+        Placement::Pre => {
+            let h = norm(b, &l.norm, norm_name, x, d)?;
+            let y = f(b, h)?;
+            b.add2(x, y)
+        }
+        Placement::Post => {
+            let y = f(b, x)?;
+            let s = b.add2(x, y)?;
+            norm(b, &l.norm, norm_name, s, d)
+        }
+        Placement::Sandwich => {
+            let h = norm(b, &l.norm, norm_name, x, d)?;
+            let y = f(b, h)?;
+            let post = norm_name.replace("_norm", "_post_norm");
+            let y = norm(b, &l.norm, &post, y, d)?;
+            b.add2(x, y)
+        }
+    }
+}
+
+/// Cross-attention keys and values for decoder block `i`, projected from the
+/// encoder output once per sequence (`[b, kv, src, hd]`).
+pub fn cross_kv(b: &mut Builder, spec: &Spec, l: &LayerSpec, i: usize, enc: NodeId) -> Result<(NodeId, NodeId), IrError> {
+    let d = spec.d_model;
+    let a = &l.attention;
+    let (kvh, hd) = (a.kv_heads(), a.head_dim(d));
+    b.scoped(format!("decoder.layers.{i}.cross_attn"), |b| {
+        let k = linear(b, "k", enc, d, kvh * hd, a.qkv_bias)?;
+        let v = linear(b, "v", enc, d, kvh * hd, a.qkv_bias)?;
+        let k = split_heads(b, k, kvh, hd)?;
+        let v = split_heads(b, v, kvh, hd)?;
+        let k = if a.qk_norm == crate::spec::QkNorm::PerHead { norm(b, &l.norm, "k_norm", k, hd)? } else { k };
+        Ok((k, v))
+    })
+}
