@@ -1,1 +1,112 @@
+//! Static cost of a model, read off its lowered graphs: parameters (total and
+//! per component), matmul FLOPs per token, KV-cache and weight bytes. Nothing
+//! runs; the counts are exactly what the compiled graphs hold and compute.
 
+use crate::ir::{Graph, Op};
+use crate::lower::Lowered;
+use crate::spec::ResolvedSpec;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Cost {
+    /// Distinct parameter elements (tied tensors count once).
+    pub parameters: usize,
+    /// Parameters by component: embeddings, attention, mlp, experts, norms, positions, head.
+    pub parameters_by_component: BTreeMap<String, usize>,
+    /// Sequence length the per-token FLOPs are measured at.
+    pub seq_len: usize,
+    /// Matmul FLOPs (2 per multiply-add) per token for a batch-1 forward pass over
+    /// `seq_len` tokens; MoE layers count only the `top_k` experts a token uses.
+    pub flops_per_token: f64,
+    /// Self-attention KV cache per generated token, f32.
+    pub kv_cache_bytes_per_token: usize,
+    /// Encoder-decoder: cross-attention K/V per source token, f32.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cross_cache_bytes_per_source_token: Option<usize>,
+    /// Weight bytes stored as f32 and as f16/bf16.
+    pub weight_bytes_f32: usize,
+    pub weight_bytes_f16: usize,
+}
+
+/// Which component a canonical parameter name belongs to.
+pub fn component(name: &str) -> &'static str {
+    let has = |s: &str| name.split('.').any(|p| p == s);
+    if has("experts") || has("router") || has("shared") || has("shared_gate") {
+        "experts"
+    } else if has("attn") || has("cross_attn") {
+        "attention"
+    } else if has("mlp") {
+        "mlp"
+    } else if name.ends_with("norm.weight") || name.ends_with("norm.bias") {
+        if name.starts_with("head.") { "head" } else { "norms" }
+    } else if has("relative_bias") || name.ends_with("embed.positions") {
+        "positions"
+    } else if has("embed") {
+        "embeddings"
+    } else {
+        "head"
+    }
+}
+
+pub fn cost(rs: &ResolvedSpec, lowered: &Lowered, seq_len: usize) -> Cost {
+    let params = lowered.parameters();
+    let mut by = BTreeMap::new();
+    for (name, n) in &params {
+        *by.entry(component(name).to_string()).or_insert(0) += n;
+    }
+    let parameters: usize = params.values().sum();
+    let env = move |s: &str| match s {
+        "batch" => Some(1),
+        "past" => Some(0),
+        _ => Some(seq_len),
+    };
+    let expert_share = rs.spec.moe.as_ref().map(|m| m.top_k as f64 / m.experts.max(1) as f64).unwrap_or(1.0);
+    let flops: f64 = lowered.graphs().map(|g| matmul_flops(g, &env, expert_share)).sum();
+    let tokens = seq_len.max(1) as f64;
+
+    let one = |s: &str| match s {
+        "batch" | "seq" | "src" => Some(1),
+        _ => Some(0),
+    };
+    let bytes_of = |g: &Graph, prefix: &str| -> usize {
+        g.outputs
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .filter_map(|(_, id)| g.ty(*id).shape.iter().map(|d| d.eval(&one)).product::<Option<usize>>())
+            .sum::<usize>()
+            * 4
+    };
+    let kv = lowered.decoder.as_ref().map(|g| bytes_of(g, "present.")).unwrap_or(0);
+    let cross = match (&lowered.encoder, &lowered.decoder) {
+        (Some(e), Some(_)) => Some(bytes_of(e, "cross.")),
+        _ => None,
+    };
+    Cost {
+        parameters,
+        parameters_by_component: by,
+        seq_len,
+        flops_per_token: flops / tokens,
+        kv_cache_bytes_per_token: kv,
+        cross_cache_bytes_per_source_token: cross,
+        weight_bytes_f32: parameters * 4,
+        weight_bytes_f16: parameters * 2,
+    }
+}
+
+/// `2 * m * n * k` (times broadcast batch dims) summed over matmuls.
+fn matmul_flops(g: &Graph, env: &dyn Fn(&str) -> Option<usize>, expert_share: f64) -> f64 {
+    let mut total = 0.0;
+    for id in g.g.node_indices() {
+        let node = g.node(id);
+        if node.op != Op::MatMul {
+            continue;
+        }
+        let a = g.ty(g.inputs(id)[0]);
+        let k = a.shape.last().and_then(|d| d.eval(env)).unwrap_or(0) as f64;
+        let out: f64 = node.ty.shape.iter().map(|d| d.eval(env).unwrap_or(0) as f64).product();
+        let share = if node.scope.split('.').any(|p| p == "experts") { expert_share } else { 1.0 };
+        total += 2.0 * out * k * share;
+    }
+    total
+}

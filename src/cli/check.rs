@@ -1,0 +1,70 @@
+use super::{Format, SpecArg, load};
+use kiln_compiler::analysis::cost::{Cost, cost};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    spec: SpecArg,
+    /// Sequence length at which FLOPs per token are counted.
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+pub fn run(a: Args) -> Result<(), String> {
+    let (rs, lowered) = load(&a.spec.spec)?;
+    let c = cost(&rs, &lowered, a.seq_len);
+    let resolved = toml::Value::try_from(&rs.spec).map_err(|e| e.to_string())?;
+    match a.format {
+        Format::Json => {
+            let mut v = serde_json::to_value(&c).map_err(|e| e.to_string())?;
+            v["name"] = rs.spec.name.clone().into();
+            v["spec"] = serde_json::to_value(&resolved).map_err(|e| e.to_string())?;
+            println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+        }
+        Format::Text => {
+            println!("{}", toml::to_string(&rs.spec).map_err(|e| e.to_string())?);
+            print!("{}", table(&c));
+        }
+    }
+    Ok(())
+}
+
+fn human(n: f64) -> String {
+    let units = [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")];
+    for (s, u) in units {
+        if n.abs() >= s {
+            return format!("{:.2}{u}", n / s);
+        }
+    }
+    format!("{n}")
+}
+
+fn bytes(n: usize) -> String {
+    let n = n as f64;
+    let units = [(1024f64.powi(3), "GiB"), (1024f64.powi(2), "MiB"), (1024.0, "KiB")];
+    for (s, u) in units {
+        if n >= s {
+            return format!("{:.2} {u}", n / s);
+        }
+    }
+    format!("{n} B")
+}
+
+fn table(c: &Cost) -> String {
+    let mut out = String::from("# cost\n");
+    let row = |k: &str, v: String| format!("{k:<38} {v:>14}\n");
+    out += &row("parameters", format!("{} ({})", c.parameters, human(c.parameters as f64)));
+    for (k, v) in &c.parameters_by_component {
+        out += &row(&format!("  {k}"), format!("{v} ({})", human(*v as f64)));
+    }
+    out += &row(&format!("matmul FLOPs per token (seq {})", c.seq_len), human(c.flops_per_token));
+    out += &row("KV cache per token (f32)", bytes(c.kv_cache_bytes_per_token));
+    if let Some(x) = c.cross_cache_bytes_per_source_token {
+        out += &row("cross K/V per source token (f32)", bytes(x));
+    }
+    out += &row("weights f32", bytes(c.weight_bytes_f32));
+    out += &row("weights f16/bf16", bytes(c.weight_bytes_f16));
+    out
+}
