@@ -18,10 +18,10 @@
 //! - outputs: `logits` f32[batch, seq, vocab] (or `hidden` only with head `none`), `hidden`,
 //!   `present.{i}.k`, `present.{i}.v` f32[batch, kv, past+seq, hd]
 
-mod attention;
-mod linear;
-mod mlp;
-mod norm;
+pub mod attention;
+pub mod linear;
+pub mod mlp;
+pub mod norm;
 pub mod positions;
 mod stack;
 
