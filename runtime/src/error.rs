@@ -1,0 +1,123 @@
+//! The runtime's error type. Every failure caused by user-supplied data
+//! (inputs, weights, tensors) is reported as a [`RuntimeError`] naming the
+//! input, parameter or node scope involved; the runtime never panics on them.
+
+use kiln_compiler::ir::DType;
+
+/// Everything that can go wrong while building tensors, preparing weights or
+/// running a graph.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RuntimeError {
+    /// A tensor's element count does not match its shape.
+    #[error("tensor data has {len} elements but shape {shape:?} needs {expected}")]
+    DataLength {
+        shape: Vec<usize>,
+        expected: usize,
+        len: usize,
+    },
+
+    /// Two tensors that must have the same shape (or dtype) do not.
+    #[error("tensor mismatch: {0}")]
+    TensorMismatch(String),
+
+    /// The graph declares an input that was not supplied.
+    #[error("missing input `{name}` (declared as {declared}); supplied: [{supplied}]")]
+    MissingInput {
+        name: String,
+        declared: String,
+        supplied: String,
+    },
+
+    /// An input was supplied that the graph does not declare.
+    #[error("unexpected input `{name}`; the graph `{graph}` declares: [{declared}]")]
+    UnexpectedInput {
+        name: String,
+        graph: String,
+        declared: String,
+    },
+
+    /// The same input name was supplied twice.
+    #[error("input `{name}` supplied more than once")]
+    DuplicateInput { name: String },
+
+    /// An input has the wrong dtype.
+    #[error("input `{name}`: expected dtype {expected}, got {got}")]
+    InputDType {
+        name: String,
+        expected: DType,
+        got: DType,
+    },
+
+    /// An input has the wrong rank.
+    #[error("input `{name}`: declared as {declared} (rank {expected}), got shape {got:?} (rank {})", got.len())]
+    InputRank {
+        name: String,
+        declared: String,
+        expected: usize,
+        got: Vec<usize>,
+    },
+
+    /// Two inputs (or two axes of one input) bind a symbol to different values.
+    #[error(
+        "symbol `{symbol}` bound to {first_value} by input `{first_input}` axis {first_axis}, \
+         but input `{second_input}` axis {second_axis} has {second_value}"
+    )]
+    SymbolConflict {
+        symbol: String,
+        first_input: String,
+        first_axis: usize,
+        first_value: usize,
+        second_input: String,
+        second_axis: usize,
+        second_value: usize,
+    },
+
+    /// An input dim does not match its declared (constant or compound) dim.
+    #[error(
+        "input `{name}` axis {axis}: declared `{declared}` = {expected}, got {got} (shape {shape:?})"
+    )]
+    InputDim {
+        name: String,
+        axis: usize,
+        declared: String,
+        expected: usize,
+        got: usize,
+        shape: Vec<usize>,
+    },
+
+    /// A symbol used by a node's shape is not bound by any input, or a
+    /// symbolic expression evaluates to a negative value.
+    #[error("{scope}: {op}: cannot evaluate dim `{dim}` with bindings {{{bindings}}}")]
+    UnboundDim {
+        scope: String,
+        op: String,
+        dim: String,
+        bindings: String,
+    },
+
+    /// The weights do not match the graph's parameters. Lists every problem.
+    #[error("weights do not match graph `{graph}`:\n  {}", problems.join("\n  "))]
+    Weights {
+        graph: String,
+        problems: Vec<String>,
+    },
+
+    /// An op failed at run time (out-of-range gather index, slice out of
+    /// bounds, integer division by zero, ...).
+    #[error("{scope}: {op} (node {node}): {message}")]
+    Op {
+        scope: String,
+        op: String,
+        node: usize,
+        message: String,
+    },
+
+    /// The graph itself is malformed (e.g. an output names a missing node), or
+    /// the interpreter computed a value whose type disagrees with the node's
+    /// declared type. The latter is a bug in the interpreter or the IR.
+    #[error("malformed graph: {0}")]
+    Graph(String),
+}
+
+/// Shorthand used throughout the crate.
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
