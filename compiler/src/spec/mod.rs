@@ -1,14 +1,25 @@
 //! Spec front end: TOML text → resolved [`Spec`] with one [`LayerSpec`] per block.
 //!
-//! Resolution order: parse each file of the `extends` chain, deep-merge the
-//! chain (derived over base), deserialise, fill every derivable default,
-//! validate cross-field rules, then expand `[[layer]]` overrides.
+//! Resolution order: parse each file of the `extends` chain into a tree that
+//! remembers every key's file, line and column; deep-merge the chain (derived
+//! over base); deserialise; validate cross-field rules; fill every derivable
+//! default; then expand `[[layer]]` overrides. Every error — syntax, unknown
+//! key, wrong type, bad value, broken rule — names the file and position of
+//! the key at fault and says how to fix it ([`SpecError`]).
 
+mod de;
+mod error;
+mod node;
 mod schema;
+mod selector;
+mod source;
+mod validate;
 
+pub use error::{Snippet, SpecError};
 pub use schema::*;
+pub use source::{shipped_names, shipped_spec};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A spec with `extends` merged, defaults filled and per-layer knobs expanded.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,121 +31,78 @@ pub struct ResolvedSpec {
     pub decoder: Vec<LayerSpec>,
 }
 
-/// A spec error: which file, where in it, what is wrong and how to fix it.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{message}")]
-pub struct SpecError {
-    pub file: PathBuf,
-    /// 1-based line and column of the offending key or value, when known.
-    pub line: Option<usize>,
-    pub column: Option<usize>,
-    pub message: String,
-    pub help: Option<String>,
-}
-
-impl SpecError {
-    /// `file:line:col: error: message` plus a `help:` line — stable text for tests.
-    pub fn render(&self) -> String {
-        let mut out = self.file.display().to_string();
-        if let (Some(l), Some(c)) = (self.line, self.column) {
-            out.push_str(&format!(":{l}:{c}"));
-        }
-        out.push_str(&format!(": error: {}", self.message));
-        if let Some(h) = &self.help {
-            out.push_str(&format!("\n  help: {h}"));
-        }
-        out
-    }
-}
-
 /// Load and resolve a spec file.
+///
+/// `path` is kept as given in errors (never canonicalised); a relative
+/// `extends` is resolved against its directory.
 pub fn load(path: impl AsRef<Path>) -> Result<ResolvedSpec, SpecError> {
     let path = path.as_ref();
     let src = std::fs::read_to_string(path).map_err(|e| SpecError {
         file: path.to_path_buf(),
-        line: None,
-        column: None,
         message: format!("cannot read spec: {e}"),
-        help: Some("check the path; shipped specs live in models/".into()),
+        help: Some(
+            "check the path; shipped specs live in models/ (or name one with `extends`)".into(),
+        ),
+        ..SpecError::default()
     })?;
     load_str(&src, path)
 }
 
 /// Resolve spec text; `path` names it in errors and anchors relative `extends`.
 pub fn load_str(src: &str, path: &Path) -> Result<ResolvedSpec, SpecError> {
-    let err = |message: String| SpecError {
-        file: path.to_path_buf(),
-        line: None,
-        column: None,
-        message,
-        help: None,
-    };
-    let spec: Spec = toml::from_str(src).map_err(|e| err(e.message().to_string()))?;
-    resolve(spec).map_err(err)
+    let mut files = source::Files::default();
+    build(source::load_tree(&mut files, src, path)).map_err(|e| e.into_spec_error(&files))
 }
 
-/// Fill derivable defaults and expand per-layer overrides.
-pub fn resolve(mut spec: Spec) -> Result<ResolvedSpec, String> {
-    let d = spec.d_model;
-    let a = &mut spec.attention;
-    a.head_dim = Some(a.head_dim(d));
-    a.kv_heads = Some(a.kv_heads());
-    a.scale = Some(a.scale(d));
-    spec.norm.bias = Some(spec.norm.has_bias());
-    if spec.architecture == Architecture::EncoderDecoder {
-        spec.decoder_layers = Some(spec.decoder_layers());
-    }
-    let layers = expand(&spec, Stack::Encoder, spec.layers)?;
-    let decoder = if spec.architecture == Architecture::EncoderDecoder {
-        expand(&spec, Stack::Decoder, spec.decoder_layers())?
-    } else {
-        Vec::new()
-    };
-    Ok(ResolvedSpec {
-        spec,
-        layers,
-        decoder,
-    })
-}
-
-fn expand(spec: &Spec, stack: Stack, n: usize) -> Result<Vec<LayerSpec>, String> {
-    (0..n)
-        .map(|i| {
-            let mut attention = toml::Table::try_from(&spec.attention).map_err(|e| e.to_string())?;
-            let mut mlp = toml::Table::try_from(&spec.mlp).map_err(|e| e.to_string())?;
-            let mut norm = toml::Table::try_from(&spec.norm).map_err(|e| e.to_string())?;
-            let mut residual = toml::Table::try_from(&spec.residual).map_err(|e| e.to_string())?;
-            for o in &spec.layer_overrides {
-                if o.stack.is_some_and(|s| s != stack) || !selector_matches(&o.select, i, n)? {
-                    continue;
-                }
-                for (dst, src) in [
-                    (&mut attention, &o.attention),
-                    (&mut mlp, &o.mlp),
-                    (&mut norm, &o.norm),
-                    (&mut residual, &o.residual),
-                ] {
-                    if let Some(src) = src {
-                        deep_merge(dst, src);
-                    }
-                }
-            }
-            let moe = match &spec.moe {
-                Some(m) => match &m.layers {
-                    Some(sel) if !selector_matches(sel, i, n)? => None,
-                    _ => Some(m.clone()),
-                },
-                None => None,
+/// Load and resolve a shipped spec by name (`"gpt2"`), from the copy
+/// embedded in the binary; errors name it `models/NAME.toml`.
+pub fn load_shipped(name: &str) -> Result<ResolvedSpec, SpecError> {
+    let mut files = source::Files::default();
+    match source::load_shipped_tree(&mut files, name) {
+        Some(tree) => build(tree).map_err(|e| e.into_spec_error(&files)),
+        None => {
+            let names: Vec<&str> = shipped_names().collect();
+            let mut help = match error::did_you_mean(name, &names) {
+                Some(s) => format!("did you mean \"{s}\"? "),
+                None => String::new(),
             };
-            Ok(LayerSpec {
-                attention: attention.try_into().map_err(|e: toml::de::Error| e.to_string())?,
-                mlp: mlp.try_into().map_err(|e: toml::de::Error| e.to_string())?,
-                norm: norm.try_into().map_err(|e: toml::de::Error| e.to_string())?,
-                residual: residual.try_into().map_err(|e: toml::de::Error| e.to_string())?,
-                moe,
+            help.push_str(&format!("shipped models are {}", error::list_code(&names)));
+            Err(SpecError {
+                file: source::shipped_path(name),
+                message: format!("unknown model \"{name}\""),
+                help: Some(help),
+                ..SpecError::default()
             })
-        })
-        .collect()
+        }
+    }
+}
+
+fn build(tree: Result<node::Node, error::Located>) -> Result<ResolvedSpec, error::Located> {
+    let tree = tree?;
+    let spec: Spec = de::from_node(&tree, "", None)?;
+    validate::resolve_tree(spec, &tree)
+}
+
+/// Validate a spec built in memory, fill derivable defaults and expand
+/// per-layer overrides. `extends` cannot be followed here (there is no file
+/// to resolve it against): use [`load`] for specs that extend another.
+pub fn resolve(spec: Spec) -> Result<ResolvedSpec, String> {
+    if let Some(base) = &spec.extends {
+        return Err(format!(
+            "cannot resolve `extends = \"{base}\"` without a file (help: load the spec with `load`)"
+        ));
+    }
+    let value = toml::Value::try_from(&spec).map_err(|e| e.to_string())?;
+    let tree = node::Node::from_value(&value);
+    validate::resolve_tree(spec, &tree).map_err(error::Located::into_string)
+}
+
+impl ResolvedSpec {
+    /// The resolved spec as TOML, every derived default written out
+    /// (what `kiln check` prints). Per-layer overrides appear as written.
+    pub fn to_toml(&self) -> String {
+        self.spec.to_toml()
+    }
 }
 
 /// Merge `src` into `dst`: tables recursively, everything else replaced.
@@ -149,35 +117,12 @@ pub fn deep_merge(dst: &mut toml::Table, src: &toml::Table) {
     }
 }
 
-/// Does `sel` pick layer `i` of `n`?
+/// Does `sel` pick layer `i` of `n`? Errors on malformed selector text.
 pub fn selector_matches(sel: &Selector, i: usize, n: usize) -> Result<bool, String> {
-    match sel {
-        Selector::List(v) => Ok(v.contains(&i)),
-        Selector::Text(t) => {
-            let t = t.trim();
-            Ok(match t {
-                "all" => true,
-                "even" => i % 2 == 0,
-                "odd" => i % 2 == 1,
-                _ => {
-                    if let Some(rest) = t.strip_prefix("every ") {
-                        let (step, from) = match rest.split_once(" from ") {
-                            Some((s, f)) => (s, f),
-                            None => (rest, "0"),
-                        };
-                        let step: usize = step.trim().parse().map_err(|_| format!("bad selector `{t}`"))?;
-                        let from: usize = from.trim().parse().map_err(|_| format!("bad selector `{t}`"))?;
-                        step > 0 && i >= from && (i - from) % step == 0
-                    } else if let Some((a, b)) = t.split_once("..") {
-                        let a: usize = a.trim().parse().map_err(|_| format!("bad selector `{t}`"))?;
-                        let b: usize = if b.trim().is_empty() { n } else { b.trim().parse().map_err(|_| format!("bad selector `{t}`"))? };
-                        i >= a && i < b
-                    } else {
-                        let k: usize = t.parse().map_err(|_| format!("bad selector `{t}`"))?;
-                        i == k
-                    }
-                }
-            })
-        }
-    }
+    selector::Sel::parse(sel)
+        .map(|s| s.matches(i, n))
+        .map_err(|(msg, help)| format!("{msg} (help: {help})"))
 }
+
+#[cfg(test)]
+mod tests;

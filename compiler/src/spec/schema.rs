@@ -146,6 +146,16 @@ impl Default for Norm {
     }
 }
 
+impl Default for Residual {
+    /// Matches the per-field serde defaults (an absent `[residual]` equals an empty one).
+    fn default() -> Self {
+        Residual {
+            parallel: false,
+            shared_norm: true,
+        }
+    }
+}
+
 fn default_eps() -> f64 {
     1e-5
 }
@@ -176,7 +186,7 @@ pub enum Placement {
     Sandwich,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Residual {
     /// `x + attn(n(x)) + mlp(n'(x))` instead of two sequential residual steps.
@@ -240,7 +250,7 @@ pub enum PairLayout {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum RopeScaling {
     /// Positions divided by `factor` (linear interpolation).
     Linear { factor: f64 },
@@ -348,7 +358,10 @@ impl Default for Embeddings {
 }
 
 /// A multiplier given as a number or as a function of `d_model`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+///
+/// Deserialises from a number or a [`NamedScale`] string (hand-written, so a
+/// bad name gets a "valid values" error rather than serde's untagged one).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Scale {
     Value(f64),
@@ -430,7 +443,10 @@ pub enum HeadKind {
 }
 
 /// Which layers a per-layer override or MoE applies to.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Deserialises from a string, an array of indices, or a single integer
+/// (read as a one-element list).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Selector {
     /// Explicit layer indices: `[1, 3, 5]`.
@@ -531,5 +547,81 @@ impl Moe {
 impl Spec {
     pub fn decoder_layers(&self) -> usize {
         self.decoder_layers.unwrap_or(self.layers)
+    }
+}
+
+impl Spec {
+    /// The spec as TOML text, every field that has a value written out.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print spec: {e}\n"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Scale {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Scale;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number, \"sqrt-d-model\" or \"inv-sqrt-d-model\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scale, E> {
+                Ok(Scale::Value(v as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scale, E> {
+                Ok(Scale::Value(v as f64))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Scale, E> {
+                Ok(Scale::Value(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scale, E> {
+                NamedScale::deserialize(serde::de::value::StrDeserializer::<E>::new(v))
+                    .map(Scale::Named)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Selector {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Selector;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a layer selector (a string such as \"odd\" or \"0..4\", or an array of layer indices)")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Selector, E> {
+                usize::try_from(v)
+                    .map(|i| Selector::List(vec![i]))
+                    .map_err(|_| {
+                        E::invalid_value(
+                            serde::de::Unexpected::Signed(v),
+                            &"a layer index (0 or more)",
+                        )
+                    })
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Selector, E> {
+                usize::try_from(v)
+                    .map(|i| Selector::List(vec![i]))
+                    .map_err(|_| {
+                        E::invalid_value(serde::de::Unexpected::Unsigned(v), &"a layer index")
+                    })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Selector, E> {
+                Ok(Selector::Text(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Selector, A::Error> {
+                let mut out = Vec::new();
+                while let Some(i) = seq.next_element::<usize>()? {
+                    out.push(i);
+                }
+                Ok(Selector::List(out))
+            }
+        }
+        d.deserialize_any(V)
     }
 }

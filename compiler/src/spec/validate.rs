@@ -1,0 +1,995 @@
+//! Cross-field validation, derived defaults and per-layer expansion.
+//!
+//! Every check points at the key that breaks the rule (in the file that set
+//! it); when the key was left to its default, at the table that would hold it.
+
+use std::collections::HashMap;
+
+use super::ResolvedSpec;
+use super::de::from_node;
+use super::error::{Located, list_code};
+use super::node::{Loc, Node, merge};
+use super::schema::*;
+use super::selector::Sel;
+
+/// The four sections a `[[layer]]` override may change.
+const BLOCK_SECTIONS: [&str; 4] = ["attention", "mlp", "norm", "residual"];
+
+/// Keys that describe the whole model, so cannot differ between layers.
+const MODEL_WIDE: &[(&str, &str)] = &[("norm", "embedding_norm"), ("norm", "final_norm")];
+
+/// More blocks than any real model, and than per-layer expansion should allocate.
+const MAX_LAYERS: usize = 1 << 16;
+
+/// One table of the tree, for pointing errors at its keys.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    node: Option<&'a Node>,
+    /// Where to point when a key is absent: the table's header, or the file.
+    fallback: Option<&'a Loc>,
+    /// The table's dotted name in messages ("" at the top level).
+    name: &'static str,
+}
+
+impl<'a> View<'a> {
+    fn section(root: &'a Node, name: &'static str) -> View<'a> {
+        let entry = root.entry(name);
+        View {
+            node: entry.map(|e| &e.value),
+            fallback: entry.and_then(|e| e.key_loc.as_ref()).or(root.loc.as_ref()),
+            name,
+        }
+    }
+
+    fn sub(&self, key: &'static str, name: &'static str) -> View<'a> {
+        let entry = self.node.and_then(|n| n.entry(key));
+        View {
+            node: entry.map(|e| &e.value),
+            fallback: entry.and_then(|e| e.key_loc.as_ref()).or(self.fallback),
+            name,
+        }
+    }
+
+    /// Is `key` written in some file (rather than defaulted)?
+    fn has(&self, key: &str) -> bool {
+        self.node.and_then(|n| n.entry(key)).is_some()
+    }
+
+    fn at(&self, key: &str) -> Option<Loc> {
+        self.node
+            .and_then(|n| n.entry(key))
+            .and_then(|e| e.key_loc.clone())
+            .or(self.fallback.cloned())
+    }
+
+    fn file_of(&self, key: &str) -> Option<usize> {
+        self.node
+            .and_then(|n| n.entry(key))
+            .and_then(|e| e.key_loc.as_ref())
+            .map(|l| l.file)
+    }
+
+    fn key(&self, key: &str) -> String {
+        if self.name.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.name)
+        }
+    }
+}
+
+fn err(loc: Option<Loc>, message: String, help: impl Into<String>) -> Located {
+    Located::new(loc, message, Some(help.into()))
+}
+
+fn positive(x: f64) -> bool {
+    x.is_finite() && x > 0.0
+}
+
+fn arch_name(a: Architecture) -> &'static str {
+    match a {
+        Architecture::Encoder => "encoder",
+        Architecture::Decoder => "decoder",
+        Architecture::EncoderDecoder => "encoder-decoder",
+    }
+}
+
+fn kind_name(k: PositionKind) -> &'static str {
+    match k {
+        PositionKind::Learned => "learned",
+        PositionKind::Sinusoidal => "sinusoidal",
+        PositionKind::Rope => "rope",
+        PositionKind::Alibi => "alibi",
+        PositionKind::Relative => "relative",
+        PositionKind::None => "none",
+    }
+}
+
+fn head_name(k: HeadKind) -> &'static str {
+    match k {
+        HeadKind::Lm => "lm",
+        HeadKind::Mlm => "mlm",
+        HeadKind::Pooler => "pooler",
+        HeadKind::MeanPool => "mean-pool",
+        HeadKind::None => "none",
+    }
+}
+
+/// Validate `spec` (deserialised from `root`), fill its derived defaults and
+/// expand the per-layer knobs.
+pub(crate) fn resolve_tree(mut spec: Spec, root: &Node) -> Result<ResolvedSpec, Located> {
+    let top = View {
+        node: Some(root),
+        fallback: root.loc.as_ref(),
+        name: "",
+    };
+    check_model(&spec, top)?;
+    check_positions(&spec, View::section(root, "positions"), top)?;
+    let views = BlockViews {
+        attention: View::section(root, "attention"),
+        mlp: View::section(root, "mlp"),
+        norm: View::section(root, "norm"),
+        residual: View::section(root, "residual"),
+    };
+    let global = Block {
+        attention: spec.attention.clone(),
+        mlp: spec.mlp.clone(),
+        norm: spec.norm.clone(),
+        residual: spec.residual.clone(),
+    };
+    check_block(&spec, root, &global, &views, "")?;
+    let moe_sel = check_moe(&spec, View::section(root, "moe"))?;
+    let overrides = check_overrides(&spec, root)?;
+
+    // Derived defaults of the model-wide sections.
+    let d = spec.d_model;
+    fill_attention(&mut spec.attention, d);
+    fill_norm(&mut spec.norm);
+    fill_positions(&mut spec.positions);
+    if spec.architecture == Architecture::EncoderDecoder {
+        spec.decoder_layers = Some(spec.decoder_layers());
+    }
+    let mlp_d_ff = spec.mlp.d_ff;
+    if let Some(m) = &mut spec.moe {
+        m.d_ff = Some(m.d_ff.unwrap_or(mlp_d_ff));
+        if m.layers.is_none() {
+            m.layers = Some(Selector::Text("all".into()));
+        }
+    }
+    spec.extends = None;
+
+    let enc_dec = spec.architecture == Architecture::EncoderDecoder;
+    let first = if enc_dec { "encoder layer" } else { "layer" };
+    let layers = expand(
+        &spec,
+        root,
+        &overrides,
+        moe_sel.as_ref(),
+        Stack::Encoder,
+        spec.layers,
+        first,
+    )?;
+    let decoder = if enc_dec {
+        expand(
+            &spec,
+            root,
+            &overrides,
+            moe_sel.as_ref(),
+            Stack::Decoder,
+            spec.decoder_layers(),
+            "decoder layer",
+        )?
+    } else {
+        Vec::new()
+    };
+    Ok(ResolvedSpec {
+        spec,
+        layers,
+        decoder,
+    })
+}
+
+fn check_model(spec: &Spec, top: View<'_>) -> Result<(), Located> {
+    for (key, value, example) in [
+        ("vocab_size", spec.vocab_size, "vocab_size = 32000"),
+        ("d_model", spec.d_model, "d_model = 768"),
+        ("layers", spec.layers, "layers = 12"),
+        ("max_positions", spec.max_positions, "max_positions = 2048"),
+    ] {
+        if value == 0 {
+            return Err(err(
+                top.at(key),
+                format!("`{key}` must be at least 1"),
+                format!("set a positive size, e.g. `{example}`"),
+            ));
+        }
+    }
+    for (key, value) in [
+        ("layers", Some(spec.layers)),
+        ("decoder_layers", spec.decoder_layers),
+    ] {
+        if value.is_some_and(|n| n > MAX_LAYERS) {
+            return Err(err(
+                top.at(key),
+                format!(
+                    "`{key}` is {}, more than the {MAX_LAYERS} blocks kiln supports",
+                    value.unwrap_or(0)
+                ),
+                "check the value: real models have at most a few hundred blocks",
+            ));
+        }
+    }
+    let arch = spec.architecture;
+    match spec.decoder_layers {
+        Some(_) if arch != Architecture::EncoderDecoder => {
+            return Err(err(
+                top.at("decoder_layers"),
+                format!(
+                    "`decoder_layers` only applies to encoder-decoder models, but `architecture` is \"{}\"",
+                    arch_name(arch)
+                ),
+                "remove `decoder_layers`: a single-stack model's block count is `layers`",
+            ));
+        }
+        Some(0) => {
+            return Err(err(
+                top.at("decoder_layers"),
+                "`decoder_layers` must be at least 1".into(),
+                "set the decoder's block count, or omit it to use `layers`",
+            ));
+        }
+        _ => {}
+    }
+
+    let emb = top.sub("embeddings", "embeddings");
+    if spec.embeddings.token_types > 0 && arch != Architecture::Encoder {
+        return Err(err(
+            emb.at("token_types"),
+            format!(
+                "`embeddings.token_types` only applies to encoder models, but `architecture` is \"{}\"",
+                arch_name(arch)
+            ),
+            "remove `token_types` (segment embeddings are a BERT-style encoder feature)",
+        ));
+    }
+    if let Scale::Value(v) = spec.embeddings.scale
+        && !positive(v)
+    {
+        return Err(err(
+            emb.at("scale"),
+            format!("`embeddings.scale` must be greater than 0, found {v:?}"),
+            "use a positive number, or \"sqrt-d-model\" / \"inv-sqrt-d-model\"",
+        ));
+    }
+
+    let head = top.sub("head", "head");
+    let h = &spec.head;
+    if matches!(
+        h.kind,
+        HeadKind::Mlm | HeadKind::Pooler | HeadKind::MeanPool
+    ) && arch != Architecture::Encoder
+    {
+        return Err(err(
+            head.at("kind"),
+            format!(
+                "`head.kind = \"{}\"` needs `architecture = \"encoder\"`, but `architecture` is \"{}\"",
+                head_name(h.kind),
+                arch_name(arch)
+            ),
+            "decoder and encoder-decoder models use `kind = \"lm\"` (or \"none\" for hidden states)",
+        ));
+    }
+    if h.normalize && h.kind != HeadKind::MeanPool {
+        return Err(err(
+            head.at("normalize"),
+            format!(
+                "`head.normalize` only applies to `kind = \"mean-pool\"`, but `head.kind` is \"{}\"",
+                head_name(h.kind)
+            ),
+            "remove `normalize`, or set `kind = \"mean-pool\"`",
+        ));
+    }
+    if let Some(c) = h.softcap {
+        if !positive(c) {
+            return Err(err(
+                head.at("softcap"),
+                format!("`head.softcap` must be greater than 0, found {c:?}"),
+                "use a positive cap (Gemma-2: 30.0), or remove `softcap`",
+            ));
+        }
+        if !matches!(h.kind, HeadKind::Lm | HeadKind::Mlm) {
+            return Err(err(
+                head.at("softcap"),
+                format!(
+                    "`head.softcap` only applies to heads that produce logits (\"lm\", \"mlm\"), but `head.kind` is \"{}\"",
+                    head_name(h.kind)
+                ),
+                "remove `softcap`",
+            ));
+        }
+    }
+    if h.bias && matches!(h.kind, HeadKind::None | HeadKind::MeanPool) {
+        return Err(err(
+            head.at("bias"),
+            format!(
+                "`head.bias` needs an output projection, but `head.kind = \"{}\"` has none",
+                head_name(h.kind)
+            ),
+            "remove `bias`",
+        ));
+    }
+    if let Scale::Value(v) = h.input_scale
+        && !positive(v)
+    {
+        return Err(err(
+            head.at("input_scale"),
+            format!("`head.input_scale` must be greater than 0, found {v:?}"),
+            "use a positive number, or \"sqrt-d-model\" / \"inv-sqrt-d-model\"",
+        ));
+    }
+    Ok(())
+}
+
+fn check_positions(spec: &Spec, pv: View<'_>, top: View<'_>) -> Result<(), Located> {
+    let p = &spec.positions;
+    let kind = p.kind;
+    use PositionKind as K;
+    let set: [(&str, bool, &[PositionKind]); 7] = [
+        ("theta", p.theta.is_some(), &[K::Rope, K::Sinusoidal]),
+        ("fraction", p.fraction.is_some(), &[K::Rope]),
+        ("layout", p.layout.is_some(), &[K::Rope, K::Sinusoidal]),
+        ("scaling", p.scaling.is_some(), &[K::Rope]),
+        ("buckets", p.buckets.is_some(), &[K::Relative]),
+        ("max_distance", p.max_distance.is_some(), &[K::Relative]),
+        ("offset", p.offset != 0, &[K::Learned]),
+    ];
+    for (key, is_set, kinds) in set {
+        if is_set && !kinds.contains(&kind) {
+            let names: Vec<&str> = kinds.iter().map(|k| kind_name(*k)).collect();
+            let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+            let mut help = format!("remove `{key}`, or use `kind = {}`", quoted.join(" or "));
+            if pv.file_of(key).is_some() && pv.file_of(key) != pv.file_of("kind") {
+                help.push_str(&format!(
+                    "; `{key}` is inherited from a base spec and a derived spec cannot remove keys, so extend a spec without it"
+                ));
+            }
+            return Err(err(
+                pv.at(key),
+                format!(
+                    "`positions.{key}` only applies to {} positions, but `positions.kind` is \"{}\"",
+                    list_code(&names).replace('`', "\""),
+                    kind_name(kind)
+                ),
+                help,
+            ));
+        }
+    }
+    if let Some(t) = p.theta
+        && !positive(t)
+    {
+        return Err(err(
+            pv.at("theta"),
+            format!("`positions.theta` must be greater than 0, found {t:?}"),
+            "the usual base is `theta = 10000.0`",
+        ));
+    }
+    if let Some(f) = p.fraction
+        && !(f.is_finite() && f > 0.0 && f <= 1.0)
+    {
+        return Err(err(
+            pv.at("fraction"),
+            format!("`positions.fraction` must be in (0, 1], found {f:?}"),
+            "it is the share of each head's channels that RoPE rotates: 1.0 for all, 0.25 for a quarter",
+        ));
+    }
+    if kind == K::Sinusoidal && spec.d_model % 2 == 1 {
+        return Err(err(
+            top.at("d_model"),
+            format!(
+                "sinusoidal positions need an even `d_model`, found {}",
+                spec.d_model
+            ),
+            "the table pairs a sine and a cosine channel per frequency: use an even `d_model`",
+        ));
+    }
+    if kind == K::Relative {
+        let buckets = p.buckets();
+        if buckets == 0 {
+            return Err(err(
+                pv.at("buckets"),
+                "`positions.buckets` must be at least 1".into(),
+                "T5 uses `buckets = 32`",
+            ));
+        }
+        let bidirectional = spec.architecture != Architecture::Decoder;
+        if bidirectional && buckets % 2 == 1 {
+            return Err(err(
+                pv.at("buckets"),
+                format!(
+                    "`positions.buckets` must be even for a bidirectional (encoder) stack, found {buckets}"
+                ),
+                "the encoder splits the buckets between keys before and after the query: use an even count such as 32",
+            ));
+        }
+        let exact = if spec.architecture == Architecture::Encoder {
+            buckets / 4
+        } else {
+            buckets / 2
+        };
+        let max_distance = p.max_distance();
+        if max_distance <= exact {
+            return Err(err(
+                pv.at("max_distance"),
+                format!(
+                    "`positions.max_distance` ({max_distance}) must be greater than the {exact} distances that get exact buckets"
+                ),
+                "raise `max_distance` or lower `buckets` (T5: buckets = 32, max_distance = 128)",
+            ));
+        }
+    }
+    if let Some(s) = &p.scaling {
+        check_scaling(s, pv.sub("scaling", "positions.scaling"))?;
+    }
+    Ok(())
+}
+
+fn check_scaling(s: &RopeScaling, v: View<'_>) -> Result<(), Located> {
+    let pos = |key: &str, x: f64| -> Result<(), Located> {
+        if positive(x) {
+            Ok(())
+        } else {
+            Err(err(
+                v.at(key),
+                format!("`{}` must be greater than 0, found {x:?}", v.key(key)),
+                "use a positive number",
+            ))
+        }
+    };
+    let orig = |n: usize| -> Result<(), Located> {
+        if n > 0 {
+            Ok(())
+        } else {
+            Err(err(
+                v.at("original_max_positions"),
+                format!("`{}` must be at least 1", v.key("original_max_positions")),
+                "set it to the context length the model was pretrained with",
+            ))
+        }
+    };
+    match s {
+        RopeScaling::Linear { factor } => pos("factor", *factor),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_positions,
+        } => {
+            pos("factor", *factor)?;
+            pos("low_freq_factor", *low_freq_factor)?;
+            pos("high_freq_factor", *high_freq_factor)?;
+            orig(*original_max_positions)?;
+            if high_freq_factor <= low_freq_factor {
+                return Err(err(
+                    v.at("high_freq_factor"),
+                    format!(
+                        "`{}` ({high_freq_factor:?}) must be greater than `{}` ({low_freq_factor:?})",
+                        v.key("high_freq_factor"),
+                        v.key("low_freq_factor")
+                    ),
+                    "Llama 3.1 uses low_freq_factor = 1.0, high_freq_factor = 4.0",
+                ));
+            }
+            Ok(())
+        }
+        RopeScaling::Yarn {
+            factor,
+            original_max_positions,
+            beta_fast,
+            beta_slow,
+            attention_factor,
+        } => {
+            pos("factor", *factor)?;
+            orig(*original_max_positions)?;
+            pos("beta_fast", *beta_fast)?;
+            pos("beta_slow", *beta_slow)?;
+            if beta_fast <= beta_slow {
+                return Err(err(
+                    v.at("beta_fast"),
+                    format!(
+                        "`{}` ({beta_fast:?}) must be greater than `{}` ({beta_slow:?})",
+                        v.key("beta_fast"),
+                        v.key("beta_slow")
+                    ),
+                    "the defaults are beta_fast = 32.0, beta_slow = 1.0",
+                ));
+            }
+            if let Some(a) = attention_factor {
+                pos("attention_factor", *a)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The knobs of one block, and where each section is written.
+struct Block {
+    attention: Attention,
+    mlp: Mlp,
+    norm: Norm,
+    residual: Residual,
+}
+
+struct BlockViews<'a> {
+    attention: View<'a>,
+    mlp: View<'a>,
+    norm: View<'a>,
+    residual: View<'a>,
+}
+
+fn divisors(n: usize) -> String {
+    if n > 4096 {
+        return "a divisor".into();
+    }
+    let ds: Vec<String> = (1..=n)
+        .filter(|d| n.is_multiple_of(*d))
+        .map(|d| d.to_string())
+        .collect();
+    ds.join(", ")
+}
+
+/// Rules for one block's sections; `ctx` ends messages about per-layer values.
+fn check_block(
+    spec: &Spec,
+    root: &Node,
+    b: &Block,
+    v: &BlockViews<'_>,
+    ctx: &str,
+) -> Result<(), Located> {
+    let av = v.attention;
+    let a = &b.attention;
+    let d = spec.d_model;
+    if a.heads == 0 {
+        return Err(err(
+            av.at("heads"),
+            format!("`attention.heads` must be at least 1{ctx}"),
+            "set the number of query heads, e.g. `heads = 12`",
+        ));
+    }
+    if let Some(kv) = a.kv_heads {
+        if kv == 0 {
+            return Err(err(
+                av.at("kv_heads"),
+                format!("`attention.kv_heads` must be at least 1{ctx}"),
+                "use 1 for multi-query attention, or omit it for one KV head per query head",
+            ));
+        }
+        if kv > a.heads {
+            return Err(err(
+                av.at("kv_heads"),
+                format!(
+                    "`attention.kv_heads` ({kv}) cannot exceed `attention.heads` ({}){ctx}",
+                    a.heads
+                ),
+                format!(
+                    "kv_heads is `heads` for multi-head attention, 1 for multi-query, or a divisor of heads for grouped-query: one of {}",
+                    divisors(a.heads)
+                ),
+            ));
+        }
+        if !a.heads.is_multiple_of(kv) {
+            return Err(err(
+                av.at("kv_heads"),
+                format!(
+                    "`attention.heads` ({}) is not a multiple of `attention.kv_heads` ({kv}){ctx}",
+                    a.heads
+                ),
+                format!(
+                    "each KV head serves heads / kv_heads query heads: pick a kv_heads that divides {} ({})",
+                    a.heads,
+                    divisors(a.heads)
+                ),
+            ));
+        }
+    }
+    match a.head_dim {
+        Some(0) => {
+            return Err(err(
+                av.at("head_dim"),
+                format!("`attention.head_dim` must be at least 1{ctx}"),
+                "omit it to use d_model / heads",
+            ));
+        }
+        None if !d.is_multiple_of(a.heads) => {
+            return Err(err(
+                av.at("heads"),
+                format!(
+                    "`d_model` ({d}) is not divisible by `attention.heads` ({}), so the head width cannot default to d_model / heads{ctx}",
+                    a.heads
+                ),
+                "set `attention.head_dim` explicitly, or choose a head count that divides d_model",
+            ));
+        }
+        _ => {}
+    }
+    for (key, value, help) in [
+        (
+            "scale",
+            a.scale,
+            "omit `scale` for the default 1/sqrt(head_dim)",
+        ),
+        (
+            "softcap",
+            a.softcap,
+            "use a positive cap (Gemma-2: 50.0), or remove `softcap`",
+        ),
+    ] {
+        if let Some(x) = value
+            && !positive(x)
+        {
+            return Err(err(
+                av.at(key),
+                format!("`attention.{key}` must be greater than 0, found {x:?}{ctx}"),
+                help,
+            ));
+        }
+    }
+    if a.sliding_window == Some(0) {
+        return Err(err(
+            av.at("sliding_window"),
+            format!("`attention.sliding_window` must be at least 1{ctx}"),
+            "the window counts the query itself; remove `sliding_window` for full attention",
+        ));
+    }
+    let p = &spec.positions;
+    if p.kind == PositionKind::Rope {
+        let hd = a.head_dim(d);
+        let raw = (hd as f64 * p.fraction()).round() as usize;
+        if raw == 0 || raw % 2 == 1 {
+            let pv = View::section(root, "positions");
+            let loc = if pv.has("fraction") {
+                pv.at("fraction")
+            } else if av.has("head_dim") {
+                av.at("head_dim")
+            } else {
+                av.at("heads")
+            };
+            let what = if raw == 0 {
+                "RoPE would rotate no channels".to_string()
+            } else {
+                "RoPE needs an even number of rotated channels".to_string()
+            };
+            return Err(err(
+                loc,
+                format!(
+                    "{what}: round(head_dim × fraction) = round({hd} × {}) = {raw}{ctx}",
+                    p.fraction()
+                ),
+                "choose `positions.fraction` and the head width (`attention.head_dim`, or d_model / heads) so that their product rounds to an even number of at least 2",
+            ));
+        }
+    }
+
+    if b.mlp.d_ff == 0 {
+        return Err(err(
+            v.mlp.at("d_ff"),
+            format!("`mlp.d_ff` must be at least 1{ctx}"),
+            "set the MLP's hidden width, e.g. `d_ff = 3072`",
+        ));
+    }
+
+    let nv = v.norm;
+    let n = &b.norm;
+    if !positive(n.eps) {
+        return Err(err(
+            nv.at("eps"),
+            format!("`norm.eps` must be greater than 0, found {:?}{ctx}", n.eps),
+            "typical values are 1e-5 or 1e-6",
+        ));
+    }
+    if n.kind == NormKind::Rmsnorm && n.bias == Some(true) {
+        return Err(err(
+            nv.at("bias"),
+            format!("`norm.bias = true` is not allowed with `kind = \"rmsnorm\"`{ctx}"),
+            "RMSNorm has no bias: remove `bias`, or use `kind = \"layernorm\"`",
+        ));
+    }
+    if !n.affine && n.bias == Some(true) {
+        return Err(err(
+            nv.at("bias"),
+            format!("`norm.bias = true` needs `norm.affine = true`{ctx}"),
+            "a parameter-free norm (affine = false) has neither scale nor bias: remove `bias`",
+        ));
+    }
+    if !n.weight_offset.is_finite() || (!n.affine && n.weight_offset != 0.0) {
+        return Err(err(
+            nv.at("weight_offset"),
+            if n.affine {
+                format!("`norm.weight_offset` must be a finite number{ctx}")
+            } else {
+                format!("`norm.weight_offset` needs `norm.affine = true`{ctx}")
+            },
+            "the offset is added to the learned scale: remove it for a parameter-free norm",
+        ));
+    }
+    if b.residual.parallel && n.placement != Placement::Pre {
+        return Err(err(
+            v.residual.at("parallel"),
+            format!("`residual.parallel = true` needs `norm.placement = \"pre\"`{ctx}"),
+            "a parallel block adds attn(norm(x)) and mlp(norm(x)) to x, which is pre-norm by construction",
+        ));
+    }
+    Ok(())
+}
+
+fn check_moe(spec: &Spec, mv: View<'_>) -> Result<Option<Sel>, Located> {
+    let Some(m) = &spec.moe else {
+        return Ok(None);
+    };
+    if m.experts == 0 {
+        return Err(err(
+            mv.at("experts"),
+            "`moe.experts` must be at least 1".into(),
+            "set the number of routed experts, e.g. `experts = 8`",
+        ));
+    }
+    if m.top_k == 0 || m.top_k > m.experts {
+        return Err(err(
+            mv.at("top_k"),
+            format!(
+                "`moe.top_k` must be between 1 and `moe.experts` ({}), found {}",
+                m.experts, m.top_k
+            ),
+            "top_k is how many experts each token is routed to, e.g. `top_k = 2`",
+        ));
+    }
+    if m.d_ff == Some(0) {
+        return Err(err(
+            mv.at("d_ff"),
+            "`moe.d_ff` must be at least 1".into(),
+            "omit it to use `mlp.d_ff`",
+        ));
+    }
+    if let Some(s) = &m.shared_expert
+        && s.d_ff == 0
+    {
+        let sv = mv.sub("shared_expert", "moe.shared_expert");
+        return Err(err(
+            sv.at("d_ff"),
+            "`moe.shared_expert.d_ff` must be at least 1".into(),
+            "set the shared expert's hidden width",
+        ));
+    }
+    match &m.layers {
+        None => Ok(None),
+        Some(sel) => {
+            let (n, owner) = stack_size(spec, None);
+            let parsed = Sel::parse(sel)
+                .and_then(|s| s.check(n, owner).map(|()| s))
+                .map_err(|(msg, help)| {
+                    err(mv.at("layers"), format!("`moe.layers`: {msg}"), help)
+                })?;
+            Ok(Some(parsed))
+        }
+    }
+}
+
+/// Layers in the stack(s) a selector applies to, and how to name them.
+fn stack_size(spec: &Spec, stack: Option<Stack>) -> (usize, &'static str) {
+    let enc_dec = spec.architecture == Architecture::EncoderDecoder;
+    match (enc_dec, stack) {
+        (false, _) => (spec.layers, "the model"),
+        (true, Some(Stack::Encoder)) => (spec.layers, "the encoder"),
+        (true, Some(Stack::Decoder)) => (spec.decoder_layers(), "the decoder"),
+        (true, None) if spec.decoder_layers() > spec.layers => {
+            (spec.decoder_layers(), "the decoder")
+        }
+        (true, None) => (spec.layers, "the encoder"),
+    }
+}
+
+/// A checked `[[layer]]` override.
+struct Override<'a> {
+    index: usize,
+    sel: Sel,
+    stack: Option<Stack>,
+    node: &'a Node,
+}
+
+fn check_overrides<'a>(spec: &Spec, root: &'a Node) -> Result<Vec<Override<'a>>, Located> {
+    let nodes: &[Node] = match root.get("layer").map(|n| &n.kind) {
+        Some(super::node::Kind::Array(a)) => a,
+        _ => &[],
+    };
+    let mut out = Vec::new();
+    for (j, (o, node)) in spec.layer_overrides.iter().zip(nodes).enumerate() {
+        let ov = View {
+            node: Some(node),
+            fallback: node.loc.as_ref(),
+            name: "layer",
+        };
+        if o.stack.is_some() && spec.architecture != Architecture::EncoderDecoder {
+            return Err(err(
+                ov.at("stack"),
+                format!(
+                    "`layer[{j}].stack` only applies to encoder-decoder models, but `architecture` is \"{}\"",
+                    arch_name(spec.architecture)
+                ),
+                "remove `stack`: this model has a single stack of layers",
+            ));
+        }
+        let (n, owner) = stack_size(spec, o.stack);
+        let sel = Sel::parse(&o.select)
+            .and_then(|s| s.check(n, owner).map(|()| s))
+            .map_err(|(msg, help)| {
+                err(ov.at("select"), format!("`layer[{j}].select`: {msg}"), help)
+            })?;
+
+        for (section, key) in MODEL_WIDE {
+            if let Some(e) = node.get(section).and_then(|s| s.entry(key)) {
+                return Err(err(
+                    e.key_loc.clone(),
+                    format!(
+                        "`{section}.{key}` describes the whole model and cannot be set per layer"
+                    ),
+                    format!("move `{key}` to the top-level [{section}] table"),
+                ));
+            }
+        }
+        let ctx = format!(" (in the layers `layer[{j}]` selects)");
+        let (block, merged) = merged_block(spec, root, &[(j, node)], &format!("layer[{j}]"))?;
+        let views = block_views(&merged, node);
+        check_block(spec, root, &block, &views, &ctx)?;
+        out.push(Override {
+            index: j,
+            sel,
+            stack: o.stack,
+            node,
+        });
+    }
+    Ok(out)
+}
+
+/// The four block sections of the model with `overrides` merged over them,
+/// deserialised, plus the merged trees (for locations).
+fn merged_block(
+    spec: &Spec,
+    root: &Node,
+    overrides: &[(usize, &Node)],
+    label: &str,
+) -> Result<(Block, [Node; 4]), Located> {
+    let _ = spec;
+    let mut trees: [Node; 4] = std::array::from_fn(|_| Node::table(None));
+    for (i, section) in BLOCK_SECTIONS.iter().enumerate() {
+        let mut t = root
+            .get(section)
+            .cloned()
+            .unwrap_or_else(|| Node::table(None));
+        for (_, o) in overrides {
+            if let Some(s) = o.get(section) {
+                merge(&mut t, s.clone());
+            }
+        }
+        trees[i] = t;
+    }
+    // Errors here can only come from override keys, so name the override.
+    let path = |s: &str| {
+        if overrides.len() == 1 {
+            format!("{label}.{s}")
+        } else {
+            s.to_string()
+        }
+    };
+    let block = Block {
+        attention: from_node(&trees[0], &path("attention"), None)?,
+        mlp: from_node(&trees[1], &path("mlp"), None)?,
+        norm: from_node(&trees[2], &path("norm"), None)?,
+        residual: from_node(&trees[3], &path("residual"), None)?,
+    };
+    Ok((block, trees))
+}
+
+/// Views of merged block sections; absent keys point at the override.
+fn block_views<'a>(merged: &'a [Node; 4], fallback: &'a Node) -> BlockViews<'a> {
+    let view = |i: usize, name: &'static str| View {
+        node: Some(&merged[i]),
+        fallback: fallback
+            .entry(name)
+            .and_then(|e| e.key_loc.as_ref())
+            .or(fallback.loc.as_ref()),
+        name,
+    };
+    BlockViews {
+        attention: view(0, "attention"),
+        mlp: view(1, "mlp"),
+        norm: view(2, "norm"),
+        residual: view(3, "residual"),
+    }
+}
+
+fn expand(
+    spec: &Spec,
+    root: &Node,
+    overrides: &[Override<'_>],
+    moe_sel: Option<&Sel>,
+    stack: Stack,
+    n: usize,
+    noun: &str,
+) -> Result<Vec<LayerSpec>, Located> {
+    let mut cache: HashMap<Vec<usize>, LayerSpec> = HashMap::new();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let picked: Vec<(usize, &Node)> = overrides
+            .iter()
+            .filter(|o| o.stack.is_none_or(|s| s == stack) && o.sel.matches(i, n))
+            .map(|o| (o.index, o.node))
+            .collect();
+        let key: Vec<usize> = picked.iter().map(|(j, _)| *j).collect();
+        let mut layer = match cache.get(&key) {
+            Some(l) => l.clone(),
+            None => {
+                let (mut block, merged) = merged_block(spec, root, &picked, "layer")?;
+                if picked.len() > 1 {
+                    let fallback = picked.last().map(|(_, n)| *n).unwrap_or(root);
+                    let views = block_views(&merged, fallback);
+                    check_block(spec, root, &block, &views, &format!(" (in {noun} {i})"))?;
+                }
+                fill_attention(&mut block.attention, spec.d_model);
+                fill_norm(&mut block.norm);
+                let l = LayerSpec {
+                    attention: block.attention,
+                    mlp: block.mlp,
+                    norm: block.norm,
+                    residual: block.residual,
+                    moe: None,
+                };
+                cache.insert(key, l.clone());
+                l
+            }
+        };
+        layer.moe = match (&spec.moe, moe_sel) {
+            (Some(m), Some(sel)) if sel.matches(i, n) => Some(m.clone()),
+            (Some(m), None) => Some(m.clone()),
+            _ => None,
+        };
+        out.push(layer);
+    }
+    Ok(out)
+}
+
+pub(crate) fn fill_attention(a: &mut Attention, d_model: usize) {
+    a.head_dim = Some(a.head_dim(d_model));
+    a.kv_heads = Some(a.kv_heads());
+    a.scale = Some(a.scale(d_model));
+}
+
+pub(crate) fn fill_norm(n: &mut Norm) {
+    n.bias = Some(n.has_bias());
+}
+
+pub(crate) fn fill_positions(p: &mut Positions) {
+    match p.kind {
+        PositionKind::Rope => {
+            p.theta = Some(p.theta());
+            p.fraction = Some(p.fraction());
+            p.layout = Some(p.layout());
+        }
+        PositionKind::Sinusoidal => {
+            p.theta = Some(p.theta());
+            p.layout = Some(p.layout());
+        }
+        PositionKind::Relative => {
+            p.buckets = Some(p.buckets());
+            p.max_distance = Some(p.max_distance());
+        }
+        _ => {}
+    }
+    if let Some(RopeScaling::Yarn {
+        factor,
+        attention_factor,
+        ..
+    }) = &mut p.scaling
+        && attention_factor.is_none()
+    {
+        *attention_factor = Some(0.1 * factor.ln() + 1.0);
+    }
+}
