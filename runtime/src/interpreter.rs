@@ -7,7 +7,7 @@
 //! [`Graph::topo_order`], freeing each intermediate after its last use, and
 //! (4) checks every computed value against the node's declared type with the
 //! symbols substituted, so an interpreter or IR bug surfaces as an error at
-//! the node that caused it. See [`crate::ops`] for the numeric contract.
+//! the node that caused it. The numeric contract is in the crate docs.
 
 use crate::error::{Result, RuntimeError};
 use crate::ops;
@@ -366,7 +366,8 @@ impl<'g> Interpreter<'g> {
                     Cow::Borrowed(weights.get(name).expect("checked by Weights::check"))
                 }
                 Op::Reshape
-                    if remaining[operands[0].index()] == 1
+                    if operands.len() == 1
+                        && remaining[operands[0].index()] == 1
                         && matches!(values[operands[0].index()], Some(Cow::Owned(_))) =>
                 {
                     // Last use of an owned value: reuse its buffer.

@@ -5,16 +5,7 @@
 //! in row-major order with one running offset per operand, using stride 0
 //! for broadcast axes ([`for_each_offset`]), so no element allocates.
 //!
-//! Numerics (the oracle's contract):
-//! - f32 `Add Sub Mul Div` are IEEE f32 operations (correctly rounded).
-//! - Transcendental unary ops (`Exp Log Sqrt Rsqrt Tanh Erf Sin Cos`) and
-//!   f32 `Pow` are computed in f64 and rounded once to f32.
-//! - `Reduce Sum` and `MatMul` accumulate in f64 in a fixed order (input
-//!   row-major order; `k` ascending for matmul) and round once at the end.
-//! - f32 `Max`/`Min` (binary and reduce) propagate NaN.
-//! - i32 `Add Sub Mul Neg Abs` and `Reduce Sum` wrap on overflow; `Div`
-//!   truncates toward zero and fails on a zero divisor; `Pow` computes in
-//!   f64 and truncates (saturating) back to i32.
+//! The full contract is in the crate docs (`lib.rs`).
 
 use crate::tensor::{Tensor, TensorData, row_major_strides};
 use kiln_compiler::ir::{BinaryOp, DType, ReduceOp, UnaryOp};

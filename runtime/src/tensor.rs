@@ -60,7 +60,11 @@ pub struct Tensor {
 impl Tensor {
     /// A tensor from a shape and matching data.
     pub fn new(shape: Vec<usize>, data: TensorData) -> Result<Tensor> {
-        let expected: usize = shape.iter().product();
+        let Some(expected) = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) else {
+            return Err(RuntimeError::TensorMismatch(format!(
+                "shape {shape:?} has more elements than fit in memory"
+            )));
+        };
         if data.len() != expected {
             return Err(RuntimeError::DataLength {
                 shape,
@@ -286,6 +290,8 @@ mod tests {
         let t = Tensor::tokens(&[&[1, 2], &[3, 4]]).unwrap();
         assert_eq!(t.shape(), &[2, 2]);
         assert!(Tensor::tokens(&[&[1, 2], &[3]]).is_err());
+        let huge = Tensor::from_f32(&[usize::MAX, 2], vec![]).unwrap_err();
+        assert!(huge.to_string().contains("more elements"), "{huge}");
     }
 
     #[test]
