@@ -48,14 +48,36 @@ fn full_size_summaries() {
             for (op, n) in ops {
                 out += &format!("  {op:<12} {n}\n");
             }
-            out += "  inputs:";
-            for i in g.inputs_decl() {
-                out += &format!(" {}", g.node(i).op.attrs());
-            }
-            out += &format!("\n  outputs: {}\n", g.outputs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(" "));
+            let inputs: Vec<String> = g.inputs_decl().iter().map(|&i| g.node(i).op.attrs().trim_matches('"').to_string()).collect();
+            let outputs: Vec<String> = g.outputs.iter().map(|(n, _)| n.clone()).collect();
+            out += &format!("  inputs: {}\n  outputs: {}\n", per_layer_summary(&inputs), per_layer_summary(&outputs));
         }
         out += &format!("parameters: {}\n", lowered.parameter_count());
         let name = path.file_stem().unwrap().to_string_lossy().to_string();
         insta::assert_snapshot!(format!("full__{name}"), out);
     }
+}
+
+/// `tokens, past.{0..31}.k, past.{0..31}.v` instead of 64 cache names.
+fn per_layer_summary(names: &[String]) -> String {
+    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    for n in names {
+        let parts: Vec<&str> = n.split('.').collect();
+        let key = match parts.as_slice() {
+            [a, i, b] if i.parse::<usize>().is_ok() => Some((format!("{a}.{{}}.{b}"), i.parse::<usize>().unwrap())),
+            _ => None,
+        };
+        match key {
+            Some((k, i)) => match groups.iter_mut().find(|(g, _)| *g == k) {
+                Some((_, v)) => v.push(i),
+                None => groups.push((k, vec![i])),
+            },
+            None => groups.push((n.clone(), vec![])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(k, v)| if v.is_empty() { k } else { k.replace("{}", &format!("{{{}..{}}}", v[0], v[v.len() - 1])) })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -107,32 +107,30 @@ pub fn stack(
     for (i, layer) in layers.iter().enumerate() {
         let a = &layer.attention;
         let hd = a.head_dim(d);
-        let ctx = b.scoped(join(kind.prefix, "mask"), |b| -> Result<AttnContext, IrError> {
-            // Mask: padding, causality and this layer's window.
-            let mut m = pad_mask;
-            if let Some(c) = causal_mask {
-                let c = match a.sliding_window {
-                    Some(w) => {
-                        let key = format!("window{w}");
-                        match memo.get(&key) {
-                            Some(&n) => n,
-                            None => {
-                                let (qp, kp) = qk_positions(b, q_pos, &keys)?;
-                                let wc = b.scalar_i32(w as i32)?;
-                                let lo = b.add2(kp, wc)?;
-                                let inside = b.binary(BinaryOp::Lt, qp, lo)?; // q - k < w
-                                let n = b.binary(BinaryOp::And, c, inside)?;
-                                memo.insert(key, n);
-                                n
-                            }
+        // Mask: padding, causality and this layer's window, built once per distinct window.
+        let mask_key = format!("mask.{:?}", a.sliding_window);
+        let mask = match memo.get(&mask_key) {
+            Some(&m) => m,
+            None => {
+                let m = b.scoped(join(kind.prefix, "mask"), |b| -> R {
+                    let Some(c) = causal_mask else { return Ok(pad_mask) };
+                    let c = match a.sliding_window {
+                        Some(w) => {
+                            let (qp, kp) = qk_positions(b, q_pos, &keys)?;
+                            let wc = b.scalar_i32(w as i32)?;
+                            let lo = b.add2(kp, wc)?;
+                            let inside = b.binary(BinaryOp::Lt, qp, lo)?; // q - k < w
+                            b.binary(BinaryOp::And, c, inside)?
                         }
-                    }
-                    None => c,
-                };
-                m = b.binary(BinaryOp::And, m, c)?;
+                        None => c,
+                    };
+                    b.binary(BinaryOp::And, pad_mask, c)
+                })?;
+                memo.insert(mask_key, m);
+                m
             }
-            Ok(AttnContext { mask: Some(m), bias: None, rope: None })
-        })?;
+        };
+        let ctx = AttnContext { mask: Some(mask), bias: None, rope: None };
         let bias = position_bias(b, spec, kind, a.heads, q_pos, &keys, &mut memo)?;
         let rope = match spec.positions.kind {
             PositionKind::Rope => {
