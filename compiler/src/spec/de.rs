@@ -189,6 +189,8 @@ const SECTIONS: &[&str] = &[
 fn display_path(path: &str) -> String {
     if path.is_empty() {
         "the top level".into()
+    } else if path.contains('[') {
+        format!("`{path}`")
     } else {
         format!("[{path}]")
     }
@@ -290,18 +292,15 @@ impl DeError {
                 } else {
                     format!("unknown key `{field}` in {}", display_path(&path))
                 };
-                let help = match did_you_mean(&field, expected) {
-                    Some(s) => format!("did you mean `{s}`?"),
-                    None => match section_of(&field).filter(|_| path.is_empty()) {
-                        Some(section) => {
-                            format!("`{field}` belongs in the [{section}] table")
-                        }
-                        None => format!(
-                            "valid keys in {} are {}",
-                            display_path(&path),
-                            list_code(expected)
-                        ),
-                    },
+                let section = section_of(&field).filter(|_| path.is_empty());
+                let help = match (section, did_you_mean(&field, expected)) {
+                    (Some(section), _) => format!("`{field}` belongs in the [{section}] table"),
+                    (None, Some(s)) => format!("did you mean `{s}`?"),
+                    (None, None) => format!(
+                        "valid keys in {} are {}",
+                        display_path(&path),
+                        list_code(expected)
+                    ),
                 };
                 (message, Some(help))
             }
@@ -318,13 +317,24 @@ impl DeError {
                     )
                 } else {
                     (
-                        format!("missing required key `{field}` in [{path}]"),
-                        Some(format!("add `{field} = ...` to [{path}]")),
+                        format!("missing required key `{field}` in {}", display_path(&path)),
+                        Some(format!("add `{field} = ...` to {}", display_path(&path))),
                     )
                 }
             }
         };
         Located::new(loc, message, help)
+    }
+}
+
+/// "an integer (2)", "a table", ... for a node.
+fn describe_value(node: &Node) -> String {
+    match &node.kind {
+        Kind::Str(s) => format!("a string (\"{s}\")"),
+        Kind::Int(i) => format!("an integer ({i})"),
+        Kind::Float(x) => format!("a float ({x:?})"),
+        Kind::Bool(b) => format!("a boolean ({b})"),
+        _ => node.describe().to_string(),
     }
 }
 
@@ -361,13 +371,20 @@ fn type_help(key: &str, found: &str, expected: &str) -> String {
     let quoted = found
         .strip_prefix("a string (\"")
         .and_then(|s| s.strip_suffix("\")"));
+    let float = found
+        .strip_prefix("a float (")
+        .and_then(|s| s.strip_suffix(')'))
+        .and_then(|s| s.parse::<f64>().ok());
     match expected {
-        "an integer" => match quoted {
-            Some(q) if q.trim().parse::<i64>().is_ok() => {
+        "an integer" | "a non-negative integer" => match (quoted, float) {
+            (Some(q), _) if q.trim().parse::<i64>().is_ok() => {
                 format!("remove the quotes: `{key} = {}`", q.trim())
             }
-            _ if found.starts_with("a float") => {
-                format!("write a whole number without a decimal point, e.g. `{key} = 8`")
+            (_, Some(x)) if (0.0..1e15).contains(&x) => {
+                format!(
+                    "write a whole number without a decimal point, e.g. `{key} = {}`",
+                    x.trunc()
+                )
             }
             _ => format!("write a whole number, e.g. `{key} = 8`"),
         },
@@ -382,8 +399,13 @@ fn type_help(key: &str, found: &str, expected: &str) -> String {
             _ => format!("write `{key} = true` or `{key} = false`"),
         },
         "a string" => format!("quote the value, e.g. `{key} = \"...\"`"),
-        "a table" => format!("`{key}` is a table: write it as a [section] or `{key} = {{ ... }}`"),
+        "a table" => format!(
+            "`{key}` is a table: write `[{key}]` on its own line followed by its keys, or `{key} = {{ ... }}`"
+        ),
         "an array" => format!("write an array, e.g. `{key} = [1, 2]`"),
+        _ if expected.starts_with("a layer selector") => format!(
+            "write e.g. `{key} = \"odd\"`, `{key} = \"0..4\"`, `{key} = \"every 2\"` or `{key} = [1, 3]`"
+        ),
         other => format!("write {other}"),
     }
 }
@@ -466,7 +488,7 @@ impl<'de> de::Deserializer<'de> for NodeDe<'de> {
                 visitor.visit_enum(IntoDeserializer::<DeError>::into_deserializer(s.as_str()))
             }
             _ => Err(DeError::new(ErrKind::InvalidType {
-                found: self.node.describe().to_string(),
+                found: describe_value(self.node),
                 expected: format!("one of {}", list_values(variants)),
             })),
         };

@@ -197,10 +197,14 @@ pub(crate) fn list_code(items: &[&str]) -> String {
     }
 }
 
-/// "`\"a\"`, `\"b\"` or `\"c\"`" — enum values as written in TOML.
+/// `"a", "b" or "c"` — enum values as written in TOML.
 pub(crate) fn list_values(items: &[&str]) -> String {
     let quoted: Vec<String> = items.iter().map(|s| format!("\"{s}\"")).collect();
-    list_code(&quoted.iter().map(String::as_str).collect::<Vec<_>>())
+    match quoted.as_slice() {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
 }
 
 #[cfg(test)]
@@ -234,6 +238,6 @@ mod tests {
         );
         assert_eq!(did_you_mean("xyzzy", &["heads", "kv_heads"]), None);
         assert_eq!(list_code(&["a", "b", "c"]), "`a`, `b` or `c`");
-        assert_eq!(list_values(&["a"]), "`\"a\"`");
+        assert_eq!(list_values(&["a", "b"]), "\"a\" or \"b\"");
     }
 }

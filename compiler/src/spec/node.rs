@@ -57,11 +57,13 @@ impl Node {
     pub fn parse(src: &str, file: usize) -> Result<Node, Located> {
         let doc = DeTable::parse(src).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
-            Located::new(
-                Some(Loc { file, span }),
-                format!("invalid TOML: {}", e.message().trim_end()),
-                syntax_help(e.message()),
-            )
+            let mut message = format!("invalid TOML: {}", e.message().trim_end());
+            if e.message().trim_end() == "duplicate key"
+                && let Some(key) = src.get(span.clone()).filter(|k| !k.trim().is_empty())
+            {
+                message.push_str(&format!(" `{}`", key.trim()));
+            }
+            Located::new(Some(Loc { file, span }), message, syntax_help(e.message()))
         })?;
         let mut root = from_table(doc.get_ref(), file)?;
         root.loc = Some(Loc { file, span: 0..0 });

@@ -157,14 +157,13 @@ fn find_base(target: &str, from: &Origin, at: Option<Loc>) -> Result<(String, Or
     let is_path = target.ends_with(".toml") || target.contains('/') || target.contains('\\');
     let unknown = |target: &str| {
         let names: Vec<&str> = shipped_names().collect();
-        let mut help = match did_you_mean(target, &names) {
-            Some(s) => format!("did you mean \"{s}\"? "),
-            None => String::new(),
+        let help = match did_you_mean(target, &names) {
+            Some(s) => format!("did you mean \"{s}\"? (a path to a spec file must end in `.toml`)"),
+            None => format!(
+                "shipped models are {}; a path to a spec file must end in `.toml`",
+                list_code(&names)
+            ),
         };
-        help.push_str(&format!(
-            "shipped models are {}; a path to a spec file must end in `.toml`",
-            list_code(&names)
-        ));
         Located::new(
             at.clone(),
             format!("unknown model \"{target}\" in `extends`"),
@@ -180,7 +179,12 @@ fn find_base(target: &str, from: &Origin, at: Option<Loc>) -> Result<(String, Or
                     Ok(text) => Ok((text, Origin::Disk(joined))),
                     Err(e) => Err(Located::new(
                         at.clone(),
-                        format!("cannot read base spec `{}`: {e}", joined.display()),
+                        match e.kind() {
+                            std::io::ErrorKind::NotFound => {
+                                format!("base spec `{}` does not exist", joined.display())
+                            }
+                            _ => format!("cannot read base spec `{}`: {e}", joined.display()),
+                        },
                         Some(format!(
                             "`extends` paths are relative to the file that contains them (here `{}`)",
                             if dir.as_os_str().is_empty() {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use super::ResolvedSpec;
 use super::de::from_node;
-use super::error::{Located, list_code};
+use super::error::{Located, list_values};
 use super::node::{Loc, Node, merge};
 use super::schema::*;
 use super::selector::Sel;
@@ -29,6 +29,9 @@ struct View<'a> {
     fallback: Option<&'a Loc>,
     /// The table's dotted name in messages ("" at the top level).
     name: &'static str,
+    /// For a `[[layer]]` override merged over the model's section: the
+    /// override's own table, whose keys are preferred when a rule involves several.
+    local: Option<&'a Node>,
 }
 
 impl<'a> View<'a> {
@@ -38,6 +41,7 @@ impl<'a> View<'a> {
             node: entry.map(|e| &e.value),
             fallback: entry.and_then(|e| e.key_loc.as_ref()).or(root.loc.as_ref()),
             name,
+            local: None,
         }
     }
 
@@ -47,6 +51,7 @@ impl<'a> View<'a> {
             node: entry.map(|e| &e.value),
             fallback: entry.and_then(|e| e.key_loc.as_ref()).or(self.fallback),
             name,
+            local: None,
         }
     }
 
@@ -60,6 +65,16 @@ impl<'a> View<'a> {
             .and_then(|n| n.entry(key))
             .and_then(|e| e.key_loc.clone())
             .or(self.fallback.cloned())
+    }
+
+    /// Where a rule about `keys` should point: the first key the override
+    /// sets, else the first key written anywhere, else the table.
+    fn at_any(&self, keys: &[&str]) -> Option<Loc> {
+        let local = self.local;
+        keys.iter()
+            .find(|k| local.is_some_and(|l| l.entry(k).is_some()))
+            .or_else(|| keys.iter().find(|k| self.has(k)))
+            .map_or_else(|| self.at(keys[0]), |k| self.at(k))
     }
 
     fn file_of(&self, key: &str) -> Option<usize> {
@@ -122,6 +137,7 @@ pub(crate) fn resolve_tree(mut spec: Spec, root: &Node) -> Result<ResolvedSpec, 
         node: Some(root),
         fallback: root.loc.as_ref(),
         name: "",
+        local: None,
     };
     check_model(&spec, top)?;
     check_positions(&spec, View::section(root, "positions"), top)?;
@@ -346,8 +362,8 @@ fn check_positions(spec: &Spec, pv: View<'_>, top: View<'_>) -> Result<(), Locat
     for (key, is_set, kinds) in set {
         if is_set && !kinds.contains(&kind) {
             let names: Vec<&str> = kinds.iter().map(|k| kind_name(*k)).collect();
-            let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
-            let mut help = format!("remove `{key}`, or use `kind = {}`", quoted.join(" or "));
+            let kinds: Vec<String> = names.iter().map(|n| format!("`kind = \"{n}\"`")).collect();
+            let mut help = format!("remove `{key}`, or use {}", kinds.join(" or "));
             if pv.file_of(key).is_some() && pv.file_of(key) != pv.file_of("kind") {
                 help.push_str(&format!(
                     "; `{key}` is inherited from a base spec and a derived spec cannot remove keys, so extend a spec without it"
@@ -357,7 +373,7 @@ fn check_positions(spec: &Spec, pv: View<'_>, top: View<'_>) -> Result<(), Locat
                 pv.at(key),
                 format!(
                     "`positions.{key}` only applies to {} positions, but `positions.kind` is \"{}\"",
-                    list_code(&names).replace('`', "\""),
+                    list_values(&names),
                     kind_name(kind)
                 ),
                 help,
@@ -411,17 +427,17 @@ fn check_positions(spec: &Spec, pv: View<'_>, top: View<'_>) -> Result<(), Locat
                 "the encoder splits the buckets between keys before and after the query: use an even count such as 32",
             ));
         }
-        let exact = if spec.architecture == Architecture::Encoder {
-            buckets / 4
+        let (exact, share) = if spec.architecture == Architecture::Encoder {
+            (buckets / 4, "buckets / 4")
         } else {
-            buckets / 2
+            (buckets / 2, "buckets / 2")
         };
         let max_distance = p.max_distance();
         if max_distance <= exact {
             return Err(err(
                 pv.at("max_distance"),
                 format!(
-                    "`positions.max_distance` ({max_distance}) must be greater than the {exact} distances that get exact buckets"
+                    "`positions.max_distance` ({max_distance}) must be greater than {share} = {exact}, the distances that get a bucket each"
                 ),
                 "raise `max_distance` or lower `buckets` (T5: buckets = 32, max_distance = 128)",
             ));
@@ -565,7 +581,7 @@ fn check_block(
         }
         if kv > a.heads {
             return Err(err(
-                av.at("kv_heads"),
+                av.at_any(&["kv_heads", "heads"]),
                 format!(
                     "`attention.kv_heads` ({kv}) cannot exceed `attention.heads` ({}){ctx}",
                     a.heads
@@ -578,7 +594,7 @@ fn check_block(
         }
         if !a.heads.is_multiple_of(kv) {
             return Err(err(
-                av.at("kv_heads"),
+                av.at_any(&["kv_heads", "heads"]),
                 format!(
                     "`attention.heads` ({}) is not a multiple of `attention.kv_heads` ({kv}){ctx}",
                     a.heads
@@ -646,12 +662,10 @@ fn check_block(
         let raw = (hd as f64 * p.fraction()).round() as usize;
         if raw == 0 || raw % 2 == 1 {
             let pv = View::section(root, "positions");
-            let loc = if pv.has("fraction") {
+            let loc = if av.local.is_none() && pv.has("fraction") {
                 pv.at("fraction")
-            } else if av.has("head_dim") {
-                av.at("head_dim")
             } else {
-                av.at("heads")
+                av.at_any(&["head_dim", "heads"])
             };
             let what = if raw == 0 {
                 "RoPE would rotate no channels".to_string()
@@ -688,14 +702,14 @@ fn check_block(
     }
     if n.kind == NormKind::Rmsnorm && n.bias == Some(true) {
         return Err(err(
-            nv.at("bias"),
+            nv.at_any(&["bias", "kind"]),
             format!("`norm.bias = true` is not allowed with `kind = \"rmsnorm\"`{ctx}"),
             "RMSNorm has no bias: remove `bias`, or use `kind = \"layernorm\"`",
         ));
     }
     if !n.affine && n.bias == Some(true) {
         return Err(err(
-            nv.at("bias"),
+            nv.at_any(&["bias", "affine"]),
             format!("`norm.bias = true` needs `norm.affine = true`{ctx}"),
             "a parameter-free norm (affine = false) has neither scale nor bias: remove `bias`",
         ));
@@ -713,7 +727,11 @@ fn check_block(
     }
     if b.residual.parallel && n.placement != Placement::Pre {
         return Err(err(
-            v.residual.at("parallel"),
+            if v.norm.local.is_some_and(|l| l.entry("placement").is_some()) {
+                v.norm.at("placement")
+            } else {
+                v.residual.at("parallel")
+            },
             format!("`residual.parallel = true` needs `norm.placement = \"pre\"`{ctx}"),
             "a parallel block adds attn(norm(x)) and mlp(norm(x)) to x, which is pre-norm by construction",
         ));
@@ -806,6 +824,7 @@ fn check_overrides<'a>(spec: &Spec, root: &'a Node) -> Result<Vec<Override<'a>>,
             node: Some(node),
             fallback: node.loc.as_ref(),
             name: "layer",
+            local: None,
         };
         if o.stack.is_some() && spec.architecture != Architecture::EncoderDecoder {
             return Err(err(
@@ -835,7 +854,7 @@ fn check_overrides<'a>(spec: &Spec, root: &'a Node) -> Result<Vec<Override<'a>>,
                 ));
             }
         }
-        let ctx = format!(" (in the layers `layer[{j}]` selects)");
+        let ctx = format!(" (in layers selected by `layer[{j}]`)");
         let (block, merged) = merged_block(spec, root, &[(j, node)], &format!("layer[{j}]"))?;
         let views = block_views(&merged, node);
         check_block(spec, root, &block, &views, &ctx)?;
@@ -897,6 +916,7 @@ fn block_views<'a>(merged: &'a [Node; 4], fallback: &'a Node) -> BlockViews<'a> 
             .and_then(|e| e.key_loc.as_ref())
             .or(fallback.loc.as_ref()),
         name,
+        local: fallback.get(name),
     };
     BlockViews {
         attention: view(0, "attention"),
