@@ -402,6 +402,9 @@ fn type_help(key: &str, found: &str, expected: &str) -> String {
         "a table" => format!(
             "`{key}` is a table: write `[{key}]` on its own line followed by its keys, or `{key} = {{ ... }}`"
         ),
+        "an array" if key == "layer" => {
+            "per-layer overrides are an array of tables: write `[[layer]]` (double brackets) before each one".into()
+        }
         "an array" => format!("write an array, e.g. `{key} = [1, 2]`"),
         _ if expected.starts_with("a layer selector") => format!(
             "write e.g. `{key} = \"odd\"`, `{key} = \"0..4\"`, `{key} = \"every 2\"` or `{key} = [1, 3]`"

@@ -449,3 +449,47 @@ fn every_spec_under_models_loads_from_disk() {
         }
     }
 }
+
+#[test]
+fn mutated_shipped_specs_never_panic() {
+    // Replace each value in every shipped spec with values of the wrong type
+    // or out of range, and cut each spec at every line; loading must return
+    // (an error or a spec), never panic or abort.
+    let replacements = [
+        "0",
+        "-1",
+        "99999999999999",
+        "1.5",
+        "-0.0",
+        "nan",
+        "inf",
+        "\"x\"",
+        "true",
+        "[]",
+        "{}",
+        "\"every 0\"",
+        "\"0..\"",
+    ];
+    for name in shipped_names() {
+        let Some(text) = shipped_spec(name) else {
+            continue;
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let Some((key, _)) = line.split_once(" = ") else {
+                continue;
+            };
+            if key.trim_start().starts_with('#') || key.contains('[') {
+                continue;
+            }
+            for r in replacements {
+                let mut mutated = lines.clone();
+                let new = format!("{key} = {r}");
+                mutated[i] = &new;
+                let _ = load_str(&mutated.join("\n"), Path::new("fuzz.toml"));
+            }
+            let cut = lines[..i].join("\n");
+            let _ = load_str(&cut, Path::new("fuzz.toml"));
+        }
+    }
+}

@@ -855,7 +855,7 @@ fn check_overrides<'a>(spec: &Spec, root: &'a Node) -> Result<Vec<Override<'a>>,
             }
         }
         let ctx = format!(" (in layers selected by `layer[{j}]`)");
-        let (block, merged) = merged_block(spec, root, &[(j, node)], &format!("layer[{j}]"))?;
+        let (block, merged) = merged_block(root, &[(j, node)])?;
         let views = block_views(&merged, node);
         check_block(spec, root, &block, &views, &ctx)?;
         out.push(Override {
@@ -870,13 +870,7 @@ fn check_overrides<'a>(spec: &Spec, root: &'a Node) -> Result<Vec<Override<'a>>,
 
 /// The four block sections of the model with `overrides` merged over them,
 /// deserialised, plus the merged trees (for locations).
-fn merged_block(
-    spec: &Spec,
-    root: &Node,
-    overrides: &[(usize, &Node)],
-    label: &str,
-) -> Result<(Block, [Node; 4]), Located> {
-    let _ = spec;
+fn merged_block(root: &Node, overrides: &[(usize, &Node)]) -> Result<(Block, [Node; 4]), Located> {
     let mut trees: [Node; 4] = std::array::from_fn(|_| Node::table(None));
     for (i, section) in BLOCK_SECTIONS.iter().enumerate() {
         let mut t = root
@@ -891,12 +885,9 @@ fn merged_block(
         trees[i] = t;
     }
     // Errors here can only come from override keys, so name the override.
-    let path = |s: &str| {
-        if overrides.len() == 1 {
-            format!("{label}.{s}")
-        } else {
-            s.to_string()
-        }
+    let path = |s: &str| match overrides {
+        [(j, _)] => format!("layer[{j}].{s}"),
+        _ => s.to_string(),
     };
     let block = Block {
         attention: from_node(&trees[0], &path("attention"), None)?,
@@ -947,7 +938,7 @@ fn expand(
         let mut layer = match cache.get(&key) {
             Some(l) => l.clone(),
             None => {
-                let (mut block, merged) = merged_block(spec, root, &picked, "layer")?;
+                let (mut block, merged) = merged_block(root, &picked)?;
                 if picked.len() > 1 {
                     let fallback = picked.last().map(|(_, n)| *n).unwrap_or(root);
                     let views = block_views(&merged, fallback);
