@@ -23,7 +23,10 @@ fn specs(dir: &str) -> Vec<PathBuf> {
 #[test]
 fn tiny_variant_graphs() {
     let tiny = specs("models/tiny");
-    assert!(tiny.len() >= 16, "expected a tiny variant of every shipped model");
+    assert!(
+        tiny.len() >= 16,
+        "expected a tiny variant of every shipped model"
+    );
     for path in tiny {
         let rs = spec::load(&path).unwrap_or_else(|e| panic!("{}", e.render()));
         let lowered = lower(&rs).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -48,9 +51,17 @@ fn full_size_summaries() {
             for (op, n) in ops {
                 out += &format!("  {op:<12} {n}\n");
             }
-            let inputs: Vec<String> = g.inputs_decl().iter().map(|&i| g.node(i).op.attrs().trim_matches('"').to_string()).collect();
+            let inputs: Vec<String> = g
+                .inputs_decl()
+                .iter()
+                .map(|&i| g.node(i).op.attrs().trim_matches('"').to_string())
+                .collect();
             let outputs: Vec<String> = g.outputs.iter().map(|(n, _)| n.clone()).collect();
-            out += &format!("  inputs: {}\n  outputs: {}\n", per_layer_summary(&inputs), per_layer_summary(&outputs));
+            out += &format!(
+                "  inputs: {}\n  outputs: {}\n",
+                per_layer_summary(&inputs),
+                per_layer_summary(&outputs)
+            );
         }
         out += &format!("parameters: {}\n", lowered.parameter_count());
         let name = path.file_stem().unwrap().to_string_lossy().to_string();
@@ -64,7 +75,9 @@ fn per_layer_summary(names: &[String]) -> String {
     for n in names {
         let parts: Vec<&str> = n.split('.').collect();
         let key = match parts.as_slice() {
-            [a, i, b] if i.parse::<usize>().is_ok() => Some((format!("{a}.{{}}.{b}"), i.parse::<usize>().unwrap())),
+            [a, i, b] if i.parse::<usize>().is_ok() => {
+                Some((format!("{a}.{{}}.{b}"), i.parse::<usize>().unwrap()))
+            }
             _ => None,
         };
         match key {
@@ -77,7 +90,13 @@ fn per_layer_summary(names: &[String]) -> String {
     }
     groups
         .into_iter()
-        .map(|(k, v)| if v.is_empty() { k } else { k.replace("{}", &format!("{{{}..{}}}", v[0], v[v.len() - 1])) })
+        .map(|(k, v)| {
+            if v.is_empty() {
+                k
+            } else {
+                k.replace("{}", &format!("{{{}..{}}}", v[0], v[v.len() - 1]))
+            }
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -5,7 +5,9 @@
 use kiln_compiler::ir::{Builder, DType, Graph, NodeId, Shape};
 use kiln_compiler::lower::{mlp, norm, positions};
 use kiln_compiler::shape;
-use kiln_compiler::spec::{self, Activation, Mlp, Moe, Norm, NormKind, PairLayout, PositionKind, Positions};
+use kiln_compiler::spec::{
+    self, Activation, Mlp, Moe, Norm, NormKind, PairLayout, PositionKind, Positions,
+};
 use kiln_runtime::{Tensor, Weights, run};
 
 /// Build a graph with one f32 input `x` of `shape`, output `y = f(x)`, run it.
@@ -31,7 +33,10 @@ fn eval(
 fn close(a: &[f32], b: &[f64], tol: f64) {
     assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((*x as f64 - y).abs() <= tol * (1.0 + y.abs()), "element {i}: {x} vs {y}\n{a:?}\n{b:?}");
+        assert!(
+            (*x as f64 - y).abs() <= tol * (1.0 + y.abs()),
+            "element {i}: {x} vs {y}\n{a:?}\n{b:?}"
+        );
     }
 }
 
@@ -40,7 +45,14 @@ fn f32s(shape: &[usize], v: &[f64]) -> Tensor {
 }
 
 fn norm_spec(kind: NormKind, bias: Option<bool>, affine: bool, offset: f64) -> Norm {
-    Norm { kind, eps: 1e-5, bias, affine, weight_offset: offset, ..Norm::default() }
+    Norm {
+        kind,
+        eps: 1e-5,
+        bias,
+        affine,
+        weight_offset: offset,
+        ..Norm::default()
+    }
 }
 
 #[test]
@@ -50,11 +62,19 @@ fn layernorm_with_scale_and_bias() {
     let var = (4.0 + 1.0 + 0.0 + 9.0) / 4.0;
     let w = [1.0, 2.0, 0.5, -1.0];
     let bias = [0.1, 0.2, 0.3, 0.4];
-    let want: Vec<f64> = (0..4).map(|i| (x[i] - mean) / (var + 1e-5f64).sqrt() * w[i] + bias[i]).collect();
+    let want: Vec<f64> = (0..4)
+        .map(|i| (x[i] - mean) / (var + 1e-5f64).sqrt() * w[i] + bias[i])
+        .collect();
     let n = norm_spec(NormKind::Layernorm, None, true, 0.0);
-    let got = eval(shape![1usize, 4usize], f32s(&[1, 4], &x), &[("ln.weight", f32s(&[4], &w)), ("ln.bias", f32s(&[4], &bias))], |b, x| {
-        norm::norm(b, &n, "ln", x, 4)
-    });
+    let got = eval(
+        shape![1usize, 4usize],
+        f32s(&[1, 4], &x),
+        &[
+            ("ln.weight", f32s(&[4], &w)),
+            ("ln.bias", f32s(&[4], &bias)),
+        ],
+        |b, x| norm::norm(b, &n, "ln", x, 4),
+    );
     close(&got, &want, 1e-6);
 }
 
@@ -64,7 +84,9 @@ fn layernorm_without_affine_has_no_parameters() {
     let sd = (14.0f64 / 4.0 + 1e-5).sqrt();
     let want: Vec<f64> = x.iter().map(|v| (v - 3.0) / sd).collect();
     let n = norm_spec(NormKind::Layernorm, None, false, 0.0);
-    let got = eval(shape![1usize, 4usize], f32s(&[1, 4], &x), &[], |b, x| norm::norm(b, &n, "ln", x, 4));
+    let got = eval(shape![1usize, 4usize], f32s(&[1, 4], &x), &[], |b, x| {
+        norm::norm(b, &n, "ln", x, 4)
+    });
     close(&got, &want, 1e-6);
 }
 
@@ -76,12 +98,22 @@ fn rmsnorm_and_gemma_offset() {
     // Llama: x / rms * w.
     let want: Vec<f64> = (0..4).map(|i| x[i] / rms * w[i]).collect();
     let n = norm_spec(NormKind::Rmsnorm, None, true, 0.0);
-    let got = eval(shape![1usize, 4usize], f32s(&[1, 4], &x), &[("rms.weight", f32s(&[4], &w))], |b, x| norm::norm(b, &n, "rms", x, 4));
+    let got = eval(
+        shape![1usize, 4usize],
+        f32s(&[1, 4], &x),
+        &[("rms.weight", f32s(&[4], &w))],
+        |b, x| norm::norm(b, &n, "rms", x, 4),
+    );
     close(&got, &want, 1e-6);
     // Gemma: x / rms * (1 + w).
     let want: Vec<f64> = (0..4).map(|i| x[i] / rms * (1.0 + w[i])).collect();
     let n = norm_spec(NormKind::Rmsnorm, None, true, 1.0);
-    let got = eval(shape![1usize, 4usize], f32s(&[1, 4], &x), &[("rms.weight", f32s(&[4], &w))], |b, x| norm::norm(b, &n, "rms", x, 4));
+    let got = eval(
+        shape![1usize, 4usize],
+        f32s(&[1, 4], &x),
+        &[("rms.weight", f32s(&[4], &w))],
+        |b, x| norm::norm(b, &n, "rms", x, 4),
+    );
     close(&got, &want, 1e-6);
 }
 
@@ -91,13 +123,39 @@ fn activations_match_reference_values() {
     let cases: [(Activation, [f64; 4]); 4] = [
         (Activation::Relu, [0.0, 0.0, 1.0, 2.5]),
         // x * Phi(x)
-        (Activation::Gelu, [-0.15865525393145707, 0.0, 0.8413447460685429, 2.4844758366855597]),
+        (
+            Activation::Gelu,
+            [
+                -0.15865525393145707,
+                0.0,
+                0.8413447460685429,
+                2.4844758366855597,
+            ],
+        ),
         // 0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3)))
-        (Activation::GeluTanh, [-0.15880800939172324, 0.0, 0.8411919906082768, 2.484915733910001]),
-        (Activation::Silu, [-0.2689414213699951, 0.0, 0.7310585786300049, 2.3103545499468914]),
+        (
+            Activation::GeluTanh,
+            [
+                -0.15880800939172324,
+                0.0,
+                0.8411919906082768,
+                2.484915733910001,
+            ],
+        ),
+        (
+            Activation::Silu,
+            [
+                -0.2689414213699951,
+                0.0,
+                0.7310585786300049,
+                2.3103545499468914,
+            ],
+        ),
     ];
     for (act, want) in cases {
-        let got = eval(shape![4usize], f32s(&[4], &x), &[], |b, x| mlp::activation(b, act, x));
+        let got = eval(shape![4usize], f32s(&[4], &x), &[], |b, x| {
+            mlp::activation(b, act, x)
+        });
         close(&got, &want, 2e-6);
     }
 }
@@ -130,7 +188,9 @@ fn run_rope(p: &Positions, hd: usize, x: &[f64], pos: i32) -> Vec<f32> {
     let rot = p.rotary_dims(hd);
     let mut g = Graph::new("rope");
     let mut b = Builder::new(&mut g);
-    let xi = b.input("x", DType::F32, shape![1usize, 1usize, "seq", hd]).unwrap();
+    let xi = b
+        .input("x", DType::F32, shape![1usize, 1usize, "seq", hd])
+        .unwrap();
     let pi = b.input("pos", DType::I32, shape!["seq"]).unwrap();
     let (cos, sin) = positions::rope_tables(&mut b, p, rot, pi).unwrap();
     let y = positions::apply_rope(&mut b, p.layout(), rot, xi, cos, sin).unwrap();
@@ -145,7 +205,11 @@ fn rope_half_split_pairs_i_with_i_plus_half() {
     let x = [0.3, -1.2, 0.7, 2.0];
     let inv = [1.0, 0.01]; // 10000^(-2i/4)
     let want = rope_reference(&x, 3.0, &[(0, 2), (1, 3)], &inv);
-    close(&run_rope(&rope_positions(PairLayout::Half, 1.0), 4, &x, 3), &want, 1e-6);
+    close(
+        &run_rope(&rope_positions(PairLayout::Half, 1.0), 4, &x, 3),
+        &want,
+        1e-6,
+    );
 }
 
 #[test]
@@ -153,7 +217,11 @@ fn rope_interleaved_pairs_adjacent_channels() {
     let x = [0.3, -1.2, 0.7, 2.0];
     let inv = [1.0, 0.01];
     let want = rope_reference(&x, 3.0, &[(0, 1), (2, 3)], &inv);
-    close(&run_rope(&rope_positions(PairLayout::Interleaved, 1.0), 4, &x, 3), &want, 1e-6);
+    close(
+        &run_rope(&rope_positions(PairLayout::Interleaved, 1.0), 4, &x, 3),
+        &want,
+        1e-6,
+    );
 }
 
 #[test]
@@ -162,14 +230,26 @@ fn partial_rope_rotates_only_the_leading_channels() {
     let x = [0.3, -1.2, 0.7, 2.0, 5.0, 6.0, 7.0, 8.0];
     let inv = [1.0, 0.01];
     let want = rope_reference(&x, 5.0, &[(0, 2), (1, 3)], &inv);
-    close(&run_rope(&rope_positions(PairLayout::Half, 0.5), 8, &x, 5), &want, 1e-6);
+    close(
+        &run_rope(&rope_positions(PairLayout::Half, 0.5), 8, &x, 5),
+        &want,
+        1e-6,
+    );
     // Position 0 is the identity.
-    close(&run_rope(&rope_positions(PairLayout::Half, 0.5), 8, &x, 0), &x, 1e-7);
+    close(
+        &run_rope(&rope_positions(PairLayout::Half, 0.5), 8, &x, 0),
+        &x,
+        1e-7,
+    );
 }
 
 #[test]
 fn sinusoidal_table_interleaves_sin_and_cos() {
-    let p = Positions { kind: PositionKind::Sinusoidal, layout: None, ..rope_positions(PairLayout::Half, 1.0) };
+    let p = Positions {
+        kind: PositionKind::Sinusoidal,
+        layout: None,
+        ..rope_positions(PairLayout::Half, 1.0)
+    };
     let mut g = Graph::new("sin");
     let mut b = Builder::new(&mut g);
     let pi = b.input("pos", DType::I32, shape!["seq"]).unwrap();
@@ -177,7 +257,16 @@ fn sinusoidal_table_interleaves_sin_and_cos() {
     g.set_output("y", y);
     let pt = Tensor::from_i32(&[2], vec![0, 2]).unwrap();
     let got = run(&g, &Weights::new(), &[("pos", &pt)]).unwrap()["y"].to_f32_vec();
-    let want = [0.0, 1.0, 0.0, 1.0, 2f64.sin(), 2f64.cos(), 0.02f64.sin(), 0.02f64.cos()];
+    let want = [
+        0.0,
+        1.0,
+        0.0,
+        1.0,
+        2f64.sin(),
+        2f64.cos(),
+        0.02f64.sin(),
+        0.02f64.cos(),
+    ];
     close(&got, &want, 1e-6);
 }
 
@@ -198,7 +287,9 @@ fn t5_bucket(rel: i64, bidirectional: bool, buckets: i64, max_distance: i64) -> 
     if n < max_exact {
         return ret + n;
     }
-    let large = max_exact + ((n as f32 / max_exact as f32).ln() / (max_distance as f32 / max_exact as f32).ln() * (nb - max_exact) as f32) as i64;
+    let large = max_exact
+        + ((n as f32 / max_exact as f32).ln() / (max_distance as f32 / max_exact as f32).ln()
+            * (nb - max_exact) as f32) as i64;
     ret + large.min(nb - 1)
 }
 
@@ -213,12 +304,21 @@ fn t5_relative_buckets() {
     assert_eq!(t5_bucket(-200, true, 32, 128), 15);
     let rels: Vec<i32> = (-300..=300).step_by(7).chain(-20..=20).collect();
     for bidirectional in [true, false] {
-        let got = eval(shape![rels.len()], Tensor::from_i32(&[rels.len()], rels.clone()).unwrap(), &[], |b, x| {
-            let bk = positions::relative_buckets(b, x, 32, 128, bidirectional)?;
-            b.cast(bk, DType::F32)
-        });
+        let got = eval(
+            shape![rels.len()],
+            Tensor::from_i32(&[rels.len()], rels.clone()).unwrap(),
+            &[],
+            |b, x| {
+                let bk = positions::relative_buckets(b, x, 32, 128, bidirectional)?;
+                b.cast(bk, DType::F32)
+            },
+        );
         for (r, g) in rels.iter().zip(&got) {
-            assert_eq!(*g as i64, t5_bucket(*r as i64, bidirectional, 32, 128), "rel {r} bidirectional {bidirectional}");
+            assert_eq!(
+                *g as i64,
+                t5_bucket(*r as i64, bidirectional, 32, 128),
+                "rel {r} bidirectional {bidirectional}"
+            );
         }
     }
 }
@@ -228,29 +328,64 @@ fn moe_routes_each_token_to_its_top_k_experts() {
     // d = 2, 3 experts, relu MLP with d_ff = 2: expert e computes (e + 1) * x for x > 0.
     let e = 3;
     let up: Vec<f64> = (0..e).flat_map(|_| [1.0, 0.0, 0.0, 1.0]).collect();
-    let down: Vec<f64> = (0..e).flat_map(|i| { let s = (i + 1) as f64; [s, 0.0, 0.0, s] }).collect();
+    let down: Vec<f64> = (0..e)
+        .flat_map(|i| {
+            let s = (i + 1) as f64;
+            [s, 0.0, 0.0, s]
+        })
+        .collect();
     // Router logits for x = [1, 1]: [0, ln 2, ln 3] -> probs 1/6, 2/6, 3/6.
     let router = [0.0, 0.0, 2f64.ln(), 0.0, 3f64.ln(), 0.0];
-    let m = Mlp { d_ff: 2, activation: Activation::Relu, gated: false, bias: false };
+    let m = Mlp {
+        d_ff: 2,
+        activation: Activation::Relu,
+        gated: false,
+        bias: false,
+    };
     for renormalize in [true, false] {
-        let moe_spec = Moe { experts: 3, top_k: 2, renormalize, d_ff: None, shared_expert: None, layers: None };
+        let moe_spec = Moe {
+            experts: 3,
+            top_k: 2,
+            renormalize,
+            d_ff: None,
+            shared_expert: None,
+            layers: None,
+        };
         let x = f32s(&[1, 1, 2], &[1.0, 1.0]);
-        let got = eval(shape![1usize, 1usize, 2usize], x, &[
-            ("moe.router.weight", f32s(&[3, 2], &router)),
-            ("moe.experts.up.weight", f32s(&[3, 2, 2], &up)),
-            ("moe.experts.down.weight", f32s(&[3, 2, 2], &down)),
-        ], |b, x| mlp::moe(b, &moe_spec, &m, "moe", x, 2));
+        let got = eval(
+            shape![1usize, 1usize, 2usize],
+            x,
+            &[
+                ("moe.router.weight", f32s(&[3, 2], &router)),
+                ("moe.experts.up.weight", f32s(&[3, 2, 2], &up)),
+                ("moe.experts.down.weight", f32s(&[3, 2, 2], &down)),
+            ],
+            |b, x| mlp::moe(b, &moe_spec, &m, "moe", x, 2),
+        );
         // Top-2 are experts 2 (p 3/6, output 3x) and 1 (p 2/6, output 2x); expert 0 is dropped.
         let (p1, p2) = (2.0 / 6.0, 3.0 / 6.0);
-        let y = if renormalize { (p2 * 3.0 + p1 * 2.0) / (p1 + p2) } else { p2 * 3.0 + p1 * 2.0 };
+        let y = if renormalize {
+            (p2 * 3.0 + p1 * 2.0) / (p1 + p2)
+        } else {
+            p2 * 3.0 + p1 * 2.0
+        };
         close(&got, &[y, y], 1e-6);
     }
 }
 
 #[test]
 fn softcap_bounds_values() {
-    let got = eval(shape![3usize], f32s(&[3], &[0.0, 10.0, 1000.0]), &[], |b, x| b.softcap(x, 50.0));
-    close(&got, &[0.0, 50.0 * (0.2f64).tanh(), 50.0 * 20f64.tanh()], 1e-6);
+    let got = eval(
+        shape![3usize],
+        f32s(&[3], &[0.0, 10.0, 1000.0]),
+        &[],
+        |b, x| b.softcap(x, 50.0),
+    );
+    close(
+        &got,
+        &[0.0, 50.0 * (0.2f64).tanh(), 50.0 * 20f64.tanh()],
+        1e-6,
+    );
 }
 
 /// Load a spec from text in a temporary location inside the repo's models tree.
@@ -276,7 +411,8 @@ gated = true
 kind = "rmsnorm"
 "#
     );
-    spec::load_str(&src, std::path::Path::new("window-test.toml")).unwrap_or_else(|e| panic!("{}", e.render()))
+    spec::load_str(&src, std::path::Path::new("window-test.toml"))
+        .unwrap_or_else(|e| panic!("{}", e.render()))
 }
 
 fn last_logits(rs: &spec::ResolvedSpec, tokens: &[i32]) -> Vec<f32> {
@@ -292,15 +428,33 @@ fn sliding_window_includes_the_current_token() {
     // One layer, window 2: position 3 sees tokens 2 and 3 only.
     let w = tiny_decoder("sliding_window = 2");
     let base = last_logits(&w, &[1, 2, 3, 4]);
-    assert_eq!(base, last_logits(&w, &[9, 2, 3, 4]), "token 0 is outside the window");
-    assert_eq!(base, last_logits(&w, &[1, 9, 3, 4]), "token 1 is outside the window");
-    assert_ne!(base, last_logits(&w, &[1, 2, 9, 4]), "token 2 is inside the window");
+    assert_eq!(
+        base,
+        last_logits(&w, &[9, 2, 3, 4]),
+        "token 0 is outside the window"
+    );
+    assert_eq!(
+        base,
+        last_logits(&w, &[1, 9, 3, 4]),
+        "token 1 is outside the window"
+    );
+    assert_ne!(
+        base,
+        last_logits(&w, &[1, 2, 9, 4]),
+        "token 2 is inside the window"
+    );
     // Without a window every earlier token matters.
     let full = tiny_decoder("");
-    assert_ne!(last_logits(&full, &[1, 2, 3, 4]), last_logits(&full, &[9, 2, 3, 4]));
+    assert_ne!(
+        last_logits(&full, &[1, 2, 3, 4]),
+        last_logits(&full, &[9, 2, 3, 4])
+    );
     // Window 1: only the token itself.
     let one = tiny_decoder("sliding_window = 1");
-    assert_eq!(last_logits(&one, &[1, 2, 3, 4]), last_logits(&one, &[5, 6, 7, 4]));
+    assert_eq!(
+        last_logits(&one, &[1, 2, 3, 4]),
+        last_logits(&one, &[5, 6, 7, 4])
+    );
 }
 
 #[test]

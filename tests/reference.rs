@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 fn tiny_specs() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     v.retain(|p| p.extension().is_some_and(|x| x == "toml"));
     v.sort();
     v
@@ -39,15 +42,24 @@ fn every_tiny_model_runs_and_produces_finite_outputs() {
             }
         };
         let hidden = &out["hidden"];
-        let seq = if s.architecture == Architecture::EncoderDecoder { 3 } else { PROMPT.len() };
+        let seq = if s.architecture == Architecture::EncoderDecoder {
+            3
+        } else {
+            PROMPT.len()
+        };
         assert_eq!(hidden.shape(), &[1, seq, s.d_model], "{}", path.display());
         for (name, t) in out.iter() {
-            assert!(t.to_f32_vec().iter().all(|v| v.is_finite()), "{}: `{name}` has non-finite values", path.display());
+            assert!(
+                t.to_f32_vec().iter().all(|v| v.is_finite()),
+                "{}: `{name}` has non-finite values",
+                path.display()
+            );
         }
         if let Some(l) = out.get("logits") {
             assert_eq!(l.shape(), &[1, seq, s.vocab_size], "{}", path.display());
             let v = l.to_f32_vec();
-            let spread = v.iter().cloned().fold(f32::MIN, f32::max) - v.iter().cloned().fold(f32::MAX, f32::min);
+            let spread = v.iter().cloned().fold(f32::MIN, f32::max)
+                - v.iter().cloned().fold(f32::MAX, f32::min);
             assert!(spread > 0.0, "{}: constant logits", path.display());
         }
     }
@@ -79,8 +91,16 @@ fn kv_cache_decoding_matches_the_full_sequence() {
         }
         assert_eq!(step.past_len(), tokens.len());
         assert_eq!(got.len(), tokens.len() * vocab);
-        let diff = all.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        assert!(diff <= 1e-5, "{}: incremental logits differ by {diff}", path.display());
+        let diff = all
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            diff <= 1e-5,
+            "{}: incremental logits differ by {diff}",
+            path.display()
+        );
     }
 }
 
@@ -92,4 +112,63 @@ fn random_weights_are_deterministic_per_seed() {
     let c = model(&path, 6).1.session().forward(&PROMPT).unwrap()["logits"].to_f32_vec();
     assert_eq!(a, b);
     assert_ne!(a, c);
+}
+
+#[test]
+fn encoder_padding_does_not_change_outputs() {
+    for path in tiny_specs() {
+        let (rs, m) = model(&path, 4);
+        if rs.spec.architecture != Architecture::Encoder {
+            continue;
+        }
+        let d = rs.spec.d_model;
+        let short = &PROMPT[..3];
+        let alone = m.encode(short).unwrap();
+        let batch = m.encode_batch(&[&PROMPT, short]).unwrap();
+        // Hidden states of the real tokens of row 1 equal the unpadded run.
+        let h = batch["hidden"].to_f32_vec();
+        let row1 = &h[PROMPT.len() * d..PROMPT.len() * d + 3 * d];
+        let diff = row1
+            .iter()
+            .zip(alone["hidden"].to_f32_vec())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            diff <= 1e-5,
+            "{}: padded hidden differs by {diff}",
+            path.display()
+        );
+        for key in ["pooled", "embedding"] {
+            if let Some(t) = batch.get(key) {
+                let v = t.to_f32_vec();
+                let w = v.len() / 2;
+                let diff = v[w..]
+                    .iter()
+                    .zip(alone[key].to_f32_vec())
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(
+                    diff <= 1e-5,
+                    "{}: padded `{key}` differs by {diff}",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_tokens_and_overlong_sequences_are_errors() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/gpt2.toml");
+    let (rs, m) = model(&path, 0);
+    let vocab = rs.spec.vocab_size as i32;
+    let e = m.session().forward(&[1, vocab]).unwrap_err().to_string();
+    assert!(e.contains("outside the vocabulary"), "{e}");
+    let long: Vec<i32> = vec![1; rs.spec.max_positions + 1];
+    let e = m.session().forward(&long).unwrap_err().to_string();
+    assert!(e.contains("max_positions"), "{e}");
+    // Generation stops at max_positions instead of failing.
+    let mut s = m.session();
+    let out = s.generate_greedy(&[1, 2], 1000, None).unwrap();
+    assert_eq!(2 + out.len(), rs.spec.max_positions + 1);
 }

@@ -3,6 +3,8 @@
 //! KV cache (and, for encoder-decoder models, the encoder's cross K/V), so
 //! incremental decoding feeds only the new tokens each step.
 
+pub use crate::sampling::argmax;
+use crate::sampling::{Sampler, SamplingOptions};
 use crate::{Outputs, Result, RuntimeError, Tensor, Weights, run};
 use kiln_compiler::ir::{DType, Graph, Op};
 use kiln_compiler::lower::Lowered;
@@ -34,29 +36,85 @@ impl ReferenceModel {
         }
     }
 
-    /// Run the encoder graph over one sequence (batch 1, no padding).
+    /// Run the encoder graph over one sequence.
     pub fn encode(&self, tokens: &[i32]) -> Result<Outputs> {
+        self.encode_batch(&[tokens])
+    }
+
+    /// Run the encoder over several sequences at once, right-padded to the
+    /// longest with `attention_mask` zeros, so padding never changes a
+    /// sequence's outputs.
+    pub fn encode_batch(&self, seqs: &[&[i32]]) -> Result<Outputs> {
         let g = self.lowered.encoder.as_ref().ok_or_else(|| {
             RuntimeError::Graph(format!("`{}` has no encoder", self.lowered.name))
         })?;
-        let n = tokens.len();
+        let n = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+        if seqs.iter().any(|s| s.is_empty()) || n == 0 {
+            return Err(RuntimeError::Graph(
+                "encode: every sequence needs at least one token".into(),
+            ));
+        }
+        for s in seqs {
+            self.check_tokens(s, 0)?;
+        }
+        let b = seqs.len();
+        let mut tokens = Vec::with_capacity(b * n);
+        let mut mask = Vec::with_capacity(b * n);
+        for s in seqs {
+            tokens.extend_from_slice(s);
+            tokens.extend(std::iter::repeat_n(0, n - s.len()));
+            mask.extend(std::iter::repeat_n(1, s.len()));
+            mask.extend(std::iter::repeat_n(0, n - s.len()));
+        }
         let mut inputs = vec![
-            (
-                "tokens".to_string(),
-                Tensor::from_i32(&[1, n], tokens.to_vec())?,
-            ),
+            ("tokens".to_string(), Tensor::from_i32(&[b, n], tokens)?),
             (
                 "attention_mask".to_string(),
-                Tensor::from_i32(&[1, n], vec![1; n])?,
+                Tensor::from_i32(&[b, n], mask)?,
             ),
         ];
         if declares_input(g, "token_types") {
-            inputs.push((
-                "token_types".to_string(),
-                Tensor::from_i32(&[1, n], vec![0; n])?,
-            ));
+            let types = Tensor::from_i32(&[b, n], vec![0; b * n])?;
+            inputs.push(("token_types".to_string(), types));
         }
         run(g, &self.weights, inputs)
+    }
+
+    /// Token ids in the vocabulary, and `past + len` within `max_positions`.
+    fn check_tokens(&self, tokens: &[i32], past: usize) -> Result<()> {
+        let vocab = self.lowered.vocab_size;
+        if let Some(t) = tokens.iter().find(|&&t| t < 0 || t as usize >= vocab) {
+            return Err(RuntimeError::Graph(format!(
+                "token id {t} is outside the vocabulary (0..{vocab})"
+            )));
+        }
+        let max = self.lowered.max_positions;
+        if past + tokens.len() > max {
+            return Err(RuntimeError::Graph(format!(
+                "sequence of {} tokens exceeds the model's max_positions = {max}",
+                past + tokens.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What to generate and when to stop.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingOptions,
+    /// Generation ends after emitting any of these.
+    pub stop_tokens: Vec<i32>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_new_tokens: 32,
+            sampling: SamplingOptions::default(),
+            stop_tokens: Vec::new(),
+        }
     }
 }
 
@@ -109,6 +167,10 @@ impl<'m> Session<'m> {
     /// `[1, tokens, vocab]`, `hidden`) and extends the KV cache.
     pub fn forward(&mut self, tokens: &[i32]) -> Result<Outputs> {
         let g = self.decoder()?;
+        self.model.check_tokens(tokens, self.past)?;
+        if tokens.is_empty() {
+            return Err(RuntimeError::Graph("forward: no tokens given".into()));
+        }
         let layers = count_layers(g);
         if self.cache.is_empty() {
             for i in 0..layers {
@@ -162,42 +224,51 @@ impl<'m> Session<'m> {
         Ok(out)
     }
 
-    /// Greedy decoding: feed `prompt`, then `max_new` argmax tokens one step
-    /// at a time through the KV cache (stopping early at `stop`).
+    /// Greedy decoding: feed `prompt`, then up to `max_new` argmax tokens one
+    /// step at a time through the KV cache (stopping after `stop`).
     pub fn generate_greedy(
         &mut self,
         prompt: &[i32],
         max_new: usize,
         stop: Option<i32>,
     ) -> Result<Vec<i32>> {
+        let opts = GenerateOptions {
+            max_new_tokens: max_new,
+            stop_tokens: stop.into_iter().collect(),
+            ..GenerateOptions::default()
+        };
+        self.generate(prompt, &opts, &mut |_| true)
+    }
+
+    /// Feed `prompt`, then pick tokens per `opts`, calling `on_token` with
+    /// each as soon as it is chosen (return false to stop early). Returns the
+    /// generated ids. Stops at `max_new_tokens`, a stop token, or the model's
+    /// `max_positions`.
+    pub fn generate(
+        &mut self,
+        prompt: &[i32],
+        opts: &GenerateOptions,
+        on_token: &mut dyn FnMut(i32) -> bool,
+    ) -> Result<Vec<i32>> {
+        let mut sampler = Sampler::new(opts.sampling.clone());
         let mut out = Vec::new();
         let mut feed = prompt.to_vec();
-        for _ in 0..max_new {
+        while out.len() < opts.max_new_tokens
+            && self.past + feed.len() <= self.model.lowered.max_positions
+        {
             let o = self.forward(&feed)?;
             let logits = take(&o, "logits")?;
             let v = *logits.shape().last().unwrap_or(&0);
             let data = logits.to_f32_vec();
-            let last = &data[data.len() - v..];
-            let next = argmax(last) as i32;
+            let next = sampler.sample(&data[data.len() - v..]) as i32;
             out.push(next);
-            if Some(next) == stop {
+            if !on_token(next) || opts.stop_tokens.contains(&next) {
                 break;
             }
             feed = vec![next];
         }
         Ok(out)
     }
-}
-
-/// Index of the largest value (first one on ties).
-pub fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 fn take(out: &Outputs, name: &str) -> Result<Tensor> {

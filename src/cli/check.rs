@@ -21,10 +21,13 @@ pub fn run(a: Args) -> Result<(), String> {
             let mut v = serde_json::to_value(&c).map_err(|e| e.to_string())?;
             v["name"] = rs.spec.name.clone().into();
             v["spec"] = serde_json::to_value(&resolved).map_err(|e| e.to_string())?;
-            println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
+            );
         }
         Format::Text => {
-            println!("{}", toml::to_string(&rs.spec).map_err(|e| e.to_string())?);
+            println!("{}", rs.to_toml());
             print!("{}", table(&c));
         }
     }
@@ -43,7 +46,11 @@ fn human(n: f64) -> String {
 
 fn bytes(n: usize) -> String {
     let n = n as f64;
-    let units = [(1024f64.powi(3), "GiB"), (1024f64.powi(2), "MiB"), (1024.0, "KiB")];
+    let units = [
+        (1024f64.powi(3), "GiB"),
+        (1024f64.powi(2), "MiB"),
+        (1024.0, "KiB"),
+    ];
     for (s, u) in units {
         if n >= s {
             return format!("{:.2} {u}", n / s);
@@ -55,12 +62,21 @@ fn bytes(n: usize) -> String {
 fn table(c: &Cost) -> String {
     let mut out = String::from("# cost\n");
     let row = |k: &str, v: String| format!("{k:<38} {v:>14}\n");
-    out += &row("parameters", format!("{} ({})", c.parameters, human(c.parameters as f64)));
+    out += &row(
+        "parameters",
+        format!("{} ({})", c.parameters, human(c.parameters as f64)),
+    );
     for (k, v) in &c.parameters_by_component {
         out += &row(&format!("  {k}"), format!("{v} ({})", human(*v as f64)));
     }
-    out += &row(&format!("matmul FLOPs per token (seq {})", c.seq_len), human(c.flops_per_token));
-    out += &row("KV cache per token (f32)", bytes(c.kv_cache_bytes_per_token));
+    out += &row(
+        &format!("matmul FLOPs per token (seq {})", c.seq_len),
+        human(c.flops_per_token),
+    );
+    out += &row(
+        "KV cache per token (f32)",
+        bytes(c.kv_cache_bytes_per_token),
+    );
     if let Some(x) = c.cross_cache_bytes_per_source_token {
         out += &row("cross K/V per source token (f32)", bytes(x));
     }

@@ -11,7 +11,11 @@ use kiln_compiler::spec::{self, ResolvedSpec};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "A declarative model compiler for transformer architectures")]
+#[command(
+    name = "kiln",
+    version,
+    about = "A declarative model compiler for transformer architectures"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,7 +49,8 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
 /// Load and lower a spec file, rendering any error for the terminal.
 pub fn load(path: &Path) -> Result<(ResolvedSpec, Lowered), String> {
     let rs = spec::load(path).map_err(|e| e.render())?;
-    let lowered = lower(&rs).map_err(|e| format!("{}: internal error while lowering: {e}", path.display()))?;
+    let lowered = lower(&rs)
+        .map_err(|e| format!("{}: internal error while lowering: {e}", path.display()))?;
     Ok((rs, lowered))
 }
 

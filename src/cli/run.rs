@@ -28,7 +28,9 @@ pub fn run(a: Args) -> Result<(), String> {
     let vocab = rs.spec.vocab_size;
     let check = |ids: &[i32], what: &str| -> Result<(), String> {
         match ids.iter().find(|&&t| t < 0 || t as usize >= vocab) {
-            Some(t) => Err(format!("{what}: token id {t} is outside the vocabulary (0..{vocab})")),
+            Some(t) => Err(format!(
+                "{what}: token id {t} is outside the vocabulary (0..{vocab})"
+            )),
             None if ids.is_empty() => Err(format!("{what}: give at least one token id")),
             None => Ok(()),
         }
@@ -40,7 +42,10 @@ pub fn run(a: Args) -> Result<(), String> {
     }
     let limit = rs.spec.max_positions;
     if a.tokens.len() + a.generate.unwrap_or(0) > limit {
-        return Err(format!("{} tokens exceed the model's max_positions = {limit}", a.tokens.len() + a.generate.unwrap_or(0)));
+        return Err(format!(
+            "{} tokens exceed the model's max_positions = {limit}",
+            a.tokens.len() + a.generate.unwrap_or(0)
+        ));
     }
     let model = ReferenceModel::random(lowered, a.seed).map_err(|e| e.to_string())?;
     let mut session = model.session();
@@ -55,10 +60,18 @@ pub fn run(a: Args) -> Result<(), String> {
         } else {
             &a.tokens
         };
-        let toks = session.generate_greedy(prompt, n, None).map_err(|e| e.to_string())?;
+        let toks = session
+            .generate_greedy(prompt, n, None)
+            .map_err(|e| e.to_string())?;
         match a.format {
             Format::Json => println!("{}", serde_json::json!({ "tokens": toks })),
-            Format::Text => println!("{}", toks.iter().map(i32::to_string).collect::<Vec<_>>().join(",")),
+            Format::Text => println!(
+                "{}",
+                toks.iter()
+                    .map(i32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
         }
         return Ok(());
     }
@@ -66,7 +79,9 @@ pub fn run(a: Args) -> Result<(), String> {
     let out: Outputs = match arch {
         Architecture::Encoder => model.encode(&a.tokens),
         Architecture::Decoder => session.forward(&a.tokens),
-        Architecture::EncoderDecoder => session.set_source(&a.tokens).and_then(|_| session.forward(&a.decoder_tokens)),
+        Architecture::EncoderDecoder => session
+            .set_source(&a.tokens)
+            .and_then(|_| session.forward(&a.decoder_tokens)),
     }
     .map_err(|e| e.to_string())?;
     // The most specific output the head produced.

@@ -39,7 +39,11 @@ pub fn component(name: &str) -> &'static str {
     } else if has("mlp") {
         "mlp"
     } else if name.ends_with("norm.weight") || name.ends_with("norm.bias") {
-        if name.starts_with("head.") { "head" } else { "norms" }
+        if name.starts_with("head.") {
+            "head"
+        } else {
+            "norms"
+        }
     } else if has("relative_bias") || name.ends_with("embed.positions") {
         "positions"
     } else if has("embed") {
@@ -61,8 +65,16 @@ pub fn cost(rs: &ResolvedSpec, lowered: &Lowered, seq_len: usize) -> Cost {
         "past" => Some(0),
         _ => Some(seq_len),
     };
-    let expert_share = rs.spec.moe.as_ref().map(|m| m.top_k as f64 / m.experts.max(1) as f64).unwrap_or(1.0);
-    let flops: f64 = lowered.graphs().map(|g| matmul_flops(g, &env, expert_share)).sum();
+    let expert_share = rs
+        .spec
+        .moe
+        .as_ref()
+        .map(|m| m.top_k as f64 / m.experts.max(1) as f64)
+        .unwrap_or(1.0);
+    let flops: f64 = lowered
+        .graphs()
+        .map(|g| matmul_flops(g, &env, expert_share))
+        .sum();
     let tokens = seq_len.max(1) as f64;
 
     let one = |s: &str| match s {
@@ -73,11 +85,21 @@ pub fn cost(rs: &ResolvedSpec, lowered: &Lowered, seq_len: usize) -> Cost {
         g.outputs
             .iter()
             .filter(|(n, _)| n.starts_with(prefix))
-            .filter_map(|(_, id)| g.ty(*id).shape.iter().map(|d| d.eval(&one)).product::<Option<usize>>())
+            .filter_map(|(_, id)| {
+                g.ty(*id)
+                    .shape
+                    .iter()
+                    .map(|d| d.eval(&one))
+                    .product::<Option<usize>>()
+            })
             .sum::<usize>()
             * 4
     };
-    let kv = lowered.decoder.as_ref().map(|g| bytes_of(g, "present.")).unwrap_or(0);
+    let kv = lowered
+        .decoder
+        .as_ref()
+        .map(|g| bytes_of(g, "present."))
+        .unwrap_or(0);
     let cross = match (&lowered.encoder, &lowered.decoder) {
         (Some(e), Some(_)) => Some(bytes_of(e, "cross.")),
         _ => None,
@@ -104,8 +126,17 @@ fn matmul_flops(g: &Graph, env: &dyn Fn(&str) -> Option<usize>, expert_share: f6
         }
         let a = g.ty(g.inputs(id)[0]);
         let k = a.shape.last().and_then(|d| d.eval(env)).unwrap_or(0) as f64;
-        let out: f64 = node.ty.shape.iter().map(|d| d.eval(env).unwrap_or(0) as f64).product();
-        let share = if node.scope.split('.').any(|p| p == "experts") { expert_share } else { 1.0 };
+        let out: f64 = node
+            .ty
+            .shape
+            .iter()
+            .map(|d| d.eval(env).unwrap_or(0) as f64)
+            .product();
+        let share = if node.scope.split('.').any(|p| p == "experts") {
+            expert_share
+        } else {
+            1.0
+        };
         total += 2.0 * out * k * share;
     }
     total

@@ -15,7 +15,10 @@ pub struct Builder<'g> {
 
 impl<'g> Builder<'g> {
     pub fn new(graph: &'g mut Graph) -> Self {
-        Builder { graph, scope: Vec::new() }
+        Builder {
+            graph,
+            scope: Vec::new(),
+        }
     }
 
     pub fn scope(&self) -> String {
@@ -44,14 +47,26 @@ impl<'g> Builder<'g> {
     }
 
     pub fn input(&mut self, name: &str, dtype: DType, shape: Shape) -> R {
-        self.add(Op::Input { name: name.into() }, &[], Some(TensorType::new(dtype, shape)))
+        self.add(
+            Op::Input { name: name.into() },
+            &[],
+            Some(TensorType::new(dtype, shape)),
+        )
     }
 
     /// A parameter; its canonical name is `scope.name`.
     pub fn param(&mut self, name: &str, shape: &[usize], init: Init) -> R {
-        let full = if self.scope.is_empty() { name.to_string() } else { format!("{}.{name}", self.scope()) };
+        let full = if self.scope.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.scope())
+        };
         let shape = shape.iter().map(|&d| Dim::c(d)).collect();
-        self.add(Op::Parameter { name: full, init }, &[], Some(TensorType::f32(shape)))
+        self.add(
+            Op::Parameter { name: full, init },
+            &[],
+            Some(TensorType::f32(shape)),
+        )
     }
 
     pub fn scalar(&mut self, v: f64) -> R {
@@ -59,7 +74,11 @@ impl<'g> Builder<'g> {
     }
 
     pub fn scalar_i32(&mut self, v: i32) -> R {
-        self.add(Op::Scalar(v as f64), &[], Some(TensorType::new(DType::I32, vec![])))
+        self.add(
+            Op::Scalar(v as f64),
+            &[],
+            Some(TensorType::new(DType::I32, vec![])),
+        )
     }
 
     pub fn literal(&mut self, values: Vec<f32>, shape: &[usize]) -> R {
@@ -111,13 +130,22 @@ impl<'g> Builder<'g> {
     }
 
     pub fn reduce(&mut self, op: ReduceOp, x: NodeId, axes: &[usize]) -> R {
-        self.add(Op::Reduce { op, axes: axes.to_vec() }, &[x], None)
+        self.add(
+            Op::Reduce {
+                op,
+                axes: axes.to_vec(),
+            },
+            &[x],
+            None,
+        )
     }
 
     /// Mean over the last axis, kept as size 1.
     pub fn mean_last(&mut self, x: NodeId) -> R {
         let r = self.ty(x).rank();
-        let n = self.ty(x).shape[r - 1].as_const().expect("mean over a constant axis");
+        let n = self.ty(x).shape[r - 1]
+            .as_const()
+            .expect("mean over a constant axis");
         let s = self.reduce(ReduceOp::Sum, x, &[r - 1])?;
         self.mul_scalar(s, 1.0 / n as f64)
     }
@@ -132,7 +160,13 @@ impl<'g> Builder<'g> {
     }
 
     pub fn permute(&mut self, x: NodeId, perm: &[usize]) -> R {
-        self.add(Op::Permute { perm: perm.to_vec() }, &[x], None)
+        self.add(
+            Op::Permute {
+                perm: perm.to_vec(),
+            },
+            &[x],
+            None,
+        )
     }
 
     /// Swap the last two axes.

@@ -45,13 +45,21 @@ impl Graph {
     }
 
     /// Add a node after inferring (and checking) its output type.
-    pub fn add(&mut self, op: Op, inputs: &[NodeId], declared: Option<TensorType>, scope: &str) -> Result<NodeId, IrError> {
+    pub fn add(
+        &mut self,
+        op: Op,
+        inputs: &[NodeId],
+        declared: Option<TensorType>,
+        scope: &str,
+    ) -> Result<NodeId, IrError> {
         let tys: Vec<&TensorType> = inputs.iter().map(|&i| &self.g[i].ty).collect();
-        let ty = op.infer(&tys, declared.as_ref()).map_err(|message| IrError {
-            scope: scope.to_string(),
-            op: op.name(),
-            message,
-        })?;
+        let ty = op
+            .infer(&tys, declared.as_ref())
+            .map_err(|message| IrError {
+                scope: scope.to_string(),
+                op: op.name(),
+                message,
+            })?;
         let id = self.g.add_node(Node {
             op,
             ty,
@@ -88,7 +96,10 @@ impl Graph {
     }
 
     pub fn output(&self, name: &str) -> Option<NodeId> {
-        self.outputs.iter().find(|(n, _)| n == name).map(|(_, id)| *id)
+        self.outputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, id)| *id)
     }
 
     pub fn set_output(&mut self, name: impl Into<String>, id: NodeId) {
@@ -121,8 +132,11 @@ impl Graph {
             .node_indices()
             .map(|n| (n, self.g.edges_directed(n, Direction::Incoming).count()))
             .collect();
-        let mut ready: BinaryHeap<Reverse<NodeId>> =
-            pending.iter().filter(|(_, c)| **c == 0).map(|(n, _)| Reverse(*n)).collect();
+        let mut ready: BinaryHeap<Reverse<NodeId>> = pending
+            .iter()
+            .filter(|(_, c)| **c == 0)
+            .map(|(n, _)| Reverse(*n))
+            .collect();
         let mut order = Vec::with_capacity(pending.len());
         while let Some(Reverse(n)) = ready.pop() {
             order.push(n);

@@ -18,35 +18,55 @@ pub enum Init {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     /// A runtime input (`tokens`, `past.0.k`, `attention_mask`). Its type is declared.
-    Input { name: String },
+    Input {
+        name: String,
+    },
     /// A named weight with a canonical name (`layers.3.attn.q.weight`). Its type is declared.
-    Parameter { name: String, init: Init },
+    Parameter {
+        name: String,
+        init: Init,
+    },
     /// A scalar broadcast to the declared (usually rank-0) type.
     Scalar(f64),
     /// A small tensor literal of constant shape (ALiBi slopes, RoPE inverse frequencies).
     Literal(Vec<f32>),
     /// Each element is its index along `axis` of the declared shape.
-    Iota { axis: usize },
+    Iota {
+        axis: usize,
+    },
     Unary(UnaryOp),
     /// Elementwise with numpy broadcasting (right-aligned, size-1 dims stretch).
     Binary(BinaryOp),
     /// `cond ? a : b`, broadcasting all three.
     Select,
     /// Reduce over `axes`, keeping them as size-1 dims.
-    Reduce { op: ReduceOp, axes: Vec<usize> },
+    Reduce {
+        op: ReduceOp,
+        axes: Vec<usize>,
+    },
     /// `[.., m, k] x [.., k, n] -> [.., m, n]`, batch dims broadcast.
     MatMul,
     /// Same elements, new shape (declared).
     Reshape,
     /// Output axis `i` is input axis `perm[i]`.
-    Permute { perm: Vec<usize> },
+    Permute {
+        perm: Vec<usize>,
+    },
     /// `[start, end)` along `axis`.
-    Slice { axis: usize, start: Dim, end: Dim },
+    Slice {
+        axis: usize,
+        start: Dim,
+        end: Dim,
+    },
     /// Join along `axis`; other dims must agree.
-    Concat { axis: usize },
+    Concat {
+        axis: usize,
+    },
     /// numpy `take`: rows of `data` along `axis` picked by integer `indices`;
     /// output shape `data[..axis] + indices + data[axis+1..]`.
-    Gather { axis: usize },
+    Gather {
+        axis: usize,
+    },
     /// Convert to the declared dtype (bool -> 0/1, f32 -> i32 truncates).
     Cast,
 }
@@ -137,18 +157,39 @@ impl Op {
 
     /// Output type from input types. `declared` is the builder's type for ops
     /// that declare one; it is checked against the inputs where possible.
-    pub fn infer(&self, inputs: &[&TensorType], declared: Option<&TensorType>) -> Result<TensorType, String> {
+    pub fn infer(
+        &self,
+        inputs: &[&TensorType],
+        declared: Option<&TensorType>,
+    ) -> Result<TensorType, String> {
         let arity = match self {
-            Op::Input { .. } | Op::Parameter { .. } | Op::Scalar(_) | Op::Literal(_) | Op::Iota { .. } => 0,
-            Op::Unary(_) | Op::Reduce { .. } | Op::Reshape | Op::Permute { .. } | Op::Slice { .. } | Op::Cast => 1,
+            Op::Input { .. }
+            | Op::Parameter { .. }
+            | Op::Scalar(_)
+            | Op::Literal(_)
+            | Op::Iota { .. } => 0,
+            Op::Unary(_)
+            | Op::Reduce { .. }
+            | Op::Reshape
+            | Op::Permute { .. }
+            | Op::Slice { .. }
+            | Op::Cast => 1,
             Op::Binary(_) | Op::MatMul | Op::Gather { .. } => 2,
             Op::Select => 3,
             Op::Concat { .. } => inputs.len().max(1),
         };
         if inputs.len() != arity {
-            return Err(format!("{} takes {arity} inputs, got {}", self.name(), inputs.len()));
+            return Err(format!(
+                "{} takes {arity} inputs, got {}",
+                self.name(),
+                inputs.len()
+            ));
         }
-        let need_declared = || declared.cloned().ok_or_else(|| format!("{} needs a declared output type", self.name()));
+        let need_declared = || {
+            declared
+                .cloned()
+                .ok_or_else(|| format!("{} needs a declared output type", self.name()))
+        };
         match self {
             Op::Input { .. } | Op::Parameter { .. } | Op::Scalar(_) => need_declared(),
             Op::Literal(v) => {
@@ -178,13 +219,20 @@ impl Op {
             Op::Binary(b) => {
                 let (x, y) = (inputs[0], inputs[1]);
                 if x.dtype != y.dtype {
-                    return Err(format!("{b:?} operands differ in dtype: {} vs {}", x.dtype, y.dtype));
+                    return Err(format!(
+                        "{b:?} operands differ in dtype: {} vs {}",
+                        x.dtype, y.dtype
+                    ));
                 }
                 if b.is_logical() != (x.dtype == DType::Bool) {
                     return Err(format!("{b:?} is not defined on {}", x.dtype));
                 }
                 let shape = broadcast(&x.shape, &y.shape)?;
-                let dtype = if b.is_comparison() { DType::Bool } else { x.dtype };
+                let dtype = if b.is_comparison() {
+                    DType::Bool
+                } else {
+                    x.dtype
+                };
                 Ok(TensorType::new(dtype, shape))
             }
             Op::Select => {
@@ -193,7 +241,10 @@ impl Op {
                     return Err(format!("select condition must be bool, got {}", c.dtype));
                 }
                 if a.dtype != b.dtype {
-                    return Err(format!("select branches differ in dtype: {} vs {}", a.dtype, b.dtype));
+                    return Err(format!(
+                        "select branches differ in dtype: {} vs {}",
+                        a.dtype, b.dtype
+                    ));
                 }
                 let s = broadcast(&broadcast(&c.shape, &a.shape)?, &b.shape)?;
                 Ok(TensorType::new(a.dtype, s))
@@ -202,7 +253,9 @@ impl Op {
                 let x = inputs[0];
                 let mut shape = x.shape.clone();
                 for &a in axes {
-                    let d = shape.get_mut(a).ok_or_else(|| format!("reduce axis {a} out of range for {x}"))?;
+                    let d = shape
+                        .get_mut(a)
+                        .ok_or_else(|| format!("reduce axis {a} out of range for {x}"))?;
                     *d = Dim::c(1);
                 }
                 Ok(TensorType::new(x.dtype, shape))
@@ -219,9 +272,12 @@ impl Op {
                 let (m, ka) = (&a.shape[ra - 2], &a.shape[ra - 1]);
                 let (kb, n) = (&b.shape[rb - 2], &b.shape[rb - 1]);
                 if ka != kb {
-                    return Err(format!("matmul inner dims differ: {a} x {b} ({ka} vs {kb})"));
+                    return Err(format!(
+                        "matmul inner dims differ: {a} x {b} ({ka} vs {kb})"
+                    ));
                 }
-                let mut shape = broadcast(&a.shape[..ra - 2].to_vec(), &b.shape[..rb - 2].to_vec())?;
+                let mut shape =
+                    broadcast(&a.shape[..ra - 2].to_vec(), &b.shape[..rb - 2].to_vec())?;
                 shape.push(m.clone());
                 shape.push(n.clone());
                 Ok(TensorType::f32(shape))
@@ -245,12 +301,17 @@ impl Op {
                 if perm.len() != x.rank() {
                     return Err(format!("bad permutation {perm:?} for {x}"));
                 }
-                Ok(TensorType::new(x.dtype, perm.iter().map(|&p| x.shape[p].clone()).collect()))
+                Ok(TensorType::new(
+                    x.dtype,
+                    perm.iter().map(|&p| x.shape[p].clone()).collect(),
+                ))
             }
             Op::Slice { axis, start, end } => {
                 let x = inputs[0];
                 let mut shape = x.shape.clone();
-                let d = shape.get_mut(*axis).ok_or_else(|| format!("slice axis {axis} out of range for {x}"))?;
+                let d = shape
+                    .get_mut(*axis)
+                    .ok_or_else(|| format!("slice axis {axis} out of range for {x}"))?;
                 let len = end.clone() - start.clone();
                 if let (Some(l), Some(full)) = (len.as_const(), d.as_const())
                     && (l > full || end.as_const().is_some_and(|e| e > full))
@@ -330,7 +391,11 @@ impl Op {
             Op::Scalar(v) => fmt_num(*v),
             Op::Literal(v) => {
                 let shown: Vec<String> = v.iter().take(4).map(|x| fmt_num(*x as f64)).collect();
-                let more = if v.len() > 4 { format!(", …{} more", v.len() - 4) } else { String::new() };
+                let more = if v.len() > 4 {
+                    format!(", …{} more", v.len() - 4)
+                } else {
+                    String::new()
+                };
                 format!("[{}{more}]", shown.join(", "))
             }
             Op::Iota { axis } | Op::Concat { axis } | Op::Gather { axis } => format!("axis={axis}"),
@@ -346,7 +411,11 @@ impl Op {
 /// match as a multiset and the constant dims must have equal products.
 fn same_numel(a: &Shape, b: &Shape) -> bool {
     let split = |s: &Shape| {
-        let mut syms: Vec<Dim> = s.iter().filter(|d| d.as_const().is_none()).cloned().collect();
+        let mut syms: Vec<Dim> = s
+            .iter()
+            .filter(|d| d.as_const().is_none())
+            .cloned()
+            .collect();
         syms.sort();
         let c: usize = s.iter().filter_map(Dim::as_const).product();
         (syms, c)
@@ -392,7 +461,10 @@ mod tests {
         let a = shape!["batch", "seq", 64usize];
         let b = shape![64usize];
         assert_eq!(broadcast(&a, &b).unwrap(), a);
-        assert_eq!(broadcast(&shape![1usize, "seq"], &shape![3usize, 1usize]).unwrap(), shape![3usize, "seq"]);
+        assert_eq!(
+            broadcast(&shape![1usize, "seq"], &shape![3usize, 1usize]).unwrap(),
+            shape![3usize, "seq"]
+        );
         assert!(broadcast(&shape![3usize], &shape![4usize]).is_err());
     }
 
@@ -400,7 +472,10 @@ mod tests {
     fn matmul_batch_broadcast_and_errors() {
         let x = f(shape!["batch", "seq", 16usize]);
         let w = f(shape![16usize, 32usize]);
-        assert_eq!(Op::MatMul.infer(&[&x, &w], None).unwrap(), f(shape!["batch", "seq", 32usize]));
+        assert_eq!(
+            Op::MatMul.infer(&[&x, &w], None).unwrap(),
+            f(shape!["batch", "seq", 32usize])
+        );
         let bad = f(shape![8usize, 32usize]);
         let e = Op::MatMul.infer(&[&x, &bad], None).unwrap_err();
         assert!(e.contains("inner dims differ"), "{e}");
@@ -433,6 +508,10 @@ mod tests {
         );
         let lt = Op::Binary(BinaryOp::Lt).infer(&[&ids, &ids], None).unwrap();
         assert_eq!(lt.dtype, DType::Bool);
-        assert!(Op::Binary(BinaryOp::Add).infer(&[&ids, &table], None).is_err());
+        assert!(
+            Op::Binary(BinaryOp::Add)
+                .infer(&[&ids, &table], None)
+                .is_err()
+        );
     }
 }

@@ -10,12 +10,22 @@ pub fn to_text(g: &Graph) -> String {
     let order = g.topo_order();
     let num: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
     let mut out = String::new();
-    let _ = writeln!(out, "graph \"{}\" ({} nodes, {} parameters)", g.name, order.len(), g.parameter_count());
+    let _ = writeln!(
+        out,
+        "graph \"{}\" ({} nodes, {} parameters)",
+        g.name,
+        order.len(),
+        g.parameter_count()
+    );
     let mut scope: Option<&str> = None;
     for &n in &order {
         let node = g.node(n);
         if scope != Some(node.scope.as_str()) {
-            let shown = if node.scope.is_empty() { "(root)" } else { &node.scope };
+            let shown = if node.scope.is_empty() {
+                "(root)"
+            } else {
+                &node.scope
+            };
             let _ = writeln!(out, "# {shown}");
             scope = Some(node.scope.as_str());
         }

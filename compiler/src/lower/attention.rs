@@ -58,12 +58,20 @@ pub fn attention(
         let (batch, seq) = (s[0].clone(), s[1].clone());
 
         let q = linear(b, "q", x, d, h * hd, a.qkv_bias)?;
-        let q = if a.qk_norm == QkNorm::Full { norm(b, norm_spec, "q_norm", q, h * hd)? } else { q };
+        let q = if a.qk_norm == QkNorm::Full {
+            norm(b, norm_spec, "q_norm", q, h * hd)?
+        } else {
+            q
+        };
         let mut q = split_heads(b, q, h, hd)?;
         let (k, v, present) = match kv {
             KeyValues::SelfAttn { past } => {
                 let k = linear(b, "k", x, d, kvh * hd, a.qkv_bias)?;
-                let k = if a.qk_norm == QkNorm::Full { norm(b, norm_spec, "k_norm", k, kvh * hd)? } else { k };
+                let k = if a.qk_norm == QkNorm::Full {
+                    norm(b, norm_spec, "k_norm", k, kvh * hd)?
+                } else {
+                    k
+                };
                 let v = linear(b, "v", x, d, kvh * hd, a.qkv_bias)?;
                 let mut k = split_heads(b, k, kvh, hd)?;
                 let v = split_heads(b, v, kvh, hd)?;
@@ -91,9 +99,36 @@ pub fn attention(
         let keys = b.shape(k)[2].clone();
 
         // Group query heads over their shared kv head: [b, kv, group, seq, hd].
-        let qg = b.reshape(q, vec![batch.clone(), Dim::c(kvh), Dim::c(group), seq.clone(), Dim::c(hd)])?;
-        let kg = b.reshape(k, vec![batch.clone(), Dim::c(kvh), Dim::c(1), keys.clone(), Dim::c(hd)])?;
-        let vg = b.reshape(v, vec![batch.clone(), Dim::c(kvh), Dim::c(1), keys.clone(), Dim::c(hd)])?;
+        let qg = b.reshape(
+            q,
+            vec![
+                batch.clone(),
+                Dim::c(kvh),
+                Dim::c(group),
+                seq.clone(),
+                Dim::c(hd),
+            ],
+        )?;
+        let kg = b.reshape(
+            k,
+            vec![
+                batch.clone(),
+                Dim::c(kvh),
+                Dim::c(1),
+                keys.clone(),
+                Dim::c(hd),
+            ],
+        )?;
+        let vg = b.reshape(
+            v,
+            vec![
+                batch.clone(),
+                Dim::c(kvh),
+                Dim::c(1),
+                keys.clone(),
+                Dim::c(hd),
+            ],
+        )?;
         let kt = b.transpose_last(kg)?;
         let scores = b.matmul(qg, kt)?;
         let mut scores = b.mul_scalar(scores, a.scale(d))?;
@@ -101,7 +136,10 @@ pub fn attention(
             scores = b.softcap(scores, c)?;
         }
         if let Some(bias) = ctx.bias {
-            let bg = b.reshape(bias, vec![Dim::c(kvh), Dim::c(group), seq.clone(), keys.clone()])?;
+            let bg = b.reshape(
+                bias,
+                vec![Dim::c(kvh), Dim::c(group), seq.clone(), keys.clone()],
+            )?;
             scores = b.add2(scores, bg)?;
         }
         if let Some(mask) = ctx.mask {

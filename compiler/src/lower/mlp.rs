@@ -70,8 +70,14 @@ pub fn moe(b: &mut Builder, moe: &Moe, m: &Mlp, scope: &str, x: NodeId, d: usize
         let logits = linear(b, "router", x, d, e, false)?; // [b, s, E]
         let probs = b.softmax_last(logits)?;
         let gates = b.scoped("topk", |b| {
-            let pe = b.reshape(probs, vec![batch.clone(), seq.clone(), Dim::c(e), Dim::c(1)])?;
-            let pj = b.reshape(probs, vec![batch.clone(), seq.clone(), Dim::c(1), Dim::c(e)])?;
+            let pe = b.reshape(
+                probs,
+                vec![batch.clone(), seq.clone(), Dim::c(e), Dim::c(1)],
+            )?;
+            let pj = b.reshape(
+                probs,
+                vec![batch.clone(), seq.clone(), Dim::c(1), Dim::c(e)],
+            )?;
             let beats = b.binary(BinaryOp::Lt, pe, pj)?; // p_j > p_e
             let ties = b.binary(BinaryOp::Eq, pe, pj)?;
             let ie = b.iota(DType::I32, vec![Dim::c(e), Dim::c(1)], 0)?;
@@ -99,7 +105,11 @@ pub fn moe(b: &mut Builder, moe: &Moe, m: &Mlp, scope: &str, x: NodeId, d: usize
         let routed = b.scoped("experts", |b| {
             let proj = |b: &mut Builder, name: &str, input: NodeId, d_in: usize, d_out: usize| {
                 b.scoped(name, |b| {
-                    let w = b.param("weight", &[e, d_out, d_in], Init::Normal { std: WEIGHT_STD })?;
+                    let w = b.param(
+                        "weight",
+                        &[e, d_out, d_in],
+                        Init::Normal { std: WEIGHT_STD },
+                    )?;
                     let wt = b.transpose_last(w)?;
                     b.matmul(input, wt)
                 })
@@ -124,7 +134,10 @@ pub fn moe(b: &mut Builder, moe: &Moe, m: &Mlp, scope: &str, x: NodeId, d: usize
         match &moe.shared_expert {
             None => Ok(routed),
             Some(se) => {
-                let dense = Mlp { d_ff: se.d_ff, ..m.clone() };
+                let dense = Mlp {
+                    d_ff: se.d_ff,
+                    ..m.clone()
+                };
                 let mut y = mlp(b, &dense, "shared", x, d, se.d_ff)?;
                 if se.gate {
                     let g = linear(b, "shared_gate", x, d, 1, false)?;

@@ -25,7 +25,9 @@ pub mod norm;
 pub mod positions;
 mod stack;
 
-use crate::ir::{BATCH, Builder, DType, Dim, Graph, Init, IrError, NodeId, PAST, ReduceOp, SEQ, SRC, UnaryOp};
+use crate::ir::{
+    BATCH, Builder, DType, Dim, Graph, Init, IrError, NodeId, PAST, ReduceOp, SEQ, SRC, UnaryOp,
+};
 use crate::spec::{Architecture, HeadKind, ResolvedSpec, Spec};
 use linear::{WEIGHT_STD, linear};
 use stack::{StackKind, cross_kv, padding_mask, stack};
@@ -37,6 +39,10 @@ pub use mlp::activation;
 pub struct Lowered {
     pub name: String,
     pub architecture: Architecture,
+    /// Token ids must be below this.
+    pub vocab_size: usize,
+    /// Longest sequence (cached plus new tokens) the spec allows.
+    pub max_positions: usize,
     pub encoder: Option<Graph>,
     pub decoder: Option<Graph>,
 }
@@ -72,11 +78,16 @@ pub fn lower(rs: &ResolvedSpec) -> Result<Lowered, IrError> {
     let (encoder, decoder) = match spec.architecture {
         Architecture::Encoder => (Some(encoder_graph(rs, false)?), None),
         Architecture::Decoder => (None, Some(decoder_graph(rs, &rs.layers, false)?)),
-        Architecture::EncoderDecoder => (Some(encoder_graph(rs, true)?), Some(decoder_graph(rs, &rs.decoder, true)?)),
+        Architecture::EncoderDecoder => (
+            Some(encoder_graph(rs, true)?),
+            Some(decoder_graph(rs, &rs.decoder, true)?),
+        ),
     };
     Ok(Lowered {
         name: spec.name.clone(),
         architecture: spec.architecture,
+        vocab_size: spec.vocab_size,
+        max_positions: spec.max_positions,
         encoder,
         decoder,
     })
@@ -89,10 +100,27 @@ fn encoder_graph(rs: &ResolvedSpec, with_decoder: bool) -> Result<Graph, IrError
     let bs = vec![Dim::sym(BATCH), Dim::sym(SEQ)];
     let tokens = b.input("tokens", DType::I32, bs.clone())?;
     let mask = b.input("attention_mask", DType::I32, bs.clone())?;
-    let types = if spec.embeddings.token_types > 0 { Some(b.input("token_types", DType::I32, bs)?) } else { None };
+    let types = if spec.embeddings.token_types > 0 {
+        Some(b.input("token_types", DType::I32, bs)?)
+    } else {
+        None
+    };
     let prefix = if with_decoder { "encoder" } else { "" };
-    let kind = StackKind { prefix, causal: false };
-    let out = stack(&mut b, spec, &rs.layers, &kind, tokens, types, mask, &[], None)?;
+    let kind = StackKind {
+        prefix,
+        causal: false,
+    };
+    let out = stack(
+        &mut b,
+        spec,
+        &rs.layers,
+        &kind,
+        tokens,
+        types,
+        mask,
+        &[],
+        None,
+    )?;
     let mut outputs = vec![("hidden".to_string(), out.hidden)];
     if with_decoder {
         for (i, l) in rs.decoder.iter().enumerate() {
@@ -109,14 +137,22 @@ fn encoder_graph(rs: &ResolvedSpec, with_decoder: bool) -> Result<Graph, IrError
     Ok(g)
 }
 
-fn decoder_graph(rs: &ResolvedSpec, layers: &[crate::spec::LayerSpec], enc_dec: bool) -> Result<Graph, IrError> {
+fn decoder_graph(
+    rs: &ResolvedSpec,
+    layers: &[crate::spec::LayerSpec],
+    enc_dec: bool,
+) -> Result<Graph, IrError> {
     let spec = &rs.spec;
     let d = spec.d_model;
     let mut g = Graph::new(format!("{}.decoder", spec.name));
     let mut b = Builder::new(&mut g);
     let (batch, seq, past) = (Dim::sym(BATCH), Dim::sym(SEQ), Dim::sym(PAST));
     let tokens = b.input("tokens", DType::I32, vec![batch.clone(), seq.clone()])?;
-    let mask = b.input("attention_mask", DType::I32, vec![batch.clone(), past.clone() + seq.clone()])?;
+    let mask = b.input(
+        "attention_mask",
+        DType::I32,
+        vec![batch.clone(), past.clone() + seq.clone()],
+    )?;
     let mut caches = Vec::new();
     for (i, l) in layers.iter().enumerate() {
         let (kvh, hd) = (l.attention.kv_heads(), l.attention.head_dim(d));
@@ -135,13 +171,22 @@ fn decoder_graph(rs: &ResolvedSpec, layers: &[crate::spec::LayerSpec], enc_dec: 
             let v = b.input(&format!("cross.{i}.v"), DType::F32, shape)?;
             cross.push((k, v));
         }
-        let m = b.input("encoder_mask", DType::I32, vec![batch.clone(), Dim::sym(SRC)])?;
+        let m = b.input(
+            "encoder_mask",
+            DType::I32,
+            vec![batch.clone(), Dim::sym(SRC)],
+        )?;
         enc_mask = Some(b.scoped("decoder.mask", |b| padding_mask(b, m))?);
     }
     let prefix = if enc_dec { "decoder" } else { "" };
-    let kind = StackKind { prefix, causal: true };
+    let kind = StackKind {
+        prefix,
+        causal: true,
+    };
     let cross_arg = enc_mask.map(|m| (cross.as_slice(), m));
-    let out = stack(&mut b, spec, layers, &kind, tokens, None, mask, &caches, cross_arg)?;
+    let out = stack(
+        &mut b, spec, layers, &kind, tokens, None, mask, &caches, cross_arg,
+    )?;
     let mut outputs = vec![("hidden".to_string(), out.hidden)];
     outputs.extend(head(&mut b, spec, out.hidden, mask)?);
     for (i, (k, v)) in out.present.into_iter().enumerate() {
@@ -155,7 +200,12 @@ fn decoder_graph(rs: &ResolvedSpec, layers: &[crate::spec::LayerSpec], enc_dec: 
 }
 
 /// The model head on the final hidden states `[batch, seq, d]`.
-fn head(b: &mut Builder, spec: &Spec, x: NodeId, mask: NodeId) -> Result<Vec<(String, NodeId)>, IrError> {
+fn head(
+    b: &mut Builder,
+    spec: &Spec,
+    x: NodeId,
+    mask: NodeId,
+) -> Result<Vec<(String, NodeId)>, IrError> {
     let d = spec.d_model;
     let h = &spec.head;
     b.scoped("head", |b| {
@@ -164,7 +214,11 @@ fn head(b: &mut Builder, spec: &Spec, x: NodeId, mask: NodeId) -> Result<Vec<(St
             let w = if h.tied {
                 embed_table(b)?
             } else {
-                b.param("weight", &[spec.vocab_size, d], Init::Normal { std: WEIGHT_STD })?
+                b.param(
+                    "weight",
+                    &[spec.vocab_size, d],
+                    Init::Normal { std: WEIGHT_STD },
+                )?
             };
             let wt = b.transpose_last(w)?;
             let mut y = b.matmul(x, wt)?;

@@ -29,8 +29,16 @@ pub fn norm(b: &mut Builder, n: &Norm, scope: &str, x: NodeId, width: usize) -> 
         }
         // With an offset (Gemma's `1 + w`) the stored weight starts at 0 so the
         // effective scale starts at 1.
-        let w = b.param("weight", &[width], Init::Fill((1.0 - n.weight_offset) as f32))?;
-        let w = if n.weight_offset != 0.0 { b.add_scalar(w, n.weight_offset)? } else { w };
+        let w = b.param(
+            "weight",
+            &[width],
+            Init::Fill((1.0 - n.weight_offset) as f32),
+        )?;
+        let w = if n.weight_offset != 0.0 {
+            b.add_scalar(w, n.weight_offset)?
+        } else {
+            w
+        };
         let y = b.mul(y, w)?;
         if n.has_bias() {
             let bias = b.param("bias", &[width], Init::Fill(0.0))?;

@@ -35,7 +35,8 @@ pub fn rope_inv_freq(p: &Positions, rot: usize) -> (Vec<f32>, f64) {
                     } else if wavelen > low_wavelen {
                         f / factor
                     } else {
-                        let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * f / factor + smooth * f
                     }
                 })
@@ -51,7 +52,9 @@ pub fn rope_inv_freq(p: &Positions, rot: usize) -> (Vec<f32>, f64) {
         }) => {
             let dim = rot as f64;
             let corr = |rotations: f64| {
-                dim * (*original_max_positions as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln())
+                dim * (*original_max_positions as f64 / (rotations * 2.0 * std::f64::consts::PI))
+                    .ln()
+                    / (2.0 * base.ln())
             };
             let low = corr(*beta_fast).floor().max(0.0);
             let high = corr(*beta_slow).ceil().min(dim - 1.0);
@@ -66,7 +69,11 @@ pub fn rope_inv_freq(p: &Positions, rot: usize) -> (Vec<f32>, f64) {
                     inter * (1.0 - extra_weight) + extra * extra_weight
                 })
                 .collect();
-            let m = attention_factor.unwrap_or(if *factor > 1.0 { 0.1 * factor.ln() + 1.0 } else { 1.0 });
+            let m = attention_factor.unwrap_or(if *factor > 1.0 {
+                0.1 * factor.ln() + 1.0
+            } else {
+                1.0
+            });
             (f, m)
         }
     };
@@ -81,7 +88,12 @@ pub fn query_positions(b: &mut Builder) -> R {
 }
 
 /// cos and sin tables `[seq, rot/2]` for positions `pos` (i32 `[seq]`).
-pub fn rope_tables(b: &mut Builder, p: &Positions, rot: usize, pos: NodeId) -> Result<(NodeId, NodeId), crate::ir::IrError> {
+pub fn rope_tables(
+    b: &mut Builder,
+    p: &Positions,
+    rot: usize,
+    pos: NodeId,
+) -> Result<(NodeId, NodeId), crate::ir::IrError> {
     b.scoped("rope", |b| {
         let (inv, mscale) = rope_inv_freq(p, rot);
         let inv = b.literal(inv, &[1, rot / 2])?;
@@ -98,12 +110,23 @@ pub fn rope_tables(b: &mut Builder, p: &Positions, rot: usize, pos: NodeId) -> R
 }
 
 /// Rotate the first `rot` channels of `x: [.., seq, head_dim]`.
-pub fn apply_rope(b: &mut Builder, layout: PairLayout, rot: usize, x: NodeId, cos: NodeId, sin: NodeId) -> R {
+pub fn apply_rope(
+    b: &mut Builder,
+    layout: PairLayout,
+    rot: usize,
+    x: NodeId,
+    cos: NodeId,
+    sin: NodeId,
+) -> R {
     let shape = b.shape(x);
     let r = shape.len();
     let hd = shape[r - 1].as_const().expect("head_dim is constant");
     let half = rot / 2;
-    let xr = if rot < hd { b.slice(x, r - 1, Dim::c(0), Dim::c(rot))? } else { x };
+    let xr = if rot < hd {
+        b.slice(x, r - 1, Dim::c(0), Dim::c(rot))?
+    } else {
+        x
+    };
     let rotated = match layout {
         PairLayout::Half => {
             // HF rotate_half: channel i pairs with i + rot/2.
@@ -139,7 +162,13 @@ pub fn apply_rope(b: &mut Builder, layout: PairLayout, rot: usize, x: NodeId, co
 }
 
 /// `(a cos - b sin, b cos + a sin)`.
-fn rotate_pair(b: &mut Builder, x1: NodeId, x2: NodeId, cos: NodeId, sin: NodeId) -> Result<(NodeId, NodeId), crate::ir::IrError> {
+fn rotate_pair(
+    b: &mut Builder,
+    x1: NodeId,
+    x2: NodeId,
+    cos: NodeId,
+    sin: NodeId,
+) -> Result<(NodeId, NodeId), crate::ir::IrError> {
     let a = b.mul(x1, cos)?;
     let c = b.mul(x2, sin)?;
     let o1 = b.sub(a, c)?;
@@ -183,17 +212,32 @@ pub fn alibi_slopes(heads: usize) -> Vec<f32> {
         let start = 2f64.powf(-8.0 / n as f64);
         (0..n).map(|i| start.powi(i as i32 + 1)).collect()
     }
-    let closest = if heads == 0 { 0 } else { 1usize << heads.ilog2() };
+    let closest = if heads == 0 {
+        0
+    } else {
+        1usize << heads.ilog2()
+    };
     let mut s = pow2(closest);
     if closest < heads {
-        s.extend(pow2(2 * closest).into_iter().step_by(2).take(heads - closest));
+        s.extend(
+            pow2(2 * closest)
+                .into_iter()
+                .step_by(2)
+                .take(heads - closest),
+        );
     }
     s.into_iter().map(|v| v as f32).collect()
 }
 
 /// T5's bucket of each relative position `k - q` (i32 tensor), as i32.
 /// Bidirectional stacks split the buckets by sign; causal stacks only see the past.
-pub fn relative_buckets(b: &mut Builder, rel: NodeId, buckets: usize, max_distance: usize, bidirectional: bool) -> R {
+pub fn relative_buckets(
+    b: &mut Builder,
+    rel: NodeId,
+    buckets: usize,
+    max_distance: usize,
+    bidirectional: bool,
+) -> R {
     b.scoped("buckets", |b| {
         let zero = b.scalar_i32(0)?;
         let (nb, offset, n) = if bidirectional {
@@ -261,7 +305,9 @@ mod tests {
         // 12 heads: the 8-head slopes, then odd terms of the 16-head sequence.
         let s = alibi_slopes(12);
         assert_eq!(&s[..8], &want[..]);
-        let s16: Vec<f32> = (1..=16).map(|i| 2f64.powf(-0.5 * i as f64) as f32).collect();
+        let s16: Vec<f32> = (1..=16)
+            .map(|i| 2f64.powf(-0.5 * i as f64) as f32)
+            .collect();
         assert_eq!(&s[8..], &[s16[0], s16[2], s16[4], s16[6]]);
     }
 
@@ -292,7 +338,9 @@ mod tests {
         // Lowest frequency: wavelength far above 8192, divided by the factor.
         assert!((scaled[63] - plain[63] / 8.0).abs() <= plain[63] * 1e-6);
         // In between, smoothly interpolated: between f/8 and f.
-        let mid = (0..64).find(|&i| scaled[i] != plain[i] && (scaled[i] - plain[i] / 8.0).abs() > 1e-12).unwrap();
+        let mid = (0..64)
+            .find(|&i| scaled[i] != plain[i] && (scaled[i] - plain[i] / 8.0).abs() > 1e-12)
+            .unwrap();
         assert!(scaled[mid] < plain[mid] && scaled[mid] > plain[mid] / 8.0);
     }
 

@@ -25,7 +25,11 @@ pub struct StackOut {
 }
 
 fn join(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") }
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
 }
 
 /// Lower a stack. `tokens`: i32 `[batch, seq]`; `mask`: i32 `[batch, keys]`
@@ -46,7 +50,11 @@ pub fn stack(
     let d = spec.d_model;
     let shape = b.shape(tokens);
     let seq = shape[1].clone();
-    let keys = if kind.causal { Dim::sym(PAST) + Dim::sym(SEQ) } else { seq.clone() };
+    let keys = if kind.causal {
+        Dim::sym(PAST) + Dim::sym(SEQ)
+    } else {
+        seq.clone()
+    };
 
     // Positions of the new tokens: past..past+seq with a cache, else 0..seq.
     let q_pos = b.scoped(join(kind.prefix, "positions"), |b| {
@@ -59,30 +67,41 @@ pub fn stack(
 
     // Embeddings.
     let mut x = b.scoped("embed", |b| {
-        let table = b.param("tokens", &[spec.vocab_size, d], Init::Normal { std: WEIGHT_STD })?;
+        let table = b.param(
+            "tokens",
+            &[spec.vocab_size, d],
+            Init::Normal { std: WEIGHT_STD },
+        )?;
         let x = b.gather(table, tokens, 0)?;
         b.mul_scalar(x, spec.embeddings.scale.value(d))
     })?;
     if let Some(tt) = token_types {
         let e = b.scoped("embed", |b| {
-            let t = b.param("token_types", &[spec.embeddings.token_types, d], Init::Normal { std: WEIGHT_STD })?;
+            let t = b.param(
+                "token_types",
+                &[spec.embeddings.token_types, d],
+                Init::Normal { std: WEIGHT_STD },
+            )?;
             b.gather(t, tt, 0)
         })?;
         x = b.add2(x, e)?;
     }
-    let pe = b.scoped(join(kind.prefix, "embed"), |b| -> Result<Option<NodeId>, IrError> {
-        match spec.positions.kind {
-            PositionKind::Learned => {
-                let rows = spec.max_positions + spec.positions.offset;
-                let t = b.param("positions", &[rows, d], Init::Normal { std: WEIGHT_STD })?;
-                let off = b.scalar_i32(spec.positions.offset as i32)?;
-                let idx = b.add2(q_pos, off)?;
-                Ok(Some(b.gather(t, idx, 0)?))
+    let pe = b.scoped(
+        join(kind.prefix, "embed"),
+        |b| -> Result<Option<NodeId>, IrError> {
+            match spec.positions.kind {
+                PositionKind::Learned => {
+                    let rows = spec.max_positions + spec.positions.offset;
+                    let t = b.param("positions", &[rows, d], Init::Normal { std: WEIGHT_STD })?;
+                    let off = b.scalar_i32(spec.positions.offset as i32)?;
+                    let idx = b.add2(q_pos, off)?;
+                    Ok(Some(b.gather(t, idx, 0)?))
+                }
+                PositionKind::Sinusoidal => Ok(Some(sinusoidal(b, &spec.positions, d, q_pos)?)),
+                _ => Ok(None),
             }
-            PositionKind::Sinusoidal => Ok(Some(sinusoidal(b, &spec.positions, d, q_pos)?)),
-            _ => Ok(None),
-        }
-    })?;
+        },
+    )?;
     if let Some(pe) = pe {
         x = b.add2(x, pe)?;
     }
@@ -92,16 +111,17 @@ pub fn stack(
 
     // Attention context shared by the blocks.
     let mut memo: HashMap<String, NodeId> = HashMap::new();
-    let (causal_mask, pad_mask) = b.scoped(join(kind.prefix, "mask"), |b| -> Result<_, IrError> {
-        let pad = padding_mask(b, mask)?;
-        let causal = if kind.causal {
-            let (qp, kp) = qk_positions(b, q_pos, &keys)?;
-            Some(b.binary(BinaryOp::Le, kp, qp)?)
-        } else {
-            None
-        };
-        Ok((causal, pad))
-    })?;
+    let (causal_mask, pad_mask) =
+        b.scoped(join(kind.prefix, "mask"), |b| -> Result<_, IrError> {
+            let pad = padding_mask(b, mask)?;
+            let causal = if kind.causal {
+                let (qp, kp) = qk_positions(b, q_pos, &keys)?;
+                Some(b.binary(BinaryOp::Le, kp, qp)?)
+            } else {
+                None
+            };
+            Ok((causal, pad))
+        })?;
 
     let mut present = Vec::new();
     for (i, layer) in layers.iter().enumerate() {
@@ -113,7 +133,9 @@ pub fn stack(
             Some(&m) => m,
             None => {
                 let m = b.scoped(join(kind.prefix, "mask"), |b| -> R {
-                    let Some(c) = causal_mask else { return Ok(pad_mask) };
+                    let Some(c) = causal_mask else {
+                        return Ok(pad_mask);
+                    };
                     let c = match a.sliding_window {
                         Some(w) => {
                             let (qp, kp) = qk_positions(b, q_pos, &keys)?;
@@ -130,16 +152,25 @@ pub fn stack(
                 m
             }
         };
-        let ctx = AttnContext { mask: Some(mask), bias: None, rope: None };
+        let ctx = AttnContext {
+            mask: Some(mask),
+            bias: None,
+            rope: None,
+        };
         let bias = position_bias(b, spec, kind, a.heads, q_pos, &keys, &mut memo)?;
         let rope = match spec.positions.kind {
             PositionKind::Rope => {
                 let rot = spec.positions.rotary_dims(hd);
                 let key = format!("rope{rot}");
-                let (cos, sin) = match (memo.get(&format!("{key}.cos")), memo.get(&format!("{key}.sin"))) {
+                let (cos, sin) = match (
+                    memo.get(&format!("{key}.cos")),
+                    memo.get(&format!("{key}.sin")),
+                ) {
                     (Some(&c), Some(&s)) => (c, s),
                     _ => {
-                        let (c, s) = b.scoped(join(kind.prefix, "positions"), |b| rope_tables(b, &spec.positions, rot, q_pos))?;
+                        let (c, s) = b.scoped(join(kind.prefix, "positions"), |b| {
+                            rope_tables(b, &spec.positions, rot, q_pos)
+                        })?;
                         memo.insert(format!("{key}.cos"), c);
                         memo.insert(format!("{key}.sin"), s);
                         (c, s)
@@ -152,7 +183,9 @@ pub fn stack(
         let ctx = AttnContext { bias, rope, ..ctx };
         let cross_ctx = cross.map(|(kv, enc_mask)| (kv[i], enc_mask));
         let scope = join(kind.prefix, &format!("layers.{i}"));
-        let (y, pres) = b.scoped(scope, |b| block(b, spec, layer, x, past.get(i).copied(), &ctx, cross_ctx))?;
+        let (y, pres) = b.scoped(scope, |b| {
+            block(b, spec, layer, x, past.get(i).copied(), &ctx, cross_ctx)
+        })?;
         x = y;
         if let Some(p) = pres {
             present.push(p);
@@ -179,7 +212,10 @@ pub(super) fn padding_mask(b: &mut Builder, mask: NodeId) -> R {
     let m = b.binary(BinaryOp::Eq, mask, zero)?;
     let m = b.unary(UnaryOp::Not, m)?;
     let one = Dim::c(1);
-    b.reshape(m, vec![s[0].clone(), one.clone(), one.clone(), one, s[1].clone()])
+    b.reshape(
+        m,
+        vec![s[0].clone(), one.clone(), one.clone(), one, s[1].clone()],
+    )
 }
 
 /// Additive score bias `[heads, seq, keys]` for ALiBi and T5 relative positions.
@@ -208,7 +244,9 @@ fn position_bias(
         match p.kind {
             PositionKind::Alibi => {
                 // Causal: slope * (k - q) <= 0. Bidirectional: -slope * |k - q|.
-                let dist = if kind.causal { rel } else {
+                let dist = if kind.causal {
+                    rel
+                } else {
                     let a = b.unary(UnaryOp::Abs, rel)?;
                     b.unary(UnaryOp::Neg, a)?
                 };
@@ -219,7 +257,11 @@ fn position_bias(
             }
             _ => {
                 let bucket = relative_buckets(b, rel, p.buckets(), p.max_distance(), !kind.causal)?;
-                let table = b.param("relative_bias", &[p.buckets(), heads], Init::Normal { std: WEIGHT_STD })?;
+                let table = b.param(
+                    "relative_bias",
+                    &[p.buckets(), heads],
+                    Init::Normal { std: WEIGHT_STD },
+                )?;
                 let bias = b.gather(table, bucket, 0)?; // [seq, keys, heads]
                 b.permute(bias, &[2, 0, 1])
             }
@@ -243,7 +285,16 @@ fn block(
     let d = spec.d_model;
     let mut present = None;
     let mut attn = |b: &mut Builder, h: NodeId| -> R {
-        let o = attention(b, &l.attention, &l.norm, d, "attn", h, KeyValues::SelfAttn { past }, ctx)?;
+        let o = attention(
+            b,
+            &l.attention,
+            &l.norm,
+            d,
+            "attn",
+            h,
+            KeyValues::SelfAttn { past },
+            ctx,
+        )?;
         present = if past.is_some() { o.present } else { None };
         Ok(o.out)
     };
@@ -256,7 +307,11 @@ fn block(
 
     if l.residual.parallel {
         let n1 = norm(b, &l.norm, "attn_norm", x, d)?;
-        let n2 = if l.residual.shared_norm { n1 } else { norm(b, &l.norm, "mlp_norm", x, d)? };
+        let n2 = if l.residual.shared_norm {
+            n1
+        } else {
+            norm(b, &l.norm, "mlp_norm", x, d)?
+        };
         let a = attn(b, n1)?;
         let m = ffn(b, n2)?;
         let am = b.add2(a, m)?;
@@ -267,8 +322,22 @@ fn block(
     let mut x = sublayer(b, l, "attn_norm", x, &mut attn)?;
     if let Some(((ck, cv), enc_mask)) = cross {
         let mut cross_attn = |b: &mut Builder, h: NodeId| -> R {
-            let cctx = AttnContext { mask: Some(enc_mask), bias: None, rope: None };
-            Ok(attention(b, &l.attention, &l.norm, d, "cross_attn", h, KeyValues::Given { k: ck, v: cv }, &cctx)?.out)
+            let cctx = AttnContext {
+                mask: Some(enc_mask),
+                bias: None,
+                rope: None,
+            };
+            Ok(attention(
+                b,
+                &l.attention,
+                &l.norm,
+                d,
+                "cross_attn",
+                h,
+                KeyValues::Given { k: ck, v: cv },
+                &cctx,
+            )?
+            .out)
         };
         x = sublayer(b, l, "cross_norm", x, &mut cross_attn)?;
     }
@@ -278,7 +347,13 @@ fn block(
 }
 
 /// `x + f(norm(x))`, `norm(x + f(x))` or `x + post(f(norm(x)))` by placement.
-fn sublayer(b: &mut Builder, l: &LayerSpec, norm_name: &str, x: NodeId, f: &mut dyn FnMut(&mut Builder, NodeId) -> R) -> R {
+fn sublayer(
+    b: &mut Builder,
+    l: &LayerSpec,
+    norm_name: &str,
+    x: NodeId,
+    f: &mut dyn FnMut(&mut Builder, NodeId) -> R,
+) -> R {
     let d = b.shape(x)[2].as_const().expect("d_model is constant");
     match l.norm.placement {
         Placement::Pre => {
@@ -303,7 +378,13 @@ fn sublayer(b: &mut Builder, l: &LayerSpec, norm_name: &str, x: NodeId, f: &mut 
 
 /// Cross-attention keys and values for decoder block `i`, projected from the
 /// encoder output once per sequence (`[b, kv, src, hd]`).
-pub fn cross_kv(b: &mut Builder, spec: &Spec, l: &LayerSpec, i: usize, enc: NodeId) -> Result<(NodeId, NodeId), IrError> {
+pub fn cross_kv(
+    b: &mut Builder,
+    spec: &Spec,
+    l: &LayerSpec,
+    i: usize,
+    enc: NodeId,
+) -> Result<(NodeId, NodeId), IrError> {
     let d = spec.d_model;
     let a = &l.attention;
     let (kvh, hd) = (a.kv_heads(), a.head_dim(d));
@@ -312,7 +393,11 @@ pub fn cross_kv(b: &mut Builder, spec: &Spec, l: &LayerSpec, i: usize, enc: Node
         let v = linear(b, "v", enc, d, kvh * hd, a.qkv_bias)?;
         let k = split_heads(b, k, kvh, hd)?;
         let v = split_heads(b, v, kvh, hd)?;
-        let k = if a.qk_norm == crate::spec::QkNorm::PerHead { norm(b, &l.norm, "k_norm", k, hd)? } else { k };
+        let k = if a.qk_norm == crate::spec::QkNorm::PerHead {
+            norm(b, &l.norm, "k_norm", k, hd)?
+        } else {
+            k
+        };
         Ok((k, v))
     })
 }
