@@ -26,7 +26,7 @@ fn eval(
     for (n, t) in weights {
         w.insert(*n, t.clone());
     }
-    let out = run(&g, &w, &[("x", &x)]).unwrap();
+    let out = run(&g, &w, [("x", &x)]).unwrap();
     out["y"].to_f32_vec()
 }
 
@@ -197,7 +197,7 @@ fn run_rope(p: &Positions, hd: usize, x: &[f64], pos: i32) -> Vec<f32> {
     g.set_output("y", y);
     let xt = f32s(&[1, 1, 1, hd], x);
     let pt = Tensor::from_i32(&[1], vec![pos]).unwrap();
-    run(&g, &Weights::new(), &[("x", &xt), ("pos", &pt)]).unwrap()["y"].to_f32_vec()
+    run(&g, &Weights::new(), [("x", &xt), ("pos", &pt)]).unwrap()["y"].to_f32_vec()
 }
 
 #[test]
@@ -256,7 +256,7 @@ fn sinusoidal_table_interleaves_sin_and_cos() {
     let y = positions::sinusoidal(&mut b, &p, 4, pi).unwrap();
     g.set_output("y", y);
     let pt = Tensor::from_i32(&[2], vec![0, 2]).unwrap();
-    let got = run(&g, &Weights::new(), &[("pos", &pt)]).unwrap()["y"].to_f32_vec();
+    let got = run(&g, &Weights::new(), [("pos", &pt)]).unwrap()["y"].to_f32_vec();
     let want = [
         0.0,
         1.0,
