@@ -1,0 +1,164 @@
+//! The `kiln` binary end to end: published parameter counts from the spec
+//! alone, `run` on a tiny variant of every family, and clean failures.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run kiln")
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let out = kiln(args);
+    assert!(
+        out.status.success(),
+        "kiln {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("kiln {args:?}: bad JSON: {e}"))
+}
+
+/// Published parameter counts (model cards / papers).
+const PUBLISHED: &[(&str, f64)] = &[
+    ("bert-base-uncased", 110e6),
+    ("gpt2", 124e6),
+    ("llama-2-7b", 6.74e9),
+    ("mistral-7b", 7.24e9),
+    ("mixtral-8x7b", 46.7e9),
+    ("t5-small", 60.5e6),
+    ("phi-2", 2.78e9),
+    ("gemma-2b", 2.51e9),
+    ("qwen2.5-0.5b", 494e6),
+    ("smollm2-135m", 134.5e6),
+];
+
+#[test]
+fn check_reports_published_parameter_counts() {
+    for (name, published) in PUBLISHED {
+        let v = json(&["check", &format!("models/{name}.toml"), "--format", "json"]);
+        let p = v["parameters"].as_f64().unwrap();
+        let rel = (p - published).abs() / published;
+        assert!(
+            rel <= 0.01,
+            "{name}: {p} parameters vs published {published} ({:.2}%)",
+            rel * 100.0
+        );
+        // Dense models do about 2 FLOPs per parameter per token (embeddings aside).
+        if !name.starts_with("mixtral") {
+            assert!(
+                v["flops_per_token"].as_f64().unwrap() > p,
+                "{name}: implausible FLOPs"
+            );
+        }
+        assert!(v.get("kv_cache_bytes_per_token").is_some());
+    }
+}
+
+#[test]
+fn kv_cache_bytes_follow_the_attention_layout() {
+    // Llama-2-7B: 32 layers x (k + v) x 32 kv heads x 128 x 4 bytes.
+    let v = json(&["check", "models/llama-2-7b.toml", "--format", "json"]);
+    assert_eq!(v["kv_cache_bytes_per_token"], 32 * 2 * 32 * 128 * 4);
+    // Mistral: GQA with 8 kv heads.
+    let v = json(&["check", "models/mistral-7b.toml", "--format", "json"]);
+    assert_eq!(v["kv_cache_bytes_per_token"], 32 * 2 * 8 * 128 * 4);
+    // Mixtral's FLOPs count 2 of 8 experts: far below a dense model of its size.
+    let v = json(&["check", "models/mixtral-8x7b.toml", "--format", "json"]);
+    let (p, f) = (
+        v["parameters"].as_f64().unwrap(),
+        v["flops_per_token"].as_f64().unwrap(),
+    );
+    assert!(
+        f < 2.0 * p * 0.35,
+        "mixtral FLOPs/token {f} for {p} parameters"
+    );
+}
+
+#[test]
+fn run_prints_logits_for_a_tiny_variant_of_every_family() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let rel = format!("models/tiny/{}", p.file_name().unwrap().to_string_lossy());
+        let v = json(&["run", &rel, "--tokens", "1,2,3", "--format", "json"]);
+        let (key, rows) = v.as_object().unwrap().iter().next().unwrap();
+        let rows = rows.as_array().unwrap();
+        assert!(!rows.is_empty(), "{rel}: no `{key}` rows");
+        if key == "logits" {
+            let spec = json(&["check", &rel, "--format", "json"]);
+            let vocab = spec["spec"]["vocab_size"].as_u64().unwrap() as usize;
+            assert_eq!(rows[0].as_array().unwrap().len(), vocab, "{rel}");
+        }
+        n += 1;
+    }
+    assert!(n >= 16);
+}
+
+#[test]
+fn run_generates_greedy_tokens_deterministically() {
+    let a = json(&[
+        "run",
+        "models/tiny/llama-2-7b.toml",
+        "--tokens",
+        "1,2,3",
+        "--generate",
+        "5",
+        "--seed",
+        "3",
+        "--format",
+        "json",
+    ]);
+    let b = json(&[
+        "run",
+        "models/tiny/llama-2-7b.toml",
+        "--tokens",
+        "1,2,3",
+        "--generate",
+        "5",
+        "--seed",
+        "3",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(a, b);
+    assert_eq!(a["tokens"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn compile_emits_ir_and_dot() {
+    let out = kiln(&["compile", "models/tiny/gpt2.toml", "--emit", "ir"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("graph \"gpt2-tiny.decoder\""),
+        "{}",
+        &text[..80.min(text.len())]
+    );
+    let out = kiln(&["compile", "models/tiny/t5-small.toml", "--emit", "dot"]);
+    assert!(out.status.success());
+    let dot = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        dot.matches("digraph").count(),
+        2,
+        "encoder and decoder graphs"
+    );
+}
+
+#[test]
+fn errors_exit_nonzero_with_a_located_message() {
+    let out = kiln(&["check", "tests/specs/broken/unknown_top_level_key.toml"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("unknown_top_level_key.toml:"), "{err}");
+    let out = kiln(&["run", "models/tiny/gpt2.toml", "--tokens", "1,999999"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("outside the vocabulary"));
+    let out = kiln(&["check", "models/does-not-exist.toml"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does-not-exist.toml"));
+}
