@@ -55,6 +55,7 @@ mod ops;
 mod tensor;
 mod weights;
 
+pub mod checkpoint;
 pub mod sampling;
 pub mod session;
 
