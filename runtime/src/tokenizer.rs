@@ -8,8 +8,11 @@ use std::path::Path;
 /// A tokenizer plus the special tokens generation needs.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
-    /// Prepended to prompts when the model expects it.
+    /// The beginning-of-sequence token, if the vocabulary has one.
     pub bos: Option<u32>,
+    /// Prepend `bos` in [`Tokenizer::encode`] (when the tokenizer's own
+    /// post-processor does not already add it).
+    pub prepend_bos: bool,
     /// Generation stops after any of these.
     pub eos: Vec<u32>,
     /// Whether `encode` adds the tokenizer's special tokens (BOS, [CLS]/[SEP]).
@@ -30,15 +33,26 @@ impl Tokenizer {
     pub fn new(mut inner: tokenizers::Tokenizer, bos: Option<u32>, eos: Vec<u32>) -> Self {
         inner.with_padding(None);
         let _ = inner.with_truncation(None);
-        Tokenizer { inner, bos, eos, add_special_tokens: true }
+        Tokenizer {
+            inner,
+            bos,
+            prepend_bos: false,
+            eos,
+            add_special_tokens: true,
+        }
     }
 
     /// Load `tokenizer.json`; special tokens come from the sibling
     /// `tokenizer_config.json` / `config.json` when present.
     pub fn from_file(path: &Path) -> Result<Self, TokenizerError> {
-        let err = |message: String| TokenizerError::Load { path: path.display().to_string(), message };
+        let err = |message: String| TokenizerError::Load {
+            path: path.display().to_string(),
+            message,
+        };
         if !path.exists() {
-            return Err(err("file not found (a HF model folder has tokenizer.json next to config.json)".into()));
+            return Err(err(
+                "file not found (a HF model folder has tokenizer.json next to config.json)".into(),
+            ));
         }
         let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
         let dir = path.parent().unwrap_or(Path::new("."));
@@ -49,19 +63,33 @@ impl Tokenizer {
         let id_of = |v: &serde_json::Value| -> Option<u32> {
             match v {
                 serde_json::Value::String(s) => inner.token_to_id(s),
-                serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).and_then(|s| inner.token_to_id(s)),
+                serde_json::Value::Object(o) => o
+                    .get("content")
+                    .and_then(|c| c.as_str())
+                    .and_then(|s| inner.token_to_id(s)),
                 serde_json::Value::Number(n) => n.as_u64().map(|n| n as u32),
                 _ => None,
             }
         };
         let mut bos = None;
         let mut eos = Vec::new();
-        for name in ["generation_config.json", "tokenizer_config.json", "config.json"] {
+        for name in [
+            "generation_config.json",
+            "tokenizer_config.json",
+            "config.json",
+        ] {
             let Some(c) = config(name) else { continue };
-            let keys = [("bos_token_id", true), ("bos_token", true), ("eos_token_id", false), ("eos_token", false)];
+            let keys = [
+                ("bos_token_id", true),
+                ("bos_token", true),
+                ("eos_token_id", false),
+                ("eos_token", false),
+            ];
             for (key, is_bos) in keys {
                 match c.get(key) {
-                    Some(serde_json::Value::Array(ids)) if !is_bos => eos.extend(ids.iter().filter_map(id_of)),
+                    Some(serde_json::Value::Array(ids)) if !is_bos => {
+                        eos.extend(ids.iter().filter_map(id_of))
+                    }
                     Some(v) => match (is_bos, id_of(v)) {
                         (true, Some(id)) if bos.is_none() => bos = Some(id),
                         (false, Some(id)) => eos.push(id),
@@ -81,11 +109,19 @@ impl Tokenizer {
             .inner
             .encode(text, self.add_special_tokens)
             .map_err(|e| TokenizerError::Codec(e.to_string()))?;
-        Ok(enc.get_ids().to_vec())
+        let ids = enc.get_ids();
+        match self.bos {
+            Some(b) if self.prepend_bos && ids.first() != Some(&b) => {
+                Ok(std::iter::once(b).chain(ids.iter().copied()).collect())
+            }
+            _ => Ok(ids.to_vec()),
+        }
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
-        self.inner.decode(ids, true).map_err(|e| TokenizerError::Codec(e.to_string()))
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| TokenizerError::Codec(e.to_string()))
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -108,14 +144,21 @@ pub struct StreamDecoder<'t> {
 
 impl<'t> StreamDecoder<'t> {
     pub fn new(tok: &'t Tokenizer) -> Self {
-        StreamDecoder { tok, ids: Vec::new(), emitted: 0 }
+        StreamDecoder {
+            tok,
+            ids: Vec::new(),
+            emitted: 0,
+        }
     }
 
     /// Add a token; returns the new text it completes, if any.
     pub fn push(&mut self, id: u32) -> Result<Option<String>, TokenizerError> {
         self.ids.push(id);
         let text = self.tok.decode(&self.ids)?;
-        if text.ends_with('\u{FFFD}') || text.len() <= self.emitted || !text.is_char_boundary(self.emitted) {
+        if text.ends_with('\u{FFFD}')
+            || text.len() <= self.emitted
+            || !text.is_char_boundary(self.emitted)
+        {
             return Ok(None);
         }
         let piece = text[self.emitted..].to_string();

@@ -3,11 +3,14 @@
 
 mod check;
 mod compile;
+mod embed;
+mod generate;
+mod import;
 mod run;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kiln_compiler::lower::{Lowered, lower};
-use kiln_compiler::spec::{self, ResolvedSpec};
+use kiln_compiler::spec::ResolvedSpec;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -29,6 +32,12 @@ enum Command {
     Compile(compile::Args),
     /// Run the reference interpreter on random weights and print logits or greedy tokens.
     Run(run::Args),
+    /// Turn a Hugging Face transformers config.json into a kiln spec.
+    Import(import::Args),
+    /// Generate text from a prompt, streaming tokens as they are produced.
+    Generate(generate::Args),
+    /// Sentence embeddings (mean pooling + L2 normalisation) and their cosine similarities.
+    Embed(embed::Args),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -43,12 +52,16 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
         Command::Check(a) => check::run(a),
         Command::Compile(a) => compile::run(a),
         Command::Run(a) => run::run(a),
+        Command::Import(a) => import::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Embed(a) => embed::run(a),
     }
 }
 
-/// Load and lower a spec file, rendering any error for the terminal.
+/// Load and lower a spec (a `.toml` file, a HF model folder or a `.gguf`
+/// file), rendering any error for the terminal.
 pub fn load(path: &Path) -> Result<(ResolvedSpec, Lowered), String> {
-    let rs = spec::load(path).map_err(|e| e.render())?;
+    let rs = kiln_runtime::source::open_spec(path).map_err(|e| e.to_string())?;
     let lowered = lower(&rs)
         .map_err(|e| format!("{}: internal error while lowering: {e}", path.display()))?;
     Ok((rs, lowered))
@@ -57,6 +70,43 @@ pub fn load(path: &Path) -> Result<(ResolvedSpec, Lowered), String> {
 /// The spec argument every subcommand takes.
 #[derive(clap::Args)]
 pub struct SpecArg {
-    /// A spec file (e.g. models/gpt2.toml).
+    /// A spec file (models/gpt2.toml), a Hugging Face model folder
+    /// (config.json + *.safetensors) or a .gguf file.
     pub spec: PathBuf,
+}
+
+/// Where a runnable model comes from.
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    #[command(flatten)]
+    pub source: SpecArg,
+    /// Weights for a spec file: a HF folder, a .safetensors file or a .gguf file
+    /// (default: seeded random weights).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Open a model, with a progress bar on stderr while a checkpoint loads.
+pub fn open_model(m: &ModelArgs) -> Result<kiln_runtime::source::LoadedModel, String> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("loading weights {bar:30} {bytes}/{total_bytes} {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let opts = kiln_runtime::source::OpenOptions {
+        weights: m.weights.as_deref(),
+        seed: m.seed,
+        progress: Some(&mut progress),
+    };
+    let loaded = kiln_runtime::source::open(&m.source.spec, opts).map_err(|e| e.to_string());
+    bar.finish_and_clear();
+    loaded
 }

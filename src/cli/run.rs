@@ -1,21 +1,18 @@
-use super::{Format, SpecArg, load};
+use super::{Format, ModelArgs, open_model};
 use kiln_compiler::spec::Architecture;
-use kiln_runtime::session::{ReferenceModel, argmax};
+use kiln_runtime::session::argmax;
 use kiln_runtime::{Outputs, Tensor};
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    spec: SpecArg,
+    model: ModelArgs,
     /// Input token ids, comma-separated (the encoder's input for encoder-decoder models).
     #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
     tokens: Vec<i32>,
     /// Encoder-decoder models: decoder input ids (T5 starts from 0, BART from 2).
     #[arg(long, value_delimiter = ',', default_value = "0")]
     decoder_tokens: Vec<i32>,
-    /// Seed of the random weights.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// Instead of logits, greedily generate this many tokens through the KV cache.
     #[arg(long)]
     generate: Option<usize>,
@@ -24,7 +21,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<(), String> {
-    let (rs, lowered) = load(&a.spec.spec)?;
+    let loaded = open_model(&a.model)?;
+    let rs = &loaded.spec;
     let vocab = rs.spec.vocab_size;
     let check = |ids: &[i32], what: &str| -> Result<(), String> {
         match ids.iter().find(|&&t| t < 0 || t as usize >= vocab) {
@@ -47,7 +45,7 @@ pub fn run(a: Args) -> Result<(), String> {
             a.tokens.len() + a.generate.unwrap_or(0)
         ));
     }
-    let model = ReferenceModel::random(lowered, a.seed).map_err(|e| e.to_string())?;
+    let model = &loaded.model;
     let mut session = model.session();
 
     if let Some(n) = a.generate {
