@@ -162,3 +162,103 @@ fn errors_exit_nonzero_with_a_located_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does-not-exist.toml"));
 }
+
+/// A copy of a parity fixture folder in a temp dir, to break on purpose.
+fn fixture_copy(family: &str) -> tempfile::TempDir {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/parity/fixtures")
+        .join(family);
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    dir
+}
+
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let out = kiln(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "kiln {args:?} should fail");
+    assert!(!err.contains("panicked"), "kiln {args:?} panicked:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "kiln {args:?}: stderr lacks {n:?}:\n{err}");
+    }
+}
+
+#[test]
+fn a_hf_folder_runs_directly() {
+    let dir = fixture_copy("gpt2");
+    let p = dir.path().to_str().unwrap();
+    let v = json(&["run", p, "--tokens", "1,2,3", "--format", "json"]);
+    assert_eq!(v["logits"].as_array().unwrap().len(), 3);
+    let v = json(&["check", p, "--format", "json"]);
+    assert!(v["parameters"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn truncated_or_corrupt_weights_are_clear_errors() {
+    let dir = fixture_copy("llama");
+    let st = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
+    fails_with(
+        &["run", dir.path().to_str().unwrap(), "--tokens", "1,2"],
+        &["model.safetensors"],
+    );
+    std::fs::write(&st, b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage").unwrap();
+    fails_with(
+        &["run", dir.path().to_str().unwrap(), "--tokens", "1,2"],
+        &["model.safetensors"],
+    );
+    let gguf = dir.path().join("bad.gguf");
+    std::fs::write(
+        &gguf,
+        b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff",
+    )
+    .unwrap();
+    fails_with(
+        &["generate", gguf.to_str().unwrap(), "--prompt", "hi"],
+        &["bad.gguf"],
+    );
+}
+
+#[test]
+fn weights_that_do_not_fit_the_spec_are_listed() {
+    // GPT-2 weights offered to a Llama-shaped spec: every mismatch is reported at once.
+    let dir = fixture_copy("gpt2");
+    fails_with(
+        &[
+            "run",
+            "models/tiny/llama-2-7b.toml",
+            "--weights",
+            dir.path().to_str().unwrap(),
+            "--tokens",
+            "1",
+        ],
+        &[
+            "does not match the model",
+            "unexpected: checkpoint tensor `transformer.h.0.attn.c_attn.bias`",
+            "missing",
+        ],
+    );
+}
+
+#[test]
+fn missing_tokenizer_and_unknown_architecture_are_clear_errors() {
+    let dir = fixture_copy("gpt2");
+    let p = dir.path().to_str().unwrap().to_string();
+    fails_with(&["generate", &p, "--prompt", "hello"], &["tokenizer"]);
+    let cfg = dir.path().join("config.json");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("\"gpt2\"", "\"made_up_arch\"");
+    std::fs::write(&cfg, text).unwrap();
+    fails_with(&["check", &p], &["config.json", "made_up_arch"]);
+    // `kiln import -o` writes nothing on error.
+    let out = dir.path().join("out.toml");
+    fails_with(
+        &["import", &p, "-o", out.to_str().unwrap()],
+        &["made_up_arch"],
+    );
+    assert!(!out.exists(), "a failed import left {}", out.display());
+}
