@@ -7,6 +7,7 @@ mod dim;
 mod dot;
 mod graph;
 mod op;
+mod rewrite;
 mod text;
 mod types;
 
