@@ -7,4 +7,5 @@ pub mod analysis;
 pub mod import;
 pub mod ir;
 pub mod lower;
+pub mod passes;
 pub mod spec;
