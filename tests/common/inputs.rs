@@ -1,0 +1,126 @@
+//! Inputs for a lowered graph, named and shaped the way
+//! `kiln_runtime::session` builds them, plus output comparison.
+
+use super::rng::Rng;
+use kiln_compiler::ir::{DType, Graph, Op};
+use kiln_compiler::lower::Lowered;
+use kiln_runtime::{Outputs, Tensor};
+
+/// Values for the shape symbols of one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lengths {
+    pub batch: usize,
+    /// New tokens.
+    pub seq: usize,
+    /// Cached tokens (decoders).
+    pub past: usize,
+    /// Encoder length (encoder-decoder decoders).
+    pub src: usize,
+}
+
+impl Lengths {
+    fn get(&self, sym: &str) -> Option<usize> {
+        match sym {
+            "batch" => Some(self.batch),
+            "seq" => Some(self.seq),
+            "past" => Some(self.past),
+            "src" => Some(self.src),
+            _ => None,
+        }
+    }
+}
+
+/// Whether `g` has symbol `sym` in any input's shape.
+pub fn uses_symbol(g: &Graph, sym: &str) -> bool {
+    g.inputs_decl()
+        .iter()
+        .any(|&i| g.ty(i).shape.iter().any(|d| d.symbols().any(|s| s == sym)))
+}
+
+/// Every declared input of `g`, with seeded contents:
+/// - `tokens`: ids in `0..vocab`; `token_types`: in `0..rows of embed.token_types`;
+/// - `attention_mask` / `encoder_mask`: ones, except that with `batch >= 2`
+///   the last row hides one key (a padded position), so masking is exercised;
+/// - f32 inputs (`past.*`, `cross.*`): uniform in `[-1, 1)`.
+pub fn graph_inputs(
+    lowered: &Lowered,
+    g: &Graph,
+    lens: &Lengths,
+    seed: u64,
+) -> Vec<(String, Tensor)> {
+    let mut rng = Rng::new(seed);
+    let type_rows = g
+        .parameters()
+        .into_iter()
+        .find_map(|p| match &g.node(p).op {
+            Op::Parameter { name, .. } if name == "embed.token_types" => {
+                g.ty(p).shape[0].as_const()
+            }
+            _ => None,
+        })
+        .unwrap_or(1);
+    let mut out = Vec::new();
+    for id in g.inputs_decl() {
+        let Op::Input { name } = &g.node(id).op else {
+            continue;
+        };
+        let ty = g.ty(id);
+        let shape: Vec<usize> = ty
+            .shape
+            .iter()
+            .map(|d| {
+                d.eval(&|s| lens.get(s))
+                    .unwrap_or_else(|| panic!("input `{name}`: cannot size {d}"))
+            })
+            .collect();
+        let n: usize = shape.iter().product();
+        let t = match (name.as_str(), ty.dtype) {
+            ("tokens", DType::I32) => {
+                let v = (0..n)
+                    .map(|_| rng.range(0, lowered.vocab_size - 1) as i32)
+                    .collect();
+                Tensor::from_i32(&shape, v)
+            }
+            ("token_types", DType::I32) => {
+                let v = (0..n).map(|_| rng.range(0, type_rows - 1) as i32).collect();
+                Tensor::from_i32(&shape, v)
+            }
+            ("attention_mask" | "encoder_mask", DType::I32) => {
+                let mut v = vec![1; n];
+                let (rows, keys) = (shape[0], shape[1]);
+                if rows >= 2 && keys >= 2 {
+                    // Last row: hide its last key for encoders (padding), its
+                    // first key for decoders (a padded cached position).
+                    let k = if uses_symbol(g, "past") { 0 } else { keys - 1 };
+                    v[(rows - 1) * keys + k] = 0;
+                }
+                Tensor::from_i32(&shape, v)
+            }
+            (_, DType::F32) => Tensor::from_f32(&shape, (0..n).map(|_| rng.signed()).collect()),
+            (other, dtype) => panic!("no recipe for input `{other}` of {dtype}"),
+        };
+        out.push((name.clone(), t.expect("input tensor")));
+    }
+    out
+}
+
+/// Largest relative difference `|a - b| / max(|a|, |b|)` over two runs'
+/// outputs (0 where both are equal, NaN included). Panics if the outputs
+/// differ in names, dtypes or shapes.
+pub fn max_rel_diff(a: &Outputs, b: &Outputs, what: &str) -> f32 {
+    let names = |o: &Outputs| o.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>();
+    assert_eq!(names(a), names(b), "{what}: output names differ");
+    let mut worst = 0.0f32;
+    for ((name, x), (_, y)) in a.iter().zip(b.iter()) {
+        assert_eq!(x.dtype(), y.dtype(), "{what}: `{name}` dtype");
+        assert_eq!(x.shape(), y.shape(), "{what}: `{name}` shape");
+        for (p, q) in x.to_f32_vec().into_iter().zip(y.to_f32_vec()) {
+            if p == q || (p.is_nan() && q.is_nan()) {
+                continue;
+            }
+            let rel = (p - q).abs() / p.abs().max(q.abs());
+            worst = worst.max(if rel.is_nan() { f32::INFINITY } else { rel });
+        }
+    }
+    worst
+}
