@@ -56,8 +56,10 @@ mod tensor;
 mod weights;
 
 pub mod checkpoint;
+pub mod gguf;
 pub mod sampling;
 pub mod session;
+pub mod tokenizer;
 
 pub use error::{Result, RuntimeError};
 pub use interpreter::{Bindings, Interpreter, NamedTensor, Outputs, RunStats, run};

@@ -1,0 +1,327 @@
+//! llama.cpp tensor names → kiln canonical parameter names, as data.
+//!
+//! Each architecture family is a row of [`ARCHS`]; each name mapping a row of
+//! a rule table, where `{i}` stands for a block index. Adding an
+//! architecture that shares llama's layout is one row.
+
+/// How a tensor's rows are reordered on load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowOrder {
+    /// Stored as kiln wants it.
+    AsIs,
+    /// Query rows (or bias), permuted by llama.cpp for interleaved RoPE over
+    /// `attention.head_count` heads; undone when the family is permuted.
+    RopeQ,
+    /// Key rows (or bias), permuted over `attention.head_count_kv` heads.
+    RopeK,
+}
+
+/// One name mapping: a llama.cpp name pattern and kiln's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameRule {
+    /// llama.cpp name; `{i}` matches a block index.
+    pub gguf: &'static str,
+    /// kiln name; `{i}` is replaced by the same index.
+    pub kiln: &'static str,
+    /// Row reordering on load.
+    pub rows: RowOrder,
+}
+
+const fn rule(gguf: &'static str, kiln: &'static str, rows: RowOrder) -> NameRule {
+    NameRule { gguf, kiln, rows }
+}
+
+use RowOrder::{AsIs, RopeK, RopeQ};
+
+/// The llama layout (llama, Mistral, Mixtral, Qwen2, SmolLM, TinyLlama, ...).
+/// GGUF matrices have `ne = [in, out]`, i.e. kiln's `[out, in]` row-major,
+/// so no transpose is needed; MoE expert stacks (`ne = [in, out, experts]`)
+/// are kiln's `[experts, out, in]`.
+pub static LLAMA_RULES: &[NameRule] = &[
+    rule("token_embd.weight", "embed.tokens", AsIs),
+    rule("output_norm.weight", "final_norm.weight", AsIs),
+    rule("output.weight", "head.weight", AsIs),
+    rule("output.bias", "head.bias", AsIs),
+    rule(
+        "blk.{i}.attn_norm.weight",
+        "layers.{i}.attn_norm.weight",
+        AsIs,
+    ),
+    rule("blk.{i}.attn_q.weight", "layers.{i}.attn.q.weight", RopeQ),
+    rule("blk.{i}.attn_q.bias", "layers.{i}.attn.q.bias", RopeQ),
+    rule("blk.{i}.attn_k.weight", "layers.{i}.attn.k.weight", RopeK),
+    rule("blk.{i}.attn_k.bias", "layers.{i}.attn.k.bias", RopeK),
+    rule("blk.{i}.attn_v.weight", "layers.{i}.attn.v.weight", AsIs),
+    rule("blk.{i}.attn_v.bias", "layers.{i}.attn.v.bias", AsIs),
+    rule(
+        "blk.{i}.attn_output.weight",
+        "layers.{i}.attn.o.weight",
+        AsIs,
+    ),
+    rule("blk.{i}.attn_output.bias", "layers.{i}.attn.o.bias", AsIs),
+    rule(
+        "blk.{i}.ffn_norm.weight",
+        "layers.{i}.mlp_norm.weight",
+        AsIs,
+    ),
+    rule(
+        "blk.{i}.ffn_gate.weight",
+        "layers.{i}.mlp.gate.weight",
+        AsIs,
+    ),
+    rule("blk.{i}.ffn_up.weight", "layers.{i}.mlp.up.weight", AsIs),
+    rule(
+        "blk.{i}.ffn_down.weight",
+        "layers.{i}.mlp.down.weight",
+        AsIs,
+    ),
+    rule(
+        "blk.{i}.ffn_gate_inp.weight",
+        "layers.{i}.moe.router.weight",
+        AsIs,
+    ),
+    rule(
+        "blk.{i}.ffn_gate_exps.weight",
+        "layers.{i}.moe.experts.gate.weight",
+        AsIs,
+    ),
+    rule(
+        "blk.{i}.ffn_up_exps.weight",
+        "layers.{i}.moe.experts.up.weight",
+        AsIs,
+    ),
+    rule(
+        "blk.{i}.ffn_down_exps.weight",
+        "layers.{i}.moe.experts.down.weight",
+        AsIs,
+    ),
+];
+
+/// Tensors some llama-family files carry that kiln does not need (old
+/// converters wrote the RoPE inverse frequencies, which kiln recomputes).
+pub static LLAMA_IGNORED: &[&str] = &["blk.{i}.attn_rot_embd.weight"];
+
+/// An architecture family: the `general.architecture` value, whether its
+/// converter permuted Q/K rows for interleaved RoPE, and its name rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchFamily {
+    /// `general.architecture`.
+    pub name: &'static str,
+    /// llama.cpp uses interleaved ("normal") RoPE for this architecture, so
+    /// `convert_hf_to_gguf` permuted the Q/K rows; kiln undoes it.
+    pub rope_permuted: bool,
+    pub rules: &'static [NameRule],
+    pub ignored: &'static [&'static str],
+}
+
+/// Supported architectures.
+pub static ARCHS: &[ArchFamily] = &[
+    ArchFamily {
+        name: "llama",
+        rope_permuted: true,
+        rules: LLAMA_RULES,
+        ignored: LLAMA_IGNORED,
+    },
+    // Qwen2 uses NeoX (half-split) RoPE in llama.cpp: its Q/K are not permuted.
+    ArchFamily {
+        name: "qwen2",
+        rope_permuted: false,
+        rules: LLAMA_RULES,
+        ignored: LLAMA_IGNORED,
+    },
+];
+
+/// The family for a `general.architecture` value.
+pub fn arch_family(arch: &str) -> Option<&'static ArchFamily> {
+    ARCHS.iter().find(|a| a.name == arch)
+}
+
+/// Names of the supported architectures, comma-separated.
+pub fn supported_archs() -> String {
+    let names: Vec<&str> = ARCHS.iter().map(|a| a.name).collect();
+    names.join(", ")
+}
+
+/// Match `name` against `pattern`: `Some(None)` for a literal match,
+/// `Some(Some(i))` when `{i}` matched block index `i`, `None` otherwise.
+fn match_pattern(pattern: &str, name: &str) -> Option<Option<usize>> {
+    match pattern.split_once("{i}") {
+        None => (pattern == name).then_some(None),
+        Some((prefix, suffix)) => {
+            let digits = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+            let canonical = !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && (digits == "0" || !digits.starts_with('0'));
+            if canonical {
+                digits.parse().ok().map(Some)
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// kiln's name and row order for llama.cpp tensor `name`, if a rule matches.
+pub fn canonical_name(family: &ArchFamily, name: &str) -> Option<(String, RowOrder)> {
+    family.rules.iter().find_map(|r| {
+        let index = match_pattern(r.gguf, name)?;
+        let kiln = match index {
+            Some(i) => r.kiln.replace("{i}", &i.to_string()),
+            None => r.kiln.to_string(),
+        };
+        Some((kiln, r.rows))
+    })
+}
+
+/// Whether llama.cpp tensor `name` is one kiln ignores.
+pub fn is_ignored(family: &ArchFamily, name: &str) -> bool {
+    family
+        .ignored
+        .iter()
+        .any(|p| match_pattern(p, name).is_some())
+}
+
+/// Undo `convert_hf_to_gguf`'s RoPE permutation of a Q or K projection:
+/// `w.reshape(n_head, 2, rows / n_head / 2, cols).swapaxes(1, 2)` moved HF
+/// row `h*hd + p*hd/2 + j` to row `h*hd + 2j + p`; this moves it back.
+/// `data` is `rows × cols` row-major (`cols = 1` for a bias).
+pub fn unpermute_rope_rows(
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    n_head: usize,
+) -> Result<Vec<f32>, String> {
+    if rows.checked_mul(cols) != Some(data.len()) {
+        return Err(format!(
+            "{} values cannot be {rows} rows of {cols}",
+            data.len()
+        ));
+    }
+    if n_head == 0 || !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) {
+        return Err(format!(
+            "{rows} rows cannot be split into {n_head} heads of an even width"
+        ));
+    }
+    let hd = rows / n_head;
+    let half = hd / 2;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..n_head {
+        for j in 0..half {
+            for p in 0..2 {
+                let src = h * hd + 2 * j + p;
+                let dst = h * hd + p * half + j;
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        assert_eq!(match_pattern("output.weight", "output.weight"), Some(None));
+        assert_eq!(match_pattern("output.weight", "output_norm.weight"), None);
+        assert_eq!(
+            match_pattern("blk.{i}.attn_q.weight", "blk.17.attn_q.weight"),
+            Some(Some(17))
+        );
+        assert_eq!(
+            match_pattern("blk.{i}.attn_q.weight", "blk..attn_q.weight"),
+            None
+        );
+        assert_eq!(
+            match_pattern("blk.{i}.attn_q.weight", "blk.x.attn_q.weight"),
+            None
+        );
+        assert_eq!(
+            match_pattern("blk.{i}.attn_q.weight", "blk.01.attn_q.weight"),
+            None
+        );
+        assert_eq!(
+            match_pattern("blk.{i}.attn_q.weight", "blk.1.attn_q.bias"),
+            None
+        );
+    }
+
+    #[test]
+    fn llama_names() {
+        let f = arch_family("llama").unwrap();
+        let cases = [
+            ("token_embd.weight", "embed.tokens", AsIs),
+            ("blk.0.attn_norm.weight", "layers.0.attn_norm.weight", AsIs),
+            ("blk.3.attn_q.weight", "layers.3.attn.q.weight", RopeQ),
+            ("blk.3.attn_k.weight", "layers.3.attn.k.weight", RopeK),
+            ("blk.3.attn_v.weight", "layers.3.attn.v.weight", AsIs),
+            ("blk.12.attn_output.weight", "layers.12.attn.o.weight", AsIs),
+            ("blk.29.ffn_norm.weight", "layers.29.mlp_norm.weight", AsIs),
+            ("blk.2.ffn_gate.weight", "layers.2.mlp.gate.weight", AsIs),
+            ("blk.2.ffn_up.weight", "layers.2.mlp.up.weight", AsIs),
+            ("blk.2.ffn_down.weight", "layers.2.mlp.down.weight", AsIs),
+            ("output_norm.weight", "final_norm.weight", AsIs),
+            ("output.weight", "head.weight", AsIs),
+            (
+                "blk.1.ffn_gate_exps.weight",
+                "layers.1.moe.experts.gate.weight",
+                AsIs,
+            ),
+            (
+                "blk.1.ffn_gate_inp.weight",
+                "layers.1.moe.router.weight",
+                AsIs,
+            ),
+        ];
+        for (gguf, kiln, order) in cases {
+            assert_eq!(
+                canonical_name(f, gguf),
+                Some((kiln.to_string(), order)),
+                "{gguf}"
+            );
+        }
+        assert_eq!(canonical_name(f, "blk.0.attn_qkv.weight"), None);
+        assert!(is_ignored(f, "blk.4.attn_rot_embd.weight"));
+        assert!(arch_family("gpt2").is_none());
+    }
+
+    /// The permutation `convert_hf_to_gguf` applies, written out like numpy's
+    /// reshape/swapaxes, to check the inverse against.
+    fn permute(hf: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
+        let hd = rows / n_head;
+        let half = hd / 2;
+        // result[h][j][p] = hf[h][p][j], flattened.
+        let mut out = Vec::with_capacity(hf.len());
+        for h in 0..n_head {
+            for j in 0..half {
+                for p in 0..2 {
+                    let r = h * hd + p * half + j;
+                    out.extend_from_slice(&hf[r * cols..(r + 1) * cols]);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn unpermute_inverts_convert_permutation() {
+        for (rows, cols, heads) in [(8, 3, 2), (12, 1, 3), (16, 5, 1), (24, 2, 4)] {
+            let hf: Vec<f32> = (0..rows * cols).map(|x| x as f32).collect();
+            let gguf = permute(&hf, rows, cols, heads);
+            assert_ne!(gguf, hf, "the permutation is not the identity here");
+            assert_eq!(unpermute_rope_rows(&gguf, rows, cols, heads).unwrap(), hf);
+        }
+        // One head of width 4: HF rows [a0 a1 b0 b1] (a = first half) are
+        // stored interleaved as [a0 b0 a1 b1].
+        let gguf = [10.0, 20.0, 11.0, 21.0];
+        assert_eq!(
+            unpermute_rope_rows(&gguf, 4, 1, 1).unwrap(),
+            vec![10.0, 11.0, 20.0, 21.0]
+        );
+        assert!(unpermute_rope_rows(&gguf, 4, 1, 3).is_err());
+        assert!(unpermute_rope_rows(&gguf, 5, 1, 1).is_err());
+        assert!(unpermute_rope_rows(&gguf, 4, 1, 0).is_err());
+    }
+}

@@ -1,0 +1,388 @@
+//! A kiln spec derived from GGUF metadata, and the weights under kiln's names.
+
+use super::Result;
+use super::names::{self, ArchFamily, RowOrder};
+use super::reader::{GgufFile, Value};
+use crate::tensor::Tensor;
+use crate::weights::Weights;
+use kiln_compiler::spec::ResolvedSpec;
+use std::fmt::Write as _;
+use std::path::Path;
+
+impl GgufFile {
+    /// `general.architecture`.
+    pub fn architecture(&self) -> Result<&str> {
+        self.get_str("general.architecture")
+    }
+
+    /// The architecture family (name rules, RoPE permutation), or an error
+    /// naming the architecture and the supported ones.
+    pub fn family(&self) -> Result<&'static ArchFamily> {
+        let arch = self.architecture()?;
+        names::arch_family(arch).ok_or_else(|| {
+            self.error(format!(
+                "unsupported architecture `{arch}` (general.architecture); supported: {}",
+                names::supported_archs()
+            ))
+        })
+    }
+
+    /// `{arch}.{key}` as a non-negative integer.
+    fn arch_u64(&self, key: &str) -> Result<u64> {
+        let full = format!("{}.{key}", self.architecture()?);
+        self.get_u64(&full)
+    }
+
+    /// `{arch}.{key}` as a usize, if present.
+    fn arch_opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        let full = format!("{}.{key}", self.architecture()?);
+        match self.get(&full) {
+            None => Ok(None),
+            Some(_) => self.arch_usize(key).map(Some),
+        }
+    }
+
+    fn arch_usize(&self, key: &str) -> Result<usize> {
+        let v = self.arch_u64(key)?;
+        usize::try_from(v).map_err(|_| {
+            self.error(format!(
+                "metadata `{}.{key}` = {v} is too large",
+                self.architecture().unwrap_or("?")
+            ))
+        })
+    }
+
+    /// `{arch}.{key}` as f64, if present. An f32 value is converted through
+    /// its shortest decimal form (f32 `1e-5` gives f64 `1e-5`, not
+    /// `9.99999974738e-6`), matching the number the converter was given.
+    fn arch_opt_f64(&self, key: &str) -> Result<Option<f64>> {
+        let full = format!("{}.{key}", self.architecture()?);
+        match self.get(&full) {
+            None => Ok(None),
+            Some(Value::F32(v)) => Ok(Some(format!("{v:?}").parse().unwrap_or(f64::from(*v)))),
+            Some(_) => self.get_f64(&full).map(Some),
+        }
+    }
+
+    /// The kiln spec this file's metadata describes, as TOML text (what
+    /// [`GgufFile::spec`] resolves; save it to get an editable spec).
+    ///
+    /// Reads `{arch}.embedding_length`, `.block_count`,
+    /// `.feed_forward_length`, `.attention.head_count`, `.head_count_kv`,
+    /// `.key_length`, `.layer_norm_rms_epsilon`, `.sliding_window`,
+    /// `.context_length`, `.rope.freq_base`, `.rope.dimension_count`,
+    /// `.rope.scaling.*`, `.expert_count`, `.expert_used_count`; the vocabulary
+    /// size is `token_embd`'s row count; the head is tied when there is no
+    /// `output` tensor; biases are present when the tensors are.
+    pub fn spec_toml(&self) -> Result<String> {
+        let family = self.family()?;
+        let arch = family.name;
+        let d_model = self.arch_usize("embedding_length")?;
+        let layers = self.arch_usize("block_count")?;
+        let d_ff = self.arch_usize("feed_forward_length")?;
+        let heads = self.arch_usize("attention.head_count")?;
+        let kv_heads = self
+            .arch_opt_usize("attention.head_count_kv")?
+            .unwrap_or(heads);
+        let head_dim = self.arch_opt_usize("attention.key_length")?;
+        if let (Some(k), Some(v)) = (head_dim, self.arch_opt_usize("attention.value_length")?)
+            && k != v
+        {
+            return Err(self.error(format!(
+                "{arch}.attention.key_length ({k}) differs from {arch}.attention.value_length ({v}); kiln needs equal key and value head widths"
+            )));
+        }
+        let eps = self
+            .arch_opt_f64("attention.layer_norm_rms_epsilon")?
+            .ok_or_else(|| {
+                self.error(format!(
+                    "missing metadata key `{arch}.attention.layer_norm_rms_epsilon` (the llama family uses RMSNorm)"
+                ))
+            })?;
+        let max_positions = self.arch_opt_usize("context_length")?.unwrap_or(2048);
+        let theta = self.arch_opt_f64("rope.freq_base")?.unwrap_or(10000.0);
+
+        let embd = self.tensor("token_embd.weight").ok_or_else(|| {
+            self.error("missing tensor `token_embd.weight` (the token embeddings)")
+        })?;
+        let embd_shape = embd.shape();
+        if embd_shape.len() != 2 || embd_shape[1] != d_model {
+            return Err(self.error(format!(
+                "tensor `token_embd.weight` has shape {embd_shape:?}; expected [vocab, {d_model}] ({arch}.embedding_length = {d_model})"
+            )));
+        }
+        let vocab_size = embd_shape[0];
+        if let Some(n) = self.arch_opt_usize("vocab_size")?
+            && n != vocab_size
+        {
+            return Err(self.error(format!(
+                "{arch}.vocab_size is {n} but tensor `token_embd.weight` has {vocab_size} rows"
+            )));
+        }
+
+        let has = |name: &str| self.tensor(name).is_some();
+        if has("rope_freqs.weight") {
+            return Err(self.error(
+                "tensor `rope_freqs.weight` (per-frequency RoPE factors, as written for Llama 3.1-style rope scaling) is not supported: kiln cannot recover the scaling parameters from it",
+            ));
+        }
+        let tied = !has("output.weight");
+        let qkv_bias = has("blk.0.attn_q.bias");
+        let out_bias = has("blk.0.attn_output.bias");
+        let head_bias = has("output.bias");
+
+        let mut t = String::new();
+        let name = self
+            .get("general.name")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| file_stem(self.path()));
+        let _ = writeln!(
+            t,
+            "# Derived from the metadata of {}",
+            self.path().display()
+        );
+        let _ = writeln!(t, "name = {}", toml_string(&name));
+        let _ = writeln!(t, "architecture = \"decoder\"");
+        let _ = writeln!(t, "vocab_size = {vocab_size}");
+        let _ = writeln!(t, "d_model = {d_model}");
+        let _ = writeln!(t, "layers = {layers}");
+        let _ = writeln!(t, "max_positions = {max_positions}");
+
+        let _ = writeln!(t, "\n[attention]");
+        let _ = writeln!(t, "heads = {heads}");
+        let _ = writeln!(t, "kv_heads = {kv_heads}");
+        if let Some(hd) = head_dim
+            && heads > 0
+            && hd != d_model / heads
+        {
+            let _ = writeln!(t, "head_dim = {hd}");
+        }
+        if qkv_bias {
+            let _ = writeln!(t, "qkv_bias = true");
+        }
+        if out_bias {
+            let _ = writeln!(t, "out_bias = true");
+        }
+        if let Some(w) = self.arch_opt_usize("attention.sliding_window")?
+            && w > 0
+        {
+            let _ = writeln!(t, "sliding_window = {w}");
+        }
+
+        let _ = writeln!(t, "\n[norm]");
+        let _ = writeln!(t, "kind = \"rmsnorm\"");
+        let _ = writeln!(t, "eps = {}", toml_float(eps));
+        let _ = writeln!(t, "placement = \"pre\"");
+        let _ = writeln!(t, "final_norm = {}", has("output_norm.weight"));
+
+        let _ = writeln!(t, "\n[positions]");
+        let _ = writeln!(t, "kind = \"rope\"");
+        let _ = writeln!(t, "theta = {}", toml_float(theta));
+        // kiln's half-split layout: llama's Q/K rows are un-permuted on load.
+        let _ = writeln!(t, "layout = \"half\"");
+        let hd = head_dim.unwrap_or(d_model.checked_div(heads).unwrap_or(0));
+        if let Some(rot) = self.arch_opt_usize("rope.dimension_count")?
+            && rot != hd
+        {
+            if hd == 0 || rot > hd || !rot.is_multiple_of(2) {
+                return Err(self.error(format!(
+                    "{arch}.rope.dimension_count is {rot}, which does not fit a head of width {hd}"
+                )));
+            }
+            let _ = writeln!(t, "fraction = {}", toml_float(rot as f64 / hd as f64));
+        }
+        self.write_rope_scaling(&mut t)?;
+
+        let _ = writeln!(t, "\n[mlp]");
+        let _ = writeln!(t, "d_ff = {d_ff}");
+        let _ = writeln!(t, "activation = \"silu\"");
+        let _ = writeln!(t, "gated = true");
+
+        let experts = self.arch_opt_usize("expert_count")?.unwrap_or(0);
+        if experts > 0 {
+            let top_k = self.arch_usize("expert_used_count")?;
+            let _ = writeln!(t, "\n[moe]");
+            let _ = writeln!(t, "experts = {experts}");
+            let _ = writeln!(t, "top_k = {top_k}");
+            if let Some(ff) = self.arch_opt_usize("expert_feed_forward_length")?
+                && ff != d_ff
+            {
+                let _ = writeln!(t, "d_ff = {ff}");
+            }
+        }
+
+        let _ = writeln!(t, "\n[head]");
+        let _ = writeln!(t, "kind = \"lm\"");
+        let _ = writeln!(t, "tied = {tied}");
+        if head_bias {
+            let _ = writeln!(t, "bias = true");
+        }
+        Ok(t)
+    }
+
+    fn write_rope_scaling(&self, t: &mut String) -> Result<()> {
+        let arch = self.architecture()?;
+        let key = format!("{arch}.rope.scaling.type");
+        let Some(kind) = self.get(&key) else {
+            return Ok(());
+        };
+        let kind = kind
+            .as_str()
+            .ok_or_else(|| self.error(format!("metadata `{key}` must be a string")))?;
+        let factor = || {
+            self.arch_opt_f64("rope.scaling.factor")?.ok_or_else(|| {
+                self.error(format!(
+                    "`{key}` is \"{kind}\" but `{arch}.rope.scaling.factor` is missing"
+                ))
+            })
+        };
+        match kind {
+            "none" => {}
+            "linear" => {
+                let _ = writeln!(
+                    t,
+                    "scaling = {{ kind = \"linear\", factor = {} }}",
+                    toml_float(factor()?)
+                );
+            }
+            "yarn" => {
+                let orig = self.arch_usize("rope.scaling.original_context_length")?;
+                let _ = write!(
+                    t,
+                    "scaling = {{ kind = \"yarn\", factor = {}, original_max_positions = {orig}",
+                    toml_float(factor()?)
+                );
+                for (gguf, kiln) in [
+                    ("rope.scaling.yarn_beta_fast", "beta_fast"),
+                    ("rope.scaling.yarn_beta_slow", "beta_slow"),
+                ] {
+                    if let Some(v) = self.arch_opt_f64(gguf)? {
+                        let _ = write!(t, ", {kiln} = {}", toml_float(v));
+                    }
+                }
+                let _ = writeln!(t, " }}");
+            }
+            other => {
+                return Err(self.error(format!(
+                    "metadata `{key}` is \"{other}\"; supported RoPE scaling: none, linear, yarn"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The kiln spec this file's metadata describes ([`GgufFile::spec_toml`],
+    /// resolved by the compiler's spec loader).
+    pub fn spec(&self) -> Result<ResolvedSpec> {
+        let text = self.spec_toml()?;
+        let name = Path::new("<gguf>").join(self.path().file_name().unwrap_or_default());
+        kiln_compiler::spec::load_str(&text, &name).map_err(|e| {
+            self.error(format!(
+                "the spec derived from the metadata does not resolve: {e}\n--- derived spec ---\n{text}"
+            ))
+        })
+    }
+
+    /// Every tensor dequantised to f32 under kiln's canonical name, with
+    /// llama's Q/K rows un-permuted. A tensor no rule maps (and that the
+    /// family does not ignore) is an error listing all such names.
+    pub fn weights(&self) -> Result<Weights> {
+        let family = self.family()?;
+        let heads = self.arch_usize("attention.head_count")?;
+        let kv_heads = self
+            .arch_opt_usize("attention.head_count_kv")?
+            .unwrap_or(heads);
+        let mut unknown = Vec::new();
+        let mut weights = Weights::new();
+        for info in self.tensors() {
+            let Some((kiln, order)) = names::canonical_name(family, &info.name) else {
+                if !names::is_ignored(family, &info.name) {
+                    unknown.push(info.name.as_str());
+                }
+                continue;
+            };
+            let mut tensor = self.tensor_f32(&info.name)?;
+            let n_head = match order {
+                RowOrder::AsIs => None,
+                RowOrder::RopeQ => Some(heads),
+                RowOrder::RopeK => Some(kv_heads),
+            };
+            if let Some(n_head) = n_head.filter(|_| family.rope_permuted) {
+                let shape = tensor.shape().to_vec();
+                let rows = shape.first().copied().unwrap_or(1);
+                let cols = shape.iter().skip(1).product::<usize>();
+                let data = tensor.to_f32_vec();
+                let data = names::unpermute_rope_rows(&data, rows, cols, n_head)
+                    .map_err(|e| self.error(format!("tensor `{}`: {e}", info.name)))?;
+                tensor = Tensor::from_f32(&shape, data)
+                    .map_err(|e| self.error(format!("tensor `{}`: {e}", info.name)))?;
+            }
+            weights.insert(kiln, tensor);
+        }
+        if !unknown.is_empty() {
+            return Err(self.error(format!(
+                "{} tensor(s) have no kiln name for architecture `{}`: {}",
+                unknown.len(),
+                family.name,
+                unknown.join(", ")
+            )));
+        }
+        Ok(weights)
+    }
+}
+
+fn file_stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "gguf-model".into())
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A TOML float (always with a `.` or an exponent; Rust's shortest form).
+fn toml_float(v: f64) -> String {
+    if v.is_nan() {
+        return "nan".into();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 { "inf" } else { "-inf" }.into();
+    }
+    let s = format!("{v:?}");
+    if s.contains(['.', 'e', 'E']) {
+        s
+    } else {
+        format!("{s}.0")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_escaping() {
+        assert_eq!(toml_string("a\"b\\c\n\u{1}é"), "\"a\\\"b\\\\c\\n\\u0001é\"");
+        assert_eq!(toml_float(1e-5), "1e-5");
+        assert_eq!(toml_float(100000.0), "100000.0");
+        assert_eq!(toml_float(0.25), "0.25");
+    }
+}
