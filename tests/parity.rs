@@ -29,7 +29,7 @@ impl Expected {
         SafeTensors::deserialize(&self.bytes).unwrap()
     }
     fn has(&self, name: &str) -> bool {
-        self.st().names().iter().any(|n| *n == name)
+        self.st().names().contains(&name)
     }
     fn shape(&self, name: &str) -> Vec<usize> {
         self.st().tensor(name).unwrap().shape().to_vec()
@@ -105,7 +105,8 @@ fn check(family: &str, what: &str, got: &[f32], want: &[f32], failures: &mut Vec
     let d = max_diff(got, want);
     let line = format!("{family:<11} {what:<28} max |diff| = {d:.2e}");
     println!("{line}");
-    if !(d <= TOL) {
+    // NaN fails too.
+    if d.is_nan() || d > TOL {
         failures.push(line);
     }
 }
