@@ -59,6 +59,7 @@ pub mod checkpoint;
 pub mod gguf;
 pub mod sampling;
 pub mod session;
+pub mod source;
 pub mod tokenizer;
 
 pub use error::{Result, RuntimeError};
