@@ -172,3 +172,54 @@ fn bad_tokens_and_overlong_sequences_are_errors() {
     let out = s.generate_greedy(&[1, 2], 1000, None).unwrap();
     assert_eq!(2 + out.len(), rs.spec.max_positions + 1);
 }
+
+#[test]
+fn batched_decoding_with_left_padding_matches_single_sequences() {
+    use kiln_runtime::sampling::SamplingOptions;
+    use kiln_runtime::session::GenerateOptions;
+    let prompts: [&[i32]; 3] = [&[5, 17, 42, 8, 99], &[3, 4], &[250, 1, 7]];
+    for path in tiny_specs() {
+        let (rs, m) = model(&path, 8);
+        if rs.spec.architecture != Architecture::Decoder {
+            continue;
+        }
+        // Prefill logits of each row's last token equal the row run alone.
+        let mut s = m.session();
+        let out = s.forward_batch(&prompts).unwrap();
+        let l = out["logits"].to_f32_vec();
+        let (cols, v) = (out["logits"].shape()[1], rs.spec.vocab_size);
+        for (r, p) in prompts.iter().enumerate() {
+            let alone = m.session().forward(p).unwrap()["logits"].to_f32_vec();
+            let got = &l[(r * cols + cols - 1) * v..(r * cols + cols) * v];
+            let diff = got
+                .iter()
+                .zip(&alone[alone.len() - v..])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                diff <= 1e-5,
+                "{}: row {r} differs by {diff} when batched",
+                path.display()
+            );
+        }
+        // Sampled generation: every row equals generating it alone.
+        let opts = GenerateOptions {
+            max_new_tokens: 6,
+            sampling: SamplingOptions {
+                temperature: 0.8,
+                top_k: 20,
+                top_p: 0.95,
+                seed: 11,
+            },
+            stop_tokens: vec![],
+        };
+        let batched = m
+            .session()
+            .generate_batch(&prompts, &opts, &mut |_, _| true)
+            .unwrap();
+        for (r, p) in prompts.iter().enumerate() {
+            let alone = m.session().generate(p, &opts, &mut |_| true).unwrap();
+            assert_eq!(batched[r], alone, "{}: row {r}", path.display());
+        }
+    }
+}

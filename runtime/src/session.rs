@@ -32,6 +32,7 @@ impl ReferenceModel {
             model: self,
             cache: Vec::new(),
             past: 0,
+            mask: Vec::new(),
             cross: None,
         }
     }
@@ -127,9 +128,11 @@ fn declares_input(g: &Graph, name: &str) -> bool {
 /// One sequence's decoding state.
 pub struct Session<'m> {
     model: &'m ReferenceModel,
-    /// `(k, v)` per decoder block, `[1, kv_heads, past, head_dim]`.
+    /// `(k, v)` per decoder block, `[batch, kv_heads, past, head_dim]`.
     cache: Vec<(Tensor, Tensor)>,
     past: usize,
+    /// Per row, 1 for each real cached token and 0 for left padding.
+    mask: Vec<Vec<i32>>,
     /// Encoder-decoder: cross K/V per block and the source length.
     cross: Option<(Vec<(Tensor, Tensor)>, usize)>,
 }
@@ -166,30 +169,61 @@ impl<'m> Session<'m> {
     /// Feed new tokens; returns all decoder outputs for them (`logits`
     /// `[1, tokens, vocab]`, `hidden`) and extends the KV cache.
     pub fn forward(&mut self, tokens: &[i32]) -> Result<Outputs> {
+        self.forward_batch(&[tokens])
+    }
+
+    /// Feed new tokens for a batch of sequences. The first call fixes the
+    /// batch: rows of different lengths are left-padded (masked, and not
+    /// counted in positions) so each row's last column is its last token.
+    /// Later calls feed the same number of tokens to every row. Outputs are
+    /// `[rows, columns, …]`.
+    pub fn forward_batch(&mut self, rows: &[&[i32]]) -> Result<Outputs> {
         let g = self.decoder()?;
-        self.model.check_tokens(tokens, self.past)?;
-        if tokens.is_empty() {
-            return Err(RuntimeError::Graph("forward: no tokens given".into()));
+        let n = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        if rows.is_empty() || rows.iter().any(|r| r.is_empty()) {
+            return Err(RuntimeError::Graph(
+                "forward: every row needs at least one token".into(),
+            ));
         }
+        if self.past > 0 && (rows.len() != self.mask.len() || rows.iter().any(|r| r.len() != n)) {
+            return Err(RuntimeError::Graph(format!(
+                "forward: this session decodes {} rows; later calls must give every row the same number of tokens",
+                self.mask.len()
+            )));
+        }
+        if rows.len() > 1 && self.cross.is_some() {
+            return Err(RuntimeError::Graph(
+                "batched decoding of encoder-decoder models is not supported; use one session per sequence".into(),
+            ));
+        }
+        for r in rows {
+            self.model.check_tokens(r, self.past + n - r.len())?;
+        }
+        let batch = rows.len();
         let layers = count_layers(g);
         if self.cache.is_empty() {
             for i in 0..layers {
                 let (kvh, hd) = cache_dims(g, i)?;
-                self.cache.push((
-                    Tensor::zeros(DType::F32, &[1, kvh, 0, hd]),
-                    Tensor::zeros(DType::F32, &[1, kvh, 0, hd]),
-                ));
+                let empty = Tensor::zeros(DType::F32, &[batch, kvh, 0, hd]);
+                self.cache.push((empty.clone(), empty));
             }
+            self.mask = vec![Vec::new(); batch];
         }
-        let n = tokens.len();
+        let mut tokens = Vec::with_capacity(batch * n);
+        for (r, m) in rows.iter().zip(self.mask.iter_mut()) {
+            let pad = n - r.len();
+            tokens.extend(std::iter::repeat_n(0, pad));
+            tokens.extend_from_slice(r);
+            m.extend(std::iter::repeat_n(0, pad));
+            m.extend(std::iter::repeat_n(1, r.len()));
+        }
+        let total = self.past + n;
+        let mask: Vec<i32> = self.mask.iter().flatten().copied().collect();
         let mut inputs = vec![
-            (
-                "tokens".to_string(),
-                Tensor::from_i32(&[1, n], tokens.to_vec())?,
-            ),
+            ("tokens".to_string(), Tensor::from_i32(&[batch, n], tokens)?),
             (
                 "attention_mask".to_string(),
-                Tensor::from_i32(&[1, self.past + n], vec![1; self.past + n])?,
+                Tensor::from_i32(&[batch, total], mask)?,
             ),
         ];
         for (i, (k, v)) in self.cache.iter().enumerate() {
@@ -212,7 +246,17 @@ impl<'m> Session<'m> {
                 Tensor::from_i32(&[1, *src], vec![1; *src])?,
             ));
         }
-        let mut out = run(g, &self.model.weights, inputs)?;
+        let result = run(g, &self.model.weights, inputs);
+        let mut out = match result {
+            Ok(o) => o,
+            Err(e) => {
+                // Keep the session consistent: forget this call's mask columns.
+                for m in &mut self.mask {
+                    m.truncate(self.past);
+                }
+                return Err(e);
+            }
+        };
         for i in 0..layers {
             let k = take(&out, &format!("present.{i}.k"))?;
             let v = take(&out, &format!("present.{i}.v"))?;
@@ -220,7 +264,7 @@ impl<'m> Session<'m> {
             out.remove(&format!("present.{i}.k"));
             out.remove(&format!("present.{i}.v"));
         }
-        self.past += n;
+        self.past = total;
         Ok(out)
     }
 
@@ -250,22 +294,52 @@ impl<'m> Session<'m> {
         opts: &GenerateOptions,
         on_token: &mut dyn FnMut(i32) -> bool,
     ) -> Result<Vec<i32>> {
-        let mut sampler = Sampler::new(opts.sampling.clone());
-        let mut out = Vec::new();
-        let mut feed = prompt.to_vec();
-        while out.len() < opts.max_new_tokens
-            && self.past + feed.len() <= self.model.lowered.max_positions
-        {
-            let o = self.forward(&feed)?;
-            let logits = take(&o, "logits")?;
-            let v = *logits.shape().last().unwrap_or(&0);
-            let data = logits.to_f32_vec();
-            let next = sampler.sample(&data[data.len() - v..]) as i32;
-            out.push(next);
-            if !on_token(next) || opts.stop_tokens.contains(&next) {
+        let mut out = self.generate_batch(&[prompt], opts, &mut |_, id| on_token(id))?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// Generate for several prompts at once (left-padded into one batch).
+    /// `on_token(row, id)` sees each row's tokens as they are chosen; a row
+    /// ends at a stop token (or when `on_token` returns false) while the
+    /// others go on. Each row samples from its own seeded generator, so a
+    /// row's output equals generating it alone.
+    pub fn generate_batch(
+        &mut self,
+        prompts: &[&[i32]],
+        opts: &GenerateOptions,
+        on_token: &mut dyn FnMut(usize, i32) -> bool,
+    ) -> Result<Vec<Vec<i32>>> {
+        let mut samplers: Vec<Sampler> = prompts
+            .iter()
+            .map(|_| Sampler::new(opts.sampling.clone()))
+            .collect();
+        let mut out = vec![Vec::new(); prompts.len()];
+        let mut done = vec![false; prompts.len()];
+        let mut feed: Vec<Vec<i32>> = prompts.iter().map(|p| p.to_vec()).collect();
+        let width = |f: &[Vec<i32>]| f.iter().map(Vec::len).max().unwrap_or(0);
+        for _ in 0..opts.max_new_tokens {
+            if done.iter().all(|d| *d)
+                || self.past + width(&feed) > self.model.lowered.max_positions
+            {
                 break;
             }
-            feed = vec![next];
+            let rows: Vec<&[i32]> = feed.iter().map(Vec::as_slice).collect();
+            let o = self.forward_batch(&rows)?;
+            let logits = take(&o, "logits")?;
+            let shape = logits.shape().to_vec();
+            let (cols, v) = (shape[1], shape[2]);
+            let data = logits.to_f32_vec();
+            for r in 0..prompts.len() {
+                let last = &data[(r * cols + cols - 1) * v..(r * cols + cols) * v];
+                let next = samplers[r].sample(last) as i32;
+                if !done[r] {
+                    out[r].push(next);
+                    if !on_token(r, next) || opts.stop_tokens.contains(&next) {
+                        done[r] = true;
+                    }
+                }
+                feed[r] = vec![next];
+            }
         }
         Ok(out)
     }

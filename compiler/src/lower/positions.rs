@@ -87,7 +87,31 @@ pub fn query_positions(b: &mut Builder) -> R {
     b.slice(all, 0, Dim::sym(crate::ir::PAST), total)
 }
 
-/// cos and sin tables `[seq, rot/2]` for positions `pos` (i32 `[seq]`).
+/// Positions of the new tokens in each row, counted over real tokens only:
+/// `[batch, seq]`, HF's `cumsum(attention_mask) - 1`. Left padding therefore
+/// does not shift a sequence's positions. `mask` is i32 `[batch, past+seq]`.
+pub fn token_positions(b: &mut Builder, mask: NodeId) -> R {
+    let s = b.shape(mask);
+    let total = s[1].clone();
+    // before[j, t] = j < t; count[b, t] = Σ_j mask[b, j] * before[j, t].
+    let j = b.iota(DType::I32, vec![total.clone(), Dim::c(1)], 0)?;
+    let t = b.iota(DType::I32, vec![Dim::c(1), total.clone()], 1)?;
+    let before = b.binary(crate::ir::BinaryOp::Lt, j, t)?;
+    let before = b.cast(before, DType::F32)?;
+    let m = b.cast(mask, DType::F32)?;
+    let count = b.matmul(m, before)?;
+    let count = b.cast(count, DType::I32)?;
+    b.slice(count, 1, Dim::sym(crate::ir::PAST), total)
+}
+
+/// `shape + [n]`.
+fn with_last(mut shape: crate::ir::Shape, n: usize) -> crate::ir::Shape {
+    shape.push(Dim::c(n));
+    shape
+}
+
+/// cos and sin tables `pos.shape + [rot/2]` for i32 positions `pos`
+/// (`[seq]`, or `[batch, seq]` when each row has its own positions).
 pub fn rope_tables(
     b: &mut Builder,
     p: &Positions,
@@ -97,9 +121,9 @@ pub fn rope_tables(
     b.scoped("rope", |b| {
         let (inv, mscale) = rope_inv_freq(p, rot);
         let inv = b.literal(inv, &[1, rot / 2])?;
-        let seq = b.shape(pos)[0].clone();
+        let shape = b.shape(pos);
         let pf = b.cast(pos, DType::F32)?;
-        let pf = b.reshape(pf, vec![seq, Dim::c(1)])?;
+        let pf = b.reshape(pf, with_last(shape, 1))?;
         let ang = b.mul(pf, inv)?;
         let cos = b.unary(UnaryOp::Cos, ang)?;
         let sin = b.unary(UnaryOp::Sin, ang)?;
@@ -143,9 +167,10 @@ pub fn apply_rope(
             let xp = b.reshape(xr, pairs)?;
             let xe = b.slice(xp, r, Dim::c(0), Dim::c(1))?;
             let xo = b.slice(xp, r, Dim::c(1), Dim::c(2))?;
-            let seq = b.shape(cos)[0].clone();
-            let c3 = b.reshape(cos, vec![seq.clone(), Dim::c(half), Dim::c(1)])?;
-            let s3 = b.reshape(sin, vec![seq, Dim::c(half), Dim::c(1)])?;
+            // cos/sin `[.., seq, half]` -> `[.., seq, half, 1]` against the pairs.
+            let cs = b.shape(cos);
+            let c3 = b.reshape(cos, with_last(cs.clone(), 1))?;
+            let s3 = b.reshape(sin, with_last(cs, 1))?;
             let (oe, oo) = rotate_pair(b, xe, xo, c3, s3)?;
             let o = b.concat(&[oe, oo], r)?;
             let mut back = shape.clone();
@@ -187,19 +212,21 @@ pub fn sinusoidal(b: &mut Builder, p: &Positions, d: usize, pos: NodeId) -> R {
             .map(|i| (1.0 / p.theta().powf((2 * i) as f64 / d as f64)) as f32)
             .collect();
         let inv = b.literal(inv, &[1, half])?;
-        let seq = b.shape(pos)[0].clone();
+        let shape = b.shape(pos);
+        let r = shape.len();
         let pf = b.cast(pos, DType::F32)?;
-        let pf = b.reshape(pf, vec![seq.clone(), Dim::c(1)])?;
+        let pf = b.reshape(pf, with_last(shape.clone(), 1))?;
         let ang = b.mul(pf, inv)?;
         let s = b.unary(UnaryOp::Sin, ang)?;
         let c = b.unary(UnaryOp::Cos, ang)?;
         match p.layout() {
-            PairLayout::Half => b.concat(&[s, c], 1),
+            PairLayout::Half => b.concat(&[s, c], r),
             PairLayout::Interleaved => {
-                let s3 = b.reshape(s, vec![seq.clone(), Dim::c(half), Dim::c(1)])?;
-                let c3 = b.reshape(c, vec![seq.clone(), Dim::c(half), Dim::c(1)])?;
-                let sc = b.concat(&[s3, c3], 2)?;
-                b.reshape(sc, vec![seq, Dim::c(d)])
+                let pairs = with_last(with_last(shape.clone(), half), 1);
+                let s3 = b.reshape(s, pairs.clone())?;
+                let c3 = b.reshape(c, pairs)?;
+                let sc = b.concat(&[s3, c3], r + 1)?;
+                b.reshape(sc, with_last(shape, d))
             }
         }
     })

@@ -56,7 +56,10 @@ pub fn stack(
         seq.clone()
     };
 
-    // Positions of the new tokens: past..past+seq with a cache, else 0..seq.
+    // Cache indices of the new tokens (past..past+seq with a cache, else
+    // 0..seq): masks and relative biases compare these. Position embeddings
+    // use `tok_pos`, which for decoders counts only real tokens per row, so
+    // a left-padded row gets the same positions as when run alone.
     let q_pos = b.scoped(join(kind.prefix, "positions"), |b| {
         if kind.causal {
             super::positions::query_positions(b)
@@ -64,6 +67,18 @@ pub fn stack(
             b.iota(DType::I32, vec![seq.clone()], 0)
         }
     })?;
+    let needs_tok_pos = kind.causal
+        && matches!(
+            spec.positions.kind,
+            PositionKind::Learned | PositionKind::Sinusoidal | PositionKind::Rope
+        );
+    let tok_pos = if needs_tok_pos {
+        b.scoped(join(kind.prefix, "positions"), |b| {
+            super::positions::token_positions(b, mask)
+        })?
+    } else {
+        q_pos
+    };
 
     // Embeddings.
     let mut x = b.scoped("embed", |b| {
@@ -94,10 +109,10 @@ pub fn stack(
                     let rows = spec.max_positions + spec.positions.offset;
                     let t = b.param("positions", &[rows, d], Init::Normal { std: WEIGHT_STD })?;
                     let off = b.scalar_i32(spec.positions.offset as i32)?;
-                    let idx = b.add2(q_pos, off)?;
+                    let idx = b.add2(tok_pos, off)?;
                     Ok(Some(b.gather(t, idx, 0)?))
                 }
-                PositionKind::Sinusoidal => Ok(Some(sinusoidal(b, &spec.positions, d, q_pos)?)),
+                PositionKind::Sinusoidal => Ok(Some(sinusoidal(b, &spec.positions, d, tok_pos)?)),
                 _ => Ok(None),
             }
         },
@@ -169,7 +184,16 @@ pub fn stack(
                     (Some(&c), Some(&s)) => (c, s),
                     _ => {
                         let (c, s) = b.scoped(join(kind.prefix, "positions"), |b| {
-                            rope_tables(b, &spec.positions, rot, q_pos)
+                            let (c, s) = rope_tables(b, &spec.positions, rot, tok_pos)?;
+                            // Per-row tables [b, seq, half] broadcast over heads as [b, 1, seq, half].
+                            let cs = b.shape(c);
+                            if cs.len() == 3 {
+                                let per_head =
+                                    vec![cs[0].clone(), Dim::c(1), cs[1].clone(), cs[2].clone()];
+                                Ok((b.reshape(c, per_head.clone())?, b.reshape(s, per_head)?))
+                            } else {
+                                Ok((c, s))
+                            }
                         })?;
                         memo.insert(format!("{key}.cos"), c);
                         memo.insert(format!("{key}.sin"), s);
