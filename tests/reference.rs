@@ -223,3 +223,25 @@ fn batched_decoding_with_left_padding_matches_single_sequences() {
         }
     }
 }
+
+#[test]
+fn one_model_serves_many_threads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/mistral-7b.toml");
+    let (_, m) = model(&path, 9);
+    let inputs: Vec<Vec<i32>> = (0..8)
+        .map(|t| (0..5).map(|i| (t * 31 + i * 7) % 256).collect())
+        .collect();
+    let single: Vec<Vec<f32>> = inputs
+        .iter()
+        .map(|x| m.session().forward(x).unwrap()["logits"].to_f32_vec())
+        .collect();
+    let m = &m;
+    let threaded: Vec<Vec<f32>> = std::thread::scope(|s| {
+        let handles: Vec<_> = inputs
+            .iter()
+            .map(|x| s.spawn(move || m.session().forward(x).unwrap()["logits"].to_f32_vec()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(single, threaded);
+}
