@@ -95,6 +95,19 @@ fn open(dir: &Path) -> (Architecture, ReferenceModel) {
     )
 }
 
+/// Logits fed `prefix` tokens at once, then the rest one at a time through the KV cache.
+fn incremental(
+    s: &mut kiln_runtime::session::Session<'_>,
+    tokens: &[i32],
+    prefix: usize,
+) -> Vec<f32> {
+    let mut got = s.forward(&tokens[..prefix]).unwrap()["logits"].to_f32_vec();
+    for t in &tokens[prefix..] {
+        got.extend(s.forward(&[*t]).unwrap()["logits"].to_f32_vec());
+    }
+    got
+}
+
 /// Rows `0..len` of a `[batch, seq, width]` tensor's batch row `b`.
 fn rows(v: &[f32], shape: &[usize], b: usize, len: usize) -> Vec<f32> {
     let (s, w) = (shape[1], shape[2]);
@@ -189,11 +202,7 @@ fn every_family_matches_transformers() {
                 );
                 // KV cache: prefill half, then one token at a time.
                 let mut s = model.session();
-                let half = tokens.len() / 2;
-                let mut got = s.forward(&tokens[..half]).unwrap()["logits"].to_f32_vec();
-                for t in &tokens[half..] {
-                    got.extend(s.forward(&[*t]).unwrap()["logits"].to_f32_vec());
-                }
+                let got = incremental(&mut s, tokens, tokens.len() / 2);
                 check(
                     &family,
                     "logits (incremental)",
@@ -224,10 +233,7 @@ fn every_family_matches_transformers() {
                 );
                 let mut s = model.session();
                 s.set_source(&ids[0]).unwrap();
-                let mut got = s.forward(&dec[0][..2]).unwrap()["logits"].to_f32_vec();
-                for t in &dec[0][2..] {
-                    got.extend(s.forward(&[*t]).unwrap()["logits"].to_f32_vec());
-                }
+                let got = incremental(&mut s, &dec[0], 2);
                 check(
                     &family,
                     "logits (incremental)",

@@ -81,21 +81,7 @@ pub fn open(path: &Path, opts: OpenOptions<'_>) -> Result<LoadedModel, OpenError
     }
     let rs = spec::load(path).map_err(Box::new)?;
     match opts.weights {
-        Some(w) if is_gguf(w) => {
-            let file = GgufFile::open(w)?;
-            let lowered = lower(&rs).map_err(|e| internal(path, e))?;
-            let weights = file.weights()?;
-            for g in lowered.graphs() {
-                weights.check(g)?;
-            }
-            let tokenizer = Some(file.tokenizer()?.into_tokenizer());
-            Ok(LoadedModel {
-                spec: rs,
-                model: ReferenceModel::new(lowered, weights),
-                tokenizer,
-                weights_origin: w.display().to_string(),
-            })
-        }
+        Some(w) if is_gguf(w) => with_gguf(rs, &GgufFile::open(w)?),
         Some(w) => with_checkpoint(rs, w, opts.progress),
         None => {
             let lowered = lower(&rs).map_err(|e| internal(path, e))?;
@@ -171,7 +157,12 @@ fn with_checkpoint(
 
 fn open_gguf(path: &Path) -> Result<LoadedModel, OpenError> {
     let file = GgufFile::open(path)?;
-    let rs = file.spec()?;
+    with_gguf(file.spec()?, &file)
+}
+
+/// `rs` run with the weights and tokenizer of a GGUF file.
+fn with_gguf(rs: ResolvedSpec, file: &GgufFile) -> Result<LoadedModel, OpenError> {
+    let path = file.path();
     let lowered = lower(&rs).map_err(|e| internal(path, e))?;
     let weights = file.weights()?;
     for g in lowered.graphs() {
