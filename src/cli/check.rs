@@ -61,7 +61,7 @@ fn bytes(n: usize) -> String {
 
 fn table(c: &Cost) -> String {
     let mut out = String::from("# cost\n");
-    let row = |k: &str, v: String| format!("{k:<38} {v:>14}\n");
+    let row = |k: &str, v: String| format!("{k:<38} {v:>24}\n");
     out += &row(
         "parameters",
         format!("{} ({})", c.parameters, human(c.parameters as f64)),
