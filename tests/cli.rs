@@ -262,3 +262,20 @@ fn missing_tokenizer_and_unknown_architecture_are_clear_errors() {
     );
     assert!(!out.exists(), "a failed import left {}", out.display());
 }
+
+#[test]
+fn weights_option_alone_and_check_preflight() {
+    let dir = fixture_copy("llama");
+    let p = dir.path().to_str().unwrap();
+    let v = json(&["run", "--weights", p, "--tokens", "1,2", "--format", "json"]);
+    assert_eq!(v["logits"].as_array().unwrap().len(), 2);
+    let v = json(&["check", p, "--weights", p, "--format", "json"]);
+    assert!(
+        v["weights"].as_str().unwrap().contains("llama layout"),
+        "{v}"
+    );
+    fails_with(
+        &["check", "models/tiny/gpt2.toml", "--weights", p],
+        &["does not match the model"],
+    );
+}

@@ -10,17 +10,41 @@ pub struct Args {
     seq_len: usize,
     #[arg(long, value_enum, default_value_t)]
     format: Format,
+    /// A safetensors checkpoint (HF folder or file) to pre-flight against the
+    /// spec: names, shapes and dtypes from the headers only, every problem listed.
+    #[arg(long)]
+    weights: Option<std::path::PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<(), String> {
     let (rs, lowered) = load(&a.spec.spec)?;
     let c = cost(&rs, &lowered, a.seq_len);
+    let preflight = match &a.weights {
+        Some(w) => {
+            let graphs: Vec<_> = lowered.graphs().collect();
+            let plan =
+                kiln_runtime::checkpoint::preflight(w, &graphs, None).map_err(|e| e.to_string())?;
+            Some(format!(
+                "{}: {} layout, {} parameters mapped, {} bytes to read, {} tensors ignored, {} unused",
+                w.display(),
+                plan.family(),
+                plan.parameters().len(),
+                plan.total_bytes(),
+                plan.ignored().len(),
+                plan.unused().len()
+            ))
+        }
+        None => None,
+    };
     let resolved = toml::Value::try_from(&rs.spec).map_err(|e| e.to_string())?;
     match a.format {
         Format::Json => {
             let mut v = serde_json::to_value(&c).map_err(|e| e.to_string())?;
             v["name"] = rs.spec.name.clone().into();
             v["spec"] = serde_json::to_value(&resolved).map_err(|e| e.to_string())?;
+            if let Some(p) = &preflight {
+                v["weights"] = p.clone().into();
+            }
             println!(
                 "{}",
                 serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
@@ -29,6 +53,9 @@ pub fn run(a: Args) -> Result<(), String> {
         Format::Text => {
             println!("{}", rs.to_toml());
             print!("{}", table(&c));
+            if let Some(p) = &preflight {
+                println!("weights match: {p}");
+            }
         }
     }
     Ok(())

@@ -78,10 +78,12 @@ pub struct SpecArg {
 /// Where a runnable model comes from.
 #[derive(clap::Args)]
 pub struct ModelArgs {
-    #[command(flatten)]
-    pub source: SpecArg,
-    /// Weights for a spec file: a HF folder, a .safetensors file or a .gguf file
-    /// (default: seeded random weights).
+    /// A spec file (models/gpt2.toml), a Hugging Face model folder
+    /// (config.json + *.safetensors) or a .gguf file; may be omitted when
+    /// --weights names a HF folder or a .gguf file.
+    pub spec: Option<PathBuf>,
+    /// Weights: a HF folder, a .safetensors file or a .gguf file
+    /// (default: seeded random weights for a spec file).
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Seed of the random weights.
@@ -101,12 +103,20 @@ pub fn open_model(m: &ModelArgs) -> Result<kiln_runtime::source::LoadedModel, St
         bar.set_length(total);
         bar.set_position(done);
     };
+    // `kiln run --weights DIR` alone: the folder (or GGUF file) is the whole model.
+    let (source, weights) = match (&m.spec, &m.weights) {
+        (Some(s), w) => (s.as_path(), w.as_deref()),
+        (None, Some(w)) => (w.as_path(), None),
+        (None, None) => {
+            return Err("give a spec, a model folder or a .gguf file (or --weights)".into());
+        }
+    };
     let opts = kiln_runtime::source::OpenOptions {
-        weights: m.weights.as_deref(),
+        weights,
         seed: m.seed,
         progress: Some(&mut progress),
     };
-    let loaded = kiln_runtime::source::open(&m.source.spec, opts).map_err(|e| e.to_string());
+    let loaded = kiln_runtime::source::open(source, opts).map_err(|e| e.to_string());
     bar.finish_and_clear();
     loaded
 }
