@@ -6,6 +6,7 @@
 pub mod analysis;
 pub mod import;
 pub mod ir;
+pub mod kernel;
 pub mod lower;
 pub mod passes;
 pub mod spec;

@@ -57,6 +57,7 @@ mod weights;
 
 pub mod checkpoint;
 pub mod gguf;
+pub mod kernel_exec;
 pub mod sampling;
 pub mod session;
 pub mod source;

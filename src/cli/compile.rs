@@ -9,6 +9,8 @@ enum Emit {
     Ir,
     /// The IR graphs as Graphviz DOT.
     Dot,
+    /// The fused kernel programs (kernel IR text form), after the graph passes.
+    Kernels,
 }
 
 #[derive(clap::Args)]
@@ -34,6 +36,11 @@ pub fn run(a: Args) -> Result<(), String> {
         match a.emit {
             Emit::Ir => print!("{}", to_text(g)),
             Emit::Dot => print!("{}", to_dot(g)),
+            Emit::Kernels => {
+                let p = kiln_compiler::kernel::fuse(g)
+                    .map_err(|e| format!("{}: {e}", a.spec.spec.display()))?;
+                print!("{}", p.to_text());
+            }
         }
     }
     Ok(())

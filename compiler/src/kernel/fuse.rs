@@ -1,0 +1,938 @@
+//! Fusion: an (optimised) [`Graph`] to a [`KernelProgram`].
+//!
+//! Rules:
+//! - **Materialised** (a buffer): inputs, parameters, literals, graph outputs,
+//!   matmul / gather / concat results, reductions that cannot join a row
+//!   kernel, operands of a merging reshape that are not already contiguous
+//!   buffers, and matmul / gather operands that are not pure views.
+//! - **Inlined** into consumers' bodies: elementwise ops, scalars, iota
+//!   (as index arithmetic), broadcasts, permutes, slices and splitting
+//!   reshapes (all as view strides and offsets).
+//! - **Gemm epilogues**: the chain of single-use, same-shape elementwise
+//!   consumers of a matmul (bias, activation, residual add, scaling and
+//!   masking of attention scores) is folded into its Gemm.
+//! - **Row reductions**: a reduction over the last axis of a consumer's
+//!   iteration space becomes a stage of that consumer's RowReduce, so a norm
+//!   or a softmax (its prologue, reductions and broadcast-back epilogue) is
+//!   one kernel; a reduction consumed elsewhere is a per-row RowReduce.
+//!
+//! A policy choice that turns out impossible while building a kernel (a
+//! reduction that is not aligned with the consumer's last axis, a merging
+//! reshape of a computed value) materialises that node and fuses again.
+
+use super::{
+    Body, BufId, Buffer, BufferKind, BufferPlan, Epilogue, Inst, Kernel, KernelProgram, Size,
+    Stage, ValId, View, row_major,
+};
+use crate::ir::{DType, Graph, NodeId, Op, Shape};
+use std::collections::{BTreeSet, HashMap};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FuseError {
+    #[error("graph `{graph}`: node %{node} ({op}): {message}")]
+    Unsupported {
+        graph: String,
+        node: usize,
+        op: String,
+        message: String,
+    },
+}
+
+/// Why a kernel could not be built.
+enum Fail {
+    /// Materialise this node and fuse again.
+    Materialise(NodeId),
+    Error(FuseError),
+}
+
+/// Fuse `graph` into kernels (deterministic: the graph's topological order).
+pub fn fuse(graph: &Graph) -> Result<KernelProgram, FuseError> {
+    let mut forced = BTreeSet::new();
+    loop {
+        let f = Fuser::new(graph, &forced);
+        match f.run() {
+            Ok(p) => return Ok(p),
+            Err(Fail::Error(e)) => return Err(e),
+            Err(Fail::Materialise(n)) => {
+                if !forced.insert(n) {
+                    return Err(FuseError::Unsupported {
+                        graph: graph.name.clone(),
+                        node: n.index(),
+                        op: graph.node(n).op.to_string(),
+                        message: "cannot be fused even when materialised".into(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Node index along an axis: `Σₖ rows[a][k]·iₖ + off[a]` over a kernel's domain.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Map {
+    rows: Vec<Vec<Size>>,
+    off: Vec<Size>,
+}
+
+impl Map {
+    /// Identity over `shape`, with zero rows on unit axes (their index is always 0).
+    fn identity_of(shape: &[crate::ir::Dim]) -> Map {
+        let mut m = Map::identity(shape.len());
+        for (a, d) in shape.iter().enumerate() {
+            if d.is_one() {
+                m.rows[a] = vec![Size::zero(); shape.len()];
+            }
+        }
+        m
+    }
+
+    fn identity(rank: usize) -> Map {
+        Map {
+            rows: (0..rank).map(|a| unit(rank, a)).collect(),
+            off: vec![Size::zero(); rank],
+        }
+    }
+}
+
+fn unit(rank: usize, a: usize) -> Vec<Size> {
+    (0..rank)
+        .map(|k| if k == a { Size::one() } else { Size::zero() })
+        .collect()
+}
+
+fn sizes(shape: &[crate::ir::Dim]) -> Vec<Size> {
+    shape.iter().map(Size::from_dim).collect()
+}
+
+fn is_elementwise(op: &Op) -> bool {
+    matches!(op, Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast)
+}
+
+/// Input index map of a reshape when every group of axes is kept, split or
+/// a unit axis (an affine map); `None` when axes merge.
+fn reshape_map(input: &[crate::ir::Dim], output: &[crate::ir::Dim], map: &Map) -> Option<Map> {
+    let r = map.rows.first().map_or(0, Vec::len);
+    let r = if map.rows.is_empty() { 0 } else { r };
+    let ins: Vec<(usize, Size)> = input
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| !d.is_one())
+        .map(|(i, d)| (i, Size::from_dim(d)))
+        .collect();
+    let outs: Vec<(usize, Size)> = output
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| !d.is_one())
+        .map(|(i, d)| (i, Size::from_dim(d)))
+        .collect();
+    let mut rows = vec![vec![Size::zero(); r]; input.len()];
+    let mut off = vec![Size::zero(); input.len()];
+    let (mut i, mut j) = (0, 0);
+    while i < ins.len() && j < outs.len() {
+        let mut acc = outs[j].1.clone();
+        let mut j2 = j + 1;
+        while acc != ins[i].1 && j2 < outs.len() {
+            acc = &acc * &outs[j2].1;
+            j2 += 1;
+        }
+        if acc != ins[i].1 {
+            return None;
+        }
+        // in = Σ out_t · (product of later dims in the group)
+        let mut scale = Size::one();
+        let a = ins[i].0;
+        for t in (j..j2).rev() {
+            let o = outs[t].0;
+            for (k, row) in rows[a].iter_mut().enumerate() {
+                *row = row.clone() + &map.rows[o][k] * &scale;
+            }
+            off[a] = off[a].clone() + &map.off[o] * &scale;
+            scale = &scale * &outs[t].1;
+        }
+        i += 1;
+        j = j2;
+    }
+    (i == ins.len() && j == outs.len()).then_some(Map { rows, off })
+}
+
+struct Fuser<'g> {
+    g: &'g Graph,
+    /// Nodes with a buffer.
+    mat: BTreeSet<NodeId>,
+    /// Matmuls folded into the Gemm of their epilogue chain's end.
+    gemm_of: HashMap<NodeId, NodeId>,
+    /// Reached from an output.
+    live: BTreeSet<NodeId>,
+    outputs: BTreeSet<NodeId>,
+    buffers: Vec<Buffer>,
+    buf_of: HashMap<NodeId, BufId>,
+    kernels: Vec<Kernel>,
+}
+
+/// A kernel under construction: shared loads and reduction stages.
+struct KB {
+    rank: usize,
+    domain: Vec<Size>,
+    loads: Vec<View>,
+    stages: Vec<Stage>,
+    stage_memo: HashMap<(NodeId, Map), usize>,
+    /// In a Gemm epilogue: the matmul whose element is `Reduced(0)`.
+    gemm: Option<NodeId>,
+    /// The node the kernel computes (expanded even though it has a buffer).
+    root: Option<NodeId>,
+}
+
+#[derive(Default)]
+struct BodyB {
+    body: Body,
+    memo: HashMap<(NodeId, Map), ValId>,
+}
+
+impl BodyB {
+    fn push(&mut self, inst: Inst, dt: DType) -> ValId {
+        let leaf = matches!(
+            inst,
+            Inst::Load(_) | Inst::Const(_) | Inst::Index(_) | Inst::Size(_) | Inst::Reduced(_)
+        );
+        if leaf
+            && let Some(i) = self
+                .body
+                .insts
+                .iter()
+                .position(|(x, d)| *x == inst && *d == dt)
+        {
+            return i;
+        }
+        self.body.insts.push((inst, dt));
+        self.body.insts.len() - 1
+    }
+
+    fn finish(mut self, result: ValId) -> Body {
+        self.body.result = result;
+        self.body
+    }
+}
+
+impl<'g> Fuser<'g> {
+    fn new(g: &'g Graph, forced: &BTreeSet<NodeId>) -> Fuser<'g> {
+        let topo = g.topo_order();
+        let outputs: BTreeSet<NodeId> = g.outputs.iter().map(|(_, id)| *id).collect();
+        let mut live = outputs.clone();
+        for &n in topo.iter().rev() {
+            if live.contains(&n) {
+                live.extend(g.inputs(n));
+            }
+        }
+        let live_users = |n: NodeId| -> Vec<NodeId> {
+            g.users(n)
+                .into_iter()
+                .filter(|u| live.contains(u))
+                .collect()
+        };
+        let mut mat: BTreeSet<NodeId> = forced.clone();
+        mat.extend(outputs.iter().copied());
+        for &n in &topo {
+            match &g.node(n).op {
+                Op::Input { .. }
+                | Op::Parameter { .. }
+                | Op::Literal(_)
+                | Op::MatMul
+                | Op::Gather { .. }
+                | Op::Concat { .. } => {
+                    mat.insert(n);
+                }
+                Op::Reduce { axes, .. } if axes.len() != 1 => {
+                    mat.insert(n);
+                }
+                _ => {}
+            }
+        }
+        // Operands that must be buffers or pure views of buffers.
+        for &n in &topo {
+            if !live.contains(&n) {
+                continue;
+            }
+            let ins = g.inputs(n);
+            match &g.node(n).op {
+                Op::Reshape => {
+                    let x = ins[0];
+                    let id = Map::identity(g.ty(n).rank());
+                    if reshape_map(&g.ty(x).shape, &g.ty(n).shape, &id).is_none()
+                        && !is_linear(g, &mat, x)
+                    {
+                        mat.insert(x);
+                    }
+                }
+                Op::MatMul => {
+                    for x in ins {
+                        if !is_view(g, &mat, x) {
+                            mat.insert(x);
+                        }
+                    }
+                }
+                Op::Gather { .. } => {
+                    mat.insert(ins[0]);
+                    if !is_view(g, &mat, ins[1]) {
+                        mat.insert(ins[1]);
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Gemm epilogue chains.
+        let mut gemm_of = HashMap::new();
+        let mut claimed: BTreeSet<NodeId> = BTreeSet::new();
+        for &m in &topo {
+            if !matches!(g.node(m).op, Op::MatMul) || !live.contains(&m) || forced.contains(&m) {
+                continue;
+            }
+            let mut cur = m;
+            loop {
+                if cur != m && mat.contains(&cur) {
+                    break;
+                }
+                if outputs.contains(&cur) {
+                    break;
+                }
+                let us = live_users(cur);
+                if us.len() != 1 {
+                    break;
+                }
+                let u = us[0];
+                if !is_elementwise(&g.node(u).op)
+                    || g.ty(u).shape != g.ty(m).shape
+                    || claimed.contains(&u)
+                {
+                    break;
+                }
+                cur = u;
+                claimed.insert(u);
+            }
+            if cur != m {
+                mat.remove(&m);
+                mat.insert(cur);
+                gemm_of.insert(cur, m);
+            }
+        }
+        Fuser {
+            g,
+            mat,
+            gemm_of,
+            live,
+            outputs,
+            buffers: Vec::new(),
+            buf_of: HashMap::new(),
+            kernels: Vec::new(),
+        }
+    }
+
+    fn unsupported(&self, n: NodeId, message: impl Into<String>) -> Fail {
+        Fail::Error(FuseError::Unsupported {
+            graph: self.g.name.clone(),
+            node: n.index(),
+            op: self.g.node(n).op.to_string(),
+            message: message.into(),
+        })
+    }
+
+    fn run(mut self) -> Result<KernelProgram, Fail> {
+        let g = self.g;
+        let mut inputs = Vec::new();
+        for id in g.inputs_decl() {
+            if let Op::Input { name } = &g.node(id).op {
+                let b = self.buffer(id);
+                inputs.push((name.clone(), b));
+            }
+        }
+        for n in g.topo_order() {
+            if !self.live.contains(&n) || !self.mat.contains(&n) {
+                continue;
+            }
+            if matches!(
+                g.node(n).op,
+                Op::Input { .. } | Op::Parameter { .. } | Op::Literal(_)
+            ) {
+                continue;
+            }
+            self.build(n)?;
+        }
+        // Outputs: a leaf or a repeated node is copied into its own buffer.
+        let mut outputs = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (name, id) in &g.outputs {
+            let b = self.buffer(*id);
+            let own = self.buffers[b].kind == BufferKind::Output && seen.insert(b);
+            let b = if own {
+                b
+            } else {
+                let ty = g.ty(*id);
+                self.buffers.push(Buffer {
+                    name: format!("{name} (copy)"),
+                    dtype: ty.dtype,
+                    shape: ty.shape.clone(),
+                    kind: BufferKind::Output,
+                });
+                let nb = self.buffers.len() - 1;
+                let rank = ty.rank();
+                let src = self.view(*id, &Map::identity(rank));
+                self.kernels.push(Kernel::Copy {
+                    out: self.out_view(nb),
+                    domain: ty.shape.clone(),
+                    src,
+                });
+                seen.insert(nb);
+                nb
+            };
+            outputs.push((name.clone(), b));
+        }
+        let plan = BufferPlan::plan(&self.buffers, &self.kernels);
+        Ok(KernelProgram {
+            name: g.name.clone(),
+            buffers: self.buffers,
+            kernels: self.kernels,
+            inputs,
+            outputs,
+            plan,
+            graph_nodes: g.node_count(),
+        })
+    }
+
+    /// The buffer of a materialised node (created on first use).
+    fn buffer(&mut self, n: NodeId) -> BufId {
+        if let Some(&b) = self.buf_of.get(&n) {
+            return b;
+        }
+        let node = self.g.node(n);
+        let (name, kind) = match &node.op {
+            Op::Input { name } => (name.clone(), BufferKind::Input(name.clone())),
+            Op::Parameter { name, .. } => (name.clone(), BufferKind::Param(name.clone())),
+            Op::Literal(v) => (
+                format!("%{} {}", n.index(), node.scope),
+                BufferKind::Const(v.clone()),
+            ),
+            _ if self.outputs.contains(&n) => (format!("%{}", n.index()), BufferKind::Output),
+            _ => (
+                format!("%{} {}", n.index(), node.scope)
+                    .trim_end()
+                    .to_string(),
+                BufferKind::Temp,
+            ),
+        };
+        self.buffers.push(Buffer {
+            name,
+            dtype: node.ty.dtype,
+            shape: node.ty.shape.clone(),
+            kind,
+        });
+        let b = self.buffers.len() - 1;
+        self.buf_of.insert(n, b);
+        b
+    }
+
+    fn out_view(&self, b: BufId) -> View {
+        View {
+            buf: b,
+            offset: Size::zero(),
+            strides: self.buffers[b].strides(),
+        }
+    }
+
+    /// A view of materialised node `n` through `map`.
+    fn view(&mut self, n: NodeId, map: &Map) -> View {
+        let b = self.buffer(n);
+        let rs = row_major(&self.g.ty(n).shape);
+        let r = map.rows.first().map_or(0, Vec::len);
+        let mut strides = vec![Size::zero(); r];
+        let mut offset = Size::zero();
+        for (a, s) in rs.iter().enumerate() {
+            for (k, st) in strides.iter_mut().enumerate() {
+                *st = st.clone() + s * &map.rows[a][k];
+            }
+            offset = offset + s * &map.off[a];
+        }
+        View {
+            buf: b,
+            offset,
+            strides,
+        }
+    }
+
+    /// A view of `n` (materialised, or a chain of reshapes / permutes /
+    /// slices of a materialised node) through `map`.
+    fn view_of(&mut self, n: NodeId, map: &Map) -> Result<View, Fail> {
+        if self.mat.contains(&n) {
+            return Ok(self.view(n, map));
+        }
+        let g = self.g;
+        let ins = g.inputs(n);
+        match &g.node(n).op {
+            Op::Permute { perm } => {
+                let m = permute_map(perm, map);
+                self.view_of(ins[0], &m)
+            }
+            Op::Slice { axis, start, .. } => {
+                let mut m = map.clone();
+                m.off[*axis] = m.off[*axis].clone() + Size::from_dim(start);
+                self.view_of(ins[0], &m)
+            }
+            Op::Reshape => match reshape_map(&g.ty(ins[0]).shape, &g.ty(n).shape, map) {
+                Some(m) => self.view_of(ins[0], &m),
+                None => self.linear_view(n, map),
+            },
+            _ => Err(Fail::Materialise(n)),
+        }
+    }
+
+    /// A view through a chain of reshapes down to a contiguous buffer: the
+    /// flat address is preserved by every reshape.
+    fn linear_view(&mut self, n: NodeId, map: &Map) -> Result<View, Fail> {
+        let rs = row_major(&self.g.ty(n).shape);
+        let r = map.rows.first().map_or(0, Vec::len);
+        let mut strides = vec![Size::zero(); r];
+        let mut offset = Size::zero();
+        for (a, s) in rs.iter().enumerate() {
+            for (k, st) in strides.iter_mut().enumerate() {
+                *st = st.clone() + s * &map.rows[a][k];
+            }
+            offset = offset + s * &map.off[a];
+        }
+        let mut x = n;
+        while !self.mat.contains(&x) {
+            match self.g.node(x).op {
+                Op::Reshape => x = self.g.inputs(x)[0],
+                _ => return Err(Fail::Materialise(x)),
+            }
+        }
+        Ok(View {
+            buf: self.buffer(x),
+            offset,
+            strides,
+        })
+    }
+
+    fn new_kb(&self, domain: &Shape) -> KB {
+        KB {
+            rank: domain.len(),
+            domain: sizes(domain),
+            loads: Vec::new(),
+            stages: Vec::new(),
+            stage_memo: HashMap::new(),
+            gemm: None,
+            root: None,
+        }
+    }
+
+    fn load(&mut self, kb: &mut KB, bb: &mut BodyB, v: View, dt: DType) -> ValId {
+        let l = match kb.loads.iter().position(|x| *x == v) {
+            Some(l) => l,
+            None => {
+                kb.loads.push(v);
+                kb.loads.len() - 1
+            }
+        };
+        bb.push(Inst::Load(l), dt)
+    }
+
+    /// The value of node `n` at the point `map` of the domain, in body `bb`.
+    fn val(&mut self, kb: &mut KB, bb: &mut BodyB, n: NodeId, map: &Map) -> Result<ValId, Fail> {
+        let key = (n, map.clone());
+        if let Some(&v) = bb.memo.get(&key) {
+            return Ok(v);
+        }
+        let g = self.g;
+        let node = g.node(n);
+        let dt = node.ty.dtype;
+        let v = if kb.gemm == Some(n) {
+            if *map != Map::identity_of(&node.ty.shape) {
+                return Err(self.unsupported(n, "matmul read off its own grid in its epilogue"));
+            }
+            bb.push(Inst::Reduced(0), dt)
+        } else if self.mat.contains(&n) && kb.root != Some(n) {
+            let view = self.view(n, map);
+            self.load(kb, bb, view, dt)
+        } else {
+            let ins = g.inputs(n);
+            let shape = &node.ty.shape;
+            match &node.op {
+                Op::Scalar(c) => bb.push(Inst::Const(*c), dt),
+                Op::Iota { axis } => {
+                    let mut acc: Option<ValId> = None;
+                    let row = &map.rows[*axis];
+                    for (k, c) in row.iter().enumerate() {
+                        if c.is_zero() {
+                            continue;
+                        }
+                        let mut t = bb.push(Inst::Index(k), DType::I32);
+                        if *c != Size::one() {
+                            let cv = size_val(bb, c);
+                            t = bb.push(Inst::Binary(crate::ir::BinaryOp::Mul, t, cv), DType::I32);
+                        }
+                        acc = Some(match acc {
+                            None => t,
+                            Some(a) => {
+                                bb.push(Inst::Binary(crate::ir::BinaryOp::Add, a, t), DType::I32)
+                            }
+                        });
+                    }
+                    let off = &map.off[*axis];
+                    let v = match (acc, off.is_zero()) {
+                        (None, _) => size_val(bb, off),
+                        (Some(a), true) => a,
+                        (Some(a), false) => {
+                            let o = size_val(bb, off);
+                            bb.push(Inst::Binary(crate::ir::BinaryOp::Add, a, o), DType::I32)
+                        }
+                    };
+                    if dt == DType::I32 {
+                        v
+                    } else {
+                        bb.push(Inst::Cast(v), dt)
+                    }
+                }
+                Op::Unary(u) => {
+                    let x = self.val(kb, bb, ins[0], map)?;
+                    bb.push(Inst::Unary(*u, x), dt)
+                }
+                Op::Cast => {
+                    let x = self.val(kb, bb, ins[0], map)?;
+                    bb.push(Inst::Cast(x), dt)
+                }
+                Op::Binary(b) => {
+                    let m0 = broadcast_map(&g.ty(ins[0]).shape, shape, map);
+                    let m1 = broadcast_map(&g.ty(ins[1]).shape, shape, map);
+                    let x = self.val(kb, bb, ins[0], &m0)?;
+                    let y = self.val(kb, bb, ins[1], &m1)?;
+                    bb.push(Inst::Binary(*b, x, y), dt)
+                }
+                Op::Select => {
+                    let mut v = [0; 3];
+                    for (s, &x) in ins.iter().enumerate() {
+                        let m = broadcast_map(&g.ty(x).shape, shape, map);
+                        v[s] = self.val(kb, bb, x, &m)?;
+                    }
+                    bb.push(Inst::Select(v[0], v[1], v[2]), dt)
+                }
+                Op::Permute { perm } => {
+                    let m = permute_map(perm, map);
+                    self.val(kb, bb, ins[0], &m)?
+                }
+                Op::Slice { axis, start, .. } => {
+                    let mut m = map.clone();
+                    m.off[*axis] = m.off[*axis].clone() + Size::from_dim(start);
+                    self.val(kb, bb, ins[0], &m)?
+                }
+                Op::Reshape => match reshape_map(&g.ty(ins[0]).shape, shape, map) {
+                    Some(m) => self.val(kb, bb, ins[0], &m)?,
+                    None => {
+                        let view = self.linear_view(n, map)?;
+                        self.load(kb, bb, view, dt)
+                    }
+                },
+                Op::Reduce { op, axes } => {
+                    let s = self.stage(kb, n, *op, axes[0], map)?;
+                    bb.push(Inst::Reduced(s), dt)
+                }
+                _ => return Err(Fail::Materialise(n)),
+            }
+        };
+        bb.memo.insert(key, v);
+        Ok(v)
+    }
+
+    /// The stage computing reduction `n` (over its axis `ax`) for the row of
+    /// the current point; `map` is where the consumer reads `n`.
+    fn stage(
+        &mut self,
+        kb: &mut KB,
+        n: NodeId,
+        op: crate::ir::ReduceOp,
+        ax: usize,
+        map: &Map,
+    ) -> Result<usize, Fail> {
+        let g = self.g;
+        let last = kb.rank.wrapping_sub(1);
+        let x = g.inputs(n)[0];
+        let len = Size::from_dim(&g.ty(x).shape[ax]);
+        let aligned = kb.gemm.is_none()
+            && kb.rank > 0
+            && kb.domain[last] == len
+            && map.rows[ax].iter().all(Size::is_zero)
+            && map.off[ax].is_zero()
+            && map.rows.iter().all(|row| row[last].is_zero());
+        if !aligned {
+            return Err(Fail::Materialise(n));
+        }
+        let mut m = map.clone();
+        m.rows[ax] = unit(kb.rank, last);
+        self.stage_over(kb, n, op, m)
+    }
+
+    fn stage_over(
+        &mut self,
+        kb: &mut KB,
+        n: NodeId,
+        op: crate::ir::ReduceOp,
+        input_map: Map,
+    ) -> Result<usize, Fail> {
+        let key = (n, input_map.clone());
+        if let Some(&s) = kb.stage_memo.get(&key) {
+            return Ok(s);
+        }
+        let x = self.g.inputs(n)[0];
+        let mut bb = BodyB::default();
+        let v = self.val(kb, &mut bb, x, &input_map)?;
+        kb.stages.push(Stage {
+            op,
+            body: bb.finish(v),
+        });
+        let s = kb.stages.len() - 1;
+        kb.stage_memo.insert(key, s);
+        Ok(s)
+    }
+
+    /// Elementwise / RowReduce / Copy computing node `n` over `domain` into `out`.
+    fn compute(&mut self, n: NodeId, domain: &Shape, out: View) -> Result<Kernel, Fail> {
+        let mut kb = self.new_kb(domain);
+        if out.buf == self.buf_of.get(&n).copied().unwrap_or(usize::MAX) {
+            kb.root = Some(n);
+        }
+        let mut bb = BodyB::default();
+        let v = self.val(&mut kb, &mut bb, n, &Map::identity_of(domain))?;
+        let body = bb.finish(v);
+        Ok(if !kb.stages.is_empty() {
+            Kernel::RowReduce {
+                out,
+                domain: domain.clone(),
+                loads: kb.loads,
+                stages: kb.stages,
+                epilogue: body,
+                per_row: false,
+            }
+        } else if body.insts.len() == 1 && matches!(body.insts[0].0, Inst::Load(_)) {
+            Kernel::Copy {
+                out,
+                domain: domain.clone(),
+                src: kb.loads[0].clone(),
+            }
+        } else {
+            Kernel::Elementwise {
+                out,
+                domain: domain.clone(),
+                loads: kb.loads,
+                body,
+            }
+        })
+    }
+
+    /// The kernel(s) producing materialised node `n`.
+    fn build(&mut self, n: NodeId) -> Result<(), Fail> {
+        let g = self.g;
+        let node = g.node(n);
+        let shape = node.ty.shape.clone();
+        let ins = g.inputs(n);
+        let matmul = match (&node.op, self.gemm_of.get(&n)) {
+            (_, Some(&m)) => Some(m),
+            (Op::MatMul, None) => Some(n),
+            _ => None,
+        };
+        if let Some(m) = matmul {
+            let (a, b) = {
+                let i = g.inputs(m);
+                (i[0], i[1])
+            };
+            let mshape = &g.ty(m).shape;
+            let r = mshape.len();
+            let nb = r - 2;
+            let operand_map = |x: NodeId| {
+                let xs = &g.ty(x).shape;
+                let q = xs.len();
+                let mut rows = Vec::with_capacity(q);
+                for (t, d) in xs.iter().enumerate() {
+                    if t >= q - 2 {
+                        rows.push(unit(r, nb + t - (q - 2)));
+                    } else if d.is_one() {
+                        rows.push(vec![Size::zero(); r]);
+                    } else {
+                        rows.push(unit(r, t + nb - (q - 2)));
+                    }
+                }
+                Map {
+                    rows,
+                    off: vec![Size::zero(); q],
+                }
+            };
+            let av = self.view_of(a, &operand_map(a))?;
+            let bv = self.view_of(b, &operand_map(b))?;
+            let epilogue = if m != n {
+                let mut kb = self.new_kb(mshape);
+                kb.gemm = Some(m);
+                kb.root = Some(n);
+                let mut bb = BodyB::default();
+                let v = self.val(&mut kb, &mut bb, n, &Map::identity_of(mshape))?;
+                Some(Epilogue {
+                    loads: kb.loads,
+                    body: bb.finish(v),
+                })
+            } else {
+                None
+            };
+            let ob = self.buffer(n);
+            let ashape = &g.ty(a).shape;
+            self.kernels.push(Kernel::Gemm {
+                out: self.out_view(ob),
+                a: av,
+                b: bv,
+                batch: mshape[..nb].to_vec(),
+                m: mshape[nb].clone(),
+                n: mshape[nb + 1].clone(),
+                k: ashape[ashape.len() - 1].clone(),
+                epilogue,
+            });
+            return Ok(());
+        }
+        match &node.op {
+            Op::Reduce { op, axes } => {
+                if axes.len() != 1 {
+                    return Err(self.unsupported(n, "reduction over several axes"));
+                }
+                let ax = axes[0];
+                let x = ins[0];
+                let xs = &g.ty(x).shape;
+                let q = xs.len();
+                let order: Vec<usize> = (0..q).filter(|&a| a != ax).chain([ax]).collect();
+                let domain: Shape = order.iter().map(|&a| xs[a].clone()).collect();
+                let mut pos = vec![0; q];
+                for (d, &a) in order.iter().enumerate() {
+                    pos[a] = d;
+                }
+                let input_map = Map {
+                    rows: (0..q).map(|a| unit(q, pos[a])).collect(),
+                    off: vec![Size::zero(); q],
+                };
+                let mut kb = self.new_kb(&domain);
+                let s = self.stage_over(&mut kb, n, *op, input_map)?;
+                let mut bb = BodyB::default();
+                let v = bb.push(Inst::Reduced(s), node.ty.dtype);
+                let ob = self.buffer(n);
+                let rs = self.buffers[ob].strides();
+                let strides = order
+                    .iter()
+                    .map(|&a| if a == ax { Size::zero() } else { rs[a].clone() })
+                    .collect();
+                self.kernels.push(Kernel::RowReduce {
+                    out: View {
+                        buf: ob,
+                        offset: Size::zero(),
+                        strides,
+                    },
+                    domain,
+                    loads: kb.loads,
+                    stages: kb.stages,
+                    epilogue: bb.finish(v),
+                    per_row: true,
+                });
+            }
+            Op::Gather { axis } => {
+                let (data, idx) = (ins[0], ins[1]);
+                if !self.mat.contains(&data) {
+                    return Err(Fail::Materialise(data));
+                }
+                let table = self.buffer(data);
+                let is = g.ty(idx).shape.clone();
+                let iv = self.view_of(idx, &Map::identity(is.len()))?;
+                let ob = self.buffer(n);
+                self.kernels.push(Kernel::Gather {
+                    out: ob,
+                    table,
+                    indices: iv,
+                    indices_shape: is,
+                    axis: *axis,
+                });
+            }
+            Op::Concat { axis } => {
+                let ob = self.buffer(n);
+                let rs = self.buffers[ob].strides();
+                let mut start = Size::zero();
+                for &p in &ins {
+                    let ps = g.ty(p).shape.clone();
+                    let out = View {
+                        buf: ob,
+                        offset: &rs[*axis] * &start,
+                        strides: rs.clone(),
+                    };
+                    let k = self.compute(p, &ps, out)?;
+                    self.kernels.push(k);
+                    start = start + Size::from_dim(&ps[*axis]);
+                }
+            }
+            _ => {
+                let ob = self.buffer(n);
+                let out = self.out_view(ob);
+                let k = self.compute(n, &shape, out)?;
+                self.kernels.push(k);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn size_val(bb: &mut BodyB, s: &Size) -> ValId {
+    match s.as_const() {
+        Some(c) => bb.push(Inst::Const(c as f64), DType::I32),
+        None => bb.push(Inst::Size(s.clone()), DType::I32),
+    }
+}
+
+fn permute_map(perm: &[usize], map: &Map) -> Map {
+    let mut rows = map.rows.clone();
+    let mut off = map.off.clone();
+    for (i, &p) in perm.iter().enumerate() {
+        rows[p] = map.rows[i].clone();
+        off[p] = map.off[i].clone();
+    }
+    Map { rows, off }
+}
+
+/// Where an operand of shape `x` is read when its broadcast result (shape
+/// `out`) is read through `map`.
+fn broadcast_map(x: &[crate::ir::Dim], out: &[crate::ir::Dim], map: &Map) -> Map {
+    let r = map.rows.first().map_or(0, Vec::len);
+    let shift = out.len() - x.len();
+    let mut rows = Vec::with_capacity(x.len());
+    let mut off = Vec::with_capacity(x.len());
+    for (a, d) in x.iter().enumerate() {
+        if d.is_one() {
+            rows.push(vec![Size::zero(); r]);
+            off.push(Size::zero());
+        } else {
+            rows.push(map.rows[a + shift].clone());
+            off.push(map.off[a + shift].clone());
+        }
+    }
+    Map { rows, off }
+}
+
+/// `n` is a buffer or a chain of reshapes of one (its flat order is a buffer's).
+fn is_linear(g: &Graph, mat: &BTreeSet<NodeId>, n: NodeId) -> bool {
+    mat.contains(&n) || (matches!(g.node(n).op, Op::Reshape) && is_linear(g, mat, g.inputs(n)[0]))
+}
+
+/// `n` is a strided view of a buffer.
+fn is_view(g: &Graph, mat: &BTreeSet<NodeId>, n: NodeId) -> bool {
+    if mat.contains(&n) {
+        return true;
+    }
+    match &g.node(n).op {
+        Op::Permute { .. } | Op::Slice { .. } => is_view(g, mat, g.inputs(n)[0]),
+        Op::Reshape => {
+            let x = g.inputs(n)[0];
+            let id = Map::identity(g.ty(n).rank());
+            if reshape_map(&g.ty(x).shape, &g.ty(n).shape, &id).is_some() {
+                is_view(g, mat, x)
+            } else {
+                is_linear(g, mat, x)
+            }
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,60 @@
+//! The memory planner: liveness over the kernel order assigns every
+//! temporary to an arena slot. A slot holds buffers of one symbolic byte size
+//! (identical polynomials), so a plan is valid at every length; a temporary
+//! reuses a slot whose previous occupant was last touched by an earlier
+//! kernel (no in-place reuse yet).
+
+use super::{BufferKind, Kernel, Size};
+use crate::kernel::Buffer;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BufferPlan {
+    /// Byte size of each arena slot.
+    pub slots: Vec<Size>,
+    /// The slot of each buffer (temporaries only).
+    pub slot_of: Vec<Option<usize>>,
+}
+
+impl BufferPlan {
+    pub fn plan(buffers: &[Buffer], kernels: &[Kernel]) -> BufferPlan {
+        // First and last kernel touching each buffer.
+        let mut span: Vec<Option<(usize, usize)>> = vec![None; buffers.len()];
+        for (k, kernel) in kernels.iter().enumerate() {
+            for b in kernel.reads().into_iter().chain([kernel.output()]) {
+                let s = span[b].get_or_insert((k, k));
+                s.0 = s.0.min(k);
+                s.1 = s.1.max(k);
+            }
+        }
+        let mut order: Vec<usize> = (0..buffers.len())
+            .filter(|&b| buffers[b].kind == BufferKind::Temp && span[b].is_some())
+            .collect();
+        order.sort_by_key(|&b| (span[b].expect("filtered").0, b));
+        let mut slots: Vec<Size> = Vec::new();
+        let mut busy_until: Vec<usize> = Vec::new();
+        let mut slot_of = vec![None; buffers.len()];
+        for b in order {
+            let (first, last) = span[b].expect("filtered");
+            let bytes = buffers[b].bytes();
+            let free = (0..slots.len()).find(|&s| busy_until[s] < first && slots[s] == bytes);
+            let s = free.unwrap_or_else(|| {
+                slots.push(bytes);
+                busy_until.push(0);
+                slots.len() - 1
+            });
+            busy_until[s] = last;
+            slot_of[b] = Some(s);
+        }
+        BufferPlan { slots, slot_of }
+    }
+
+    /// Total arena bytes at the given lengths.
+    pub fn arena_bytes(&self, lengths: &BTreeMap<String, usize>) -> usize {
+        let env = |s: &str| lengths.get(s).copied();
+        self.slots
+            .iter()
+            .map(|s| s.eval(&env).unwrap_or(0) as usize)
+            .sum()
+    }
+}

@@ -1,0 +1,723 @@
+//! A plain-loop interpreter of the kernel IR ([`KernelProgram`]): it checks
+//! fusion against the graph interpreter before any code generator exists.
+//!
+//! Same conventions as [`crate::run`]: every declared input by name, shape
+//! symbols bound from the inputs' shapes, weights by canonical name, outputs
+//! in the graph's order. Same numeric contract: f64 accumulation for Gemm and
+//! Sum stages (rounded once), transcendental ops in f64 rounded once.
+
+use crate::error::{Result, RuntimeError};
+use crate::interpreter::{Bindings, NamedTensor};
+use crate::ops::erf;
+use crate::tensor::{Tensor, TensorData};
+use crate::weights::Weights;
+use kiln_compiler::ir::{BinaryOp, DType, ReduceOp, UnaryOp};
+use kiln_compiler::kernel::{Body, BufferKind, Inst, Kernel, KernelProgram, Size, View};
+
+/// The named results of a kernel-program run, in the graph's output order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KernelOutputs {
+    entries: Vec<(String, Tensor)>,
+    bindings: Bindings,
+}
+
+impl KernelOutputs {
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.entries.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.entries.iter().map(|(n, t)| (n.as_str(), t))
+    }
+    pub fn bindings(&self) -> &Bindings {
+        &self.bindings
+    }
+    pub fn into_vec(self) -> Vec<(String, Tensor)> {
+        self.entries
+    }
+}
+
+impl std::ops::Index<&str> for KernelOutputs {
+    type Output = Tensor;
+    fn index(&self, name: &str) -> &Tensor {
+        self.get(name)
+            .unwrap_or_else(|| panic!("no output named `{name}`"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum V {
+    F(f32),
+    I(i32),
+    B(bool),
+}
+
+impl V {
+    fn f(self) -> f32 {
+        match self {
+            V::F(x) => x,
+            V::I(x) => x as f32,
+            V::B(x) => f32::from(u8::from(x)),
+        }
+    }
+}
+
+fn err(m: impl Into<String>) -> RuntimeError {
+    RuntimeError::Graph(m.into())
+}
+
+fn bind(p: &KernelProgram, inputs: &[(&str, &Tensor)]) -> Result<Bindings> {
+    for (name, _) in inputs {
+        if !p.inputs.iter().any(|(n, _)| n == name) {
+            return Err(err(format!("unexpected input `{name}` for `{}`", p.name)));
+        }
+    }
+    let mut b = Bindings::new();
+    for (name, id) in &p.inputs {
+        let buf = &p.buffers[*id];
+        let Some((_, t)) = inputs.iter().find(|(n, _)| n == name) else {
+            return Err(err(format!("missing input `{name}`")));
+        };
+        if t.dtype() != buf.dtype || t.rank() != buf.shape.len() {
+            return Err(err(format!(
+                "input `{name}`: expected {}{:?}, got {}{:?}",
+                buf.dtype,
+                buf.shape,
+                t.dtype(),
+                t.shape()
+            )));
+        }
+        for (d, &got) in buf.shape.iter().zip(t.shape()) {
+            if let Some(s) = d.as_symbol() {
+                match b.get(s) {
+                    Some(&v) if v != got => {
+                        return Err(err(format!("symbol `{s}` bound to {v} and {got}")));
+                    }
+                    _ => {
+                        b.insert(s.to_string(), got);
+                    }
+                }
+            }
+        }
+    }
+    for (name, id) in &p.inputs {
+        let buf = &p.buffers[*id];
+        let (_, t) = inputs.iter().find(|(n, _)| n == name).expect("checked");
+        for (axis, (d, &got)) in buf.shape.iter().zip(t.shape()).enumerate() {
+            if d.eval(&|s| b.get(s).copied()) != Some(got) {
+                return Err(err(format!(
+                    "input `{name}` axis {axis}: declared {d}, got {got}"
+                )));
+            }
+        }
+    }
+    Ok(b)
+}
+
+struct Exec<'a> {
+    env: &'a Bindings,
+    data: Vec<TensorData>,
+    shapes: Vec<Vec<usize>>,
+}
+
+/// Run `program` on `inputs` with `weights`.
+pub fn run_program<N: NamedTensor>(
+    program: &KernelProgram,
+    weights: &Weights,
+    inputs: impl IntoIterator<Item = N>,
+) -> Result<KernelOutputs> {
+    let inputs: Vec<N> = inputs.into_iter().collect();
+    let pairs: Vec<(&str, &Tensor)> = inputs.iter().map(|i| (i.name(), i.tensor())).collect();
+    let env = bind(program, &pairs)?;
+    let mut ex = Exec {
+        env: &env,
+        data: Vec::with_capacity(program.buffers.len()),
+        shapes: Vec::new(),
+    };
+    for buf in &program.buffers {
+        let n = ex.size(&buf.numel())? as usize;
+        let d = match &buf.kind {
+            BufferKind::Input(name) => {
+                let (_, t) = pairs.iter().find(|(x, _)| x == name).expect("bound");
+                t.data().clone()
+            }
+            BufferKind::Param(name) => {
+                let t = weights
+                    .get(name)
+                    .ok_or_else(|| err(format!("missing parameter `{name}`")))?;
+                let shape: Vec<usize> = buf
+                    .shape
+                    .iter()
+                    .map(|d| d.as_const().unwrap_or(0))
+                    .collect();
+                if t.shape() != shape.as_slice() || t.dtype() != buf.dtype {
+                    return Err(err(format!(
+                        "parameter `{name}`: expected {}{shape:?}, got {}{:?}",
+                        buf.dtype,
+                        t.dtype(),
+                        t.shape()
+                    )));
+                }
+                t.data().clone()
+            }
+            BufferKind::Const(v) => match buf.dtype {
+                DType::F32 => TensorData::F32(v.clone()),
+                DType::I32 => TensorData::I32(v.iter().map(|&x| x as i32).collect()),
+                DType::Bool => TensorData::Bool(v.iter().map(|&x| x != 0.0).collect()),
+            },
+            BufferKind::Output | BufferKind::Temp => TensorData::zeros(buf.dtype, n),
+        };
+        ex.data.push(d);
+        let shape = ex.dims(&buf.shape)?;
+        ex.shapes.push(shape);
+    }
+    for (i, k) in program.kernels.iter().enumerate() {
+        ex.kernel(k).map_err(|e| {
+            err(format!(
+                "`{}` kernel k{i} ({}): {e}",
+                program.name,
+                k.kind()
+            ))
+        })?;
+    }
+    let mut entries = Vec::new();
+    for (name, id) in &program.outputs {
+        let buf = &program.buffers[*id];
+        let shape = buf
+            .shape
+            .iter()
+            .map(|d| {
+                d.eval(&|s| env.get(s).copied())
+                    .ok_or_else(|| err("unbound dim"))
+            })
+            .collect::<Result<Vec<usize>>>()?;
+        entries.push((name.clone(), Tensor::new(shape, ex.data[*id].clone())?));
+    }
+    Ok(KernelOutputs {
+        entries,
+        bindings: env.clone(),
+    })
+}
+
+/// A view evaluated at the run's lengths.
+struct VE {
+    buf: usize,
+    off: i64,
+    strides: Vec<i64>,
+}
+
+impl VE {
+    fn at(&self, idx: &[usize]) -> usize {
+        let mut a = self.off;
+        for (s, &i) in self.strides.iter().zip(idx) {
+            a += s * i as i64;
+        }
+        a as usize
+    }
+}
+
+/// Every point of `dims` in row-major order.
+fn for_each(
+    dims: &[usize],
+    f: &mut dyn FnMut(&[usize]) -> std::result::Result<(), String>,
+) -> std::result::Result<(), String> {
+    if dims.contains(&0) {
+        return Ok(());
+    }
+    let mut idx = vec![0usize; dims.len()];
+    loop {
+        f(&idx)?;
+        let mut a = dims.len();
+        loop {
+            if a == 0 {
+                return Ok(());
+            }
+            a -= 1;
+            idx[a] += 1;
+            if idx[a] < dims[a] {
+                break;
+            }
+            idx[a] = 0;
+        }
+    }
+}
+
+impl Exec<'_> {
+    fn size(&self, s: &Size) -> Result<i64> {
+        s.eval(&|x| self.env.get(x).copied())
+            .ok_or_else(|| err(format!("unbound size {s}")))
+    }
+
+    fn dims(&self, shape: &[kiln_compiler::ir::Dim]) -> Result<Vec<usize>> {
+        shape
+            .iter()
+            .map(|d| {
+                d.eval(&|s| self.env.get(s).copied())
+                    .ok_or_else(|| err(format!("unbound dim {d}")))
+            })
+            .collect()
+    }
+
+    fn view(&self, v: &View) -> Result<VE> {
+        Ok(VE {
+            buf: v.buf,
+            off: self.size(&v.offset)?,
+            strides: v
+                .strides
+                .iter()
+                .map(|s| self.size(s))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    fn read(&self, v: &VE, idx: &[usize]) -> std::result::Result<V, String> {
+        let a = v.at(idx);
+        let oob = || format!("read of b{} at {a} out of bounds", v.buf);
+        Ok(match &self.data[v.buf] {
+            TensorData::F32(x) => V::F(*x.get(a).ok_or_else(oob)?),
+            TensorData::I32(x) => V::I(*x.get(a).ok_or_else(oob)?),
+            TensorData::Bool(x) => V::B(*x.get(a).ok_or_else(oob)?),
+        })
+    }
+
+    fn write(&mut self, v: &VE, idx: &[usize], x: V) -> std::result::Result<(), String> {
+        let a = v.at(idx);
+        let oob = format!("write of b{} at {a} out of bounds", v.buf);
+        match (&mut self.data[v.buf], x) {
+            (TensorData::F32(d), V::F(x)) => *d.get_mut(a).ok_or(oob)? = x,
+            (TensorData::I32(d), V::I(x)) => *d.get_mut(a).ok_or(oob)? = x,
+            (TensorData::Bool(d), V::B(x)) => *d.get_mut(a).ok_or(oob)? = x,
+            _ => return Err(format!("dtype mismatch writing b{}", v.buf)),
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn eval(
+        &self,
+        body: &Body,
+        loads: &[VE],
+        idx: &[usize],
+        reduced: &[V],
+        sizes: &[Option<i64>],
+        vals: &mut Vec<V>,
+    ) -> std::result::Result<V, String> {
+        vals.clear();
+        for (i, (inst, dt)) in body.insts.iter().enumerate() {
+            let v = match inst {
+                Inst::Load(l) => self.read(&loads[*l], idx)?,
+                Inst::Const(c) => konst(*c, *dt),
+                Inst::Index(a) => V::I(idx[*a] as i32),
+                Inst::Size(_) => V::I(sizes[i].expect("pre-evaluated") as i32),
+                Inst::Unary(u, x) => unary(*u, vals[*x])?,
+                Inst::Binary(b, x, y) => binary(*b, vals[*x], vals[*y])?,
+                Inst::Select(c, x, y) => match vals[*c] {
+                    V::B(true) => vals[*x],
+                    V::B(false) => vals[*y],
+                    _ => return Err("select condition is not bool".into()),
+                },
+                Inst::Cast(x) => cast(vals[*x], *dt),
+                Inst::Reduced(s) => *reduced.get(*s).ok_or("reduced stage out of range")?,
+            };
+            vals.push(v);
+        }
+        Ok(vals[body.result])
+    }
+
+    fn sizes(&self, body: &Body) -> Result<Vec<Option<i64>>> {
+        body.insts
+            .iter()
+            .map(|(i, _)| match i {
+                Inst::Size(s) => self.size(s).map(Some),
+                _ => Ok(None),
+            })
+            .collect()
+    }
+
+    fn kernel(&mut self, k: &Kernel) -> std::result::Result<(), String> {
+        self.kernel_inner(k).map_err(|e| match e {
+            KErr::R(e) => e.to_string(),
+            KErr::S(s) => s,
+        })
+    }
+
+    fn kernel_inner(&mut self, k: &Kernel) -> std::result::Result<(), KErr> {
+        let mut vals = Vec::new();
+        match k {
+            Kernel::Elementwise {
+                out,
+                domain,
+                loads,
+                body,
+            } => {
+                let dims = self.dims(domain)?;
+                let o = self.view(out)?;
+                let ls = loads
+                    .iter()
+                    .map(|l| self.view(l))
+                    .collect::<Result<Vec<_>>>()?;
+                let sz = self.sizes(body)?;
+                let mut results = Vec::new();
+                for_each(&dims, &mut |idx| {
+                    let v = self.eval(body, &ls, idx, &[], &sz, &mut vals)?;
+                    results.push((idx.to_vec(), v));
+                    Ok(())
+                })?;
+                for (idx, v) in results {
+                    self.write(&o, &idx, v)?;
+                }
+            }
+            Kernel::Copy { out, domain, src } => {
+                let dims = self.dims(domain)?;
+                let o = self.view(out)?;
+                let s = self.view(src)?;
+                let mut results = Vec::new();
+                for_each(&dims, &mut |idx| {
+                    results.push((idx.to_vec(), self.read(&s, idx)?));
+                    Ok(())
+                })?;
+                for (idx, v) in results {
+                    self.write(&o, &idx, v)?;
+                }
+            }
+            Kernel::RowReduce {
+                out,
+                domain,
+                loads,
+                stages,
+                epilogue,
+                per_row,
+            } => {
+                let dims = self.dims(domain)?;
+                let r = dims.len();
+                let len = dims[r - 1];
+                let o = self.view(out)?;
+                let ls = loads
+                    .iter()
+                    .map(|l| self.view(l))
+                    .collect::<Result<Vec<_>>>()?;
+                let ssz = stages
+                    .iter()
+                    .map(|s| self.sizes(&s.body))
+                    .collect::<Result<Vec<_>>>()?;
+                let esz = self.sizes(epilogue)?;
+                let mut results = Vec::new();
+                for_each(&dims[..r - 1], &mut |row| {
+                    let mut idx = row.to_vec();
+                    idx.push(0);
+                    let mut reduced: Vec<V> = Vec::new();
+                    for (s, st) in stages.iter().enumerate() {
+                        let dt = st.body.insts[st.body.result].1;
+                        let mut acc_f = match st.op {
+                            ReduceOp::Sum => 0.0f64,
+                            ReduceOp::Max => f64::NEG_INFINITY,
+                        };
+                        let mut acc_i = match st.op {
+                            ReduceOp::Sum => 0i32,
+                            ReduceOp::Max => i32::MIN,
+                        };
+                        let mut acc_b = false;
+                        let mut acc_m = f32::NEG_INFINITY;
+                        for j in 0..len {
+                            idx[r - 1] = j;
+                            let v = self.eval(&st.body, &ls, &idx, &reduced, &ssz[s], &mut vals)?;
+                            match (st.op, v) {
+                                (ReduceOp::Sum, V::F(x)) => acc_f += f64::from(x),
+                                (ReduceOp::Sum, V::I(x)) => acc_i = acc_i.wrapping_add(x),
+                                (ReduceOp::Max, V::F(x)) => acc_m = nan_max(acc_m, x),
+                                (ReduceOp::Max, V::I(x)) => acc_i = acc_i.max(x),
+                                (ReduceOp::Max, V::B(x)) => acc_b |= x,
+                                (ReduceOp::Sum, V::B(_)) => {
+                                    return Err("sum is not defined on bool".into());
+                                }
+                            }
+                        }
+                        reduced.push(match (st.op, dt) {
+                            (ReduceOp::Sum, DType::F32) => V::F(acc_f as f32),
+                            (ReduceOp::Max, DType::F32) => V::F(acc_m),
+                            (_, DType::I32) => V::I(acc_i),
+                            (_, DType::Bool) => V::B(acc_b),
+                        });
+                    }
+                    let cols = if *per_row { 1 } else { len };
+                    for j in 0..cols {
+                        idx[r - 1] = j;
+                        let v = self.eval(epilogue, &ls, &idx, &reduced, &esz, &mut vals)?;
+                        results.push((idx.clone(), v));
+                    }
+                    Ok(())
+                })?;
+                for (idx, v) in results {
+                    self.write(&o, &idx, v)?;
+                }
+            }
+            Kernel::Gemm {
+                out,
+                a,
+                b,
+                batch,
+                m,
+                n,
+                k,
+                epilogue,
+            } => {
+                let bd = self.dims(batch)?;
+                let [m, n, k]: [usize; 3] = self
+                    .dims(&[m.clone(), n.clone(), k.clone()])?
+                    .try_into()
+                    .expect("three dims");
+                let (o, av, bv) = (self.view(out)?, self.view(a)?, self.view(b)?);
+                let (el, ebody, esz) = match epilogue {
+                    Some(e) => (
+                        e.loads
+                            .iter()
+                            .map(|l| self.view(l))
+                            .collect::<Result<Vec<_>>>()?,
+                        Some(&e.body),
+                        self.sizes(&e.body)?,
+                    ),
+                    None => (Vec::new(), None, Vec::new()),
+                };
+                let (TensorData::F32(x), TensorData::F32(y)) =
+                    (&self.data[av.buf], &self.data[bv.buf])
+                else {
+                    return Err("gemm operands must be f32".to_string().into());
+                };
+                let nb = bd.len();
+                let mut results = Vec::new();
+                for_each(&bd, &mut |bi| {
+                    let mut ia = bi.to_vec();
+                    ia.extend([0, 0]);
+                    let mut ib = ia.clone();
+                    for i in 0..m {
+                        for j in 0..n {
+                            let mut acc = 0.0f64;
+                            for p in 0..k {
+                                ia[nb] = i;
+                                ia[nb + 1] = p;
+                                ib[nb] = p;
+                                ib[nb + 1] = j;
+                                let xa = *x.get(av.at(&ia)).ok_or("gemm a out of bounds")?;
+                                let yb = *y.get(bv.at(&ib)).ok_or("gemm b out of bounds")?;
+                                acc += f64::from(xa) * f64::from(yb);
+                            }
+                            let mut io = bi.to_vec();
+                            io.extend([i, j]);
+                            let prod = V::F(acc as f32);
+                            let v = match ebody {
+                                Some(body) => {
+                                    self.eval(body, &el, &io, &[prod], &esz, &mut vals)?
+                                }
+                                None => prod,
+                            };
+                            results.push((io, v));
+                        }
+                    }
+                    Ok(())
+                })?;
+                for (idx, v) in results {
+                    self.write(&o, &idx, v)?;
+                }
+            }
+            Kernel::Gather {
+                out,
+                table,
+                indices,
+                indices_shape,
+                axis,
+            } => {
+                return self.gather(*out, *table, indices, indices_shape, *axis);
+            }
+        }
+        Ok(())
+    }
+}
+
+enum KErr {
+    R(RuntimeError),
+    S(String),
+}
+
+impl From<RuntimeError> for KErr {
+    fn from(e: RuntimeError) -> KErr {
+        KErr::R(e)
+    }
+}
+
+impl From<String> for KErr {
+    fn from(e: String) -> KErr {
+        KErr::S(e)
+    }
+}
+
+impl From<&str> for KErr {
+    fn from(e: &str) -> KErr {
+        KErr::S(e.to_string())
+    }
+}
+
+impl Exec<'_> {
+    fn gather(
+        &mut self,
+        out: usize,
+        table: usize,
+        indices: &View,
+        indices_shape: &[kiln_compiler::ir::Dim],
+        axis: usize,
+    ) -> std::result::Result<(), KErr> {
+        let ts = self.shapes[table].clone();
+        let is = self.dims(indices_shape)?;
+        let iv = self.view(indices)?;
+        let (pre, rows, post): (usize, usize, usize) = (
+            ts[..axis].iter().product(),
+            ts[axis],
+            ts[axis + 1..].iter().product(),
+        );
+        let TensorData::I32(ix) = &self.data[iv.buf] else {
+            return Err("gather indices must be i32".into());
+        };
+        let mut picked = Vec::new();
+        for_each(&is, &mut |idx| {
+            let v = *ix.get(iv.at(idx)).ok_or("gather indices out of bounds")?;
+            if v < 0 || v as usize >= rows {
+                return Err(format!("gather index {v} out of range [0, {rows})"));
+            }
+            picked.push(v as usize);
+            Ok(())
+        })?;
+        let src = self.data[table].clone();
+        let dst = &mut self.data[out];
+        let mut o = 0usize;
+        for p in 0..pre {
+            for &r in &picked {
+                let base = (p * rows + r) * post;
+                for q in 0..post {
+                    match (&src, &mut *dst) {
+                        (TensorData::F32(s), TensorData::F32(d)) => d[o] = s[base + q],
+                        (TensorData::I32(s), TensorData::I32(d)) => d[o] = s[base + q],
+                        (TensorData::Bool(s), TensorData::Bool(d)) => d[o] = s[base + q],
+                        _ => return Err("gather dtype mismatch".into()),
+                    }
+                    o += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn nan_max(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else if a >= b {
+        a
+    } else {
+        b
+    }
+}
+
+fn nan_min(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else if a <= b {
+        a
+    } else {
+        b
+    }
+}
+
+fn konst(c: f64, dt: DType) -> V {
+    match dt {
+        DType::F32 => V::F(c as f32),
+        DType::I32 => V::I(c as i32),
+        DType::Bool => V::B(c != 0.0),
+    }
+}
+
+fn cast(x: V, dt: DType) -> V {
+    match (x, dt) {
+        (V::F(a), DType::I32) => V::I(a as i32),
+        (V::F(a), DType::Bool) => V::B(a != 0.0),
+        (V::I(a), DType::F32) => V::F(a as f32),
+        (V::I(a), DType::Bool) => V::B(a != 0),
+        (V::B(a), DType::I32) => V::I(i32::from(a)),
+        (x, _) => {
+            if dt == DType::F32 {
+                V::F(x.f())
+            } else {
+                x
+            }
+        }
+    }
+}
+
+fn via_f64(x: f32, f: impl Fn(f64) -> f64) -> f32 {
+    f(f64::from(x)) as f32
+}
+
+fn unary(op: UnaryOp, x: V) -> std::result::Result<V, String> {
+    use UnaryOp::*;
+    Ok(match (op, x) {
+        (Not, V::B(b)) => V::B(!b),
+        (Neg, V::I(a)) => V::I(a.wrapping_neg()),
+        (Abs, V::I(a)) => V::I(a.wrapping_abs()),
+        (op, V::F(a)) if op != Not => V::F(match op {
+            Neg => -a,
+            Abs => a.abs(),
+            Floor => a.floor(),
+            Recip => 1.0 / a,
+            Exp => via_f64(a, f64::exp),
+            Log => via_f64(a, f64::ln),
+            Sqrt => via_f64(a, f64::sqrt),
+            Rsqrt => via_f64(a, |y| 1.0 / y.sqrt()),
+            Tanh => via_f64(a, f64::tanh),
+            Erf => via_f64(a, erf),
+            Sin => via_f64(a, f64::sin),
+            Cos => via_f64(a, f64::cos),
+            Not => unreachable!("guarded"),
+        }),
+        (op, x) => return Err(format!("{op:?} is not defined on {x:?}")),
+    })
+}
+
+fn binary(op: BinaryOp, x: V, y: V) -> std::result::Result<V, String> {
+    use BinaryOp::*;
+    Ok(match (x, y) {
+        (V::F(p), V::F(q)) => match op {
+            Add => V::F(p + q),
+            Sub => V::F(p - q),
+            Mul => V::F(p * q),
+            Div => V::F(p / q),
+            Max => V::F(nan_max(p, q)),
+            Min => V::F(nan_min(p, q)),
+            Pow => V::F(f64::from(p).powf(f64::from(q)) as f32),
+            Lt => V::B(p < q),
+            Le => V::B(p <= q),
+            Eq => V::B(p == q),
+            And | Or => return Err(format!("{op:?} is not defined on f32")),
+        },
+        (V::I(p), V::I(q)) => match op {
+            Add => V::I(p.wrapping_add(q)),
+            Sub => V::I(p.wrapping_sub(q)),
+            Mul => V::I(p.wrapping_mul(q)),
+            Div => {
+                if q == 0 {
+                    return Err("integer division by zero".into());
+                }
+                V::I(p.wrapping_div(q))
+            }
+            Max => V::I(p.max(q)),
+            Min => V::I(p.min(q)),
+            Pow => V::I(f64::from(p).powf(f64::from(q)) as i32),
+            Lt => V::B(p < q),
+            Le => V::B(p <= q),
+            Eq => V::B(p == q),
+            And | Or => return Err(format!("{op:?} is not defined on i32")),
+        },
+        (V::B(p), V::B(q)) => match op {
+            And => V::B(p && q),
+            Or => V::B(p || q),
+            _ => return Err(format!("{op:?} is not defined on bool")),
+        },
+        (x, y) => return Err(format!("{op:?} operands differ: {x:?} vs {y:?}")),
+    })
+}
