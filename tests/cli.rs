@@ -55,6 +55,10 @@ fn check_reports_published_parameter_counts() {
             );
         }
         assert!(v.get("kv_cache_bytes_per_token").is_some());
+        assert!(
+            v["peak_activation_bytes"].as_u64().unwrap() > 0,
+            "{name}: no memory plan"
+        );
     }
 }
 

@@ -5,9 +5,12 @@ use kiln_compiler::analysis::cost::{Cost, cost};
 pub struct Args {
     #[command(flatten)]
     spec: SpecArg,
-    /// Sequence length at which FLOPs per token are counted.
+    /// Sequence length at which FLOPs per token and peak activation memory are counted.
     #[arg(long, default_value_t = 128)]
     seq_len: usize,
+    /// Batch size for the peak activation memory.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     #[arg(long, value_enum, default_value_t)]
     format: Format,
     /// A safetensors checkpoint (HF folder or file) to pre-flight against the
@@ -17,8 +20,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<(), String> {
-    let (rs, lowered) = load(&a.spec.spec)?;
+    let (rs, mut lowered) = load(&a.spec.spec)?;
     let c = cost(&rs, &lowered, a.seq_len);
+    let peak = peak_activation_bytes(&mut lowered, a.batch, a.seq_len)?;
     let preflight = match &a.weights {
         Some(w) => {
             let graphs: Vec<_> = lowered.graphs().collect();
@@ -41,6 +45,8 @@ pub fn run(a: Args) -> Result<(), String> {
         Format::Json => {
             let mut v = serde_json::to_value(&c).map_err(|e| e.to_string())?;
             v["name"] = rs.spec.name.clone().into();
+            v["peak_activation_bytes"] = peak.into();
+            v["peak_activation_batch"] = a.batch.into();
             v["spec"] = serde_json::to_value(&resolved).map_err(|e| e.to_string())?;
             if let Some(p) = &preflight {
                 v["weights"] = p.clone().into();
@@ -53,12 +59,44 @@ pub fn run(a: Args) -> Result<(), String> {
         Format::Text => {
             println!("{}", rs.to_toml());
             print!("{}", table(&c));
+            println!(
+                "{:<38} {:>24}",
+                format!(
+                    "peak activations+outputs (b {}, seq {})",
+                    a.batch, a.seq_len
+                ),
+                bytes(peak)
+            );
             if let Some(p) = &preflight {
                 println!("weights match: {p}");
             }
         }
     }
     Ok(())
+}
+
+/// Planned peak activation memory (kernel-IR buffer plan after the default
+/// passes) of the largest graph at `batch` x `seq` with an empty cache.
+fn peak_activation_bytes(
+    lowered: &mut kiln_compiler::lower::Lowered,
+    batch: usize,
+    seq: usize,
+) -> Result<usize, String> {
+    kiln_compiler::passes::default_pipeline(1)
+        .run_lowered(lowered)
+        .map_err(|e| e.to_string())?;
+    let lengths = std::collections::BTreeMap::from([
+        ("batch".to_string(), batch),
+        ("seq".to_string(), seq),
+        ("past".to_string(), 0),
+        ("src".to_string(), seq),
+    ]);
+    let mut peak = 0;
+    for g in lowered.graphs() {
+        let p = kiln_compiler::kernel::fuse(g).map_err(|e| format!("{}: {e}", g.name))?;
+        peak = peak.max(p.peak_bytes(&lengths));
+    }
+    Ok(peak)
 }
 
 fn human(n: f64) -> String {
