@@ -90,18 +90,25 @@ pub fn query_positions(b: &mut Builder) -> R {
 /// Positions of the new tokens in each row, counted over real tokens only:
 /// `[batch, seq]`, HF's `cumsum(attention_mask) - 1`. Left padding therefore
 /// does not shift a sequence's positions. `mask` is i32 `[batch, past+seq]`.
+///
+/// Computed as (real tokens in the cache) + (real new tokens before this one);
+/// the second term is a `[seq, seq]` triangular product, so a decode step
+/// costs O(1) and a prefill no more than its attention scores.
 pub fn token_positions(b: &mut Builder, mask: NodeId) -> R {
-    let s = b.shape(mask);
-    let total = s[1].clone();
-    // before[j, t] = j < t; count[b, t] = Σ_j mask[b, j] * before[j, t].
-    let j = b.iota(DType::I32, vec![total.clone(), Dim::c(1)], 0)?;
-    let t = b.iota(DType::I32, vec![Dim::c(1), total.clone()], 1)?;
+    let (past, seq) = (Dim::sym(crate::ir::PAST), Dim::sym(crate::ir::SEQ));
+    let total = past.clone() + seq.clone();
+    let m = b.cast(mask, DType::F32)?;
+    let cached = b.slice(m, 1, Dim::c(0), past.clone())?;
+    let cached = b.reduce(crate::ir::ReduceOp::Sum, cached, &[1])?; // [batch, 1]
+    let new = b.slice(m, 1, past, total)?; // [batch, seq]
+    // before[j, t] = j < t over the new tokens.
+    let j = b.iota(DType::I32, vec![seq.clone(), Dim::c(1)], 0)?;
+    let t = b.iota(DType::I32, vec![Dim::c(1), seq], 1)?;
     let before = b.binary(crate::ir::BinaryOp::Lt, j, t)?;
     let before = b.cast(before, DType::F32)?;
-    let m = b.cast(mask, DType::F32)?;
-    let count = b.matmul(m, before)?;
-    let count = b.cast(count, DType::I32)?;
-    b.slice(count, 1, Dim::sym(crate::ir::PAST), total)
+    let within = b.matmul(new, before)?;
+    let count = b.add2(cached, within)?;
+    b.cast(count, DType::I32)
 }
 
 /// `shape + [n]`.
