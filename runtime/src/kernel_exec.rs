@@ -8,9 +8,9 @@
 
 use crate::error::{Result, RuntimeError};
 use crate::interpreter::{Bindings, NamedTensor};
-use crate::ops::erf;
 use crate::tensor::{Tensor, TensorData};
 use crate::weights::Weights;
+use kiln_compiler::ir::scalar::{self, nan_max};
 use kiln_compiler::ir::{BinaryOp, DType, ReduceOp, UnaryOp};
 use kiln_compiler::kernel::{Body, BufferKind, Inst, Kernel, KernelProgram, Size, View};
 
@@ -605,26 +605,6 @@ impl Exec<'_> {
     }
 }
 
-fn nan_max(a: f32, b: f32) -> f32 {
-    if a.is_nan() || b.is_nan() {
-        f32::NAN
-    } else if a >= b {
-        a
-    } else {
-        b
-    }
-}
-
-fn nan_min(a: f32, b: f32) -> f32 {
-    if a.is_nan() || b.is_nan() {
-        f32::NAN
-    } else if a <= b {
-        a
-    } else {
-        b
-    }
-}
-
 fn konst(c: f64, dt: DType) -> V {
     match dt {
         DType::F32 => V::F(c as f32),
@@ -650,74 +630,37 @@ fn cast(x: V, dt: DType) -> V {
     }
 }
 
-fn via_f64(x: f32, f: impl Fn(f64) -> f64) -> f32 {
-    f(f64::from(x)) as f32
-}
-
 fn unary(op: UnaryOp, x: V) -> std::result::Result<V, String> {
-    use UnaryOp::*;
-    Ok(match (op, x) {
-        (Not, V::B(b)) => V::B(!b),
-        (Neg, V::I(a)) => V::I(a.wrapping_neg()),
-        (Abs, V::I(a)) => V::I(a.wrapping_abs()),
-        (op, V::F(a)) if op != Not => V::F(match op {
-            Neg => -a,
-            Abs => a.abs(),
-            Floor => a.floor(),
-            Recip => 1.0 / a,
-            Exp => via_f64(a, f64::exp),
-            Log => via_f64(a, f64::ln),
-            Sqrt => via_f64(a, f64::sqrt),
-            Rsqrt => via_f64(a, |y| 1.0 / y.sqrt()),
-            Tanh => via_f64(a, f64::tanh),
-            Erf => via_f64(a, erf),
-            Sin => via_f64(a, f64::sin),
-            Cos => via_f64(a, f64::cos),
-            Not => unreachable!("guarded"),
-        }),
-        (op, x) => return Err(format!("{op:?} is not defined on {x:?}")),
+    let undefined = || format!("{op:?} is not defined on {x:?}");
+    Ok(match x {
+        V::B(b) if op == UnaryOp::Not => V::B(!b),
+        V::I(a) => V::I(scalar::i32_unary(op).ok_or_else(undefined)?(a)),
+        V::F(a) => V::F(scalar::f32_unary(op).ok_or_else(undefined)?(a)),
+        V::B(_) => return Err(undefined()),
     })
 }
 
 fn binary(op: BinaryOp, x: V, y: V) -> std::result::Result<V, String> {
-    use BinaryOp::*;
+    let undefined = |t: &str| format!("{op:?} is not defined on {t}");
     Ok(match (x, y) {
-        (V::F(p), V::F(q)) => match op {
-            Add => V::F(p + q),
-            Sub => V::F(p - q),
-            Mul => V::F(p * q),
-            Div => V::F(p / q),
-            Max => V::F(nan_max(p, q)),
-            Min => V::F(nan_min(p, q)),
-            Pow => V::F(f64::from(p).powf(f64::from(q)) as f32),
-            Lt => V::B(p < q),
-            Le => V::B(p <= q),
-            Eq => V::B(p == q),
-            And | Or => return Err(format!("{op:?} is not defined on f32")),
+        (V::F(p), V::F(q)) => match (scalar::f32_binary(op), scalar::compare::<f32>(op)) {
+            (Some(f), _) => V::F(f(p, q)),
+            (None, Some(c)) => V::B(c(p, q)),
+            (None, None) => return Err(undefined("f32")),
         },
-        (V::I(p), V::I(q)) => match op {
-            Add => V::I(p.wrapping_add(q)),
-            Sub => V::I(p.wrapping_sub(q)),
-            Mul => V::I(p.wrapping_mul(q)),
-            Div => {
-                if q == 0 {
-                    return Err("integer division by zero".into());
-                }
-                V::I(p.wrapping_div(q))
+        (V::I(p), V::I(q)) => {
+            if op == BinaryOp::Div && q == 0 {
+                return Err("integer division by zero".into());
             }
-            Max => V::I(p.max(q)),
-            Min => V::I(p.min(q)),
-            Pow => V::I(f64::from(p).powf(f64::from(q)) as i32),
-            Lt => V::B(p < q),
-            Le => V::B(p <= q),
-            Eq => V::B(p == q),
-            And | Or => return Err(format!("{op:?} is not defined on i32")),
-        },
-        (V::B(p), V::B(q)) => match op {
-            And => V::B(p && q),
-            Or => V::B(p || q),
-            _ => return Err(format!("{op:?} is not defined on bool")),
-        },
+            match (scalar::i32_binary(op), scalar::compare::<i32>(op)) {
+                (Some(f), _) => V::I(f(p, q)),
+                (None, Some(c)) => V::B(c(p, q)),
+                (None, None) => return Err(undefined("i32")),
+            }
+        }
+        (V::B(p), V::B(q)) => V::B(scalar::bool_binary(op).ok_or_else(|| undefined("bool"))?(
+            p, q,
+        )),
         (x, y) => return Err(format!("{op:?} operands differ: {x:?} vs {y:?}")),
     })
 }

@@ -8,6 +8,7 @@
 //! The full contract is in the crate docs (`lib.rs`).
 
 use crate::tensor::{Tensor, TensorData, row_major_strides};
+use kiln_compiler::ir::scalar::{self, nan_max};
 use kiln_compiler::ir::{BinaryOp, DType, ReduceOp, UnaryOp};
 
 pub(crate) type OpResult<T = Tensor> = Result<T, String>;
@@ -111,53 +112,16 @@ fn zip_broadcast<A: Copy, B: Copy, C>(
     out
 }
 
-fn nan_max(a: f32, b: f32) -> f32 {
-    if a.is_nan() || b.is_nan() {
-        f32::NAN
-    } else if a >= b {
-        a
-    } else {
-        b
-    }
-}
-
-fn nan_min(a: f32, b: f32) -> f32 {
-    if a.is_nan() || b.is_nan() {
-        f32::NAN
-    } else if a <= b {
-        a
-    } else {
-        b
-    }
-}
-
-/// In f64, rounded once.
-fn via_f64(x: f32, f: impl Fn(f64) -> f64) -> f32 {
-    f(f64::from(x)) as f32
-}
-
 pub(crate) fn unary(op: UnaryOp, x: &Tensor) -> OpResult {
     use UnaryOp::*;
     let data = match (op, x.data()) {
         (Not, TensorData::Bool(v)) => TensorData::Bool(v.iter().map(|&b| !b).collect()),
-        (Neg, TensorData::I32(v)) => TensorData::I32(v.iter().map(|&a| a.wrapping_neg()).collect()),
-        (Abs, TensorData::I32(v)) => TensorData::I32(v.iter().map(|&a| a.wrapping_abs()).collect()),
-        (op, TensorData::F32(v)) if op != Not => {
-            let f: fn(f32) -> f32 = match op {
-                Neg => |a| -a,
-                Abs => f32::abs,
-                Floor => f32::floor,
-                Recip => |a| 1.0 / a,
-                Exp => |a| via_f64(a, f64::exp),
-                Log => |a| via_f64(a, f64::ln),
-                Sqrt => |a| via_f64(a, f64::sqrt),
-                Rsqrt => |a| via_f64(a, |y| 1.0 / y.sqrt()),
-                Tanh => |a| via_f64(a, f64::tanh),
-                Erf => |a| via_f64(a, erf),
-                Sin => |a| via_f64(a, f64::sin),
-                Cos => |a| via_f64(a, f64::cos),
-                Not => unreachable!("guarded above"),
-            };
+        (op, TensorData::I32(v)) if scalar::i32_unary(op).is_some() => {
+            let f = scalar::i32_unary(op).expect("checked");
+            TensorData::I32(v.iter().map(|&a| f(a)).collect())
+        }
+        (op, TensorData::F32(v)) if scalar::f32_unary(op).is_some() => {
+            let f = scalar::f32_unary(op).expect("checked");
             TensorData::F32(v.iter().map(|&a| f(a)).collect())
         }
         (op, d) => return Err(format!("{op:?} is not defined on {}", d.dtype())),
@@ -171,48 +135,29 @@ pub(crate) fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> OpResult {
     let (sa, sb, s) = (a.shape(), b.shape(), shape.as_slice());
     let data = match (a.data(), b.data()) {
         (TensorData::F32(x), TensorData::F32(y)) => {
-            let cmp = |f: fn(f32, f32) -> bool| TensorData::Bool(zip_broadcast(x, sa, y, sb, s, f));
-            let arith = |f: fn(f32, f32) -> f32| TensorData::F32(zip_broadcast(x, sa, y, sb, s, f));
-            match op {
-                Add => arith(|p, q| p + q),
-                Sub => arith(|p, q| p - q),
-                Mul => arith(|p, q| p * q),
-                Div => arith(|p, q| p / q),
-                Max => arith(nan_max),
-                Min => arith(nan_min),
-                Pow => arith(|p, q| f64::from(p).powf(f64::from(q)) as f32),
-                Lt => cmp(|p, q| p < q),
-                Le => cmp(|p, q| p <= q),
-                Eq => cmp(|p, q| p == q),
-                And | Or => return Err(format!("{op:?} is not defined on f32")),
+            if let Some(f) = scalar::f32_binary(op) {
+                TensorData::F32(zip_broadcast(x, sa, y, sb, s, f))
+            } else if let Some(f) = scalar::compare::<f32>(op) {
+                TensorData::Bool(zip_broadcast(x, sa, y, sb, s, f))
+            } else {
+                return Err(format!("{op:?} is not defined on f32"));
             }
         }
         (TensorData::I32(x), TensorData::I32(y)) => {
-            let cmp = |f: fn(i32, i32) -> bool| TensorData::Bool(zip_broadcast(x, sa, y, sb, s, f));
-            let arith = |f: fn(i32, i32) -> i32| TensorData::I32(zip_broadcast(x, sa, y, sb, s, f));
-            match op {
-                Add => arith(i32::wrapping_add),
-                Sub => arith(i32::wrapping_sub),
-                Mul => arith(i32::wrapping_mul),
-                Div => {
-                    if s.iter().product::<usize>() > 0 && y.contains(&0) {
-                        return Err("integer division by zero".into());
-                    }
-                    arith(i32::wrapping_div)
-                }
-                Max => arith(i32::max),
-                Min => arith(i32::min),
-                Pow => arith(|p, q| f64::from(p).powf(f64::from(q)) as i32),
-                Lt => cmp(|p, q| p < q),
-                Le => cmp(|p, q| p <= q),
-                Eq => cmp(|p, q| p == q),
-                And | Or => return Err(format!("{op:?} is not defined on i32")),
+            if op == Div && s.iter().product::<usize>() > 0 && y.contains(&0) {
+                return Err("integer division by zero".into());
+            }
+            if let Some(f) = scalar::i32_binary(op) {
+                TensorData::I32(zip_broadcast(x, sa, y, sb, s, f))
+            } else if let Some(f) = scalar::compare::<i32>(op) {
+                TensorData::Bool(zip_broadcast(x, sa, y, sb, s, f))
+            } else {
+                return Err(format!("{op:?} is not defined on i32"));
             }
         }
-        (TensorData::Bool(x), TensorData::Bool(y)) => match op {
-            And => TensorData::Bool(zip_broadcast(x, sa, y, sb, s, |p, q| p && q)),
-            Or => TensorData::Bool(zip_broadcast(x, sa, y, sb, s, |p, q| p || q)),
-            _ => return Err(format!("{op:?} is not defined on bool")),
+        (TensorData::Bool(x), TensorData::Bool(y)) => match scalar::bool_binary(op) {
+            Some(f) => TensorData::Bool(zip_broadcast(x, sa, y, sb, s, f)),
+            None => return Err(format!("{op:?} is not defined on bool")),
         },
         (x, y) => {
             return Err(format!(
@@ -597,64 +542,9 @@ pub(crate) fn iota(dtype: DType, shape: Vec<usize>, axis: usize) -> OpResult {
     tensor(shape, data)
 }
 
-/// The error function in f64, accurate to a few ulps.
-///
-/// Uses the everywhere-positive series (Abramowitz & Stegun 7.1.6)
-/// `erf(x) = 2/sqrt(pi) * exp(-x^2) * sum_{n>=0} 2^n x^(2n+1) / (1*3*...*(2n+1))`:
-/// every term is positive, so there is no cancellation. For `|x| >= 6`,
-/// `1 - erf(|x|) < 2.2e-17` and the result is `±1`.
-pub(crate) fn erf(x: f64) -> f64 {
-    if x.is_nan() {
-        return x;
-    }
-    let a = x.abs();
-    if a >= 6.0 {
-        return 1.0f64.copysign(x);
-    }
-    let a2 = a * a;
-    let (mut term, mut sum) = (a, a);
-    let mut n = 0.0;
-    while term > sum * 1e-18 {
-        n += 1.0;
-        term *= 2.0 * a2 / (2.0 * n + 1.0);
-        sum += term;
-    }
-    let r = (std::f64::consts::FRAC_2_SQRT_PI * (-a2).exp() * sum).min(1.0);
-    r.copysign(x)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn erf_reference_values() {
-        // Values from Python's math.erf (correctly rounded libm).
-        let cases = [
-            (0.0, 0.0),
-            (1e-10, 1.1283791670955126e-10),
-            (0.1, 0.1124629160182849),
-            (0.5, 0.5204998778130465),
-            (1.0, 0.8427007929497149),
-            (1.5, 0.9661051464753108),
-            (2.0, 0.9953222650189527),
-            (3.0, 0.9999779095030014),
-            (4.5, 0.9999999998033839),
-            (5.9, 0.9999999999999999),
-            (-0.7, -0.6778011938374184),
-        ];
-        for (x, want) in cases {
-            let got = erf(x);
-            assert!(
-                (got - want).abs() <= 4.0 * f64::EPSILON * want.abs().max(1e-300),
-                "erf({x}) = {got}, want {want}"
-            );
-        }
-        assert_eq!(erf(7.0), 1.0);
-        assert_eq!(erf(-7.0), -1.0);
-        assert!(erf(f64::NAN).is_nan());
-        assert_eq!(erf(-0.0).to_bits(), (-0.0f64).to_bits());
-    }
 
     #[test]
     fn broadcast_helpers() {

@@ -8,6 +8,7 @@ mod dot;
 mod graph;
 mod op;
 mod rewrite;
+pub mod scalar;
 mod text;
 mod types;
 

@@ -19,6 +19,7 @@
 //! A uniform result keeps the node's full type, symbolic shape included.
 
 use super::{Pass, PassError};
+use crate::ir::scalar::{self, nan_max};
 use crate::ir::{BinaryOp, DType, Dim, Graph, NodeId, Op, ReduceOp, TensorType, UnaryOp};
 
 /// Constant folding (`const-fold`).
@@ -198,89 +199,31 @@ pub(crate) fn constant(g: &Graph, id: NodeId, max: usize) -> Option<Const> {
     }
 }
 
-fn nan_max(a: f32, b: f32) -> f32 {
-    if a.is_nan() || b.is_nan() {
-        f32::NAN
-    } else if a >= b {
-        a
-    } else {
-        b
-    }
-}
-
-fn nan_min(a: f32, b: f32) -> f32 {
-    if a.is_nan() || b.is_nan() {
-        f32::NAN
-    } else if a <= b {
-        a
-    } else {
-        b
-    }
-}
-
-fn via_f64(x: f32, f: impl Fn(f64) -> f64) -> f32 {
-    f(f64::from(x)) as f32
-}
-
+/// The interpreter's value of `op` on a constant (the IR's numeric contract,
+/// [`scalar`]); None where folding is not exact or not defined. `erf` is left
+/// to run time.
 fn unary(op: UnaryOp, x: Elem) -> Option<Elem> {
-    use UnaryOp::*;
-    Some(match (op, x) {
-        (Not, Elem::Bool(b)) => Elem::Bool(!b),
-        (Neg, Elem::I32(a)) => Elem::I32(a.wrapping_neg()),
-        (Abs, Elem::I32(a)) => Elem::I32(a.wrapping_abs()),
-        (op, Elem::F32(a)) => Elem::F32(match op {
-            Neg => -a,
-            Abs => a.abs(),
-            Floor => a.floor(),
-            Recip => 1.0 / a,
-            Exp => via_f64(a, f64::exp),
-            Log => via_f64(a, f64::ln),
-            Sqrt => via_f64(a, f64::sqrt),
-            Rsqrt => via_f64(a, |y| 1.0 / y.sqrt()),
-            Tanh => via_f64(a, f64::tanh),
-            Sin => via_f64(a, f64::sin),
-            Cos => via_f64(a, f64::cos),
-            Erf | Not => return None,
-        }),
-        _ => return None,
+    Some(match x {
+        Elem::Bool(b) if op == UnaryOp::Not => Elem::Bool(!b),
+        Elem::I32(a) => Elem::I32(scalar::i32_unary(op)?(a)),
+        Elem::F32(_) if op == UnaryOp::Erf => return None,
+        Elem::F32(a) => Elem::F32(scalar::f32_unary(op)?(a)),
+        Elem::Bool(_) => return None,
     })
 }
 
 fn binary(op: BinaryOp, x: Elem, y: Elem) -> Option<Elem> {
-    use BinaryOp::*;
     Some(match (x, y) {
-        (Elem::F32(p), Elem::F32(q)) => match op {
-            Add => Elem::F32(p + q),
-            Sub => Elem::F32(p - q),
-            Mul => Elem::F32(p * q),
-            Div => Elem::F32(p / q),
-            Max => Elem::F32(nan_max(p, q)),
-            Min => Elem::F32(nan_min(p, q)),
-            Pow => Elem::F32(f64::from(p).powf(f64::from(q)) as f32),
-            Lt => Elem::Bool(p < q),
-            Le => Elem::Bool(p <= q),
-            Eq => Elem::Bool(p == q),
-            And | Or => return None,
+        (Elem::F32(p), Elem::F32(q)) => match scalar::f32_binary(op) {
+            Some(f) => Elem::F32(f(p, q)),
+            None => Elem::Bool(scalar::compare::<f32>(op)?(p, q)),
         },
-        (Elem::I32(p), Elem::I32(q)) => match op {
-            Add => Elem::I32(p.wrapping_add(q)),
-            Sub => Elem::I32(p.wrapping_sub(q)),
-            Mul => Elem::I32(p.wrapping_mul(q)),
-            Div if q == 0 => return None,
-            Div => Elem::I32(p.wrapping_div(q)),
-            Max => Elem::I32(p.max(q)),
-            Min => Elem::I32(p.min(q)),
-            Pow => Elem::I32(f64::from(p).powf(f64::from(q)) as i32),
-            Lt => Elem::Bool(p < q),
-            Le => Elem::Bool(p <= q),
-            Eq => Elem::Bool(p == q),
-            And | Or => return None,
+        (Elem::I32(_), Elem::I32(0)) if op == BinaryOp::Div => return None,
+        (Elem::I32(p), Elem::I32(q)) => match scalar::i32_binary(op) {
+            Some(f) => Elem::I32(f(p, q)),
+            None => Elem::Bool(scalar::compare::<i32>(op)?(p, q)),
         },
-        (Elem::Bool(p), Elem::Bool(q)) => match op {
-            And => Elem::Bool(p && q),
-            Or => Elem::Bool(p || q),
-            _ => return None,
-        },
+        (Elem::Bool(p), Elem::Bool(q)) => Elem::Bool(scalar::bool_binary(op)?(p, q)),
         _ => return None,
     })
 }
