@@ -13,7 +13,7 @@ use crate::error::{Result, RuntimeError};
 use crate::ops;
 use crate::tensor::Tensor;
 use crate::weights::Weights;
-use kiln_compiler::ir::{Dim, Graph, Node, NodeId, Op};
+use kiln_compiler::ir::{Dim, Graph, Node, NodeId, Op, TensorType};
 use std::borrow::{Borrow, Cow};
 use std::collections::BTreeMap;
 
@@ -221,106 +221,12 @@ impl<'g> Interpreter<'g> {
     }
 
     fn bind_pairs(&self, inputs: &[(&str, &Tensor)]) -> Result<Bindings> {
-        let declared_names = || {
-            let mut v: Vec<&str> = self.inputs.iter().map(|(n, _)| *n).collect();
-            v.dedup();
-            v.join(", ")
-        };
-        for (i, (name, _)) in inputs.iter().enumerate() {
-            if inputs[..i].iter().any(|(n, _)| n == name) {
-                return Err(RuntimeError::DuplicateInput {
-                    name: name.to_string(),
-                });
-            }
-            if !self.inputs.iter().any(|(n, _)| n == name) {
-                return Err(RuntimeError::UnexpectedInput {
-                    name: name.to_string(),
-                    graph: self.graph.name.clone(),
-                    declared: declared_names(),
-                });
-            }
-        }
-        let mut given = Vec::with_capacity(self.inputs.len());
-        for &(name, id) in &self.inputs {
-            let ty = &self.graph.node(id).ty;
-            let Some((_, t)) = inputs.iter().find(|(n, _)| *n == name) else {
-                let supplied: Vec<&str> = inputs.iter().map(|(n, _)| *n).collect();
-                return Err(RuntimeError::MissingInput {
-                    name: name.to_string(),
-                    declared: ty.to_string(),
-                    supplied: supplied.join(", "),
-                });
-            };
-            if t.dtype() != ty.dtype {
-                return Err(RuntimeError::InputDType {
-                    name: name.to_string(),
-                    expected: ty.dtype,
-                    got: t.dtype(),
-                });
-            }
-            if t.rank() != ty.rank() {
-                return Err(RuntimeError::InputRank {
-                    name: name.to_string(),
-                    declared: ty.to_string(),
-                    expected: ty.rank(),
-                    got: t.shape().to_vec(),
-                });
-            }
-            given.push((name, &ty.shape, *t));
-        }
-
-        // Bind lone symbols, remembering where each was bound.
-        let mut origin: BTreeMap<&str, (usize, &str, usize)> = BTreeMap::new();
-        for &(name, dims, t) in &given {
-            for (axis, (dim, &got)) in dims.iter().zip(t.shape()).enumerate() {
-                let Some(sym) = dim.as_symbol() else { continue };
-                match origin.get(sym) {
-                    Some(&(value, first_input, first_axis)) if value != got => {
-                        return Err(RuntimeError::SymbolConflict {
-                            symbol: sym.to_string(),
-                            first_input: first_input.to_string(),
-                            first_axis,
-                            first_value: value,
-                            second_input: name.to_string(),
-                            second_axis: axis,
-                            second_value: got,
-                        });
-                    }
-                    Some(_) => {}
-                    None => {
-                        origin.insert(sym, (got, name, axis));
-                    }
-                }
-            }
-        }
-        let bindings: Bindings = origin
+        let declared: Vec<(&str, &TensorType)> = self
+            .inputs
             .iter()
-            .map(|(s, (v, _, _))| (s.to_string(), *v))
+            .map(|&(name, id)| (name, &self.graph.node(id).ty))
             .collect();
-
-        // Check every dim against the bindings.
-        for &(name, dims, t) in &given {
-            for (axis, (dim, &got)) in dims.iter().zip(t.shape()).enumerate() {
-                let expected =
-                    eval_dim(dim, &bindings).ok_or_else(|| RuntimeError::UnboundDim {
-                        scope: format!("input `{name}` axis {axis}"),
-                        op: "input".into(),
-                        dim: dim.to_string(),
-                        bindings: fmt_bindings(&bindings),
-                    })?;
-                if expected != got {
-                    return Err(RuntimeError::InputDim {
-                        name: name.to_string(),
-                        axis,
-                        declared: dim.to_string(),
-                        expected,
-                        got,
-                        shape: t.shape().to_vec(),
-                    });
-                }
-            }
-        }
-        Ok(bindings)
+        bind_inputs(&self.graph.name, &declared, inputs)
     }
 
     /// Run the graph on `inputs` (every declared input, by name).
@@ -533,4 +439,113 @@ fn eval_dim(dim: &Dim, env: &Bindings) -> Option<usize> {
 fn fmt_bindings(env: &Bindings) -> String {
     let parts: Vec<String> = env.iter().map(|(s, v)| format!("{s}: {v}")).collect();
     parts.join(", ")
+}
+/// Bind the length symbols of a graph's (or kernel program's) `declared`
+/// inputs from the supplied tensors: a declared dim that is a lone symbol
+/// binds it; every other dim (constants, `past+seq`) is checked once all are
+/// bound. Every declared input must be supplied exactly once, with its dtype
+/// and rank.
+pub(crate) fn bind_inputs(
+    graph: &str,
+    declared: &[(&str, &TensorType)],
+    inputs: &[(&str, &Tensor)],
+) -> Result<Bindings> {
+    let declared_names = || {
+        let mut v: Vec<&str> = declared.iter().map(|(n, _)| *n).collect();
+        v.dedup();
+        v.join(", ")
+    };
+    for (i, (name, _)) in inputs.iter().enumerate() {
+        if inputs[..i].iter().any(|(n, _)| n == name) {
+            return Err(RuntimeError::DuplicateInput {
+                name: name.to_string(),
+            });
+        }
+        if !declared.iter().any(|(n, _)| n == name) {
+            return Err(RuntimeError::UnexpectedInput {
+                name: name.to_string(),
+                graph: graph.to_string(),
+                declared: declared_names(),
+            });
+        }
+    }
+    let mut given = Vec::with_capacity(declared.len());
+    for &(name, ty) in declared {
+        let Some((_, t)) = inputs.iter().find(|(n, _)| *n == name) else {
+            let supplied: Vec<&str> = inputs.iter().map(|(n, _)| *n).collect();
+            return Err(RuntimeError::MissingInput {
+                name: name.to_string(),
+                declared: ty.to_string(),
+                supplied: supplied.join(", "),
+            });
+        };
+        if t.dtype() != ty.dtype {
+            return Err(RuntimeError::InputDType {
+                name: name.to_string(),
+                expected: ty.dtype,
+                got: t.dtype(),
+            });
+        }
+        if t.rank() != ty.rank() {
+            return Err(RuntimeError::InputRank {
+                name: name.to_string(),
+                declared: ty.to_string(),
+                expected: ty.rank(),
+                got: t.shape().to_vec(),
+            });
+        }
+        given.push((name, &ty.shape, *t));
+    }
+
+    // Bind lone symbols, remembering where each was bound.
+    let mut origin: BTreeMap<&str, (usize, &str, usize)> = BTreeMap::new();
+    for &(name, dims, t) in &given {
+        for (axis, (dim, &got)) in dims.iter().zip(t.shape()).enumerate() {
+            let Some(sym) = dim.as_symbol() else { continue };
+            match origin.get(sym) {
+                Some(&(value, first_input, first_axis)) if value != got => {
+                    return Err(RuntimeError::SymbolConflict {
+                        symbol: sym.to_string(),
+                        first_input: first_input.to_string(),
+                        first_axis,
+                        first_value: value,
+                        second_input: name.to_string(),
+                        second_axis: axis,
+                        second_value: got,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    origin.insert(sym, (got, name, axis));
+                }
+            }
+        }
+    }
+    let bindings: Bindings = origin
+        .iter()
+        .map(|(s, (v, _, _))| (s.to_string(), *v))
+        .collect();
+
+    // Check every dim against the bindings.
+    for &(name, dims, t) in &given {
+        for (axis, (dim, &got)) in dims.iter().zip(t.shape()).enumerate() {
+            let expected = eval_dim(dim, &bindings).ok_or_else(|| RuntimeError::UnboundDim {
+                scope: format!("input `{name}` axis {axis}"),
+                op: "input".into(),
+                dim: dim.to_string(),
+                bindings: fmt_bindings(&bindings),
+            })?;
+            if expected != got {
+                return Err(RuntimeError::InputDim {
+                    name: name.to_string(),
+                    axis,
+                    declared: dim.to_string(),
+                    expected,
+                    got,
+                    shape: t.shape().to_vec(),
+                });
+            }
+        }
+    }
+    Ok(bindings)
 }

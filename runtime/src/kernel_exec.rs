@@ -7,11 +7,11 @@
 //! Sum stages (rounded once), transcendental ops in f64 rounded once.
 
 use crate::error::{Result, RuntimeError};
-use crate::interpreter::{Bindings, NamedTensor};
+use crate::interpreter::{Bindings, NamedTensor, bind_inputs};
 use crate::tensor::{Tensor, TensorData};
 use crate::weights::Weights;
 use kiln_compiler::ir::scalar::{self, nan_max};
-use kiln_compiler::ir::{BinaryOp, DType, ReduceOp, UnaryOp};
+use kiln_compiler::ir::{BinaryOp, DType, ReduceOp, TensorType, UnaryOp};
 use kiln_compiler::kernel::{Body, BufferKind, Inst, Kernel, KernelProgram, Size, View};
 
 /// The named results of a kernel-program run, in the graph's output order.
@@ -65,52 +65,18 @@ fn err(m: impl Into<String>) -> RuntimeError {
     RuntimeError::Graph(m.into())
 }
 
+/// Bind length symbols from the inputs, exactly as the graph interpreter does.
 fn bind(p: &KernelProgram, inputs: &[(&str, &Tensor)]) -> Result<Bindings> {
-    for (name, _) in inputs {
-        if !p.inputs.iter().any(|(n, _)| n == name) {
-            return Err(err(format!("unexpected input `{name}` for `{}`", p.name)));
-        }
-    }
-    let mut b = Bindings::new();
-    for (name, id) in &p.inputs {
-        let buf = &p.buffers[*id];
-        let Some((_, t)) = inputs.iter().find(|(n, _)| n == name) else {
-            return Err(err(format!("missing input `{name}`")));
-        };
-        if t.dtype() != buf.dtype || t.rank() != buf.shape.len() {
-            return Err(err(format!(
-                "input `{name}`: expected {}{:?}, got {}{:?}",
-                buf.dtype,
-                buf.shape,
-                t.dtype(),
-                t.shape()
-            )));
-        }
-        for (d, &got) in buf.shape.iter().zip(t.shape()) {
-            if let Some(s) = d.as_symbol() {
-                match b.get(s) {
-                    Some(&v) if v != got => {
-                        return Err(err(format!("symbol `{s}` bound to {v} and {got}")));
-                    }
-                    _ => {
-                        b.insert(s.to_string(), got);
-                    }
-                }
-            }
-        }
-    }
-    for (name, id) in &p.inputs {
-        let buf = &p.buffers[*id];
-        let (_, t) = inputs.iter().find(|(n, _)| n == name).expect("checked");
-        for (axis, (d, &got)) in buf.shape.iter().zip(t.shape()).enumerate() {
-            if d.eval(&|s| b.get(s).copied()) != Some(got) {
-                return Err(err(format!(
-                    "input `{name}` axis {axis}: declared {d}, got {got}"
-                )));
-            }
-        }
-    }
-    Ok(b)
+    let types: Vec<(&str, TensorType)> = p
+        .inputs
+        .iter()
+        .map(|(name, id)| {
+            let b = &p.buffers[*id];
+            (name.as_str(), TensorType::new(b.dtype, b.shape.clone()))
+        })
+        .collect();
+    let declared: Vec<(&str, &TensorType)> = types.iter().map(|(n, t)| (*n, t)).collect();
+    bind_inputs(&p.name, &declared, inputs)
 }
 
 struct Exec<'a> {
