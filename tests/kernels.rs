@@ -10,6 +10,7 @@ mod common;
 
 use common::inputs::{Lengths, graph_inputs, uses_symbol};
 use common::random_spec::load_random_spec;
+use common::tiny_specs;
 use kiln_compiler::ir::Graph;
 use kiln_compiler::kernel::{KernelProgram, fuse};
 use kiln_compiler::lower::{Lowered, lower};
@@ -18,20 +19,9 @@ use kiln_compiler::spec;
 use kiln_runtime::kernel_exec::{KernelOutputs, run_program};
 use kiln_runtime::{Outputs, Weights, run};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const REL_TOL: f32 = 1e-5;
-
-fn tiny_specs() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    v.sort();
-    v
-}
 
 fn optimised(l: &Lowered) -> Lowered {
     let mut opt = l.clone();

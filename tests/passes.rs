@@ -8,25 +8,15 @@ mod common;
 
 use common::inputs::{Lengths, graph_inputs, max_rel_diff, uses_symbol};
 use common::random_spec::{load_random_spec, random_spec_toml};
+use common::tiny_specs;
 use kiln_compiler::ir::{BinaryOp, Builder, DType, Graph, Op, ReduceOp, TensorType, UnaryOp};
 use kiln_compiler::lower::{Lowered, lower};
 use kiln_compiler::passes::{ConstFold, Pipeline, Report, default_pipeline, verify};
 use kiln_compiler::spec;
 use kiln_runtime::{Weights, run};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const REL_TOL: f32 = 1e-5;
-
-fn tiny_specs() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    v.sort();
-    v
-}
 
 /// The level-1 pipeline, verifying after every pass even in release builds.
 fn optimise(l: &Lowered) -> (Lowered, Vec<Report>) {

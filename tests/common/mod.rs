@@ -7,3 +7,17 @@
 pub mod inputs;
 pub mod random_spec;
 pub mod rng;
+
+use std::path::{Path, PathBuf};
+
+/// The tiny variant of every shipped model (`models/tiny/*.toml`), sorted.
+pub fn tiny_specs() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    v.sort();
+    v
+}
