@@ -4,6 +4,7 @@
 //! the only bridge.
 
 pub mod analysis;
+pub mod codegen;
 pub mod import;
 pub mod ir;
 pub mod kernel;

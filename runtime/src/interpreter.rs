@@ -98,6 +98,15 @@ pub struct Outputs {
 }
 
 impl Outputs {
+    /// Outputs produced by another executor (no interpreter statistics).
+    pub(crate) fn from_parts(entries: Vec<(String, Tensor)>, bindings: Bindings) -> Outputs {
+        Outputs {
+            entries,
+            bindings,
+            stats: RunStats::default(),
+        }
+    }
+
     /// The output named `name`.
     pub fn get(&self, name: &str) -> Option<&Tensor> {
         self.entries.iter().find(|(n, _)| n == name).map(|(_, t)| t)

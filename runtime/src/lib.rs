@@ -55,6 +55,7 @@ mod ops;
 mod tensor;
 mod weights;
 
+pub mod backends;
 pub mod checkpoint;
 pub mod gguf;
 pub mod kernel_exec;
@@ -63,6 +64,7 @@ pub mod session;
 pub mod source;
 pub mod tokenizer;
 
+pub use backends::{Backend, CompiledGraph};
 pub use error::{Result, RuntimeError};
 pub use interpreter::{Bindings, Interpreter, NamedTensor, Outputs, RunStats, run};
 pub use tensor::{Tensor, TensorData};

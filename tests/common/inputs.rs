@@ -124,3 +124,33 @@ pub fn max_rel_diff(a: &Outputs, b: &Outputs, what: &str) -> f32 {
     }
     worst
 }
+
+/// Like [`max_rel_diff`], for executors whose sums round differently (f32
+/// accumulation in another order): an element's denominator is at least a
+/// tenth of its tensor's RMS, so values that cancel to nearly zero are
+/// judged against the tensor's scale rather than against themselves
+/// (`d <= 1e-4` means `|p - q| <= 1e-4·max(|p|, |q|)` or `<= 1e-5·rms`).
+pub fn max_rel_diff_floored(a: &Outputs, b: &Outputs, what: &str) -> f32 {
+    let names = |o: &Outputs| o.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>();
+    assert_eq!(names(a), names(b), "{what}: output names differ");
+    let mut worst = 0.0f32;
+    for ((name, x), (_, y)) in a.iter().zip(b.iter()) {
+        assert_eq!(x.dtype(), y.dtype(), "{what}: `{name}` dtype");
+        assert_eq!(x.shape(), y.shape(), "{what}: `{name}` shape");
+        let (x, y) = (x.to_f32_vec(), y.to_f32_vec());
+        let finite: Vec<f64> = x
+            .iter()
+            .filter(|v| v.is_finite())
+            .map(|&v| f64::from(v) * f64::from(v))
+            .collect();
+        let rms = (finite.iter().sum::<f64>() / finite.len().max(1) as f64).sqrt() as f32;
+        for (p, q) in x.into_iter().zip(y) {
+            if p == q || (p.is_nan() && q.is_nan()) {
+                continue;
+            }
+            let rel = (p - q).abs() / p.abs().max(q.abs()).max(0.1 * rms);
+            worst = worst.max(if rel.is_nan() { f32::INFINITY } else { rel });
+        }
+    }
+    worst
+}

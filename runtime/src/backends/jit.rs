@@ -1,0 +1,594 @@
+//! The CPU JIT backend: a graph optimised by the default pass pipeline,
+//! fused into the kernel IR, compiled by the Cranelift code generator, and
+//! executed here: the runtime owns the buffers (a planned arena for
+//! temporaries), evaluates each kernel's size table at the run's lengths,
+//! calls the GEMM library for matrix products (with the generated epilogue
+//! applied to each block right after it is written) and splits every kernel
+//! across threads with rayon.
+
+use crate::error::{Result, RuntimeError};
+use crate::interpreter::{Bindings, NamedTensor, Outputs, bind_inputs};
+use crate::tensor::{Tensor, TensorData};
+use crate::weights::Weights;
+use kiln_compiler::codegen::cranelift::{self as clif, CpuProgram, KernelFn};
+use kiln_compiler::ir::{DType, Dim, Graph, TensorType};
+use kiln_compiler::kernel::{BufferKind, Kernel, KernelProgram, Size, View, fuse};
+use kiln_compiler::passes::default_pipeline;
+use rayon::prelude::*;
+use std::time::{Duration, Instant};
+
+fn err(m: impl Into<String>) -> RuntimeError {
+    RuntimeError::Graph(m.into())
+}
+
+/// Below this many element operations a kernel runs on the calling thread.
+const PARALLEL_MIN_WORK: usize = 1 << 15;
+
+/// One graph compiled to native code; immutable, shared by every thread.
+pub struct JitGraph {
+    program: KernelProgram,
+    cpu: CpuProgram,
+    /// Literal buffers, converted to their dtype once.
+    consts: Vec<Option<TensorData>>,
+    compile_time: Duration,
+}
+
+/// How long each stage of a compile took.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CompileTimes {
+    pub passes: Duration,
+    pub fuse: Duration,
+    pub codegen: Duration,
+}
+
+impl JitGraph {
+    /// Optimise (level-1 pipeline), fuse and compile `graph`.
+    pub fn compile(graph: &Graph) -> Result<JitGraph> {
+        Self::compile_with(graph, clif::Options::default()).map(|(g, _)| g)
+    }
+
+    pub fn compile_with(graph: &Graph, opts: clif::Options) -> Result<(JitGraph, CompileTimes)> {
+        let t0 = Instant::now();
+        let mut g = graph.clone();
+        default_pipeline(1)
+            .run(&mut g)
+            .map_err(|e| err(format!("`{}`: {e}", graph.name)))?;
+        let t1 = Instant::now();
+        let program = fuse(&g).map_err(|e| err(format!("`{}`: {e}", graph.name)))?;
+        let t2 = Instant::now();
+        let cpu = clif::compile(&program, opts)
+            .map_err(|e| err(format!("`{}`: code generation: {e}", graph.name)))?;
+        let t3 = Instant::now();
+        let consts = program
+            .buffers
+            .iter()
+            .map(|b| match &b.kind {
+                BufferKind::Const(v) => Some(match b.dtype {
+                    DType::F32 => TensorData::F32(v.clone()),
+                    DType::I32 => TensorData::I32(v.iter().map(|&x| x as i32).collect()),
+                    DType::Bool => TensorData::Bool(v.iter().map(|&x| x != 0.0).collect()),
+                }),
+                _ => None,
+            })
+            .collect();
+        let times = CompileTimes {
+            passes: t1 - t0,
+            fuse: t2 - t1,
+            codegen: t3 - t2,
+        };
+        Ok((
+            JitGraph {
+                program,
+                cpu,
+                consts,
+                compile_time: t3 - t0,
+            },
+            times,
+        ))
+    }
+
+    pub fn program(&self) -> &KernelProgram {
+        &self.program
+    }
+
+    pub fn cpu(&self) -> &CpuProgram {
+        &self.cpu
+    }
+
+    /// Spec-independent compile time (passes + fusion + codegen).
+    pub fn compile_time(&self) -> Duration {
+        self.compile_time
+    }
+
+    /// Check that `weights` holds every parameter with its declared type.
+    pub fn check_weights(&self, weights: &Weights) -> Result<()> {
+        for b in &self.program.buffers {
+            if let BufferKind::Param(name) = &b.kind {
+                param(weights, name, b.dtype, &b.shape)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Run on `inputs` (every declared input by name) with `weights`.
+    pub fn run<N: NamedTensor>(
+        &self,
+        weights: &Weights,
+        inputs: impl IntoIterator<Item = N>,
+    ) -> Result<Outputs> {
+        let inputs: Vec<N> = inputs.into_iter().collect();
+        let pairs: Vec<(&str, &Tensor)> = inputs.iter().map(|i| (i.name(), i.tensor())).collect();
+        let p = &self.program;
+        let env = bind(p, &pairs)?;
+        let lookup = |s: &str| env.get(s).copied();
+        let eval = |s: &Size| {
+            s.eval(&lookup)
+                .ok_or_else(|| err(format!("`{}`: unbound size {s}", p.name)))
+        };
+
+        // The arena: every planned slot at this run's lengths, 64-byte aligned.
+        let mut slot_at = Vec::with_capacity(p.plan.slots.len());
+        let mut arena_len = 0usize;
+        for s in &p.plan.slots {
+            slot_at.push(arena_len);
+            let floats = (eval(s)? as usize).div_ceil(4);
+            arena_len += floats.div_ceil(16) * 16;
+        }
+        let mut arena: Vec<f32> = vec![0.0; arena_len + 16];
+        let shift = arena.as_ptr().align_offset(64).min(15);
+        let arena_base = arena[shift..].as_mut_ptr();
+
+        let mut outputs: Vec<Option<TensorData>> = vec![None; p.buffers.len()];
+        let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); p.buffers.len()];
+        for (id, b) in p.buffers.iter().enumerate() {
+            ptrs[id] = match &b.kind {
+                BufferKind::Input(name) => {
+                    let (_, t) = pairs
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .ok_or_else(|| err(format!("missing input `{name}`")))?;
+                    data_ptr(t.data())
+                }
+                BufferKind::Param(name) => {
+                    data_ptr(param(weights, name, b.dtype, &b.shape)?.data())
+                }
+                BufferKind::Const(_) => {
+                    data_ptr(self.consts[id].as_ref().expect("converted at compile"))
+                }
+                BufferKind::Output => {
+                    let n = eval(&b.numel())? as usize;
+                    let d = outputs[id].insert(TensorData::zeros(b.dtype, n));
+                    data_ptr_mut(d)
+                }
+                BufferKind::Temp => match p.plan.slot_of[id] {
+                    // SAFETY: inside the arena (slot offsets are in floats).
+                    Some(s) => unsafe { arena_base.add(slot_at[s]) as *mut u8 },
+                    None => std::ptr::null_mut(),
+                },
+            };
+        }
+        let bufs = Ptrs(ptrs.as_ptr());
+
+        for (ki, k) in p.kernels.iter().enumerate() {
+            let ck = &self.cpu.kernels[ki];
+            let sizes: Vec<i64> = ck.sizes.iter().map(&eval).collect::<Result<_>>()?;
+            let dims = |ds: &[Dim]| -> Result<Vec<usize>> {
+                ds.iter()
+                    .map(|d| {
+                        d.eval(&lookup)
+                            .ok_or_else(|| err(format!("`{}`: unbound dim {d}", p.name)))
+                    })
+                    .collect()
+            };
+            let func = ck.func;
+            match k {
+                Kernel::Elementwise { domain, .. } | Kernel::Copy { domain, .. } => {
+                    let d = dims(domain)?;
+                    let (rows, cols) = split_domain(&d);
+                    launch_rows(func.expect("generated"), bufs, &sizes, rows, cols, true);
+                }
+                Kernel::RowReduce { domain, .. } => {
+                    let d = dims(domain)?;
+                    let (rows, cols) = split_domain(&d);
+                    launch_rows(func.expect("generated"), bufs, &sizes, rows, cols, false);
+                }
+                Kernel::Gemm {
+                    out,
+                    a,
+                    b,
+                    batch,
+                    m,
+                    n,
+                    k: kd,
+                    ..
+                } => {
+                    let g = GemmCall {
+                        batch: dims(batch)?,
+                        m: dims(std::slice::from_ref(m))?[0],
+                        n: dims(std::slice::from_ref(n))?[0],
+                        k: dims(std::slice::from_ref(kd))?[0],
+                        a: eval_view(a, &eval)?,
+                        b: eval_view(b, &eval)?,
+                        out: eval_view(out, &eval)?,
+                    };
+                    g.launch(&ptrs, func, bufs, &sizes);
+                }
+                Kernel::Gather {
+                    out,
+                    table,
+                    indices,
+                    indices_shape,
+                    axis,
+                } => {
+                    let tshape = dims(&p.buffers[*table].shape)?;
+                    let ishape = dims(indices_shape)?;
+                    let iv = eval_view(indices, &eval)?;
+                    gather(
+                        &ptrs,
+                        (*out, *table, p.buffers[*table].dtype),
+                        &tshape,
+                        &ishape,
+                        &iv,
+                        *axis,
+                    )
+                    .map_err(|e| err(format!("`{}` kernel k{ki} (gather): {e}", p.name)))?;
+                }
+            }
+        }
+        drop(arena);
+
+        let mut entries = Vec::with_capacity(p.outputs.len());
+        for (name, id) in &p.outputs {
+            let shape = dims_of(&p.buffers[*id].shape, &lookup)?;
+            let data = match &p.buffers[*id].kind {
+                BufferKind::Output => outputs[*id].take().expect("allocated"),
+                // An output that is an input, parameter or literal itself.
+                _ => {
+                    let n: usize = shape.iter().product();
+                    copy_out(ptrs[*id], p.buffers[*id].dtype, n)
+                }
+            };
+            entries.push((name.clone(), Tensor::new(shape, data)?));
+        }
+        Ok(Outputs::from_parts(entries, env))
+    }
+}
+
+fn dims_of(ds: &[Dim], lookup: &dyn Fn(&str) -> Option<usize>) -> Result<Vec<usize>> {
+    ds.iter()
+        .map(|d| {
+            d.eval(lookup)
+                .ok_or_else(|| err(format!("unbound dim {d}")))
+        })
+        .collect()
+}
+
+fn copy_out(p: *mut u8, dt: DType, n: usize) -> TensorData {
+    // SAFETY: `p` points at a live buffer of `n` elements of `dt`.
+    unsafe {
+        match dt {
+            DType::F32 => TensorData::F32(std::slice::from_raw_parts(p as *const f32, n).to_vec()),
+            DType::I32 => TensorData::I32(std::slice::from_raw_parts(p as *const i32, n).to_vec()),
+            DType::Bool => {
+                TensorData::Bool(std::slice::from_raw_parts(p as *const bool, n).to_vec())
+            }
+        }
+    }
+}
+
+fn param<'w>(weights: &'w Weights, name: &str, dtype: DType, shape: &[Dim]) -> Result<&'w Tensor> {
+    let t = weights
+        .get(name)
+        .ok_or_else(|| err(format!("missing parameter `{name}`")))?;
+    let want: Vec<usize> = shape.iter().map(|d| d.as_const().unwrap_or(0)).collect();
+    if t.shape() != want.as_slice() || t.dtype() != dtype {
+        return Err(err(format!(
+            "parameter `{name}`: expected {dtype}{want:?}, got {}{:?}",
+            t.dtype(),
+            t.shape()
+        )));
+    }
+    Ok(t)
+}
+
+fn bind(p: &KernelProgram, inputs: &[(&str, &Tensor)]) -> Result<Bindings> {
+    let types: Vec<(&str, TensorType)> = p
+        .inputs
+        .iter()
+        .map(|(name, id)| {
+            let b = &p.buffers[*id];
+            (name.as_str(), TensorType::new(b.dtype, b.shape.clone()))
+        })
+        .collect();
+    let declared: Vec<(&str, &TensorType)> = types.iter().map(|(n, t)| (*n, t)).collect();
+    bind_inputs(&p.name, &declared, inputs)
+}
+
+fn data_ptr(d: &TensorData) -> *mut u8 {
+    match d {
+        TensorData::F32(v) => v.as_ptr() as *mut u8,
+        TensorData::I32(v) => v.as_ptr() as *mut u8,
+        TensorData::Bool(v) => v.as_ptr() as *mut u8,
+    }
+}
+
+fn data_ptr_mut(d: &mut TensorData) -> *mut u8 {
+    match d {
+        TensorData::F32(v) => v.as_mut_ptr() as *mut u8,
+        TensorData::I32(v) => v.as_mut_ptr() as *mut u8,
+        TensorData::Bool(v) => v.as_mut_ptr() as *mut u8,
+    }
+}
+
+/// The buffer table, shared by the threads of one kernel launch (each
+/// writes disjoint elements).
+#[derive(Clone, Copy)]
+struct Ptrs(*const *mut u8);
+// SAFETY: the table and the buffers outlive every launch (launches join
+// before `run` returns) and concurrent calls write disjoint rows/columns.
+unsafe impl Send for Ptrs {}
+unsafe impl Sync for Ptrs {}
+
+impl Ptrs {
+    // A method, so closures capture the `Sync` wrapper, not the raw field.
+    fn get(self) -> *const *mut u8 {
+        self.0
+    }
+}
+
+/// Rows = product of leading axes; columns = last axis (a scalar is 1×1).
+fn split_domain(d: &[usize]) -> (usize, usize) {
+    match d.split_last() {
+        None => (1, 1),
+        Some((&c, rest)) => (rest.iter().product(), c),
+    }
+}
+
+/// Run `f` over `rows × cols`, split across threads by rows (or, for a
+/// single wide row of an element-wise kernel, by columns).
+fn launch_rows(f: KernelFn, bufs: Ptrs, sizes: &[i64], rows: usize, cols: usize, col_split: bool) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let call = |r0: usize, r1: usize, c0: usize, c1: usize| {
+        // SAFETY: the kernel's views lie inside the buffers at these sizes
+        // (checked by the kernel-IR interpreter's tests), and the ranges of
+        // concurrent calls are disjoint.
+        unsafe {
+            f(
+                bufs.get(),
+                sizes.as_ptr(),
+                r0 as i64,
+                r1 as i64,
+                c0 as i64,
+                c1 as i64,
+            )
+        }
+    };
+    let threads = rayon::current_num_threads();
+    if rows * cols < PARALLEL_MIN_WORK || threads == 1 {
+        call(0, rows, 0, cols);
+    } else if rows >= threads || !col_split {
+        let chunks = (threads * 4).min(rows);
+        let per = rows.div_ceil(chunks);
+        (0..rows.div_ceil(per)).into_par_iter().for_each(|c| {
+            call(c * per, ((c + 1) * per).min(rows), 0, cols);
+        });
+    } else {
+        // Few rows: split columns in multiples of four lanes.
+        let chunks = threads * 4;
+        let per = cols.div_ceil(chunks).div_ceil(4) * 4;
+        (0..rows).into_par_iter().for_each(|r| {
+            (0..cols.div_ceil(per)).into_par_iter().for_each(|c| {
+                call(r, r + 1, c * per, ((c + 1) * per).min(cols));
+            });
+        });
+    }
+}
+
+/// A view at concrete lengths: element offset and strides (in elements).
+#[derive(Debug, Clone)]
+struct ViewAt {
+    buf: usize,
+    off: i64,
+    strides: Vec<i64>,
+}
+
+fn eval_view(v: &View, eval: &dyn Fn(&Size) -> Result<i64>) -> Result<ViewAt> {
+    Ok(ViewAt {
+        buf: v.buf,
+        off: eval(&v.offset)?,
+        strides: v.strides.iter().map(eval).collect::<Result<_>>()?,
+    })
+}
+
+impl ViewAt {
+    /// Element offset of batch index `bi` (the leading axes).
+    fn batch_offset(&self, bi: &[usize]) -> i64 {
+        self.off
+            + bi.iter()
+                .zip(&self.strides)
+                .map(|(&i, &s)| i as i64 * s)
+                .sum::<i64>()
+    }
+    fn rs(&self) -> isize {
+        self.strides[self.strides.len() - 2] as isize
+    }
+    fn cs(&self) -> isize {
+        self.strides[self.strides.len() - 1] as isize
+    }
+}
+
+struct GemmCall {
+    batch: Vec<usize>,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: ViewAt,
+    b: ViewAt,
+    out: ViewAt,
+}
+
+#[derive(Clone, Copy)]
+struct Tile {
+    bi: usize,
+    i0: usize,
+    i1: usize,
+    j0: usize,
+    j1: usize,
+}
+
+impl GemmCall {
+    /// Tiles over (batch, row block, column block): enough to feed every
+    /// thread, each large enough that packing stays a small overhead.
+    fn tiles(&self) -> Vec<Tile> {
+        let nb: usize = self.batch.iter().product();
+        let threads = rayon::current_num_threads();
+        let flops = 2 * nb * self.m * self.n * self.k.max(1);
+        let want = if flops < 4 * PARALLEL_MIN_WORK * 64 {
+            1
+        } else {
+            threads * 2
+        };
+        let per_batch = want.div_ceil(nb.max(1)).max(1);
+        let (mb, nbk) = if self.m >= 16 * per_batch || self.n < 64 {
+            (self.m.div_ceil(per_batch).max(1), self.n.max(1))
+        } else {
+            // Short and wide (decode): split the columns.
+            let cols = self.n.div_ceil(per_batch).div_ceil(16) * 16;
+            (self.m.max(1), cols.max(16))
+        };
+        let mut t = Vec::new();
+        for bi in 0..nb {
+            let mut i0 = 0;
+            while i0 < self.m {
+                let i1 = (i0 + mb).min(self.m);
+                let mut j0 = 0;
+                while j0 < self.n {
+                    let j1 = (j0 + nbk).min(self.n);
+                    t.push(Tile { bi, i0, i1, j0, j1 });
+                    j0 = j1;
+                }
+                i0 = i1;
+            }
+        }
+        t
+    }
+
+    fn launch(&self, ptrs: &[*mut u8], epilogue: Option<KernelFn>, bufs: Ptrs, sizes: &[i64]) {
+        if self.m == 0 || self.n == 0 {
+            return;
+        }
+        let base = |v: &ViewAt| ptrs[v.buf] as usize;
+        let (pa, pb, po) = (base(&self.a), base(&self.b), base(&self.out));
+        let run = |t: Tile| {
+            let bi = unflatten(t.bi, &self.batch);
+            let oa = self.a.batch_offset(&bi);
+            let ob = self.b.batch_offset(&bi);
+            let oo = self.out.batch_offset(&bi);
+            let (ars, acs) = (self.a.rs(), self.a.cs());
+            let (brs, bcs) = (self.b.rs(), self.b.cs());
+            let (ors, ocs) = (self.out.rs(), self.out.cs());
+            // SAFETY: offsets and strides come from views that lie inside
+            // their buffers; tiles write disjoint blocks of `out`.
+            unsafe {
+                let a = (pa as *const f32).offset(oa as isize + t.i0 as isize * ars);
+                let b = (pb as *const f32).offset(ob as isize + t.j0 as isize * bcs);
+                let o = (po as *mut f32)
+                    .offset(oo as isize + t.i0 as isize * ors + t.j0 as isize * ocs);
+                gemm::gemm(
+                    t.i1 - t.i0,
+                    t.j1 - t.j0,
+                    self.k,
+                    o,
+                    ocs,
+                    ors,
+                    false,
+                    a,
+                    acs,
+                    ars,
+                    b,
+                    bcs,
+                    brs,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+                if let Some(f) = epilogue {
+                    let r = (t.bi * self.m) as i64;
+                    f(
+                        bufs.get(),
+                        sizes.as_ptr(),
+                        r + t.i0 as i64,
+                        r + t.i1 as i64,
+                        t.j0 as i64,
+                        t.j1 as i64,
+                    );
+                }
+            }
+        };
+        let tiles = self.tiles();
+        if tiles.len() == 1 {
+            run(tiles[0]);
+        } else {
+            tiles.into_par_iter().for_each(run);
+        }
+    }
+}
+
+fn unflatten(mut i: usize, dims: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0; dims.len()];
+    for k in (0..dims.len()).rev() {
+        idx[k] = i % dims[k].max(1);
+        i /= dims[k].max(1);
+    }
+    idx
+}
+
+/// numpy `take` along `axis` of a contiguous table, into a contiguous output.
+fn gather(
+    ptrs: &[*mut u8],
+    (out, table, dt): (usize, usize, DType),
+    tshape: &[usize],
+    ishape: &[usize],
+    iv: &ViewAt,
+    axis: usize,
+) -> std::result::Result<(), String> {
+    let pre: usize = tshape[..axis].iter().product();
+    let rows = tshape[axis];
+    let post: usize = tshape[axis + 1..].iter().product();
+    let es = kiln_compiler::kernel::dtype_bytes(dt) as usize;
+    let count: usize = ishape.iter().product();
+    let mut picked = Vec::with_capacity(count);
+    for flat in 0..count {
+        let idx = unflatten(flat, ishape);
+        let at = iv.off
+            + idx
+                .iter()
+                .zip(&iv.strides)
+                .map(|(&i, &s)| i as i64 * s)
+                .sum::<i64>();
+        // SAFETY: the indices view lies inside its i32 buffer.
+        let v = unsafe { *(ptrs[iv.buf] as *const i32).offset(at as isize) };
+        if v < 0 || v as usize >= rows {
+            return Err(format!("index {v} out of range [0, {rows})"));
+        }
+        picked.push(v as usize);
+    }
+    let (src, dst) = (ptrs[table] as *const u8, ptrs[out]);
+    let mut o = 0usize;
+    for p in 0..pre {
+        for &r in &picked {
+            let from = (p * rows + r) * post * es;
+            // SAFETY: both ranges lie inside their buffers (checked index).
+            unsafe {
+                std::ptr::copy_nonoverlapping(src.add(from), dst.add(o), post * es);
+            }
+            o += post * es;
+        }
+    }
+    Ok(())
+}
