@@ -417,7 +417,7 @@ kind = "rmsnorm"
 
 fn last_logits(rs: &spec::ResolvedSpec, tokens: &[i32]) -> Vec<f32> {
     let lowered = kiln_compiler::lower::lower(rs).unwrap();
-    let model = kiln_runtime::session::ReferenceModel::random(lowered, 7).unwrap();
+    let model = kiln_runtime::session::Model::random(lowered, 7).unwrap();
     let out = model.session().forward(tokens).unwrap();
     let l = out["logits"].to_f32_vec();
     l[l.len() - 32..].to_vec()
@@ -461,7 +461,7 @@ fn sliding_window_includes_the_current_token() {
 fn causal_mask_hides_future_tokens() {
     let rs = tiny_decoder("");
     let lowered = kiln_compiler::lower::lower(&rs).unwrap();
-    let model = kiln_runtime::session::ReferenceModel::random(lowered, 3).unwrap();
+    let model = kiln_runtime::session::Model::random(lowered, 3).unwrap();
     let a = model.session().forward(&[1, 2, 3]).unwrap()["logits"].to_f32_vec();
     let b = model.session().forward(&[1, 2, 9]).unwrap()["logits"].to_f32_vec();
     assert_eq!(a[..64], b[..64], "positions 0 and 1 cannot see position 2");

@@ -10,7 +10,7 @@ use kiln_compiler::import::{ImportOptions, import_path};
 use kiln_compiler::lower::lower;
 use kiln_compiler::spec::Architecture;
 use kiln_runtime::checkpoint::load_safetensors;
-use kiln_runtime::session::ReferenceModel;
+use kiln_runtime::session::Model;
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
 
@@ -82,7 +82,7 @@ fn fixtures() -> Vec<PathBuf> {
 }
 
 /// Load a fixture the way `kiln run --weights DIR` does.
-fn open(dir: &Path) -> (Architecture, ReferenceModel) {
+fn open(dir: &Path) -> (Architecture, Model) {
     let imported = import_path(dir, &ImportOptions::default())
         .unwrap_or_else(|e| panic!("{}: import: {e}", dir.display()));
     let lowered = lower(&imported.resolved).unwrap();
@@ -91,7 +91,7 @@ fn open(dir: &Path) -> (Architecture, ReferenceModel) {
         .unwrap_or_else(|e| panic!("{}: load: {e}", dir.display()));
     (
         imported.resolved.spec.architecture,
-        ReferenceModel::new(lowered, weights),
+        Model::new(lowered, weights),
     )
 }
 

@@ -4,7 +4,7 @@
 
 use kiln_compiler::lower::lower;
 use kiln_compiler::spec::{self, Architecture};
-use kiln_runtime::session::ReferenceModel;
+use kiln_runtime::session::Model;
 use std::path::{Path, PathBuf};
 
 fn tiny_specs() -> Vec<PathBuf> {
@@ -18,10 +18,10 @@ fn tiny_specs() -> Vec<PathBuf> {
     v
 }
 
-fn model(path: &Path, seed: u64) -> (spec::ResolvedSpec, ReferenceModel) {
+fn model(path: &Path, seed: u64) -> (spec::ResolvedSpec, Model) {
     let rs = spec::load(path).unwrap_or_else(|e| panic!("{}", e.render()));
     let lowered = lower(&rs).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let m = ReferenceModel::random(lowered, seed).unwrap();
+    let m = Model::random(lowered, seed).unwrap();
     (rs, m)
 }
 

@@ -64,7 +64,7 @@ pub mod session;
 pub mod source;
 pub mod tokenizer;
 
-pub use backends::{Backend, CompiledGraph};
+pub use backends::Backend;
 pub use error::{Result, RuntimeError};
 pub use interpreter::{Bindings, Interpreter, NamedTensor, Outputs, RunStats, run};
 pub use tensor::{Tensor, TensorData};

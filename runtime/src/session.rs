@@ -1,30 +1,113 @@
-//! Sessions: the stateful side of running a model. A [`ReferenceModel`] is
-//! immutable (graphs + weights) and shared; a [`Session`] owns one sequence's
-//! KV cache (and, for encoder-decoder models, the encoder's cross K/V), so
-//! incremental decoding feeds only the new tokens each step.
+//! Sessions: the stateful side of running a model. A [`Model`] is immutable
+//! (graphs, weights, and their compiled code) and shared by any number of
+//! threads; a [`Session`] owns one sequence's KV cache (and, for
+//! encoder-decoder models, the encoder's cross K/V), so incremental decoding
+//! feeds only the new tokens each step.
 
+use crate::backends::Backend;
+use crate::backends::jit::JitGraph;
+use crate::interpreter::NamedTensor;
 pub use crate::sampling::argmax;
 use crate::sampling::{Sampler, SamplingOptions};
 use crate::{Outputs, Result, RuntimeError, Tensor, Weights, run};
 use kiln_compiler::ir::{DType, Graph, Op};
 use kiln_compiler::lower::Lowered;
+use std::collections::{BTreeMap, BTreeSet};
 
-/// A lowered model with its weights, executed by the reference interpreter.
-pub struct ReferenceModel {
+/// A lowered model with its weights, run by one [`Backend`].
+pub struct Model {
     pub lowered: Lowered,
     pub weights: Weights,
+    backend: Backend,
+    /// JIT code of the encoder and decoder graphs (JIT backend only).
+    jit: [Option<JitGraph>; 2],
+    /// Matrix weights the JIT keeps transposed (`[in, out]`), the layout
+    /// its GEMM library reads fastest; restored when leaving the JIT.
+    transposed: BTreeSet<String>,
 }
 
-impl ReferenceModel {
+impl Model {
+    /// A model run by the reference interpreter; [`Model::compile`] moves it
+    /// to another backend.
     pub fn new(lowered: Lowered, weights: Weights) -> Self {
-        ReferenceModel { lowered, weights }
+        Model {
+            lowered,
+            weights,
+            backend: Backend::Reference,
+            jit: [None, None],
+            transposed: BTreeSet::new(),
+        }
     }
 
     /// Random weights for every parameter of every graph, from `seed`.
     pub fn random(lowered: Lowered, seed: u64) -> Result<Self> {
         let graphs: Vec<&Graph> = lowered.graphs().collect();
         let weights = Weights::random(&graphs, seed)?;
-        Ok(ReferenceModel { lowered, weights })
+        Ok(Model::new(lowered, weights))
+    }
+
+    /// Prepare the model for `backend` (the JIT compiles every graph once
+    /// and checks the weights against it).
+    ///
+    /// The JIT stores every weight that is only ever a matmul's right-hand
+    /// side transposed, in place (no second copy): [`Model::weights`] then
+    /// holds those tensors as `[in, out]`, until the model is compiled for
+    /// another backend.
+    pub fn compile(mut self, backend: Backend) -> Result<Self> {
+        self.jit = [None, None];
+        for name in std::mem::take(&mut self.transposed) {
+            transpose_in_place(&mut self.weights, &name)?;
+        }
+        if backend == Backend::Jit {
+            let parts = [&self.lowered.encoder, &self.lowered.decoder];
+            for (slot, g) in self.jit.iter_mut().zip(parts) {
+                if let Some(g) = g {
+                    let j = JitGraph::compile(g)?;
+                    j.check_weights(&self.weights)?;
+                    *slot = Some(j);
+                }
+            }
+            // Transposable only if every use in every graph is.
+            let mut ok: BTreeMap<String, bool> = BTreeMap::new();
+            for j in self.jit.iter().flatten() {
+                for (name, fine) in j.transposable_params() {
+                    *ok.entry(name).or_insert(true) &= fine;
+                }
+            }
+            let names: BTreeSet<String> =
+                ok.into_iter().filter(|(_, f)| *f).map(|(n, _)| n).collect();
+            for name in &names {
+                transpose_in_place(&mut self.weights, name)?;
+            }
+            for j in self.jit.iter_mut().flatten() {
+                j.use_transposed(&names);
+            }
+            self.transposed = names;
+        }
+        self.backend = backend;
+        Ok(self)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The JIT code of the encoder (0) or decoder (1) graph, if compiled.
+    pub fn jit_graph(&self, part: usize) -> Option<&JitGraph> {
+        self.jit.get(part).and_then(Option::as_ref)
+    }
+
+    /// Run the encoder (`part` 0) or decoder (1) graph on this model's backend.
+    fn run_part<N: NamedTensor>(
+        &self,
+        part: usize,
+        g: &Graph,
+        inputs: impl IntoIterator<Item = N>,
+    ) -> Result<Outputs> {
+        match &self.jit[part] {
+            Some(j) => j.run(&self.weights, inputs),
+            None => run(g, &self.weights, inputs),
+        }
     }
 
     pub fn session(&self) -> Session<'_> {
@@ -78,7 +161,7 @@ impl ReferenceModel {
             let types = Tensor::from_i32(&[b, n], vec![0; b * n])?;
             inputs.push(("token_types".to_string(), types));
         }
-        run(g, &self.weights, inputs)
+        self.run_part(0, g, inputs)
     }
 
     /// Token ids in the vocabulary, and `past + len` within `max_positions`.
@@ -127,7 +210,7 @@ fn declares_input(g: &Graph, name: &str) -> bool {
 
 /// One sequence's decoding state.
 pub struct Session<'m> {
-    model: &'m ReferenceModel,
+    model: &'m Model,
     /// `(k, v)` per decoder block, `[batch, kv_heads, past, head_dim]`.
     cache: Vec<(Tensor, Tensor)>,
     past: usize,
@@ -160,7 +243,7 @@ impl<'m> Session<'m> {
     }
 
     fn decoder(&self) -> Result<&'m Graph> {
-        let model: &'m ReferenceModel = self.model;
+        let model: &'m Model = self.model;
         model.lowered.decoder.as_ref().ok_or_else(|| {
             RuntimeError::Graph(format!("`{}` has no decoder", self.model.lowered.name))
         })
@@ -246,7 +329,7 @@ impl<'m> Session<'m> {
                 Tensor::from_i32(&[1, *src], vec![1; *src])?,
             ));
         }
-        let result = run(g, &self.model.weights, inputs);
+        let result = self.model.run_part(1, g, inputs);
         let mut out = match result {
             Ok(o) => o,
             Err(e) => {
@@ -343,6 +426,38 @@ impl<'m> Session<'m> {
         }
         Ok(out)
     }
+}
+
+/// Replace a rank-2 f32 weight by its transpose.
+fn transpose_in_place(w: &mut Weights, name: &str) -> Result<()> {
+    let t = w
+        .remove(name)
+        .ok_or_else(|| RuntimeError::Graph(format!("missing parameter `{name}`")))?;
+    let (r, c) = match t.shape() {
+        [r, c] => (*r, *c),
+        s => {
+            return Err(RuntimeError::Graph(format!(
+                "parameter `{name}`: cannot transpose shape {s:?}"
+            )));
+        }
+    };
+    let src = t
+        .as_f32()
+        .ok_or_else(|| RuntimeError::Graph(format!("parameter `{name}` is not f32")))?;
+    let mut dst = vec![0.0f32; r * c];
+    // Blocked, so both sides stay in cache.
+    const B: usize = 64;
+    for i0 in (0..r).step_by(B) {
+        for j0 in (0..c).step_by(B) {
+            for i in i0..(i0 + B).min(r) {
+                for j in j0..(j0 + B).min(c) {
+                    dst[j * r + i] = src[i * c + j];
+                }
+            }
+        }
+    }
+    w.insert(name, Tensor::from_f32(&[c, r], dst)?);
+    Ok(())
 }
 
 fn take(out: &Outputs, name: &str) -> Result<Tensor> {

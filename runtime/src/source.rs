@@ -4,9 +4,10 @@
 //! config), or a GGUF file. The result is the resolved spec, a runnable model
 //! and, when the source carries one, its tokenizer.
 
+use crate::backends::Backend;
 use crate::checkpoint::{self, CheckpointError};
 use crate::gguf::{GgufError, GgufFile};
-use crate::session::ReferenceModel;
+use crate::session::Model;
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::{RuntimeError, Weights};
 use kiln_compiler::import::{ImportError, ImportOptions, import_path};
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 /// A model ready to run.
 pub struct LoadedModel {
     pub spec: ResolvedSpec,
-    pub model: ReferenceModel,
+    pub model: Model,
     pub tokenizer: Option<Tokenizer>,
     /// Where the weights came from: a path, or `random (seed N)`.
     pub weights_origin: String,
@@ -50,10 +51,29 @@ pub struct OpenOptions<'a> {
     pub seed: u64,
     /// Called with `(bytes done, bytes total)` while a checkpoint loads.
     pub progress: Option<&'a mut dyn FnMut(u64, u64)>,
+    /// What runs the model (default: the JIT).
+    pub backend: Backend,
 }
 
-/// Open `path`: a `.toml` spec, a HF model folder (or its config.json), or a `.gguf` file.
+/// Open `path`: a `.toml` spec, a HF model folder (or its config.json), or a
+/// `.gguf` file, and compile it for `opts.backend`.
 pub fn open(path: &Path, opts: OpenOptions<'_>) -> Result<LoadedModel, OpenError> {
+    let backend = opts.backend;
+    let LoadedModel {
+        spec,
+        model,
+        tokenizer,
+        weights_origin,
+    } = open_uncompiled(path, opts)?;
+    Ok(LoadedModel {
+        spec,
+        model: model.compile(backend)?,
+        tokenizer,
+        weights_origin,
+    })
+}
+
+fn open_uncompiled(path: &Path, opts: OpenOptions<'_>) -> Result<LoadedModel, OpenError> {
     let is_gguf = |p: &Path| {
         p.extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
@@ -85,7 +105,7 @@ pub fn open(path: &Path, opts: OpenOptions<'_>) -> Result<LoadedModel, OpenError
         Some(w) => with_checkpoint(rs, w, opts.progress),
         None => {
             let lowered = lower(&rs).map_err(|e| internal(path, e))?;
-            let model = ReferenceModel::random(lowered, opts.seed)?;
+            let model = Model::random(lowered, opts.seed)?;
             Ok(LoadedModel {
                 spec: rs,
                 model,
@@ -149,7 +169,7 @@ fn with_checkpoint(
     };
     Ok(LoadedModel {
         spec: rs,
-        model: ReferenceModel::new(lowered, w),
+        model: Model::new(lowered, w),
         tokenizer,
         weights_origin: weights.display().to_string(),
     })
@@ -171,7 +191,7 @@ fn with_gguf(rs: ResolvedSpec, file: &GgufFile) -> Result<LoadedModel, OpenError
     let tokenizer = Some(file.tokenizer()?.into_tokenizer());
     Ok(LoadedModel {
         spec: rs,
-        model: ReferenceModel::new(lowered, weights),
+        model: Model::new(lowered, weights),
         tokenizer,
         weights_origin: path.display().to_string(),
     })

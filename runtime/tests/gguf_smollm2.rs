@@ -14,7 +14,7 @@
 use kiln_compiler::lower::Lowered;
 use kiln_runtime::Weights;
 use kiln_runtime::gguf::{GgmlType, GgufFile};
-use kiln_runtime::session::ReferenceModel;
+use kiln_runtime::session::Model;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -252,7 +252,7 @@ fn reference_logits() -> Option<Vec<f32>> {
 fn generates_paris_like_hugging_face() {
     let f = require_file!();
     let tok = f.tokenizer().unwrap();
-    let model = ReferenceModel::new(lowered(), weights().clone());
+    let model = Model::new(lowered(), weights().clone());
     let prompt = tok.encode_i32("The capital of France is").unwrap();
 
     // First step: kiln's logits against transformers' (f32, same dequantised weights).

@@ -11,6 +11,8 @@ enum Emit {
     Dot,
     /// The fused kernel programs (kernel IR text form), after the graph passes.
     Kernels,
+    /// The Cranelift IR the CPU code generator emits for every kernel.
+    Clif,
 }
 
 #[derive(clap::Args)]
@@ -40,6 +42,23 @@ pub fn run(a: Args) -> Result<(), String> {
                 let p = kiln_compiler::kernel::fuse(g)
                     .map_err(|e| format!("{}: {e}", a.spec.spec.display()))?;
                 print!("{}", p.to_text());
+            }
+            Emit::Clif => {
+                let p = kiln_compiler::kernel::fuse(g)
+                    .map_err(|e| format!("{}: {e}", a.spec.spec.display()))?;
+                let opts = kiln_compiler::codegen::cranelift::Options { emit_clif: true };
+                let cpu = kiln_compiler::codegen::cranelift::compile(&p, opts)
+                    .map_err(|e| format!("{}: {e}", a.spec.spec.display()))?;
+                for (i, (k, text)) in p.kernels.iter().zip(&cpu.clif).enumerate() {
+                    match text {
+                        Some(t) => println!("; {} k{i} ({})\n{t}", p.name, k.kind()),
+                        None => println!(
+                            "; {} k{i} ({}): run by the runtime (GEMM library / copy)\n",
+                            p.name,
+                            k.kind()
+                        ),
+                    }
+                }
             }
         }
     }

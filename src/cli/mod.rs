@@ -1,6 +1,7 @@
 //! Subcommands. Each one loads a spec, lowers it and reports; errors come back
 //! as rendered text so `main` prints them once and exits non-zero.
 
+mod bench;
 mod check;
 mod compile;
 mod embed;
@@ -28,9 +29,9 @@ pub struct Cli {
 enum Command {
     /// Print the resolved spec (every default filled in) and its cost table.
     Check(check::Args),
-    /// Lower a spec and print its IR graphs as text or Graphviz DOT.
+    /// Lower a spec and print its IR graphs, fused kernels or generated code.
     Compile(compile::Args),
-    /// Run the reference interpreter on random weights and print logits or greedy tokens.
+    /// Run a model (random or real weights) and print logits or greedy tokens.
     Run(run::Args),
     /// Turn a Hugging Face transformers config.json into a kiln spec.
     Import(import::Args),
@@ -38,6 +39,8 @@ enum Command {
     Generate(generate::Args),
     /// Sentence embeddings (mean pooling + L2 normalisation) and their cosine similarities.
     Embed(embed::Args),
+    /// Time encode / prefill / decode of a model, with the JIT's kernel profile.
+    Bench(bench::Args),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -55,6 +58,7 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
         Command::Import(a) => import::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Embed(a) => embed::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 
@@ -76,7 +80,7 @@ pub struct SpecArg {
 }
 
 /// Where a runnable model comes from.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct ModelArgs {
     /// A spec file (models/gpt2.toml), a Hugging Face model folder
     /// (config.json + *.safetensors) or a .gguf file; may be omitted when
@@ -89,6 +93,10 @@ pub struct ModelArgs {
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// What runs the model: `jit` (Cranelift-compiled kernels) or
+    /// `reference` (the interpreter, the correctness oracle).
+    #[arg(long, default_value = "jit")]
+    pub backend: kiln_runtime::Backend,
 }
 
 /// Open a model, with a progress bar on stderr while a checkpoint loads.
@@ -115,6 +123,7 @@ pub fn open_model(m: &ModelArgs) -> Result<kiln_runtime::source::LoadedModel, St
         weights,
         seed: m.seed,
         progress: Some(&mut progress),
+        backend: m.backend,
     };
     let loaded = kiln_runtime::source::open(source, opts).map_err(|e| e.to_string());
     bar.finish_and_clear();

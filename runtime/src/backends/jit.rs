@@ -15,6 +15,8 @@ use kiln_compiler::ir::{DType, Dim, Graph, TensorType};
 use kiln_compiler::kernel::{BufferKind, Kernel, KernelProgram, Size, View, fuse};
 use kiln_compiler::passes::default_pipeline;
 use rayon::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 fn err(m: impl Into<String>) -> RuntimeError {
@@ -31,6 +33,44 @@ pub struct JitGraph {
     /// Literal buffers, converted to their dtype once.
     consts: Vec<Option<TensorData>>,
     compile_time: Duration,
+    /// Per-kind time and matmul FLOPs, when enabled (benchmarks).
+    profile: Mutex<Option<Profile>>,
+    /// Arenas of finished runs, reused so temporaries do not page-fault
+    /// fresh memory every run (one per concurrent caller at most).
+    arenas: Mutex<Vec<Vec<f32>>>,
+}
+
+/// Where a run's time went, by kernel kind, summed over runs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Profile {
+    /// `(kind, time)` in first-seen order.
+    pub by_kind: Vec<(&'static str, Duration)>,
+    /// `(kernel index, time)`, summed over runs.
+    pub by_kernel: Vec<(usize, Duration)>,
+    /// Multiply-add FLOPs of the Gemm kernels (2·m·n·k each).
+    pub gemm_flops: f64,
+    pub runs: usize,
+}
+
+impl Profile {
+    fn add(&mut self, kind: &'static str, t: Duration) {
+        match self.by_kind.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, d)) => *d += t,
+            None => self.by_kind.push((kind, t)),
+        }
+    }
+
+    pub fn time(&self, kind: &str) -> Duration {
+        self.by_kind
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, d)| *d)
+            .sum()
+    }
+
+    pub fn total(&self) -> Duration {
+        self.by_kind.iter().map(|(_, d)| *d).sum()
+    }
 }
 
 /// How long each stage of a compile took.
@@ -82,6 +122,8 @@ impl JitGraph {
                 cpu,
                 consts,
                 compile_time: t3 - t0,
+                profile: Mutex::new(None),
+                arenas: Mutex::new(Vec::new()),
             },
             times,
         ))
@@ -98,6 +140,73 @@ impl JitGraph {
     /// Spec-independent compile time (passes + fusion + codegen).
     pub fn compile_time(&self) -> Duration {
         self.compile_time
+    }
+
+    /// Start (or restart) collecting a [`Profile`] of every run.
+    pub fn enable_profiling(&self) {
+        *self.profile.lock().unwrap_or_else(|e| e.into_inner()) = Some(Profile::default());
+    }
+
+    /// The profile collected since [`JitGraph::enable_profiling`].
+    pub fn profile(&self) -> Option<Profile> {
+        self.profile
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Parameters read only as the `b` operand of Gemm kernels, stored
+    /// `[n, k]` and read transposed (every `nn.Linear` weight): name → whether
+    /// every use in this program is such a read. The GEMM library runs about
+    /// a third faster on `[k, n]` storage (see docs/benchmarks.md).
+    pub fn transposable_params(&self) -> BTreeMap<String, bool> {
+        let p = &self.program;
+        let mut ok: BTreeMap<String, bool> = BTreeMap::new();
+        let name_of = |b: usize| match &p.buffers[b].kind {
+            BufferKind::Param(n) => Some(n.clone()),
+            _ => None,
+        };
+        for k in &p.kernels {
+            let good_b = match k {
+                Kernel::Gemm { b, n, k: kd, .. } => {
+                    transposed_read(&p.buffers[b.buf].shape, b, n, kd).then_some(b.buf)
+                }
+                _ => None,
+            };
+            for r in k.reads() {
+                if let Some(name) = name_of(r) {
+                    let fine =
+                        Some(r) == good_b && k.reads().iter().filter(|&&x| x == r).count() == 1;
+                    let e = ok.entry(name).or_insert(true);
+                    *e &= fine;
+                }
+            }
+        }
+        ok
+    }
+
+    /// Read the parameters `names` from `[k, n]` storage instead of `[n, k]`
+    /// (each must be transposable, see [`JitGraph::transposable_params`]).
+    pub fn use_transposed(&mut self, names: &BTreeSet<String>) {
+        let p = &mut self.program;
+        for k in &mut p.kernels {
+            if let Kernel::Gemm { b, .. } = k
+                && let BufferKind::Param(name) = &p.buffers[b.buf].kind
+                && names.contains(name)
+            {
+                let r = b.strides.len();
+                let n = Size::from_dim(&p.buffers[b.buf].shape[0]);
+                b.strides[r - 2] = n;
+                b.strides[r - 1] = Size::one();
+            }
+        }
+        for buf in &mut p.buffers {
+            if let BufferKind::Param(name) = &buf.kind
+                && names.contains(name)
+            {
+                buf.shape.reverse();
+            }
+        }
     }
 
     /// Check that `weights` holds every parameter with its declared type.
@@ -134,7 +243,17 @@ impl JitGraph {
             let floats = (eval(s)? as usize).div_ceil(4);
             arena_len += floats.div_ceil(16) * 16;
         }
-        let mut arena: Vec<f32> = vec![0.0; arena_len + 16];
+        // Every temporary is written by its kernel before it is read, so a
+        // reused arena needs no clearing.
+        let mut arena = self
+            .arenas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default();
+        if arena.len() < arena_len + 16 {
+            arena.resize(arena_len + 16, 0.0);
+        }
         let shift = arena.as_ptr().align_offset(64).min(15);
         let arena_base = arena[shift..].as_mut_ptr();
 
@@ -169,7 +288,14 @@ impl JitGraph {
         }
         let bufs = Ptrs(ptrs.as_ptr());
 
+        let profiling = self
+            .profile
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        let mut profile = Profile::default();
         for (ki, k) in p.kernels.iter().enumerate() {
+            let started = profiling.then(Instant::now);
             let ck = &self.cpu.kernels[ki];
             let sizes: Vec<i64> = ck.sizes.iter().map(&eval).collect::<Result<_>>()?;
             let dims = |ds: &[Dim]| -> Result<Vec<usize>> {
@@ -212,6 +338,10 @@ impl JitGraph {
                         out: eval_view(out, &eval)?,
                     };
                     g.launch(&ptrs, func, bufs, &sizes);
+                    if profiling {
+                        let nb: usize = g.batch.iter().product();
+                        profile.gemm_flops += 2.0 * (nb * g.m * g.n * g.k) as f64;
+                    }
                 }
                 Kernel::Gather {
                     out,
@@ -234,8 +364,36 @@ impl JitGraph {
                     .map_err(|e| err(format!("`{}` kernel k{ki} (gather): {e}", p.name)))?;
                 }
             }
+            if let Some(t) = started {
+                profile.add(k.kind(), t.elapsed());
+                profile.by_kernel.push((ki, t.elapsed()));
+            }
         }
-        drop(arena);
+        {
+            let mut pool = self.arenas.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < rayon::current_num_threads().max(2) {
+                pool.push(arena);
+            }
+        }
+        if profiling
+            && let Some(acc) = self
+                .profile
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_mut()
+        {
+            for (k, t) in profile.by_kind {
+                acc.add(k, t);
+            }
+            for (k, t) in profile.by_kernel {
+                match acc.by_kernel.iter_mut().find(|(i, _)| *i == k) {
+                    Some((_, d)) => *d += t,
+                    None => acc.by_kernel.push((k, t)),
+                }
+            }
+            acc.gemm_flops += profile.gemm_flops;
+            acc.runs += 1;
+        }
 
         let mut entries = Vec::with_capacity(p.outputs.len());
         for (name, id) in &p.outputs {
@@ -252,6 +410,21 @@ impl JitGraph {
         }
         Ok(Outputs::from_parts(entries, env))
     }
+}
+
+/// Whether `b` reads a contiguous `[n, k]` matrix as `k × n`.
+fn transposed_read(shape: &[Dim], b: &View, n: &Dim, k: &Dim) -> bool {
+    let r = b.strides.len();
+    shape.len() == 2
+        && r >= 2
+        && shape[0] == *n
+        && shape[1] == *k
+        && b.offset.is_zero()
+        && b.strides[..r - 2].iter().all(Size::is_zero)
+        && b.strides[r - 2] == Size::one()
+        && b.strides[r - 1] == Size::from_dim(k)
+        && k.as_const().is_some()
+        && n.as_const().is_some()
 }
 
 fn dims_of(ds: &[Dim], lookup: &dyn Fn(&str) -> Option<usize>) -> Result<Vec<usize>> {
@@ -440,7 +613,9 @@ struct Tile {
 
 impl GemmCall {
     /// Tiles over (batch, row block, column block): enough to feed every
-    /// thread, each large enough that packing stays a small overhead.
+    /// thread. A single large product is split by columns, so each tile
+    /// packs only its own slice of `b` (the weight) and the small `a` is
+    /// the part packed more than once.
     fn tiles(&self) -> Vec<Tile> {
         let nb: usize = self.batch.iter().product();
         let threads = rayon::current_num_threads();
@@ -451,13 +626,15 @@ impl GemmCall {
             threads * 2
         };
         let per_batch = want.div_ceil(nb.max(1)).max(1);
-        let (mb, nbk) = if self.m >= 16 * per_batch || self.n < 64 {
-            (self.m.div_ceil(per_batch).max(1), self.n.max(1))
-        } else {
-            // Short and wide (decode): split the columns.
+        let (mb, nbk) = if per_batch == 1 {
+            (self.m, self.n)
+        } else if self.n >= 64 * per_batch || self.m < 16 * per_batch {
             let cols = self.n.div_ceil(per_batch).div_ceil(16) * 16;
-            (self.m.max(1), cols.max(16))
+            (self.m, cols.max(16))
+        } else {
+            (self.m.div_ceil(per_batch), self.n)
         };
+        let (mb, nbk) = (mb.max(1), nbk.max(1));
         let mut t = Vec::new();
         for bi in 0..nb {
             let mut i0 = 0;

@@ -1,13 +1,11 @@
 //! Executors of IR graphs. The reference interpreter ([`crate::run`]) is the
 //! oracle; [`jit`] is the CPU backend built on the Cranelift code generator.
-//! A [`Backend`] names one; [`CompiledGraph`] is a graph prepared for it.
+//! A [`Backend`] names one; [`crate::session::Model::compile`] prepares a
+//! model for it.
 
 pub mod jit;
+pub mod machine;
 
-use crate::error::Result;
-use crate::interpreter::{NamedTensor, Outputs};
-use crate::weights::Weights;
-use kiln_compiler::ir::Graph;
 use std::fmt;
 use std::str::FromStr;
 
@@ -39,32 +37,6 @@ impl FromStr for Backend {
             other => Err(format!(
                 "unknown backend `{other}`: expected `jit` or `reference`"
             )),
-        }
-    }
-}
-
-/// A graph ready to run on one backend.
-pub enum CompiledGraph {
-    Reference(Graph),
-    Jit(Box<jit::JitGraph>),
-}
-
-impl CompiledGraph {
-    pub fn new(graph: &Graph, backend: Backend) -> Result<CompiledGraph> {
-        Ok(match backend {
-            Backend::Reference => CompiledGraph::Reference(graph.clone()),
-            Backend::Jit => CompiledGraph::Jit(Box::new(jit::JitGraph::compile(graph)?)),
-        })
-    }
-
-    pub fn run<N: NamedTensor>(
-        &self,
-        weights: &Weights,
-        inputs: impl IntoIterator<Item = N>,
-    ) -> Result<Outputs> {
-        match self {
-            CompiledGraph::Reference(g) => crate::run(g, weights, inputs),
-            CompiledGraph::Jit(j) => j.run(weights, inputs),
         }
     }
 }

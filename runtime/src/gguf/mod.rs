@@ -5,14 +5,14 @@
 //!
 //! ```no_run
 //! use kiln_runtime::gguf::GgufFile;
-//! use kiln_runtime::session::ReferenceModel;
+//! use kiln_runtime::session::Model;
 //!
 //! let file = GgufFile::open("SmolLM2-135M-Instruct.Q4_1.gguf")?;
 //! let spec = file.spec()?; // a kiln ResolvedSpec built from the metadata
 //! let weights = file.weights()?; // canonical names, f32, Q/K rows un-permuted
 //! let tokenizer = file.tokenizer()?;
 //! let lowered = kiln_compiler::lower::lower(&spec)?;
-//! let model = ReferenceModel::new(lowered, weights);
+//! let model = Model::new(lowered, weights);
 //! let ids = tokenizer.encode_i32("The capital of France is")?;
 //! let out = model.session().generate_greedy(&ids, 8, None)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())

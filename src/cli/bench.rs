@@ -1,0 +1,219 @@
+//! `kiln bench`: latency and throughput of one model on one backend, with
+//! the figures the peers are compared on (see tests/bench/ and
+//! docs/benchmarks.md) and the machine's own GEMM and memory figures from
+//! the same run.
+
+use super::{Format, ModelArgs, open_model};
+use kiln_compiler::lower::lower;
+use kiln_compiler::spec::Architecture;
+use kiln_runtime::Backend;
+use kiln_runtime::backends::machine;
+use kiln_runtime::session::{Model, argmax};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Tokens per encode / prefill (batch 1).
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    /// Tokens generated one at a time after a prefill, for decode throughput.
+    #[arg(long, default_value_t = 64)]
+    decode_tokens: usize,
+    /// Timed repetitions (the median and the best are reported).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// Untimed repetitions first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Skip measuring the machine (GEMM library GFLOP/s, memory bandwidth).
+    #[arg(long)]
+    no_machine: bool,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Median and best of `n` timed calls after `warmup` untimed ones.
+fn time(
+    warmup: usize,
+    n: usize,
+    f: &mut dyn FnMut() -> Result<(), String>,
+) -> Result<(f64, f64), String> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut t = Vec::with_capacity(n.max(1));
+    for _ in 0..n.max(1) {
+        let s = Instant::now();
+        f()?;
+        t.push(ms(s.elapsed()));
+    }
+    t.sort_by(f64::total_cmp);
+    Ok((t[t.len() / 2], t[0]))
+}
+
+pub fn run(a: Args) -> Result<(), String> {
+    let backend = a.model.backend;
+    // Open on the interpreter first so the compile is timed on its own:
+    // spec → graphs (lowering) → passes, fusion and code generation.
+    let mut args = a.model.clone();
+    args.backend = Backend::Reference;
+    let loaded = open_model(&args)?;
+    let t0 = Instant::now();
+    let relowered = lower(&loaded.spec).map_err(|e| e.to_string())?;
+    let lower_time = t0.elapsed();
+    drop(relowered);
+    let t1 = Instant::now();
+    let model: Model = loaded.model.compile(backend).map_err(|e| e.to_string())?;
+    let prepare_time = t1.elapsed();
+    // Spec → runnable code: lowering plus each graph's passes, fusion and
+    // code generation (weight preparation is reported on its own).
+    let jit_time: Duration = (0..2)
+        .filter_map(|i| model.jit_graph(i))
+        .map(|j| j.compile_time())
+        .sum();
+    let compile_time = lower_time + jit_time;
+    let rs = &loaded.spec;
+    let vocab = rs.spec.vocab_size;
+    let n = a
+        .seq_len
+        .min(rs.spec.max_positions.saturating_sub(2))
+        .max(1);
+    let prompt: Vec<i32> = (0..n).map(|i| ((i * 7919 + 13) % vocab) as i32).collect();
+    let params: usize = model.weights.iter().map(|(_, t)| t.numel()).sum();
+    let mut out = json!({
+        "model": rs.spec.name,
+        "backend": backend.to_string(),
+        "threads": rayon::current_num_threads(),
+        "seq_len": n,
+        "parameters": params,
+        "compile_ms": ms(compile_time),
+        "prepare_weights_ms": ms(prepare_time.saturating_sub(jit_time)),
+    });
+    let part = match rs.spec.architecture {
+        Architecture::Encoder => 0,
+        _ => 1,
+    };
+    if let Some(j) = model.jit_graph(part) {
+        j.enable_profiling();
+    }
+    match rs.spec.architecture {
+        Architecture::Encoder => {
+            let (med, best) = time(a.warmup, a.iters, &mut || {
+                model.encode(&prompt).map(|_| ()).map_err(|e| e.to_string())
+            })?;
+            out["encode_ms"] = med.into();
+            out["encode_ms_min"] = best.into();
+        }
+        Architecture::Decoder | Architecture::EncoderDecoder => {
+            let enc_dec = rs.spec.architecture == Architecture::EncoderDecoder;
+            let start: Vec<i32> = if enc_dec { vec![0] } else { prompt.clone() };
+            let new_session = || -> Result<kiln_runtime::session::Session<'_>, String> {
+                let mut s = model.session();
+                if enc_dec {
+                    s.set_source(&prompt).map_err(|e| e.to_string())?;
+                }
+                Ok(s)
+            };
+            let (med, best) = time(a.warmup, a.iters, &mut || {
+                new_session()?
+                    .forward(&start)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })?;
+            out["prefill_ms"] = med.into();
+            out["prefill_ms_min"] = best.into();
+            add_profile(&model, part, &mut out);
+            let steps = a
+                .decode_tokens
+                .min(rs.spec.max_positions.saturating_sub(start.len() + 1));
+            let mut rates = Vec::new();
+            for _ in 0..a.iters.clamp(1, 3) {
+                let mut s = new_session()?;
+                let o = s.forward(&start).map_err(|e| e.to_string())?;
+                let mut next = last_argmax(&o)?;
+                let t = Instant::now();
+                for _ in 0..steps {
+                    let o = s.forward(&[next]).map_err(|e| e.to_string())?;
+                    next = last_argmax(&o)?;
+                }
+                rates.push(steps as f64 / t.elapsed().as_secs_f64());
+            }
+            rates.sort_by(f64::total_cmp);
+            let rate = rates[rates.len() / 2];
+            out["decode_tokens"] = steps.into();
+            out["decode_tokens_per_s"] = rate.into();
+            out["decode_tokens_per_s_max"] = rates[rates.len() - 1].into();
+            // Every decode step reads every weight once (f32).
+            out["decode_weight_gb_per_s"] = (rate * params as f64 * 4.0 / 1e9).into();
+        }
+    }
+    if rs.spec.architecture == Architecture::Encoder {
+        add_profile(&model, part, &mut out);
+    }
+    if !a.no_machine {
+        out["gemm_library_gflops_768"] = machine::gemm_gflops(768, 768, 768, 10).into();
+        out["memory_read_gb_per_s"] = machine::read_bandwidth_gbs(512 << 20, 5).into();
+    }
+    match a.format {
+        Format::Json => println!("{out}"),
+        Format::Text => {
+            let obj = out.as_object().expect("an object");
+            for (k, v) in obj {
+                match v.as_f64() {
+                    Some(x) if v.is_f64() => println!("{k:>28}  {x:.2}"),
+                    _ => println!("{k:>28}  {v}"),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Matmul throughput and share of time inside the model, from the JIT's
+/// profile of the timed encode / prefill runs.
+fn add_profile(model: &Model, part: usize, out: &mut serde_json::Value) {
+    let Some(p) = model.jit_graph(part).and_then(|j| j.profile()) else {
+        return;
+    };
+    let gemm = p.time("gemm").as_secs_f64();
+    if gemm > 0.0 {
+        out["matmul_gflops"] = (p.gemm_flops / gemm / 1e9).into();
+        out["matmul_share"] = (gemm / p.total().as_secs_f64().max(1e-12)).into();
+    }
+    let kinds: serde_json::Map<String, serde_json::Value> = p
+        .by_kind
+        .iter()
+        .map(|(k, d)| (k.to_string(), (ms(*d) / p.runs.max(1) as f64).into()))
+        .collect();
+    out["kernel_ms_per_run"] = kinds.into();
+    // The five slowest kernels (see `kiln compile --emit kernels`).
+    let mut ks = p.by_kernel.clone();
+    ks.sort_by(|a, b| b.1.cmp(&a.1));
+    let program = model.jit_graph(part).map(|j| j.program());
+    let top: Vec<serde_json::Value> = ks
+        .iter()
+        .take(5)
+        .map(|(i, d)| {
+            json!({
+                "kernel": format!("k{i}"),
+                "kind": program.map_or("?", |p| p.kernels[*i].kind()),
+                "ms_per_run": ms(*d) / p.runs.max(1) as f64,
+            })
+        })
+        .collect();
+    out["slowest_kernels"] = top.into();
+}
+
+fn last_argmax(o: &kiln_runtime::Outputs) -> Result<i32, String> {
+    let l = o.get("logits").ok_or("the model produced no logits")?;
+    let v = *l.shape().last().unwrap_or(&1);
+    let d = l.to_f32_vec();
+    Ok(argmax(&d[d.len() - v..]) as i32)
+}
