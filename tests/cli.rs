@@ -283,3 +283,100 @@ fn weights_option_alone_and_check_preflight() {
         &["does not match the model"],
     );
 }
+
+#[test]
+fn backends_agree_and_unknown_backends_are_rejected() {
+    let run = |backend: &str| {
+        json(&[
+            "run",
+            "models/tiny/mistral-7b.toml",
+            "--tokens",
+            "5,6,7,8",
+            "--backend",
+            backend,
+            "--format",
+            "json",
+        ])
+    };
+    let (jit, reference) = (run("jit"), run("reference"));
+    let rows = |v: &serde_json::Value| -> Vec<f64> {
+        v["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+            .collect()
+    };
+    let (a, b) = (rows(&jit), rows(&reference));
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-4 * scale, "jit {x} vs reference {y}");
+    }
+    fails_with(
+        &[
+            "run",
+            "models/tiny/gpt2.toml",
+            "--tokens",
+            "1",
+            "--backend",
+            "gpu",
+        ],
+        &["unknown backend `gpu`", "`jit` or `reference`"],
+    );
+}
+
+#[test]
+fn compile_emits_kernels_and_clif() {
+    let out = kiln(&["compile", "models/tiny/gpt2.toml", "--emit", "clif"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    // One function per generated kernel, in the kernel order, with vector code.
+    assert!(
+        text.contains("; gpt2-tiny.decoder k0 ("),
+        "{}",
+        &text[..200.min(text.len())]
+    );
+    assert!(text.contains("function u0:"));
+    assert!(text.contains("f32x4"));
+    assert!(text.contains("run by the runtime (GEMM library"));
+}
+
+#[test]
+fn bench_reports_latency_throughput_and_profile() {
+    let v = json(&[
+        "bench",
+        "models/tiny/gpt2.toml",
+        "--iters",
+        "2",
+        "--warmup",
+        "1",
+        "--decode-tokens",
+        "4",
+        "--seq-len",
+        "8",
+        "--no-machine",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(v["backend"], "jit");
+    assert!(v["prefill_ms"].as_f64().unwrap() > 0.0);
+    assert!(v["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["compile_ms"].as_f64().unwrap() > 0.0);
+    assert!(v["matmul_share"].as_f64().unwrap() > 0.0);
+    assert!(v["kernel_ms_per_run"]["gemm"].as_f64().unwrap() > 0.0);
+    let v = json(&[
+        "bench",
+        "models/tiny/bert-base-uncased.toml",
+        "--iters",
+        "1",
+        "--no-machine",
+        "--format",
+        "json",
+    ]);
+    assert!(v["encode_ms"].as_f64().unwrap() > 0.0);
+}

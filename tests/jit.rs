@@ -86,3 +86,73 @@ fn random_specs_match_the_interpreter() {
     }
     assert!(checked >= 24, "only {checked} random specs were accepted");
 }
+
+#[test]
+fn one_compiled_model_serves_many_threads() {
+    use kiln_runtime::Backend;
+    use kiln_runtime::session::Model;
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/qwen2.5-0.5b.toml");
+    let lowered = lower(&spec::load(&path).unwrap()).unwrap();
+    let model = Model::random(lowered, 9)
+        .unwrap()
+        .compile(Backend::Jit)
+        .unwrap();
+    let prompts: Vec<Vec<i32>> = (0..8)
+        .map(|t| (0..(3 + t)).map(|i| i * 5 + t).collect())
+        .collect();
+    let alone: Vec<Vec<i32>> = prompts
+        .iter()
+        .map(|p| model.session().generate_greedy(p, 6, None).unwrap())
+        .collect();
+    let shared: Vec<Vec<i32>> = std::thread::scope(|s| {
+        let hs: Vec<_> = prompts
+            .iter()
+            .map(|p| s.spawn(|| model.session().generate_greedy(p, 6, None).unwrap()))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(alone, shared);
+}
+
+#[test]
+fn leaving_the_jit_restores_the_canonical_weights() {
+    use kiln_runtime::Backend;
+    use kiln_runtime::session::Model;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/gpt2.toml");
+    let lowered = lower(&spec::load(&path).unwrap()).unwrap();
+    let reference = Model::random(lowered, 4).unwrap();
+    let before: Vec<(String, Vec<usize>)> = reference
+        .weights
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.shape().to_vec()))
+        .collect();
+    let want = reference.session().forward(&[1, 2, 3]).unwrap()["logits"].to_f32_vec();
+    let jit = reference.compile(Backend::Jit).unwrap();
+    // Linear weights are stored [in, out] while on the JIT.
+    let q = jit
+        .weights
+        .get("layers.0.attn.q.weight")
+        .unwrap()
+        .shape()
+        .to_vec();
+    let declared = before
+        .iter()
+        .find(|(n, _)| n == "layers.0.attn.q.weight")
+        .unwrap();
+    assert_eq!(q, declared.1.iter().rev().copied().collect::<Vec<_>>());
+    let got = jit.session().forward(&[1, 2, 3]).unwrap()["logits"].to_f32_vec();
+    let back = jit.compile(Backend::Reference).unwrap();
+    let after: Vec<(String, Vec<usize>)> = back
+        .weights
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.shape().to_vec()))
+        .collect();
+    assert_eq!(before, after);
+    let again = back.session().forward(&[1, 2, 3]).unwrap()["logits"].to_f32_vec();
+    assert_eq!(want, again, "the round trip must be exact");
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    for (a, b) in want.iter().zip(&got) {
+        assert!((a - b).abs() <= 1e-4 * scale);
+    }
+}

@@ -4,11 +4,13 @@
 //! tests/parity/generate.py. Each goes through the path a user takes —
 //! `kiln import` of config.json, lowering, the safetensors loader with its
 //! mapping table — and must agree to 1e-4, for full sequences, for
-//! incremental decoding with the KV cache, and for padded batches.
+//! incremental decoding with the KV cache, and for padded batches, on the
+//! reference interpreter and on the JIT.
 
 use kiln_compiler::import::{ImportOptions, import_path};
 use kiln_compiler::lower::lower;
 use kiln_compiler::spec::Architecture;
+use kiln_runtime::Backend;
 use kiln_runtime::checkpoint::load_safetensors;
 use kiln_runtime::session::Model;
 use safetensors::SafeTensors;
@@ -82,7 +84,7 @@ fn fixtures() -> Vec<PathBuf> {
 }
 
 /// Load a fixture the way `kiln run --weights DIR` does.
-fn open(dir: &Path) -> (Architecture, Model) {
+fn open(dir: &Path, backend: Backend) -> (Architecture, Model) {
     let imported = import_path(dir, &ImportOptions::default())
         .unwrap_or_else(|e| panic!("{}: import: {e}", dir.display()));
     let lowered = lower(&imported.resolved).unwrap();
@@ -91,7 +93,9 @@ fn open(dir: &Path) -> (Architecture, Model) {
         .unwrap_or_else(|e| panic!("{}: load: {e}", dir.display()));
     (
         imported.resolved.spec.architecture,
-        Model::new(lowered, weights),
+        Model::new(lowered, weights)
+            .compile(backend)
+            .unwrap_or_else(|e| panic!("{}: compile: {e}", dir.display())),
     )
 }
 
@@ -126,6 +130,15 @@ fn check(family: &str, what: &str, got: &[f32], want: &[f32], failures: &mut Vec
 
 #[test]
 fn every_family_matches_transformers() {
+    every_family_on(Backend::Reference);
+}
+
+#[test]
+fn every_family_matches_transformers_on_the_jit() {
+    every_family_on(Backend::Jit);
+}
+
+fn every_family_on(backend: Backend) {
     let mut failures = Vec::new();
     let all = fixtures();
     assert!(
@@ -136,7 +149,7 @@ fn every_family_matches_transformers() {
     for dir in all {
         let family = dir.file_name().unwrap().to_string_lossy().to_string();
         let exp = Expected::open(&dir);
-        let (arch, model) = open(&dir);
+        let (arch, model) = open(&dir, backend);
         let ids = exp.ids("input_ids");
         match arch {
             Architecture::Encoder => {
@@ -246,7 +259,7 @@ fn every_family_matches_transformers() {
     }
     assert!(
         failures.is_empty(),
-        "parity failures:\n{}",
+        "parity failures ({backend}):\n{}",
         failures.join("\n")
     );
 }

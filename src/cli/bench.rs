@@ -195,7 +195,7 @@ fn add_profile(model: &Model, part: usize, out: &mut serde_json::Value) {
     out["kernel_ms_per_run"] = kinds.into();
     // The five slowest kernels (see `kiln compile --emit kernels`).
     let mut ks = p.by_kernel.clone();
-    ks.sort_by(|a, b| b.1.cmp(&a.1));
+    ks.sort_by_key(|k| std::cmp::Reverse(k.1));
     let program = model.jit_graph(part).map(|j| j.program());
     let top: Vec<serde_json::Value> = ks
         .iter()

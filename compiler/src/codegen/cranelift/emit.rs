@@ -594,13 +594,12 @@ fn float_ty(lanes: u8) -> Type {
     if lanes == 1 { F32 } else { F32X4 }
 }
 
+/// Emits one row's work given the row's indices along the outer axes.
+type RowBody<'r> = dyn FnMut(&mut Gen, &[Value]) -> Result<(), String> + 'r;
+
 /// Loops over rows `[row_begin, row_end)`; `each_row` emits one row's work
 /// given the row's indices along `outer`.
-fn row_loop(
-    g: &mut Gen,
-    outer: &[Dim],
-    each_row: &mut dyn FnMut(&mut Gen, &[Value]) -> Result<(), String>,
-) -> Result<(), String> {
+fn row_loop(g: &mut Gen, outer: &[Dim], each_row: &mut RowBody) -> Result<(), String> {
     let row = g.b.declare_var(I64);
     let r0 = g.params[2];
     g.b.def_var(row, r0);

@@ -83,7 +83,7 @@ impl Math<'_, '_> {
         acc
     }
 
-    fn from_bits(&mut self, bits: Value) -> Value {
+    fn bits_to_float(&mut self, bits: Value) -> Value {
         let flags = if self.lanes == 1 {
             MemFlagsData::new()
         } else {
@@ -107,7 +107,7 @@ impl Math<'_, '_> {
         let scale = |v: Value, m: &mut Self| {
             let e = m.b.ins().iadd(v, bias);
             let bits = m.b.ins().ishl(e, shift);
-            m.from_bits(bits)
+            m.bits_to_float(bits)
         };
         let s1 = scale(h, self);
         let s2 = scale(rest, self);
@@ -210,8 +210,8 @@ impl Math<'_, '_> {
                 0.096_784_18,
                 -0.186_288_06,
                 0.278_868_07,
-                -1.135_203_98,
-                1.488_515_87,
+                -1.135_204,
+                1.488_515_9,
                 -0.822_152_23,
                 0.170_872_77,
             ],
