@@ -21,8 +21,9 @@ pub struct Model {
     backend: Backend,
     /// JIT code of the encoder and decoder graphs (JIT backend only).
     jit: [Option<JitGraph>; 2],
-    /// Matrix weights the JIT keeps transposed (`[in, out]`), the layout
-    /// its GEMM library reads fastest; restored when leaving the JIT.
+    /// Matrix weights the JIT keeps transposed (`[in, out]`, the layout its
+    /// GEMM library reads fastest), or transposed copies of them; undone
+    /// when leaving the JIT.
     transposed: BTreeSet<String>,
 }
 
@@ -56,7 +57,11 @@ impl Model {
     pub fn compile(mut self, backend: Backend) -> Result<Self> {
         self.jit = [None, None];
         for name in std::mem::take(&mut self.transposed) {
-            transpose_in_place(&mut self.weights, &name)?;
+            if name.ends_with(TRANSPOSED_COPY) {
+                self.weights.remove(&name);
+            } else {
+                transpose_in_place(&mut self.weights, &name)?;
+            }
         }
         if backend == Backend::Jit {
             let parts = [&self.lowered.encoder, &self.lowered.decoder];
@@ -67,20 +72,44 @@ impl Model {
                     *slot = Some(j);
                 }
             }
-            // Transposable only if every use in every graph is.
-            let mut ok: BTreeMap<String, bool> = BTreeMap::new();
+            // Weights read only as transposed matmul operands are
+            // transposed in place; those also read otherwise (a tied
+            // embedding, gathered by rows) get a transposed copy, unless
+            // it would be large (over a quarter of all weights).
+            let mut reads: BTreeMap<String, (usize, usize)> = BTreeMap::new();
             for j in self.jit.iter().flatten() {
-                for (name, fine) in j.transposable_params() {
-                    *ok.entry(name).or_insert(true) &= fine;
+                for (name, (t, o)) in j.param_reads() {
+                    let e = reads.entry(name).or_default();
+                    e.0 += t;
+                    e.1 += o;
                 }
             }
-            let names: BTreeSet<String> =
-                ok.into_iter().filter(|(_, f)| *f).map(|(n, _)| n).collect();
-            for name in &names {
-                transpose_in_place(&mut self.weights, name)?;
-            }
-            for j in self.jit.iter_mut().flatten() {
-                j.use_transposed(&names);
+            let total: usize = self.weights.iter().map(|(_, t)| t.numel()).sum();
+            let mut names = BTreeSet::new();
+            for (name, (t, other)) in reads {
+                if t == 0 {
+                    continue;
+                }
+                let stored_as = if other == 0 {
+                    transpose_in_place(&mut self.weights, &name)?;
+                    name.clone()
+                } else {
+                    let size = self.weights.get(&name).map_or(usize::MAX, Tensor::numel);
+                    if size > total / 4 {
+                        continue;
+                    }
+                    let copy = format!("{name}{TRANSPOSED_COPY}");
+                    let t = self.weights.get(&name).cloned().ok_or_else(|| {
+                        RuntimeError::Graph(format!("missing parameter `{name}`"))
+                    })?;
+                    self.weights.insert(copy.clone(), t);
+                    transpose_in_place(&mut self.weights, &copy)?;
+                    copy
+                };
+                for j in self.jit.iter_mut().flatten() {
+                    j.use_transposed(&name, &stored_as);
+                }
+                names.insert(stored_as);
             }
             self.transposed = names;
         }
@@ -309,9 +338,13 @@ impl<'m> Session<'m> {
                 Tensor::from_i32(&[batch, total], mask)?,
             ),
         ];
-        for (i, (k, v)) in self.cache.iter().enumerate() {
-            inputs.push((format!("past.{i}.k"), k.clone()));
-            inputs.push((format!("past.{i}.v"), v.clone()));
+        // The cache moves into the inputs (no copy) and back on failure;
+        // on success the `present` outputs replace it.
+        let first_cache_input = inputs.len();
+        for (i, (k, v)) in self.cache.iter_mut().enumerate() {
+            let empty = || Tensor::zeros(DType::F32, &[0]);
+            inputs.push((format!("past.{i}.k"), std::mem::replace(k, empty())));
+            inputs.push((format!("past.{i}.v"), std::mem::replace(v, empty())));
         }
         if declares_input(g, "encoder_mask") {
             let (kv, src) = self.cross.as_ref().ok_or_else(|| {
@@ -329,10 +362,16 @@ impl<'m> Session<'m> {
                 Tensor::from_i32(&[1, *src], vec![1; *src])?,
             ));
         }
-        let result = self.model.run_part(1, g, inputs);
+        let result = self.model.run_part(1, g, &inputs);
         let mut out = match result {
             Ok(o) => o,
             Err(e) => {
+                let mut back = inputs.drain(first_cache_input..).map(|(_, t)| t);
+                for (k, v) in &mut self.cache {
+                    if let (Some(pk), Some(pv)) = (back.next(), back.next()) {
+                        (*k, *v) = (pk, pv);
+                    }
+                }
                 // Keep the session consistent: forget this call's mask columns.
                 for m in &mut self.mask {
                     m.truncate(self.past);
@@ -341,11 +380,15 @@ impl<'m> Session<'m> {
             }
         };
         for i in 0..layers {
-            let k = take(&out, &format!("present.{i}.k"))?;
-            let v = take(&out, &format!("present.{i}.v"))?;
+            let missing =
+                |n: String| RuntimeError::Graph(format!("graph produced no output `{n}`"));
+            let k = out
+                .remove(&format!("present.{i}.k"))
+                .ok_or_else(|| missing(format!("present.{i}.k")))?;
+            let v = out
+                .remove(&format!("present.{i}.v"))
+                .ok_or_else(|| missing(format!("present.{i}.v")))?;
             self.cache[i] = (k, v);
-            out.remove(&format!("present.{i}.k"));
-            out.remove(&format!("present.{i}.v"));
         }
         self.past = total;
         Ok(out)
@@ -427,6 +470,10 @@ impl<'m> Session<'m> {
         Ok(out)
     }
 }
+
+/// Suffix of the JIT's transposed copies of weights that are also read
+/// untransposed (never a canonical parameter name).
+const TRANSPOSED_COPY: &str = "#transposed";
 
 /// Replace a rank-2 f32 weight by its transpose.
 fn transpose_in_place(w: &mut Weights, name: &str) -> Result<()> {

@@ -129,7 +129,10 @@ pub fn run(a: Args) -> Result<(), String> {
             })?;
             out["prefill_ms"] = med.into();
             out["prefill_ms_min"] = best.into();
-            add_profile(&model, part, &mut out);
+            add_profile(&model, part, &mut out, "");
+            if let Some(j) = model.jit_graph(part) {
+                j.enable_profiling();
+            }
             let steps = a
                 .decode_tokens
                 .min(rs.spec.max_positions.saturating_sub(start.len() + 1));
@@ -152,10 +155,11 @@ pub fn run(a: Args) -> Result<(), String> {
             out["decode_tokens_per_s_max"] = rates[rates.len() - 1].into();
             // Every decode step reads every weight once (f32).
             out["decode_weight_gb_per_s"] = (rate * params as f64 * 4.0 / 1e9).into();
+            add_profile(&model, part, &mut out, "decode_");
         }
     }
     if rs.spec.architecture == Architecture::Encoder {
-        add_profile(&model, part, &mut out);
+        add_profile(&model, part, &mut out, "");
     }
     if !a.no_machine {
         out["gemm_library_gflops_768"] = machine::gemm_gflops(768, 768, 768, 10).into();
@@ -177,22 +181,22 @@ pub fn run(a: Args) -> Result<(), String> {
 }
 
 /// Matmul throughput and share of time inside the model, from the JIT's
-/// profile of the timed encode / prefill runs.
-fn add_profile(model: &Model, part: usize, out: &mut serde_json::Value) {
+/// profile of the runs since profiling was (re)started; keys get `prefix`.
+fn add_profile(model: &Model, part: usize, out: &mut serde_json::Value, prefix: &str) {
     let Some(p) = model.jit_graph(part).and_then(|j| j.profile()) else {
         return;
     };
     let gemm = p.time("gemm").as_secs_f64();
     if gemm > 0.0 {
-        out["matmul_gflops"] = (p.gemm_flops / gemm / 1e9).into();
-        out["matmul_share"] = (gemm / p.total().as_secs_f64().max(1e-12)).into();
+        out[format!("{prefix}matmul_gflops")] = (p.gemm_flops / gemm / 1e9).into();
+        out[format!("{prefix}matmul_share")] = (gemm / p.total().as_secs_f64().max(1e-12)).into();
     }
     let kinds: serde_json::Map<String, serde_json::Value> = p
         .by_kind
         .iter()
         .map(|(k, d)| (k.to_string(), (ms(*d) / p.runs.max(1) as f64).into()))
         .collect();
-    out["kernel_ms_per_run"] = kinds.into();
+    out[format!("{prefix}kernel_ms_per_run")] = kinds.into();
     // The five slowest kernels (see `kiln compile --emit kernels`).
     let mut ks = p.by_kernel.clone();
     ks.sort_by_key(|k| std::cmp::Reverse(k.1));
@@ -208,7 +212,7 @@ fn add_profile(model: &Model, part: usize, out: &mut serde_json::Value) {
             })
         })
         .collect();
-    out["slowest_kernels"] = top.into();
+    out[format!("{prefix}slowest_kernels")] = top.into();
 }
 
 fn last_argmax(o: &kiln_runtime::Outputs) -> Result<i32, String> {

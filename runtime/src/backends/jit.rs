@@ -15,7 +15,7 @@ use kiln_compiler::ir::{DType, Dim, Graph, TensorType};
 use kiln_compiler::kernel::{BufferKind, Kernel, KernelProgram, Size, View, fuse};
 use kiln_compiler::passes::default_pipeline;
 use rayon::prelude::*;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -155,56 +155,74 @@ impl JitGraph {
             .clone()
     }
 
-    /// Parameters read only as the `b` operand of Gemm kernels, stored
-    /// `[n, k]` and read transposed (every `nn.Linear` weight): name → whether
-    /// every use in this program is such a read. The GEMM library runs about
-    /// a third faster on `[k, n]` storage (see docs/benchmarks.md).
-    pub fn transposable_params(&self) -> BTreeMap<String, bool> {
+    /// How each parameter is read: name → `(transposed Gemm reads, other
+    /// reads)`. A transposed Gemm read is the `b` operand of a product over
+    /// a contiguous `[n, k]` weight (every `nn.Linear` weight); the GEMM
+    /// library runs about a third faster on `[k, n]` storage.
+    pub fn param_reads(&self) -> BTreeMap<String, (usize, usize)> {
         let p = &self.program;
-        let mut ok: BTreeMap<String, bool> = BTreeMap::new();
-        let name_of = |b: usize| match &p.buffers[b].kind {
-            BufferKind::Param(n) => Some(n.clone()),
-            _ => None,
-        };
+        let mut reads: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         for k in &p.kernels {
-            let good_b = match k {
+            let transposed_b = match k {
                 Kernel::Gemm { b, n, k: kd, .. } => {
                     transposed_read(&p.buffers[b.buf].shape, b, n, kd).then_some(b.buf)
                 }
                 _ => None,
             };
-            for r in k.reads() {
-                if let Some(name) = name_of(r) {
-                    let fine =
-                        Some(r) == good_b && k.reads().iter().filter(|&&x| x == r).count() == 1;
-                    let e = ok.entry(name).or_insert(true);
-                    *e &= fine;
+            let mut rs = k.reads();
+            if let Some(tb) = transposed_b {
+                // The `b` operand itself (listed second by `reads`).
+                rs.remove(1);
+                if let BufferKind::Param(name) = &p.buffers[tb].kind {
+                    reads.entry(name.clone()).or_default().0 += 1;
+                }
+            }
+            for r in rs {
+                if let BufferKind::Param(name) = &p.buffers[r].kind {
+                    reads.entry(name.clone()).or_default().1 += 1;
                 }
             }
         }
-        ok
+        reads
     }
 
-    /// Read the parameters `names` from `[k, n]` storage instead of `[n, k]`
-    /// (each must be transposable, see [`JitGraph::transposable_params`]).
-    pub fn use_transposed(&mut self, names: &BTreeSet<String>) {
+    /// Make the transposed Gemm reads of parameter `name` read `[k, n]`
+    /// storage under the parameter name `stored_as` (which may be `name`
+    /// itself when nothing else reads it).
+    pub fn use_transposed(&mut self, name: &str, stored_as: &str) {
         let p = &mut self.program;
+        let Some(src) = p
+            .buffers
+            .iter()
+            .position(|b| b.kind == BufferKind::Param(name.to_string()))
+        else {
+            return;
+        };
+        let mut shape = p.buffers[src].shape.clone();
+        shape.reverse();
+        let target = if stored_as == name {
+            p.buffers[src].shape = shape.clone();
+            src
+        } else {
+            p.buffers.push(kiln_compiler::kernel::Buffer {
+                name: stored_as.to_string(),
+                dtype: p.buffers[src].dtype,
+                shape: shape.clone(),
+                kind: BufferKind::Param(stored_as.to_string()),
+            });
+            p.plan.slot_of.push(None);
+            self.consts.push(None);
+            p.buffers.len() - 1
+        };
+        let n = Size::from_dim(&shape[1]);
         for k in &mut p.kernels {
             if let Kernel::Gemm { b, .. } = k
-                && let BufferKind::Param(name) = &p.buffers[b.buf].kind
-                && names.contains(name)
+                && b.buf == src
             {
                 let r = b.strides.len();
-                let n = Size::from_dim(&p.buffers[b.buf].shape[0]);
-                b.strides[r - 2] = n;
+                b.buf = target;
+                b.strides[r - 2] = n.clone();
                 b.strides[r - 1] = Size::one();
-            }
-        }
-        for buf in &mut p.buffers {
-            if let BufferKind::Param(name) = &buf.kind
-                && names.contains(name)
-            {
-                buf.shape.reverse();
             }
         }
     }
@@ -620,7 +638,10 @@ impl GemmCall {
         let nb: usize = self.batch.iter().product();
         let threads = rayon::current_num_threads();
         let flops = 2 * nb * self.m * self.n * self.k.max(1);
-        let want = if flops < 4 * PARALLEL_MIN_WORK * 64 {
+        // A matrix-vector product is bound by reading `b`: split it as soon
+        // as `b` is large, whatever the FLOPs.
+        let streamed = self.m <= GEMV_MAX_ROWS && nb * self.n * self.k >= 8 * PARALLEL_MIN_WORK;
+        let want = if flops < 4 * PARALLEL_MIN_WORK * 64 && !streamed {
             1
         } else {
             threads * 2
@@ -652,6 +673,90 @@ impl GemmCall {
         t
     }
 
+    /// A large matrix-vector product over a `[k, n]` weight: threads take
+    /// contiguous row ranges of the weight (each a sequential stream) and
+    /// their partial sums are added, then the epilogue runs once.
+    fn launch_split_k(
+        &self,
+        ptrs: &[*mut u8],
+        epilogue: Option<KernelFn>,
+        bufs: Ptrs,
+        sizes: &[i64],
+    ) -> bool {
+        let nb: usize = self.batch.iter().product();
+        let threads = rayon::current_num_threads();
+        let (ocs, bcs) = (self.out.cs(), self.b.cs());
+        if nb != 1
+            || self.m > GEMV_MAX_ROWS
+            || threads == 1
+            || ocs != 1
+            || bcs != 1
+            || self.n * self.k < 8 * PARALLEL_MIN_WORK
+        {
+            return false;
+        }
+        let (pa, pb, po) = (
+            ptrs[self.a.buf] as usize,
+            ptrs[self.b.buf] as usize,
+            ptrs[self.out.buf] as usize,
+        );
+        let (oa, ob, oo) = (
+            self.a.batch_offset(&[]),
+            self.b.batch_offset(&[]),
+            self.out.batch_offset(&[]),
+        );
+        let (ars, acs, brs, ors) = (self.a.rs(), self.a.cs(), self.b.rs(), self.out.rs());
+        let parts = threads;
+        let per = self.k.div_ceil(parts);
+        for i in 0..self.m {
+            let partial: Vec<Vec<f32>> = (0..parts)
+                .into_par_iter()
+                .map(|t| {
+                    let (p0, p1) = (t * per, ((t + 1) * per).min(self.k));
+                    let mut acc = vec![0.0f32; self.n];
+                    if p0 < p1 {
+                        // SAFETY: rows p0..p1 of b and elements p0..p1 of
+                        // row i of a lie inside their buffers.
+                        unsafe {
+                            let a = (pa as *const f32)
+                                .offset(oa as isize + i as isize * ars + p0 as isize * acs);
+                            let b = (pb as *const f32).offset(ob as isize + p0 as isize * brs);
+                            gemv(a, acs, b, brs, 1, p1 - p0, &mut acc);
+                        }
+                    }
+                    acc
+                })
+                .collect();
+            // SAFETY: row i of out holds n contiguous elements.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut(
+                    (po as *mut f32).offset(oo as isize + i as isize * ors),
+                    self.n,
+                )
+            };
+            out.copy_from_slice(&partial[0]);
+            for p in &partial[1..] {
+                for (o, x) in out.iter_mut().zip(p) {
+                    *o += x;
+                }
+            }
+        }
+        if let Some(f) = epilogue {
+            // SAFETY: as for the tiled path, over the whole output.
+            unsafe {
+                f(
+                    bufs.get(),
+                    sizes.as_ptr(),
+                    0,
+                    self.m as i64,
+                    0,
+                    self.n as i64,
+                )
+            };
+        }
+        true
+    }
+
     fn launch(&self, ptrs: &[*mut u8], epilogue: Option<KernelFn>, bufs: Ptrs, sizes: &[i64]) {
         if self.m == 0 || self.n == 0 {
             return;
@@ -673,27 +778,39 @@ impl GemmCall {
                 let b = (pb as *const f32).offset(ob as isize + t.j0 as isize * bcs);
                 let o = (po as *mut f32)
                     .offset(oo as isize + t.i0 as isize * ors + t.j0 as isize * ocs);
-                gemm::gemm(
-                    t.i1 - t.i0,
-                    t.j1 - t.j0,
-                    self.k,
-                    o,
-                    ocs,
-                    ors,
-                    false,
-                    a,
-                    acs,
-                    ars,
-                    b,
-                    bcs,
-                    brs,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+                let (mt, nt) = (t.i1 - t.i0, t.j1 - t.j0);
+                if mt <= GEMV_MAX_ROWS && ocs == 1 && (bcs == 1 || brs == 1) {
+                    // Matrix-vector products (decode) are memory bound:
+                    // stream the weight once instead of packing it.
+                    for i in 0..mt {
+                        let ai = a.offset(i as isize * ars);
+                        let oi = o.offset(i as isize * ors);
+                        let out = std::slice::from_raw_parts_mut(oi, nt);
+                        gemv(ai, acs, b, brs, bcs, self.k, out);
+                    }
+                } else {
+                    gemm::gemm(
+                        mt,
+                        nt,
+                        self.k,
+                        o,
+                        ocs,
+                        ors,
+                        false,
+                        a,
+                        acs,
+                        ars,
+                        b,
+                        bcs,
+                        brs,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
                 if let Some(f) = epilogue {
                     let r = (t.bi * self.m) as i64;
                     f(
@@ -707,6 +824,9 @@ impl GemmCall {
                 }
             }
         };
+        if self.launch_split_k(ptrs, epilogue, bufs, sizes) {
+            return;
+        }
         let tiles = self.tiles();
         if tiles.len() == 1 {
             run(tiles[0]);
@@ -714,6 +834,99 @@ impl GemmCall {
             tiles.into_par_iter().for_each(run);
         }
     }
+}
+
+/// Rows of `a` up to which a product runs as matrix-vector products.
+const GEMV_MAX_ROWS: usize = 2;
+
+/// `out[j] = Σₚ x[p·xs]·b[p·brs + j·bcs]` for `j < out.len()`, where `b` has
+/// a unit stride along `p` (dot products) or along `j` (scaled row sums).
+/// Uses AVX2+FMA code when the CPU has it.
+///
+/// # Safety
+/// `x` and `b` are valid for every element these strides reach.
+unsafe fn gemv(
+    x: *const f32,
+    xs: isize,
+    b: *const f32,
+    brs: isize,
+    bcs: isize,
+    k: usize,
+    out: &mut [f32],
+) {
+    let xv: Vec<f32> = (0..k)
+        .map(|p| unsafe { *x.offset(p as isize * xs) })
+        .collect();
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected; same contract as ours.
+        unsafe { gemv_avx2(&xv, b, brs, bcs, out) };
+        return;
+    }
+    // SAFETY: forwarded contract.
+    unsafe { gemv_body(&xv, b, brs, bcs, out) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemv_avx2(x: &[f32], b: *const f32, brs: isize, bcs: isize, out: &mut [f32]) {
+    // SAFETY: forwarded contract; compiled here with AVX2 and FMA.
+    unsafe { gemv_body(x, b, brs, bcs, out) }
+}
+
+#[inline(always)]
+unsafe fn gemv_body(x: &[f32], b: *const f32, brs: isize, bcs: isize, out: &mut [f32]) {
+    let k = x.len();
+    if brs == 1 {
+        for (j, o) in out.iter_mut().enumerate() {
+            // SAFETY: column j of b is k contiguous elements.
+            let col = unsafe { std::slice::from_raw_parts(b.offset(j as isize * bcs), k) };
+            *o = dot(x, col);
+        }
+        return;
+    }
+    let n = out.len();
+    out.fill(0.0);
+    // Four rows of b per pass over `out`: a quarter of the read-modify-writes.
+    let mut p = 0;
+    while p + 4 <= k {
+        // SAFETY: rows p..p+4 of b hold n contiguous elements each.
+        let r =
+            |q: usize| unsafe { std::slice::from_raw_parts(b.offset((p + q) as isize * brs), n) };
+        let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+        let (x0, x1, x2, x3) = (x[p], x[p + 1], x[p + 2], x[p + 3]);
+        for j in 0..n {
+            out[j] += x0 * r0[j] + x1 * r1[j] + x2 * r2[j] + x3 * r3[j];
+        }
+        p += 4;
+    }
+    while p < k {
+        // SAFETY: as above, one row.
+        let row = unsafe { std::slice::from_raw_parts(b.offset(p as isize * brs), n) };
+        for (o, &w) in out.iter_mut().zip(row) {
+            *o += x[p] * w;
+        }
+        p += 1;
+    }
+}
+
+/// A dot product in sixteen independent lanes (so it vectorises).
+#[inline(always)]
+fn dot(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (xc, yc) = (x.chunks_exact(16), y.chunks_exact(16));
+    let tail: f32 = xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (a, b) in xc.zip(yc) {
+        for l in 0..16 {
+            acc[l] += a[l] * b[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 fn unflatten(mut i: usize, dims: &[usize]) -> Vec<usize> {

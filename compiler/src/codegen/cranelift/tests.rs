@@ -230,29 +230,3 @@ fn compare_select_and_casts() {
         .collect();
     assert_eq!(got, want);
 }
-
-#[test]
-#[ignore = "timing probe"]
-fn probe_speed() {
-    let n = 1 << 20;
-    let xs: Vec<f32> = (0..n).map(|i| (i % 1000) as f32 * 0.01 - 5.0).collect();
-    for op in [UnaryOp::Neg, UnaryOp::Exp, UnaryOp::Tanh, UnaryOp::Erf] {
-        let p = program(n, unary_body(op), DType::F32, DType::F32);
-        let cpu = compile(&p, Options::default()).unwrap();
-        let mut out = vec![0f32; n];
-        let bufs = [
-            xs.as_ptr() as *mut u8,
-            xs.as_ptr() as *mut u8,
-            out.as_mut_ptr() as *mut u8,
-        ];
-        let f = cpu.kernels[0].func.unwrap();
-        let t = std::time::Instant::now();
-        for _ in 0..10 {
-            unsafe { f(bufs.as_ptr(), [0i64; 1].as_ptr(), 0, 1, 0, n as i64) };
-        }
-        eprintln!(
-            "{op:?}: {:.3} ns/elem",
-            t.elapsed().as_secs_f64() * 1e9 / (10 * n) as f64
-        );
-    }
-}
