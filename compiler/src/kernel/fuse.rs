@@ -5,6 +5,8 @@
 //!   matmul / gather / concat results, reductions that cannot join a row
 //!   kernel, operands of a merging reshape that are not already contiguous
 //!   buffers, and matmul / gather operands that are not pure views.
+//!   A libm-backed value (sin, cos, log, pow) with several consumers is
+//!   materialised too, so it is computed once.
 //! - **Inlined** into consumers' bodies: elementwise ops, scalars, iota
 //!   (as index arithmetic), broadcasts, permutes, slices and splitting
 //!   reshapes (all as view strides and offsets).
@@ -245,6 +247,36 @@ impl<'g> Fuser<'g> {
                     mat.insert(n);
                 }
                 _ => {}
+            }
+        }
+        // Readers of `n`, looking through views (reshape, permute, slice).
+        fn count_consumers(g: &Graph, live: &BTreeSet<NodeId>, n: NodeId) -> usize {
+            g.users(n)
+                .into_iter()
+                .filter(|u| live.contains(u))
+                .map(|u| match g.node(u).op {
+                    Op::Reshape | Op::Permute { .. } | Op::Slice { .. } => {
+                        count_consumers(g, live, u)
+                    }
+                    _ => 1,
+                })
+                .sum()
+        }
+        let consumers = |n: NodeId| count_consumers(g, &live, n);
+        // A value behind a libm call (sin, cos, log, pow: ~20-40 ns each)
+        // read by several consumers is computed once, not once per consumer
+        // (RoPE's cos/sin table is read by q and k of every layer).
+        for &n in &topo {
+            let costly = match &g.node(n).op {
+                Op::Unary(u) => matches!(
+                    u,
+                    crate::ir::UnaryOp::Sin | crate::ir::UnaryOp::Cos | crate::ir::UnaryOp::Log
+                ),
+                Op::Binary(b) => *b == crate::ir::BinaryOp::Pow,
+                _ => false,
+            };
+            if costly && live.contains(&n) && consumers(n) > 1 {
+                mat.insert(n);
             }
         }
         // Operands that must be buffers or pure views of buffers.
