@@ -2,8 +2,10 @@
 //! four (`f32x4`), so a vector loop and its scalar tail give the same bits.
 //!
 //! Accuracy (checked against `ir::scalar` in the tests of this module):
-//! ≤ 1e-6 relative over the normal range of each function.
-//! - `exp`: Cody–Waite reduction `x = n·ln2 + r` (`|r| ≤ ln2/2`), a degree-7
+//! ≤ 1e-6 relative over the normal range of each function; `exp` results
+//! below the smallest normal f32 (x < -87.34) are flushed to zero.
+//! - `exp`: Cody–Waite reduction `x = n·ln2 + r` (`|r| ≤ ln2/2`, `n` rounded
+//!   with the 1.5·2²³ trick), a degree-7
 //!   Taylor polynomial for `e^r` (truncation < 1e-8), `2^n` built in the
 //!   exponent bits in two halves so `n` up to ±250 never overflows the field.
 //! - `tanh`: odd Taylor polynomial to x¹⁵ for `|x| < 0.55`, else
@@ -93,11 +95,9 @@ impl Math<'_, '_> {
         self.b.ins().bitcast(ty, flags, bits)
     }
 
-    /// `2^n` for an integer-valued `n` in [-252, 254], as a product of two
-    /// normal powers of two.
-    fn pow2(&mut self, n: Value) -> (Value, Value) {
-        let ity = self.ity();
-        let ni = self.b.ins().fcvt_to_sint_sat(ity, n);
+    /// `2^n` for an integer `n` in [-252, 254] (as i32 lanes), as a
+    /// product of two normal powers of two.
+    fn pow2(&mut self, ni: Value) -> (Value, Value) {
         // Shift amounts are scalars even for vectors.
         let one = self.b.ins().iconst(I32, 1);
         let h = self.b.ins().sshr(ni, one);
@@ -117,14 +117,32 @@ impl Math<'_, '_> {
     pub fn exp(&mut self, x: Value) -> Value {
         const LN2_HI: f32 = std::f32::consts::LN_2;
         const LN2_LO: f32 = (std::f64::consts::LN_2 - LN2_HI as f64) as f32;
-        // Clamp so `n` stays in pow2's range; fmin/fmax propagate NaN.
-        let lo = self.fc(-150.0);
+        // Results below the smallest normal f32 flush to zero: producing
+        // a subnormal costs a microcode assist per lane on x86 (~100
+        // cycles), and masked attention scores are all -inf. Clamp so `n`
+        // stays in pow2's range; fmin/fmax propagate NaN.
+        const MIN_NORMAL_LN: f32 = -87.336_54;
+        let lo = self.fc(MIN_NORMAL_LN);
         let hi = self.fc(100.0);
+        let tiny = self.b.ins().fcmp(FloatCC::LessThan, x, lo);
         let x = self.b.ins().fmax(x, lo);
         let x = self.b.ins().fmin(x, hi);
         let log2e = self.fc(std::f32::consts::LOG2_E);
         let t = self.b.ins().fmul(x, log2e);
-        let n = self.b.ins().nearest(t);
+        // Round to nearest by adding 1.5·2²³: the sum's low mantissa bits
+        // are the integer `n` (no float→int conversion needed; |t| < 2²²).
+        let magic = self.fc(12_582_912.0);
+        let j = self.b.ins().fadd(t, magic);
+        let n = self.b.ins().fsub(j, magic);
+        let flags = if self.lanes == 1 {
+            MemFlagsData::new()
+        } else {
+            lane_flags()
+        };
+        let ity = self.ity();
+        let jbits = self.b.ins().bitcast(ity, flags, j);
+        let magic_bits = self.ic(0x4B40_0000);
+        let ni = self.b.ins().isub(jbits, magic_bits);
         let neg_hi = self.fc(-LN2_HI);
         let neg_lo = self.fc(-LN2_LO);
         let r = self.b.ins().fma(n, neg_hi, x);
@@ -142,9 +160,11 @@ impl Math<'_, '_> {
                 1.0 / 5040.0,
             ],
         );
-        let (s1, s2) = self.pow2(n);
+        let (s1, s2) = self.pow2(ni);
         let y = self.b.ins().fmul(p, s1);
-        self.b.ins().fmul(y, s2)
+        let y = self.b.ins().fmul(y, s2);
+        let zero = self.fc(0.0);
+        self.fsel(tiny, zero, y)
     }
 
     pub fn tanh(&mut self, x: Value) -> Value {

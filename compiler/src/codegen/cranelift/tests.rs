@@ -126,7 +126,8 @@ fn special_values() {
     assert_eq!(got[1], f32::INFINITY);
     assert_eq!(got[2], 0.0);
     assert_eq!(got[3], f32::INFINITY);
-    assert!(got[4] > 0.0 && got[4] < 1e-43, "exp(-100) = {}", got[4]);
+    // Subnormal results flush to zero (no microcode assists on x86).
+    assert_eq!(got[4], 0.0, "exp(-100)");
     assert_eq!(got[5], 0.0);
     assert_eq!(got[6], 1.0);
     for op in [UnaryOp::Tanh, UnaryOp::Erf] {
