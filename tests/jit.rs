@@ -156,3 +156,40 @@ fn leaving_the_jit_restores_the_canonical_weights() {
         assert!((a - b).abs() <= 1e-4 * scale);
     }
 }
+
+#[test]
+fn a_failed_step_leaves_the_session_usable() {
+    use kiln_runtime::Backend;
+    use kiln_runtime::session::Model;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Encoder-decoder: forward before set_source fails, then works.
+    let lowered = lower(&spec::load(dir.join("models/tiny/t5-small.toml")).unwrap()).unwrap();
+    let model = Model::random(lowered, 2)
+        .unwrap()
+        .compile(Backend::Jit)
+        .unwrap();
+    let mut s = model.session();
+    let e = s.forward(&[0]).unwrap_err().to_string();
+    assert!(e.contains("set_source"), "{e}");
+    s.set_source(&[4, 5, 6]).unwrap();
+    let a = s.forward(&[0]).unwrap()["logits"].to_f32_vec();
+    let mut fresh = model.session();
+    fresh.set_source(&[4, 5, 6]).unwrap();
+    assert_eq!(a, fresh.forward(&[0]).unwrap()["logits"].to_f32_vec());
+    // Decoder: an out-of-vocabulary token mid-way changes nothing.
+    let lowered = lower(&spec::load(dir.join("models/tiny/gpt2.toml")).unwrap()).unwrap();
+    let model = Model::random(lowered, 2)
+        .unwrap()
+        .compile(Backend::Jit)
+        .unwrap();
+    let mut s = model.session();
+    s.forward(&[1, 2]).unwrap();
+    assert!(s.forward(&[1_000_000]).is_err());
+    assert_eq!(s.past_len(), 2);
+    let mut t = model.session();
+    t.forward(&[1, 2]).unwrap();
+    assert_eq!(
+        s.forward(&[3]).unwrap()["logits"].to_f32_vec(),
+        t.forward(&[3]).unwrap()["logits"].to_f32_vec()
+    );
+}

@@ -313,7 +313,10 @@ impl<'m> Session<'m> {
         }
         let batch = rows.len();
         let layers = count_layers(g);
-        if self.cache.is_empty() {
+        if self.past == 0 {
+            // The first step fixes the batch (again, if an earlier first
+            // step failed).
+            self.cache.clear();
             for i in 0..layers {
                 let (kvh, hd) = cache_dims(g, i)?;
                 let empty = Tensor::zeros(DType::F32, &[batch, kvh, 0, hd]);
@@ -321,8 +324,31 @@ impl<'m> Session<'m> {
             }
             self.mask = vec![Vec::new(); batch];
         }
+        // Nothing in `self` changes until the step has succeeded, so a
+        // failed call leaves the session as it was.
+        let cross_inputs = if declares_input(g, "encoder_mask") {
+            let (kv, src) = self.cross.as_ref().ok_or_else(|| {
+                RuntimeError::Graph(
+                    "encoder-decoder model: call set_source with the source tokens before forward"
+                        .into(),
+                )
+            })?;
+            let mut v = Vec::with_capacity(2 * kv.len() + 1);
+            for (i, (k, val)) in kv.iter().enumerate() {
+                v.push((format!("cross.{i}.k"), k.clone()));
+                v.push((format!("cross.{i}.v"), val.clone()));
+            }
+            v.push((
+                "encoder_mask".to_string(),
+                Tensor::from_i32(&[1, *src], vec![1; *src])?,
+            ));
+            v
+        } else {
+            Vec::new()
+        };
         let mut tokens = Vec::with_capacity(batch * n);
-        for (r, m) in rows.iter().zip(self.mask.iter_mut()) {
+        let mut new_mask = self.mask.clone();
+        for (r, m) in rows.iter().zip(new_mask.iter_mut()) {
             let pad = n - r.len();
             tokens.extend(std::iter::repeat_n(0, pad));
             tokens.extend_from_slice(r);
@@ -330,7 +356,7 @@ impl<'m> Session<'m> {
             m.extend(std::iter::repeat_n(1, r.len()));
         }
         let total = self.past + n;
-        let mask: Vec<i32> = self.mask.iter().flatten().copied().collect();
+        let mask: Vec<i32> = new_mask.iter().flatten().copied().collect();
         let mut inputs = vec![
             ("tokens".to_string(), Tensor::from_i32(&[batch, n], tokens)?),
             (
@@ -338,6 +364,7 @@ impl<'m> Session<'m> {
                 Tensor::from_i32(&[batch, total], mask)?,
             ),
         ];
+        inputs.extend(cross_inputs);
         // The cache moves into the inputs (no copy) and back on failure;
         // on success the `present` outputs replace it.
         let first_cache_input = inputs.len();
@@ -346,25 +373,25 @@ impl<'m> Session<'m> {
             inputs.push((format!("past.{i}.k"), std::mem::replace(k, empty())));
             inputs.push((format!("past.{i}.v"), std::mem::replace(v, empty())));
         }
-        if declares_input(g, "encoder_mask") {
-            let (kv, src) = self.cross.as_ref().ok_or_else(|| {
-                RuntimeError::Graph(
-                    "encoder-decoder model: call set_source with the source tokens before forward"
-                        .into(),
-                )
-            })?;
-            for (i, (k, v)) in kv.iter().enumerate() {
-                inputs.push((format!("cross.{i}.k"), k.clone()));
-                inputs.push((format!("cross.{i}.v"), v.clone()));
+        let outcome = self.model.run_part(1, g, &inputs).and_then(|mut out| {
+            let mut present = Vec::with_capacity(layers);
+            for i in 0..layers {
+                let mut take = |name: String| {
+                    out.remove(&name).ok_or_else(|| {
+                        RuntimeError::Graph(format!("graph produced no output `{name}`"))
+                    })
+                };
+                let k = take(format!("present.{i}.k"))?;
+                let v = take(format!("present.{i}.v"))?;
+                present.push((k, v));
             }
-            inputs.push((
-                "encoder_mask".to_string(),
-                Tensor::from_i32(&[1, *src], vec![1; *src])?,
-            ));
-        }
-        let result = self.model.run_part(1, g, &inputs);
-        let mut out = match result {
-            Ok(o) => o,
+            Ok((out, present))
+        });
+        let out = match outcome {
+            Ok((out, present)) => {
+                self.cache = present;
+                out
+            }
             Err(e) => {
                 let mut back = inputs.drain(first_cache_input..).map(|(_, t)| t);
                 for (k, v) in &mut self.cache {
@@ -372,24 +399,10 @@ impl<'m> Session<'m> {
                         (*k, *v) = (pk, pv);
                     }
                 }
-                // Keep the session consistent: forget this call's mask columns.
-                for m in &mut self.mask {
-                    m.truncate(self.past);
-                }
                 return Err(e);
             }
         };
-        for i in 0..layers {
-            let missing =
-                |n: String| RuntimeError::Graph(format!("graph produced no output `{n}`"));
-            let k = out
-                .remove(&format!("present.{i}.k"))
-                .ok_or_else(|| missing(format!("present.{i}.k")))?;
-            let v = out
-                .remove(&format!("present.{i}.v"))
-                .ok_or_else(|| missing(format!("present.{i}.v")))?;
-            self.cache[i] = (k, v);
-        }
+        self.mask = new_mask;
         self.past = total;
         Ok(out)
     }

@@ -86,7 +86,13 @@ pub fn run(a: Args) -> Result<(), String> {
         .min(rs.spec.max_positions.saturating_sub(2))
         .max(1);
     let prompt: Vec<i32> = (0..n).map(|i| ((i * 7919 + 13) % vocab) as i32).collect();
-    let params: usize = model.weights.iter().map(|(_, t)| t.numel()).sum();
+    // Parameters of the model (not the JIT's transposed copies).
+    let params: usize = model
+        .weights
+        .iter()
+        .filter(|(n, _)| !n.contains('#'))
+        .map(|(_, t)| t.numel())
+        .sum();
     let mut out = json!({
         "model": rs.spec.name,
         "backend": backend.to_string(),

@@ -331,8 +331,11 @@ impl<'g> Fuser<'g> {
                     break;
                 }
                 let u = us[0];
+                // The product's buffer holds the chain's end: it must stay
+                // f32 (a comparison or cast ends the chain).
                 if !is_elementwise(&g.node(u).op)
                     || g.ty(u).shape != g.ty(m).shape
+                    || g.ty(u).dtype != DType::F32
                     || claimed.contains(&u)
                 {
                     break;

@@ -215,9 +215,19 @@ impl JitGraph {
             p.buffers.len() - 1
         };
         let n = Size::from_dim(&shape[1]);
+        let original = {
+            let mut s = shape.clone();
+            s.reverse();
+            s
+        };
         for k in &mut p.kernels {
-            if let Kernel::Gemm { b, .. } = k
+            // Only the transposed reads move; any other read keeps the
+            // original layout (and buffer).
+            if let Kernel::Gemm {
+                b, n: nd, k: kd, ..
+            } = k
                 && b.buf == src
+                && transposed_read(&original, b, nd, kd)
             {
                 let r = b.strides.len();
                 b.buf = target;
@@ -538,7 +548,8 @@ fn split_domain(d: &[usize]) -> (usize, usize) {
 /// Run `f` over `rows × cols`, split across threads by rows (or, for a
 /// single wide row of an element-wise kernel, by columns).
 fn launch_rows(f: KernelFn, bufs: Ptrs, sizes: &[i64], rows: usize, cols: usize, col_split: bool) {
-    if rows == 0 || cols == 0 {
+    // A row reduction over an empty axis still writes its rows (identities).
+    if rows == 0 || (cols == 0 && col_split) {
         return;
     }
     let call = |r0: usize, r1: usize, c0: usize, c1: usize| {

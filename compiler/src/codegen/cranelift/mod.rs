@@ -11,7 +11,11 @@
 //! run's lengths and passes in, so one compile serves every length.
 //! Element semantics come from [`crate::ir::scalar`]: `log sin cos pow` call
 //! it directly (bit-identical to the interpreter); `exp tanh erf` are
-//! inlined polynomial approximations (≤ 1e-6 relative, see `math`).
+//! inlined polynomial approximations (≤ 1e-6 relative, see `math`). Known,
+//! deliberate differences from the interpreter: sums accumulate in f32
+//! (four lanes, then the tail) rather than f64; `rsqrt` is `1/sqrt` in f32
+//! (two roundings); `max(-0, +0)` may give `+0`; sub-normal `exp` results
+//! are zero; integer division by zero gives 0 (lowering never emits one).
 
 mod emit;
 mod math;
@@ -54,7 +58,9 @@ pub enum CodegenError {
     },
 }
 
-/// One kernel's generated code.
+/// One kernel's generated code. Its `func` points into the owning
+/// [`CpuProgram`]'s code memory: it must not be called after that program
+/// is dropped.
 #[derive(Clone)]
 pub struct CpuKernel {
     /// Sizes the function reads from its `sizes` argument, in order.
@@ -198,6 +204,13 @@ pub fn compile(p: &KernelProgram, opts: Options) -> Result<CpuProgram, CodegenEr
                     result: 0,
                 },
             },
+            Kernel::Gemm { out, a, b, .. }
+                if [out.buf, a.buf, b.buf]
+                    .iter()
+                    .any(|&x| dtype(x) != DType::F32) =>
+            {
+                return Err(kerr("matrix products are f32 only".into()));
+            }
             Kernel::Gemm {
                 out,
                 batch,

@@ -231,3 +231,43 @@ fn compare_select_and_casts() {
         .collect();
     assert_eq!(got, want);
 }
+
+#[test]
+fn products_with_a_non_f32_output_are_rejected() {
+    // A bool Gemm output would be written as f32 by the GEMM library.
+    let buf = |name: &str, dtype, kind| Buffer {
+        name: name.into(),
+        dtype,
+        shape: vec![Dim::c(2), Dim::c(2)],
+        kind,
+    };
+    let view = |b| View {
+        buf: b,
+        offset: Size::zero(),
+        strides: vec![Size::c(2), Size::one()],
+    };
+    let p = KernelProgram {
+        name: "t".into(),
+        buffers: vec![
+            buf("x", DType::F32, BufferKind::Input("x".into())),
+            buf("w", DType::F32, BufferKind::Param("w".into())),
+            buf("out", DType::Bool, BufferKind::Output),
+        ],
+        kernels: vec![Kernel::Gemm {
+            out: view(2),
+            a: view(0),
+            b: view(1),
+            batch: vec![],
+            m: Dim::c(2),
+            n: Dim::c(2),
+            k: Dim::c(2),
+            epilogue: None,
+        }],
+        inputs: vec![("x".into(), 0)],
+        outputs: vec![("out".into(), 2)],
+        plan: BufferPlan::default(),
+        graph_nodes: 0,
+    };
+    let e = compile(&p, Options::default()).unwrap_err().to_string();
+    assert!(e.contains("f32 only"), "{e}");
+}
