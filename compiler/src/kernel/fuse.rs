@@ -6,7 +6,9 @@
 //!   kernel, operands of a merging reshape that are not already contiguous
 //!   buffers, and matmul / gather operands that are not pure views.
 //!   A libm-backed value (sin, cos, log, pow) with several consumers is
-//!   materialised too, so it is computed once.
+//!   materialised too, so it is computed once, and so is any value with
+//!   several consumers that stands for a chain of more than 8 inlined nodes
+//!   (recomputing it per consumer would compound across layers).
 //! - **Inlined** into consumers' bodies: elementwise ops, scalars, iota
 //!   (as index arithmetic), broadcasts, permutes, slices and splitting
 //!   reshapes (all as view strides and offsets).
@@ -348,6 +350,37 @@ impl<'g> Fuser<'g> {
                 mat.insert(cur);
                 gemm_of.insert(cur, m);
             }
+        }
+        // An inlined value is recomputed by each of its consumers. When it
+        // stands for a long chain (the residual stream through sandwich
+        // norms, which also feeds the next layer's norm) that recomputation
+        // compounds layer after layer, so a value read by several consumers
+        // whose inlined chain exceeds INLINE_MAX nodes is materialised.
+        const INLINE_MAX: usize = 8;
+        let mut chain: HashMap<NodeId, usize> = HashMap::new();
+        for &n in &topo {
+            if !live.contains(&n) {
+                continue;
+            }
+            let mut len = 0;
+            // Gemm epilogue members are computed inside their Gemm.
+            if !mat.contains(&n) && !claimed.contains(&n) {
+                let own = match g.node(n).op {
+                    Op::Reshape | Op::Permute { .. } | Op::Slice { .. } => 0,
+                    _ => 1,
+                };
+                let below: usize = g
+                    .inputs(n)
+                    .iter()
+                    .map(|i| chain.get(i).copied().unwrap_or(0))
+                    .sum();
+                len = (own + below).min(1 << 20);
+                if len > INLINE_MAX && is_elementwise(&g.node(n).op) && consumers(n) > 1 {
+                    mat.insert(n);
+                    len = 0;
+                }
+            }
+            chain.insert(n, len);
         }
         Fuser {
             g,
