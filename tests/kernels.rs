@@ -191,12 +191,7 @@ fn sandwich_norm_residuals_are_not_recomputed_per_layer() {
     let opt = optimised(&lower(&spec::load(&path).unwrap()).unwrap());
     for g in opt.graphs() {
         let p = fuse(g).unwrap();
-        let widest = p
-            .kernels
-            .iter()
-            .map(|k| k.reads().len())
-            .max()
-            .unwrap_or(0);
+        let widest = p.kernels.iter().map(|k| k.reads().len()).max().unwrap_or(0);
         assert!(widest <= 8, "{}: a kernel reads {widest} buffers", g.name);
     }
 }
