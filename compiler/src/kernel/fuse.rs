@@ -46,6 +46,9 @@ pub enum FuseError {
 enum Fail {
     /// Materialise this node and fuse again.
     Materialise(NodeId),
+    /// Every node one pass found it had to materialise (so a graph with
+    /// many such nodes takes a few passes, not one per node).
+    MaterialiseAll(Vec<NodeId>),
     Error(FuseError),
 }
 
@@ -59,15 +62,26 @@ pub fn fuse(graph: &Graph) -> Result<KernelProgram, FuseError> {
             Err(Fail::Error(e)) => return Err(e),
             Err(Fail::Materialise(n)) => {
                 if !forced.insert(n) {
-                    return Err(FuseError::Unsupported {
-                        graph: graph.name.clone(),
-                        node: n.index(),
-                        op: graph.node(n).op.to_string(),
-                        message: "cannot be fused even when materialised".into(),
-                    });
+                    return Err(stuck(graph, n));
+                }
+            }
+            Err(Fail::MaterialiseAll(ns)) => {
+                let before = forced.len();
+                forced.extend(ns.iter().copied());
+                if forced.len() == before {
+                    return Err(stuck(graph, ns[0]));
                 }
             }
         }
+    }
+}
+
+fn stuck(graph: &Graph, n: NodeId) -> FuseError {
+    FuseError::Unsupported {
+        graph: graph.name.clone(),
+        node: n.index(),
+        op: graph.node(n).op.to_string(),
+        message: "cannot be fused even when materialised".into(),
     }
 }
 
@@ -405,6 +419,7 @@ impl<'g> Fuser<'g> {
 
     fn run(mut self) -> Result<KernelProgram, Fail> {
         let g = self.g;
+        let mut pending = Vec::new();
         let mut inputs = Vec::new();
         for id in g.inputs_decl() {
             if let Op::Input { name } = &g.node(id).op {
@@ -422,7 +437,18 @@ impl<'g> Fuser<'g> {
             ) {
                 continue;
             }
-            self.build(n)?;
+            match self.build(n) {
+                Ok(()) => {}
+                // Note it and go on: the pass is discarded, but the other
+                // nodes it must materialise are found in the same pass.
+                Err(Fail::Materialise(x)) => pending.push(x),
+                Err(e) => return Err(e),
+            }
+        }
+        if !pending.is_empty() {
+            pending.sort();
+            pending.dedup();
+            return Err(Fail::MaterialiseAll(pending));
         }
         // Outputs: a leaf or a repeated node is copied into its own buffer.
         let mut outputs = Vec::new();
