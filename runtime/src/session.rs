@@ -505,17 +505,22 @@ fn transpose_in_place(w: &mut Weights, name: &str) -> Result<()> {
         .as_f32()
         .ok_or_else(|| RuntimeError::Graph(format!("parameter `{name}` is not f32")))?;
     let mut dst = vec![0.0f32; r * c];
-    // Blocked, so both sides stay in cache.
+    // Blocked, so both sides stay in cache; bands of output rows in parallel.
     const B: usize = 64;
-    for i0 in (0..r).step_by(B) {
-        for j0 in (0..c).step_by(B) {
-            for i in i0..(i0 + B).min(r) {
-                for j in j0..(j0 + B).min(c) {
-                    dst[j * r + i] = src[i * c + j];
+    use rayon::prelude::*;
+    dst.par_chunks_mut(B * r.max(1))
+        .enumerate()
+        .for_each(|(band, out)| {
+            let j0 = band * B;
+            let j1 = (j0 + B).min(c);
+            for i0 in (0..r).step_by(B) {
+                for i in i0..(i0 + B).min(r) {
+                    for j in j0..j1 {
+                        out[(j - j0) * r + i] = src[i * c + j];
+                    }
                 }
             }
-        }
-    }
+        });
     w.insert(name, Tensor::from_f32(&[c, r], dst)?);
     Ok(())
 }
