@@ -79,7 +79,9 @@ fn worst_rel(op: UnaryOp, xs: &[f32]) -> (f32, f32) {
         } else {
             (want - g).abs() / want.abs()
         };
-        if !(rel <= worst.0) {
+        // NaN counts as the worst.
+        let rel = if rel.is_nan() { f32::INFINITY } else { rel };
+        if rel > worst.0 {
             worst = (rel, x);
         }
     }
