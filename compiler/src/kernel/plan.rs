@@ -2,9 +2,12 @@
 //! temporary to an arena slot. A slot holds buffers of one symbolic byte size
 //! (identical polynomials), so a plan is valid at every length; a temporary
 //! reuses a slot whose previous occupant was last touched by an earlier
-//! kernel (no in-place reuse yet).
+//! kernel, or works in place: an element-wise or row kernel may write its
+//! output over an input that dies there when it reads that input only
+//! through exactly the output's view (each element, or row, is read before
+//! it is written).
 
-use super::{BufferKind, Kernel, Size};
+use super::{BufferKind, Kernel, Size, View};
 use crate::kernel::Buffer;
 use std::collections::BTreeMap;
 
@@ -37,6 +40,26 @@ impl BufferPlan {
         for b in order {
             let (first, last) = span[b].expect("filtered");
             let bytes = buffers[b].bytes();
+            // In place: a dying input of the producing kernel, read only
+            // through the output's own view.
+            let donor = (kernels[first].output() == b)
+                .then(|| {
+                    kernels[first].reads().into_iter().find(|&t| {
+                        t != b
+                            && buffers[t].kind == BufferKind::Temp
+                            && span[t].is_some_and(|(_, l)| l == first)
+                            && slot_of[t]
+                                .is_some_and(|s: usize| slots[s] == bytes && busy_until[s] == first)
+                            && in_place(&kernels[first], t)
+                    })
+                })
+                .flatten();
+            if let Some(t) = donor {
+                let s = slot_of[t].expect("checked");
+                busy_until[s] = last;
+                slot_of[b] = Some(s);
+                continue;
+            }
             let free = (0..slots.len()).find(|&s| busy_until[s] < first && slots[s] == bytes);
             let s = free.unwrap_or_else(|| {
                 slots.push(bytes);
@@ -56,5 +79,23 @@ impl BufferPlan {
             .iter()
             .map(|s| s.eval(&env).unwrap_or(0) as usize)
             .sum()
+    }
+}
+
+/// Whether `k` may write its output over input `t`: an element-wise or row
+/// kernel whose every read of `t` is through the output's exact view.
+fn in_place(k: &Kernel, t: usize) -> bool {
+    let same = |v: &View, out: &View| v.offset == out.offset && v.strides == out.strides;
+    match k {
+        Kernel::Elementwise { out, loads, .. } => {
+            loads.iter().filter(|l| l.buf == t).all(|l| same(l, out))
+        }
+        Kernel::RowReduce {
+            out,
+            loads,
+            per_row: false,
+            ..
+        } => loads.iter().filter(|l| l.buf == t).all(|l| same(l, out)),
+        _ => false,
     }
 }
