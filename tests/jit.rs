@@ -193,3 +193,100 @@ fn a_failed_step_leaves_the_session_usable() {
         t.forward(&[3]).unwrap()["logits"].to_f32_vec()
     );
 }
+
+/// Sizes past the JIT's parallel thresholds, which the tiny models never
+/// reach: rows split across threads, Gemm tiles, matrix-vector products
+/// split over the weight, a single wide row split by columns (the final
+/// logit softcap over a 40000-word vocabulary), odd lengths for vector tails.
+#[test]
+fn mid_sized_model_takes_every_parallel_path() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+    let toml = r#"
+extends = "gemma-2-2b.toml"
+name = "gemma-2-mid"
+vocab_size = 40000
+d_model = 192
+layers = 2
+max_positions = 128
+
+[attention]
+heads = 6
+kv_heads = 2
+head_dim = 32
+
+[mlp]
+d_ff = 1536
+"#;
+    let rs = spec::load_str(toml, &dir.join("gemma-2-mid.toml"))
+        .unwrap_or_else(|e| panic!("{}", e.render()));
+    let lowered = lower(&rs).unwrap();
+    // Four threads whatever the machine, so every split is taken.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(4)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let g = lowered.decoder.as_ref().unwrap();
+        let weights = Weights::random(&[g], 21).unwrap();
+        let jit = JitGraph::compile(g).unwrap();
+        for (batch, seq, past) in [(2, 37, 0), (1, 1, 45), (3, 2, 11)] {
+            let lens = Lengths {
+                batch,
+                seq,
+                past,
+                src: 1,
+            };
+            let inputs = graph_inputs(&lowered, g, &lens, 5 + seq as u64);
+            let want = run(g, &weights, &inputs).unwrap();
+            let got = jit.run(&weights, &inputs).unwrap();
+            let d = max_rel_diff_floored(&want, &got, &format!("{lens:?}"));
+            assert!(d <= REL_TOL, "{lens:?}: outputs differ by {d:e}");
+        }
+        // Through a compiled model: transposed weights (row-split
+        // matrix-vector products) and the tied head's transposed copy.
+        use kiln_runtime::Backend;
+        use kiln_runtime::session::Model;
+        let reference = Model::new(lowered.clone(), weights.clone());
+        let compiled = Model::new(lowered.clone(), weights)
+            .compile(Backend::Jit)
+            .unwrap();
+        let prompt: Vec<i32> = (0..29).map(|i| i * 1237 % 40000).collect();
+        let (mut a, mut b) = (reference.session(), compiled.session());
+        let mut steps = vec![prompt.clone()];
+        steps.extend([[7], [39_999], [123]].map(|t| t.to_vec()));
+        for toks in &steps {
+            let (x, y) = (a.forward(toks).unwrap(), b.forward(toks).unwrap());
+            let d = max_rel_diff_floored(&x, &y, "session");
+            assert!(
+                d <= REL_TOL,
+                "after {} tokens: outputs differ by {d:e}",
+                a.past_len()
+            );
+        }
+    });
+}
+
+/// One wide row (batch 1) of an element-wise kernel is split by columns.
+#[test]
+fn a_single_wide_row_is_split_by_columns() {
+    use kiln_compiler::ir::{Builder, DType, UnaryOp};
+    let mut g = Graph::new("wide");
+    let mut b = Builder::new(&mut g);
+    let x = b
+        .input("x", DType::F32, kiln_compiler::shape!["batch", 40_000usize])
+        .unwrap();
+    let y = b.unary(UnaryOp::Tanh, x).unwrap();
+    g.set_output("y", y);
+    let weights = Weights::new();
+    let jit = JitGraph::compile(&g).unwrap();
+    let data: Vec<f32> = (0..40_000).map(|i| (i as f32 - 20_000.0) * 1e-3).collect();
+    let x = kiln_runtime::Tensor::from_f32(&[1, 40_000], data).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(4)
+        .build()
+        .unwrap();
+    let got = pool.install(|| jit.run(&weights, [("x", &x)]).unwrap());
+    let want = run(&g, &weights, [("x", &x)]).unwrap();
+    let d = max_rel_diff_floored(&want, &got, "wide row");
+    assert!(d <= 1e-6, "differ by {d:e}");
+}
