@@ -66,7 +66,7 @@ fn err(m: impl Into<String>) -> RuntimeError {
 }
 
 /// Bind length symbols from the inputs, exactly as the graph interpreter does.
-fn bind(p: &KernelProgram, inputs: &[(&str, &Tensor)]) -> Result<Bindings> {
+pub(crate) fn bind(p: &KernelProgram, inputs: &[(&str, &Tensor)]) -> Result<Bindings> {
     let types: Vec<(&str, TensorType)> = p
         .inputs
         .iter()
@@ -106,30 +106,8 @@ pub fn run_program<N: NamedTensor>(
                 let (_, t) = pairs.iter().find(|(x, _)| x == name).expect("bound");
                 t.data().clone()
             }
-            BufferKind::Param(name) => {
-                let t = weights
-                    .get(name)
-                    .ok_or_else(|| err(format!("missing parameter `{name}`")))?;
-                let shape: Vec<usize> = buf
-                    .shape
-                    .iter()
-                    .map(|d| d.as_const().unwrap_or(0))
-                    .collect();
-                if t.shape() != shape.as_slice() || t.dtype() != buf.dtype {
-                    return Err(err(format!(
-                        "parameter `{name}`: expected {}{shape:?}, got {}{:?}",
-                        buf.dtype,
-                        t.dtype(),
-                        t.shape()
-                    )));
-                }
-                t.data().clone()
-            }
-            BufferKind::Const(v) => match buf.dtype {
-                DType::F32 => TensorData::F32(v.clone()),
-                DType::I32 => TensorData::I32(v.iter().map(|&x| x as i32).collect()),
-                DType::Bool => TensorData::Bool(v.iter().map(|&x| x != 0.0).collect()),
-            },
+            BufferKind::Param(name) => param(weights, name, buf.dtype, &buf.shape)?.data().clone(),
+            BufferKind::Const(v) => const_data(v, buf.dtype),
             BufferKind::Output | BufferKind::Temp => TensorData::zeros(buf.dtype, n),
         };
         ex.data.push(d);
@@ -162,6 +140,36 @@ pub fn run_program<N: NamedTensor>(
         entries,
         bindings: env.clone(),
     })
+}
+
+/// Parameter `name` from `weights`, checked against its declared type.
+pub(crate) fn param<'w>(
+    weights: &'w Weights,
+    name: &str,
+    dtype: DType,
+    shape: &[kiln_compiler::ir::Dim],
+) -> Result<&'w Tensor> {
+    let t = weights
+        .get(name)
+        .ok_or_else(|| err(format!("missing parameter `{name}`")))?;
+    let want: Vec<usize> = shape.iter().map(|d| d.as_const().unwrap_or(0)).collect();
+    if t.shape() != want.as_slice() || t.dtype() != dtype {
+        return Err(err(format!(
+            "parameter `{name}`: expected {dtype}{want:?}, got {}{:?}",
+            t.dtype(),
+            t.shape()
+        )));
+    }
+    Ok(t)
+}
+
+/// A literal buffer's values in its dtype (the graph's `Literal` rules).
+pub(crate) fn const_data(v: &[f32], dtype: DType) -> TensorData {
+    match dtype {
+        DType::F32 => TensorData::F32(v.to_vec()),
+        DType::I32 => TensorData::I32(v.iter().map(|&x| x as i32).collect()),
+        DType::Bool => TensorData::Bool(v.iter().map(|&x| x != 0.0).collect()),
+    }
 }
 
 /// A view evaluated at the run's lengths.

@@ -131,6 +131,8 @@ pub fn run(a: Args) -> Result<(), String> {
     let relowered = lower(&loaded.spec).map_err(|e| e.to_string())?;
     let lower_time = t0.elapsed();
     drop(relowered);
+    // Counted before the JIT adds transposed copies of tied weights.
+    let params: usize = loaded.model.weights.iter().map(|(_, t)| t.numel()).sum();
     let t1 = Instant::now();
     let model: Model = loaded.model.compile(backend).map_err(|e| e.to_string())?;
     let prepare_time = t1.elapsed();
@@ -148,13 +150,6 @@ pub fn run(a: Args) -> Result<(), String> {
         .min(rs.spec.max_positions.saturating_sub(2))
         .max(1);
     let prompt: Vec<i32> = (0..n).map(|i| ((i * 7919 + 13) % vocab) as i32).collect();
-    // Parameters of the model (not the JIT's transposed copies).
-    let params: usize = model
-        .weights
-        .iter()
-        .filter(|(n, _)| !n.contains('#'))
-        .map(|(_, t)| t.numel())
-        .sum();
     let mut out = json!({
         "model": rs.spec.name,
         "backend": backend.to_string(),
@@ -266,7 +261,7 @@ fn add_profile(model: &Model, part: usize, out: &mut serde_json::Value, prefix: 
         .collect();
     out[format!("{prefix}kernel_ms_per_run")] = kinds.into();
     // The five slowest kernels (see `kiln compile --emit kernels`).
-    let mut ks = p.by_kernel.clone();
+    let mut ks: Vec<(usize, Duration)> = p.by_kernel.iter().copied().enumerate().collect();
     ks.sort_by_key(|k| std::cmp::Reverse(k.1));
     let program = model.jit_graph(part).map(|j| j.program());
     let top: Vec<serde_json::Value> = ks

@@ -7,11 +7,12 @@
 //! across threads with rayon.
 
 use crate::error::{Result, RuntimeError};
-use crate::interpreter::{Bindings, NamedTensor, Outputs, bind_inputs};
+use crate::interpreter::{NamedTensor, Outputs};
+use crate::kernel_exec::{bind, const_data, param};
 use crate::tensor::{Tensor, TensorData};
 use crate::weights::Weights;
 use kiln_compiler::codegen::cranelift::{self as clif, CpuProgram, KernelFn};
-use kiln_compiler::ir::{DType, Dim, Graph, TensorType};
+use kiln_compiler::ir::{DType, Dim, Graph};
 use kiln_compiler::kernel::{BufferKind, Kernel, KernelProgram, Size, View, fuse};
 use kiln_compiler::passes::default_pipeline;
 use rayon::prelude::*;
@@ -45,8 +46,8 @@ pub struct JitGraph {
 pub struct Profile {
     /// `(kind, time)` in first-seen order.
     pub by_kind: Vec<(&'static str, Duration)>,
-    /// `(kernel index, time)`, summed over runs.
-    pub by_kernel: Vec<(usize, Duration)>,
+    /// Time per kernel, indexed like the program's kernels, summed over runs.
+    pub by_kernel: Vec<Duration>,
     /// Multiply-add FLOPs of the Gemm kernels (2·m·n·k each).
     pub gemm_flops: f64,
     pub runs: usize,
@@ -103,11 +104,7 @@ impl JitGraph {
             .buffers
             .iter()
             .map(|b| match &b.kind {
-                BufferKind::Const(v) => Some(match b.dtype {
-                    DType::F32 => TensorData::F32(v.clone()),
-                    DType::I32 => TensorData::I32(v.iter().map(|&x| x as i32).collect()),
-                    DType::Bool => TensorData::Bool(v.iter().map(|&x| x != 0.0).collect()),
-                }),
+                BufferKind::Const(v) => Some(const_data(v, b.dtype)),
                 _ => None,
             })
             .collect();
@@ -326,14 +323,7 @@ impl JitGraph {
             let started = profiling.then(Instant::now);
             let ck = &self.cpu.kernels[ki];
             let sizes: Vec<i64> = ck.sizes.iter().map(&eval).collect::<Result<_>>()?;
-            let dims = |ds: &[Dim]| -> Result<Vec<usize>> {
-                ds.iter()
-                    .map(|d| {
-                        d.eval(&lookup)
-                            .ok_or_else(|| err(format!("`{}`: unbound dim {d}", p.name)))
-                    })
-                    .collect()
-            };
+            let dims = |ds: &[Dim]| dims_of(ds, &lookup);
             let func = ck.func;
             match k {
                 Kernel::Elementwise { domain, .. } | Kernel::Copy { domain, .. } => {
@@ -394,7 +384,7 @@ impl JitGraph {
             }
             if let Some(t) = started {
                 profile.add(k.kind(), t.elapsed());
-                profile.by_kernel.push((ki, t.elapsed()));
+                profile.by_kernel.push(t.elapsed());
             }
         }
         {
@@ -413,11 +403,10 @@ impl JitGraph {
             for (k, t) in profile.by_kind {
                 acc.add(k, t);
             }
-            for (k, t) in profile.by_kernel {
-                match acc.by_kernel.iter_mut().find(|(i, _)| *i == k) {
-                    Some((_, d)) => *d += t,
-                    None => acc.by_kernel.push((k, t)),
-                }
+            acc.by_kernel
+                .resize(profile.by_kernel.len(), Duration::ZERO);
+            for (d, t) in acc.by_kernel.iter_mut().zip(profile.by_kernel) {
+                *d += t;
             }
             acc.gemm_flops += profile.gemm_flops;
             acc.runs += 1;
@@ -475,34 +464,6 @@ fn copy_out(p: *mut u8, dt: DType, n: usize) -> TensorData {
             }
         }
     }
-}
-
-fn param<'w>(weights: &'w Weights, name: &str, dtype: DType, shape: &[Dim]) -> Result<&'w Tensor> {
-    let t = weights
-        .get(name)
-        .ok_or_else(|| err(format!("missing parameter `{name}`")))?;
-    let want: Vec<usize> = shape.iter().map(|d| d.as_const().unwrap_or(0)).collect();
-    if t.shape() != want.as_slice() || t.dtype() != dtype {
-        return Err(err(format!(
-            "parameter `{name}`: expected {dtype}{want:?}, got {}{:?}",
-            t.dtype(),
-            t.shape()
-        )));
-    }
-    Ok(t)
-}
-
-fn bind(p: &KernelProgram, inputs: &[(&str, &Tensor)]) -> Result<Bindings> {
-    let types: Vec<(&str, TensorType)> = p
-        .inputs
-        .iter()
-        .map(|(name, id)| {
-            let b = &p.buffers[*id];
-            (name.as_str(), TensorType::new(b.dtype, b.shape.clone()))
-        })
-        .collect();
-    let declared: Vec<(&str, &TensorType)> = types.iter().map(|(n, t)| (*n, t)).collect();
-    bind_inputs(&p.name, &declared, inputs)
 }
 
 fn data_ptr(d: &TensorData) -> *mut u8 {

@@ -295,11 +295,18 @@ impl<'a, 'b> Gen<'a, 'b> {
         }
     }
 
-    /// Call a scalar helper on every lane of `args`.
-    fn lanewise(&mut self, f: FuncRef, args: &[Value], lanes: u8, ty: Type) -> Value {
+    /// `one` (emitting scalar code) applied to every lane of `args`, the
+    /// results gathered into a vector of type `ty` (or `one` itself when
+    /// `lanes == 1`).
+    fn per_lane(
+        &mut self,
+        args: &[Value],
+        lanes: u8,
+        ty: Type,
+        one: &dyn Fn(&mut Self, &[Value]) -> Value,
+    ) -> Value {
         if lanes == 1 {
-            let c = self.b.ins().call(f, args);
-            return self.b.inst_results(c)[0];
+            return one(self, args);
         }
         let mut out: Option<Value> = None;
         for l in 0..4u8 {
@@ -307,8 +314,7 @@ impl<'a, 'b> Gen<'a, 'b> {
                 .iter()
                 .map(|&a| self.b.ins().extractlane(a, l))
                 .collect();
-            let c = self.b.ins().call(f, &xs);
-            let r = self.b.inst_results(c)[0];
+            let r = one(self, &xs);
             out = Some(match out {
                 None => self.b.ins().splat(ty, r),
                 Some(v) => self.b.ins().insertlane(v, r, l),
@@ -317,11 +323,20 @@ impl<'a, 'b> Gen<'a, 'b> {
         out.expect("four lanes")
     }
 
-    /// Apply a two-operand integer op lane by lane (i32 division).
+    /// Call a scalar helper on every lane of `args`.
+    fn lanewise(&mut self, f: FuncRef, args: &[Value], lanes: u8, ty: Type) -> Value {
+        self.per_lane(args, lanes, ty, &|g, xs| {
+            let c = g.b.ins().call(f, xs);
+            g.b.inst_results(c)[0]
+        })
+    }
+
+    /// i32 division lane by lane: zero divisors give 0 (lowering never
+    /// divides by zero) and MIN / -1 wraps, as in the reference, instead of
+    /// trapping.
     fn lanewise_idiv(&mut self, p: Value, q: Value, lanes: u8) -> Value {
-        let one_lane = |g: &mut Self, p: Value, q: Value| {
-            // Zero divisors give 0 (lowering never divides by zero) and
-            // MIN / -1 wraps, as in the reference, instead of trapping.
+        self.per_lane(&[p, q], lanes, I32X4, &|g, pq| {
+            let (p, q) = (pq[0], pq[1]);
             let zero = g.b.ins().iconst(I32, 0);
             let one = g.b.ins().iconst(I32, 1);
             let is_zero = g.b.ins().icmp_imm_s(IntCC::Equal, q, 0);
@@ -332,38 +347,23 @@ impl<'a, 'b> Gen<'a, 'b> {
             let neg = g.b.ins().ineg(p);
             let d = g.b.ins().select(is_m1, neg, d);
             g.b.ins().select(is_zero, zero, d)
-        };
-        if lanes == 1 {
-            return one_lane(self, p, q);
-        }
-        let mut out: Option<Value> = None;
-        for l in 0..4u8 {
-            let a = self.b.ins().extractlane(p, l);
-            let c = self.b.ins().extractlane(q, l);
-            let r = one_lane(self, a, c);
-            out = Some(match out {
-                None => self.b.ins().splat(I32X4, r),
-                Some(v) => self.b.ins().insertlane(v, r, l),
-            });
-        }
-        out.expect("four lanes")
+        })
     }
 
+    /// The column index of each lane, as i32.
     fn iota(&mut self, j: Value, lanes: u8) -> Value {
         let j32 = self.b.ins().ireduce(I32, j);
         if lanes == 1 {
             return j32;
         }
-        let mut v = self.b.ins().splat(I32X4, j32);
-        let mut step = self.b.ins().iconst(I32, 0);
-        let zero = step;
+        let zero = self.b.ins().iconst(I32, 0);
         let mut offs = self.b.ins().splat(I32X4, zero);
         for l in 1..4u8 {
-            step = self.b.ins().iconst(I32, i64::from(l));
+            let step = self.b.ins().iconst(I32, i64::from(l));
             offs = self.b.ins().insertlane(offs, step, l);
         }
-        v = self.b.ins().iadd(v, offs);
-        v
+        let v = self.b.ins().splat(I32X4, j32);
+        self.b.ins().iadd(v, offs)
     }
 
     /// Evaluate `body` at column `j` of the current row.
@@ -677,8 +677,7 @@ pub fn elementwise(
     body: &Body,
 ) -> Result<(), String> {
     let r = domain.len();
-    let (outer, last) = domain.split_at(r - 1);
-    let _ = last;
+    let outer = &domain[..r - 1];
     row_loop(g, outer, &mut |g, idx| {
         let o = g.access(out, idx, out_dtype);
         let ls: Vec<Access> = loads.iter().map(|(v, dt)| g.access(v, idx, *dt)).collect();

@@ -241,7 +241,7 @@ pub fn compile(p: &KernelProgram, opts: Options) -> Result<CpuProgram, CodegenEr
             Kernel::RowReduce { .. } => Plan::RowReduce(k),
             Kernel::Gemm { .. } | Kernel::Gather { .. } => Plan::None,
         };
-        let (table, views, bodies): (Vec<Size>, Vec<&View>, Vec<&Body>) = match &plan {
+        let (table, views): (Vec<Size>, Vec<&View>) = match &plan {
             Plan::Elementwise {
                 out,
                 domain,
@@ -253,7 +253,7 @@ pub fn compile(p: &KernelProgram, opts: Options) -> Result<CpuProgram, CodegenEr
                     .collect();
                 let dims = scalar_domain(domain);
                 let t = emit::size_table(views.iter().copied(), &dims, &[body]);
-                (t, views, vec![body])
+                (t, views)
             }
             Plan::RowReduce(Kernel::RowReduce {
                 out,
@@ -267,11 +267,10 @@ pub fn compile(p: &KernelProgram, opts: Options) -> Result<CpuProgram, CodegenEr
                 let mut bodies: Vec<&Body> = stages.iter().map(|s| &s.body).collect();
                 bodies.push(epilogue);
                 let t = emit::size_table(views.iter().copied(), domain, &bodies);
-                (t, views, bodies)
+                (t, views)
             }
-            _ => (Vec::new(), Vec::new(), Vec::new()),
+            _ => (Vec::new(), Vec::new()),
         };
-        let _ = bodies;
         if matches!(plan, Plan::None) {
             ids.push(None);
             tables.push(table);
