@@ -229,7 +229,9 @@ d_ff = 1536
         let g = lowered.decoder.as_ref().unwrap();
         let weights = Weights::random(&[g], 21).unwrap();
         let jit = JitGraph::compile(g).unwrap();
-        for (batch, seq, past) in [(2, 37, 0), (1, 1, 45), (3, 2, 11)] {
+        // Past 64 keys, attention streams over several key blocks (online
+        // softmax rescaling) and several query blocks per head.
+        for (batch, seq, past) in [(2, 37, 0), (1, 1, 45), (3, 2, 11), (1, 70, 0), (2, 3, 100)] {
             let lens = Lengths {
                 batch,
                 seq,

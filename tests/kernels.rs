@@ -3,16 +3,18 @@
 //! same outputs on the kernel-IR interpreter as the optimised graph on the
 //! reference interpreter (1e-5 relative), prefill and decode; fusion leaves
 //! far fewer materialised values than graph nodes; the memory planner's
-//! arena is smaller than holding every temporary. Plus snapshots of the
-//! kernel text of the tiny Llama and T5.
+//! arena is smaller than holding every temporary; every attention becomes
+//! one streaming kernel; each kernel rewrite can be switched off. Plus
+//! snapshots of the kernel text of every tiny model.
 
 mod common;
 
 use common::inputs::{Lengths, graph_inputs, uses_symbol};
 use common::random_spec::load_random_spec;
 use common::tiny_specs;
-use kiln_compiler::ir::Graph;
-use kiln_compiler::kernel::{KernelProgram, fuse};
+use kiln_compiler::ir::{Graph, ReduceOp};
+use kiln_compiler::kernel::rewrite::REWRITE_NAMES;
+use kiln_compiler::kernel::{FuseOptions, Kernel, KernelProgram, fuse, fuse_with};
 use kiln_compiler::lower::{Lowered, lower};
 use kiln_compiler::passes::default_pipeline;
 use kiln_compiler::spec;
@@ -61,11 +63,20 @@ struct Checked {
 /// Fuse every graph of `opt`, run it next to the graph interpreter (prefill
 /// and, for decoders, decode with a cache) and compare.
 fn check_model(opt: &Lowered, seed: u64, what: &str) -> Vec<(String, Checked)> {
+    check_model_with(opt, seed, what, &FuseOptions::default())
+}
+
+fn check_model_with(
+    opt: &Lowered,
+    seed: u64,
+    what: &str,
+    fo: &FuseOptions,
+) -> Vec<(String, Checked)> {
     let graphs: Vec<&Graph> = opt.graphs().collect();
     let weights = Weights::random(&graphs, seed).unwrap_or_else(|e| panic!("{what}: {e}"));
     let mut out = Vec::new();
     for g in opt.graphs() {
-        let p: KernelProgram = fuse(g).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let p: KernelProgram = fuse_with(g, fo).unwrap_or_else(|e| panic!("{what}: {e}"));
         let pasts: &[usize] = if uses_symbol(g, "past") {
             &[0, 2]
         } else {
@@ -166,14 +177,89 @@ fn kernel_text(model: &str) -> String {
         .join("\n")
 }
 
+/// The kernel text of every shipped model's tiny variant, so a reviewer
+/// sees exactly which kernels a spec becomes.
 #[test]
-fn snapshot_llama_kernels() {
-    insta::assert_snapshot!("tiny_llama_kernels", kernel_text("llama-2-7b"));
+fn snapshot_kernels_of_every_tiny_model() {
+    for path in tiny_specs() {
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        insta::assert_snapshot!(format!("tiny_{name}_kernels"), kernel_text(&name));
+    }
+}
+
+/// Count attention kernels, and softmax row reductions feeding a product
+/// (attention left unfused).
+fn attention_shapes(p: &KernelProgram) -> (usize, usize) {
+    let fused = p.kernels.iter().filter(|k| k.kind() == "attention").count();
+    let unfused = p
+        .kernels
+        .iter()
+        .filter(|k| match k {
+            Kernel::RowReduce { out, stages, .. } => {
+                stages.len() == 2
+                    && stages[0].op == ReduceOp::Max
+                    && stages[1].op == ReduceOp::Sum
+                    && p.kernels
+                        .iter()
+                        .any(|g| matches!(g, Kernel::Gemm { a, .. } if a.buf == out.buf))
+            }
+            _ => false,
+        })
+        .count();
+    (fused, unfused)
 }
 
 #[test]
-fn snapshot_t5_kernels() {
-    insta::assert_snapshot!("tiny_t5_kernels", kernel_text("t5-small"));
+fn every_attention_becomes_one_streaming_kernel() {
+    let no_rewrites = FuseOptions {
+        disabled: REWRITE_NAMES.iter().map(|s| s.to_string()).collect(),
+    };
+    let mut specs: Vec<(String, Lowered)> = tiny_specs()
+        .into_iter()
+        .map(|p| {
+            let name = p.file_stem().unwrap().to_string_lossy().to_string();
+            (name, optimised(&lower(&spec::load(&p).unwrap()).unwrap()))
+        })
+        .collect();
+    for seed in 0..12u64 {
+        if let Ok(rs) = load_random_spec(seed) {
+            specs.push((
+                format!("random spec {seed}"),
+                optimised(&lower(&rs).unwrap()),
+            ));
+        }
+    }
+    let mut total = 0;
+    for (name, l) in &specs {
+        for g in l.graphs() {
+            let before = attention_shapes(&fuse_with(g, &no_rewrites).unwrap());
+            total += before.1;
+            let after = attention_shapes(&fuse(g).unwrap());
+            assert_eq!(before.0, 0, "{name}/{}", g.name);
+            assert_eq!(
+                after,
+                (before.1, 0),
+                "{name}/{}: every attention (softmax feeding a product) is one kernel",
+                g.name
+            );
+        }
+    }
+    assert!(total >= 2 * specs.len(), "only {total} attentions seen");
+}
+
+#[test]
+fn every_kernel_rewrite_can_be_disabled() {
+    for name in REWRITE_NAMES {
+        let opts = FuseOptions {
+            disabled: [name.to_string()].into(),
+        };
+        for model in ["gpt2", "t5-small", "gemma-2-2b"] {
+            let path =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("models/tiny/{model}.toml"));
+            let opt = optimised(&lower(&spec::load(&path).unwrap()).unwrap());
+            check_model_with(&opt, 4, &format!("{model} without {name}"), &opts);
+        }
+    }
 }
 
 #[test]

@@ -501,6 +501,103 @@ impl Exec<'_> {
             } => {
                 return self.gather(*out, *table, indices, indices_shape, *axis);
             }
+            Kernel::Attention {
+                out,
+                q,
+                kt,
+                v,
+                batch,
+                m,
+                keys,
+                d,
+                dv,
+                score,
+            } => {
+                // The unfused program's arithmetic: f64 dot products rounded
+                // to f32, the score body, a two-pass softmax with an f64 sum
+                // and f32 probabilities, then f64 sums of probability × value.
+                let bd = self.dims(batch)?;
+                let [m, keys, d, dv]: [usize; 4] = self
+                    .dims(&[m.clone(), keys.clone(), d.clone(), dv.clone()])?
+                    .try_into()
+                    .expect("four dims");
+                let (o, qv, kv, vv) = (
+                    self.view(out)?,
+                    self.view(q)?,
+                    self.view(kt)?,
+                    self.view(v)?,
+                );
+                let (sl, sbody, ssz) = match score {
+                    Some(e) => (
+                        e.loads
+                            .iter()
+                            .map(|l| self.view(l))
+                            .collect::<Result<Vec<_>>>()?,
+                        Some(&e.body),
+                        self.sizes(&e.body)?,
+                    ),
+                    None => (Vec::new(), None, Vec::new()),
+                };
+                let f32_of = |b: usize| match &self.data[b] {
+                    TensorData::F32(x) => Ok(x.as_slice()),
+                    _ => Err("attention operands must be f32".to_string()),
+                };
+                let (xq, xk, xv) = (f32_of(qv.buf)?, f32_of(kv.buf)?, f32_of(vv.buf)?);
+                let nb = bd.len();
+                let exp = |x: f32| unary(UnaryOp::Exp, V::F(x)).map(V::f);
+                let mut results = Vec::new();
+                for_each(&bd, &mut |bi| {
+                    let mut idx = bi.to_vec();
+                    idx.extend([0, 0]);
+                    let mut idx2 = idx.clone();
+                    for i in 0..m {
+                        let mut s = Vec::with_capacity(keys);
+                        for j in 0..keys {
+                            let mut acc = 0.0f64;
+                            for p in 0..d {
+                                idx[nb] = i;
+                                idx[nb + 1] = p;
+                                idx2[nb] = p;
+                                idx2[nb + 1] = j;
+                                let a = *xq.get(qv.at(&idx)).ok_or("attention q out of bounds")?;
+                                let b = *xk.get(kv.at(&idx2)).ok_or("attention k out of bounds")?;
+                                acc += f64::from(a) * f64::from(b);
+                            }
+                            idx[nb + 1] = j;
+                            let dot = V::F(acc as f32);
+                            s.push(match sbody {
+                                Some(body) => {
+                                    self.eval(body, &sl, &idx, &[dot], &ssz, &mut vals)?.f()
+                                }
+                                None => dot.f(),
+                            });
+                        }
+                        let max = s.iter().fold(f32::NEG_INFINITY, |a, &x| nan_max(a, x));
+                        let mut sum = 0.0f64;
+                        for x in &mut s {
+                            *x = exp(*x - max)?;
+                            sum += f64::from(*x);
+                        }
+                        let sum = sum as f32;
+                        for c in 0..dv {
+                            let mut acc = 0.0f64;
+                            for (j, e) in s.iter().enumerate() {
+                                idx2[nb] = j;
+                                idx2[nb + 1] = c;
+                                let b = *xv.get(vv.at(&idx2)).ok_or("attention v out of bounds")?;
+                                acc += f64::from(e / sum) * f64::from(b);
+                            }
+                            let mut io = bi.to_vec();
+                            io.extend([i, c]);
+                            results.push((io, V::F(acc as f32)));
+                        }
+                    }
+                    Ok(())
+                })?;
+                for (idx, v) in results {
+                    self.write(&o, &idx, v)?;
+                }
+            }
         }
         Ok(())
     }

@@ -52,8 +52,28 @@ enum Fail {
     Error(FuseError),
 }
 
-/// Fuse `graph` into kernels (deterministic: the graph's topological order).
+/// What runs after fusion.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FuseOptions {
+    /// Kernel rewrites ([`super::rewrite::REWRITE_NAMES`]) to skip.
+    pub disabled: BTreeSet<String>,
+}
+
+/// Fuse `graph` into kernels (deterministic: the graph's topological order),
+/// then apply every kernel rewrite.
 pub fn fuse(graph: &Graph) -> Result<KernelProgram, FuseError> {
+    fuse_with(graph, &FuseOptions::default())
+}
+
+/// [`fuse`] with some kernel rewrites disabled.
+pub fn fuse_with(graph: &Graph, opts: &FuseOptions) -> Result<KernelProgram, FuseError> {
+    let mut p = fuse_only(graph)?;
+    super::rewrite::run(&mut p, &opts.disabled);
+    p.plan = BufferPlan::plan(&p.buffers, &p.kernels);
+    Ok(p)
+}
+
+fn fuse_only(graph: &Graph) -> Result<KernelProgram, FuseError> {
     let mut forced = BTreeSet::new();
     loop {
         let f = Fuser::new(graph, &forced);

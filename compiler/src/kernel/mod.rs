@@ -11,16 +11,19 @@
 //! Cranelift SSA value or a WGSL `let`. Lengths (`batch`, `seq`, `past`,
 //! `src`) stay symbolic; strides and offsets are [`Size`] polynomials in them.
 //!
-//! Attention and MoE are, for now, expressed with the generic kinds (Gemm +
-//! RowReduce softmax + Gemm); a dedicated streaming `Attention` kind is the
-//! next step (docs/architecture.md).
+//! Fusion builds the generic kinds; kernel rewrites ([`rewrite`]) then find
+//! composites in them, such as attention (score Gemm, softmax RowReduce, PV
+//! Gemm) becoming one streaming [`Kernel::Attention`].
 
+mod attention;
 mod fuse;
 mod plan;
+pub mod rewrite;
 mod size;
 mod text;
+mod write_through;
 
-pub use fuse::{FuseError, fuse};
+pub use fuse::{FuseError, FuseOptions, fuse, fuse_with};
 pub use plan::BufferPlan;
 pub use size::Size;
 
@@ -187,6 +190,31 @@ pub enum Kernel {
     },
     /// A materialised view (a transpose before a merging reshape, a concat piece).
     Copy { out: View, domain: Shape, src: View },
+    /// Scaled-dot-product attention with a streaming softmax. For each point
+    /// `(b.., i)` of `batch × m` (the queries):
+    ///
+    /// `s[j] = score(Σₚ q[b.., i, p]·kt[b.., p, j])` for `j < keys`, then
+    /// `out[b.., i, c] = Σⱼ softmax(s)[j]·v[b.., j, c]` for `c < dv`,
+    ///
+    /// with views over `(batch.., m, d)`, `(batch.., d, keys)`,
+    /// `(batch.., keys, dv)` and `(batch.., m, dv)` (Gemm conventions: `kt` is
+    /// the keys read transposed). The score body runs over
+    /// `(batch.., m, keys)` with `Reduced(0)` the rounded dot product, so
+    /// scaling, softcap, bias and masks are inside the kernel; no
+    /// `m × keys` buffer exists. The reference rounds like the unfused
+    /// program: each score, then each probability, to f32.
+    Attention {
+        out: View,
+        q: View,
+        kt: View,
+        v: View,
+        batch: Shape,
+        m: Dim,
+        keys: Dim,
+        d: Dim,
+        dv: Dim,
+        score: Option<Epilogue>,
+    },
 }
 
 impl Kernel {
@@ -197,6 +225,57 @@ impl Kernel {
             Kernel::Gemm { .. } => "gemm",
             Kernel::Gather { .. } => "gather",
             Kernel::Copy { .. } => "copy",
+            Kernel::Attention { .. } => "attention",
+        }
+    }
+
+    /// Every view the kernel reads or writes, for rewrites that renumber or
+    /// retarget buffers (Gather's whole-buffer operands are not views).
+    pub fn views_mut(&mut self) -> Vec<&mut View> {
+        match self {
+            Kernel::Elementwise { out, loads, .. } | Kernel::RowReduce { out, loads, .. } => {
+                std::iter::once(out).chain(loads.iter_mut()).collect()
+            }
+            Kernel::Gemm {
+                out,
+                a,
+                b,
+                epilogue,
+                ..
+            } => {
+                let mut v = vec![out, a, b];
+                if let Some(e) = epilogue {
+                    v.extend(e.loads.iter_mut());
+                }
+                v
+            }
+            Kernel::Gather { indices, .. } => vec![indices],
+            Kernel::Copy { out, src, .. } => vec![out, src],
+            Kernel::Attention {
+                out,
+                q,
+                kt,
+                v,
+                score,
+                ..
+            } => {
+                let mut vs = vec![out, q, kt, v];
+                if let Some(e) = score {
+                    vs.extend(e.loads.iter_mut());
+                }
+                vs
+            }
+        }
+    }
+
+    /// Renumber every buffer the kernel names.
+    pub fn map_bufs(&mut self, f: &dyn Fn(BufId) -> BufId) {
+        if let Kernel::Gather { out, table, .. } = self {
+            *out = f(*out);
+            *table = f(*table);
+        }
+        for v in self.views_mut() {
+            v.buf = f(v.buf);
         }
     }
 
@@ -206,7 +285,8 @@ impl Kernel {
             Kernel::Elementwise { out, .. }
             | Kernel::RowReduce { out, .. }
             | Kernel::Gemm { out, .. }
-            | Kernel::Copy { out, .. } => out.buf,
+            | Kernel::Copy { out, .. }
+            | Kernel::Attention { out, .. } => out.buf,
             Kernel::Gather { out, .. } => *out,
         }
     }
@@ -226,6 +306,15 @@ impl Kernel {
             }
             Kernel::Gather { table, indices, .. } => vec![*table, indices.buf],
             Kernel::Copy { src, .. } => vec![src.buf],
+            Kernel::Attention {
+                q, kt, v, score, ..
+            } => {
+                let mut r = vec![q.buf, kt.buf, v.buf];
+                if let Some(e) = score {
+                    r.extend(e.loads.iter().map(|l| l.buf));
+                }
+                r
+            }
         }
     }
 }

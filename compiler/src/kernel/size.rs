@@ -68,6 +68,17 @@ impl Size {
         }
     }
 
+    /// The integer `f` with `self == other · f`, if there is one.
+    pub fn ratio(&self, other: &Size) -> Option<i64> {
+        let (m, c) = other.terms.iter().next()?;
+        let a = self.terms.get(m).copied().unwrap_or(0);
+        if a % c != 0 {
+            return None;
+        }
+        let f = a / c;
+        (other.clone().scale(f) == *self).then_some(f)
+    }
+
     pub fn scale(mut self, k: i64) -> Size {
         if k == 0 {
             return Size::zero();

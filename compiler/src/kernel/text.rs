@@ -148,6 +148,33 @@ pub fn to_text(p: &KernelProgram) -> String {
                     shape(indices_shape)
                 );
             }
+            Kernel::Attention {
+                out: o,
+                q,
+                kt,
+                v,
+                batch,
+                m,
+                keys,
+                d,
+                dv,
+                score,
+            } => {
+                let _ = writeln!(
+                    out,
+                    "k{i} attention {} = softmax({} x {}) x {} batch={} m={m} keys={keys} d={d} dv={dv}",
+                    view(o),
+                    view(q),
+                    view(kt),
+                    view(v),
+                    shape(batch)
+                );
+                if let Some(e) = score {
+                    let _ = writeln!(out, "  score (reduced 0 = q·k):");
+                    loads(&mut out, &e.loads, "    ");
+                    body(&mut out, &e.body, "    ");
+                }
+            }
             Kernel::Copy {
                 out: o,
                 domain,

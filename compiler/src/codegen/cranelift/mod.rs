@@ -29,6 +29,7 @@ use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{FuncId, Linkage, Module};
+use std::borrow::Cow;
 use std::fmt;
 
 /// A generated kernel: `(buffers, sizes, row_begin, row_end, col_begin, col_end)`.
@@ -151,10 +152,25 @@ fn kernel_signature(m: &JITModule) -> Signature {
     sig
 }
 
+/// Columns of the scratch block an Attention kernel's score function works
+/// on (the row pitch of that block).
+pub const ATTENTION_KEY_BLOCK: usize = 64;
+
+/// The scratch block of an Attention kernel's score function is passed as
+/// buffer number `buffers.len()` of the program: its function reads the raw
+/// dot products from it and writes the scores back in place, at
+/// `row · ATTENTION_KEY_BLOCK + column`, rows being the flattened
+/// `(batch.., m)` and columns the keys. The caller points that entry at
+/// `block - (row_begin · ATTENTION_KEY_BLOCK + col_begin)` elements.
+pub fn attention_scratch(p: &KernelProgram) -> usize {
+    p.buffers.len()
+}
+
 /// What to generate for one kernel.
 enum Plan<'a> {
     Elementwise {
-        out: &'a View,
+        out: std::borrow::Cow<'a, View>,
+        out_dtype: DType,
         domain: Vec<crate::ir::Dim>,
         loads: Vec<(View, DType)>,
         body: Body,
@@ -190,13 +206,15 @@ pub fn compile(p: &KernelProgram, opts: Options) -> Result<CpuProgram, CodegenEr
                 loads,
                 body,
             } => Plan::Elementwise {
-                out,
+                out: Cow::Borrowed(out),
+                out_dtype: dtype(out.buf),
                 domain: domain.clone(),
                 loads: with_dtype(loads),
                 body: body.clone(),
             },
             Kernel::Copy { out, domain, src } => Plan::Elementwise {
-                out,
+                out: Cow::Borrowed(out),
+                out_dtype: dtype(out.buf),
                 domain: domain.clone(),
                 loads: with_dtype(std::slice::from_ref(src)),
                 body: Body {
@@ -232,14 +250,58 @@ pub fn compile(p: &KernelProgram, opts: Options) -> Result<CpuProgram, CodegenEr
                 let mut domain = batch.clone();
                 domain.extend([m.clone(), n.clone()]);
                 Plan::Elementwise {
-                    out,
+                    out: Cow::Borrowed(out),
+                    out_dtype: DType::F32,
+                    domain,
+                    loads,
+                    body,
+                }
+            }
+            Kernel::Attention { q, kt, v, out, .. }
+                if [out.buf, q.buf, kt.buf, v.buf]
+                    .iter()
+                    .any(|&x| dtype(x) != DType::F32) =>
+            {
+                return Err(kerr("attention is f32 only".into()));
+            }
+            Kernel::Attention {
+                batch,
+                m,
+                keys,
+                score: Some(e),
+                ..
+            } => {
+                // Scores in, scores out: the scratch block is the product
+                // (the last load) and the output.
+                let mut domain = batch.clone();
+                domain.push(m.clone());
+                let mut pitch = domain.clone();
+                pitch.push(crate::ir::Dim::c(ATTENTION_KEY_BLOCK));
+                domain.push(keys.clone());
+                let block = View {
+                    buf: attention_scratch(p),
+                    offset: Size::zero(),
+                    strides: crate::kernel::row_major(&pitch),
+                };
+                let mut loads = with_dtype(&e.loads);
+                let product = loads.len();
+                loads.push((block.clone(), DType::F32));
+                let mut body = e.body.clone();
+                for (inst, _) in &mut body.insts {
+                    if matches!(inst, Inst::Reduced(0)) {
+                        *inst = Inst::Load(product);
+                    }
+                }
+                Plan::Elementwise {
+                    out: Cow::Owned(block),
+                    out_dtype: DType::F32,
                     domain,
                     loads,
                     body,
                 }
             }
             Kernel::RowReduce { .. } => Plan::RowReduce(k),
-            Kernel::Gemm { .. } | Kernel::Gather { .. } => Plan::None,
+            Kernel::Gemm { .. } | Kernel::Gather { .. } | Kernel::Attention { .. } => Plan::None,
         };
         let (table, views): (Vec<Size>, Vec<&View>) = match &plan {
             Plan::Elementwise {
@@ -247,8 +309,9 @@ pub fn compile(p: &KernelProgram, opts: Options) -> Result<CpuProgram, CodegenEr
                 domain,
                 loads,
                 body,
+                ..
             } => {
-                let views: Vec<&View> = std::iter::once(*out)
+                let views: Vec<&View> = std::iter::once(out.as_ref())
                     .chain(loads.iter().map(|(v, _)| v))
                     .collect();
                 let dims = scalar_domain(domain);
@@ -293,12 +356,13 @@ pub fn compile(p: &KernelProgram, opts: Options) -> Result<CpuProgram, CodegenEr
             match &plan {
                 Plan::Elementwise {
                     out,
+                    out_dtype,
                     domain,
                     loads,
                     body,
                 } => {
                     let (domain, out, loads) = scalar_views(domain, out, loads);
-                    emit::elementwise(&mut g, &out, dtype(out.buf), &domain, &loads, body)
+                    emit::elementwise(&mut g, &out, *out_dtype, &domain, &loads, body)
                         .map_err(kerr)?;
                 }
                 Plan::RowReduce(Kernel::RowReduce {

@@ -1,0 +1,305 @@
+//! Attention as one kernel. Fusion leaves attention as three kernels:
+//!
+//! - `T1 = score(q × kt)`: a Gemm whose epilogue scales, soft-caps, biases
+//!   and masks the scores;
+//! - `T2 = softmax(X(T1))`: a RowReduce with stages `max X`, `sum exp(X - r0)`
+//!   and epilogue `exp(X - r0) / r1`;
+//! - `out = T2 × v`: a Gemm.
+//!
+//! When `T1` and `T2` are temporaries that nothing else reads, the three
+//! become one [`Kernel::Attention`] whose score body is the Gemm epilogue
+//! followed by `X`. The `m × keys` buffers disappear, and a backend can
+//! stream over key blocks with an online softmax.
+
+use super::{Body, BufId, BufferKind, Epilogue, Inst, Kernel, KernelProgram, View, row_major};
+use crate::ir::{Dim, ReduceOp};
+
+/// Rewrite every attention triple of `p`; returns how many were rewritten.
+/// Buffers left unused are removed (and the rest renumbered).
+pub(super) fn fuse_attention(p: &mut KernelProgram) -> usize {
+    let mut count = 0;
+    while let Some((i0, i1, i2, k)) = find(p) {
+        // The reads of the first two kernels move to the third's place:
+        // their operands are written before `i0` (buffers are written once
+        // before they are read), so nothing between changes them.
+        p.kernels[i2] = k;
+        p.kernels.remove(i1);
+        p.kernels.remove(i0);
+        count += 1;
+    }
+    if count > 0 {
+        remove_unused_temps(p);
+    }
+    count
+}
+
+/// How many kernels write and read each buffer.
+fn uses(p: &KernelProgram) -> (Vec<usize>, Vec<usize>) {
+    let mut writes = vec![0; p.buffers.len()];
+    let mut reads = vec![0; p.buffers.len()];
+    for k in &p.kernels {
+        writes[k.output()] += 1;
+        for b in k.reads() {
+            reads[b] += 1;
+        }
+    }
+    (writes, reads)
+}
+
+/// `a` and `b` address the same elements over a domain of extents `dims`
+/// (strides on unit axes do not matter).
+pub(super) fn same_on(a: &View, b: &View, dims: &[Dim]) -> bool {
+    a.buf == b.buf
+        && a.offset == b.offset
+        && a.strides.len() == dims.len()
+        && b.strides.len() == dims.len()
+        && dims
+            .iter()
+            .enumerate()
+            .all(|(k, d)| d.is_one() || a.strides[k] == b.strides[k])
+}
+
+/// `v` is buffer `buf` in its own row-major layout over its own shape.
+fn whole(p: &KernelProgram, v: &View, dims: &[Dim]) -> bool {
+    let b = &p.buffers[v.buf];
+    b.shape == dims
+        && same_on(
+            v,
+            &View {
+                buf: v.buf,
+                offset: super::Size::zero(),
+                strides: row_major(&b.shape),
+            },
+            dims,
+        )
+}
+
+/// A canonical expression of value `v` of `b` (for comparing bodies).
+fn expr(b: &Body, v: usize) -> String {
+    let (inst, dt) = &b.insts[v];
+    match inst {
+        Inst::Load(l) => format!("l{l}:{dt}"),
+        Inst::Const(c) => format!("{c:?}:{dt}"),
+        Inst::Index(a) => format!("i{a}"),
+        Inst::Size(s) => format!("({s})"),
+        Inst::Unary(u, x) => format!("{u:?}({}):{dt}", expr(b, *x)),
+        Inst::Binary(o, x, y) => format!("{o:?}({},{}):{dt}", expr(b, *x), expr(b, *y)),
+        Inst::Select(c, x, y) => {
+            format!("sel({},{},{}):{dt}", expr(b, *c), expr(b, *x), expr(b, *y))
+        }
+        Inst::Cast(x) => format!("cast({}):{dt}", expr(b, *x)),
+        Inst::Reduced(s) => format!("r{s}:{dt}"),
+    }
+}
+
+/// Whether the stages and epilogue are a softmax of stage 0's value `X`.
+fn is_softmax(stages: &[super::Stage], epilogue: &Body) -> bool {
+    let [s0, s1] = stages else { return false };
+    if s0.op != ReduceOp::Max || s1.op != ReduceOp::Sum {
+        return false;
+    }
+    let x = expr(&s0.body, s0.body.result);
+    let e = format!("Exp(Sub({x},r0:f32):f32):f32");
+    expr(&s1.body, s1.body.result) == e
+        && expr(epilogue, epilogue.result) == format!("Div({e},r1:f32):f32")
+        && s0.body.insts[s0.body.result].1 == crate::ir::DType::F32
+}
+
+/// The first attention triple `(i0, i1, i2)` and its replacement.
+fn find(p: &KernelProgram) -> Option<(usize, usize, usize, Kernel)> {
+    let (writes, reads) = uses(p);
+    let writer = |b: BufId| p.kernels.iter().position(|k| k.output() == b);
+    let private =
+        |b: BufId| p.buffers[b].kind == BufferKind::Temp && writes[b] == 1 && reads[b] == 1;
+    for (i2, k2) in p.kernels.iter().enumerate() {
+        let Kernel::Gemm {
+            out,
+            a: probs,
+            b: v,
+            batch,
+            m,
+            n: dv,
+            k: keys,
+            epilogue: None,
+        } = k2
+        else {
+            continue;
+        };
+        let t2 = probs.buf;
+        if !private(t2) {
+            continue;
+        }
+        let Some(i1) = writer(t2) else { continue };
+        let Kernel::RowReduce {
+            out: rout,
+            domain,
+            loads,
+            stages,
+            epilogue,
+            per_row: false,
+        } = &p.kernels[i1]
+        else {
+            continue;
+        };
+        let expected: Vec<Dim> = batch.iter().chain([m, keys]).cloned().collect();
+        if *domain != expected
+            || !whole(p, rout, domain)
+            || !same_on(probs, rout, domain)
+            || !is_softmax(stages, epilogue)
+        {
+            continue;
+        }
+        // The scores: a load of stage 0 from a private Gemm output.
+        let Some((lt, t1, i0)) = loads.iter().enumerate().find_map(|(l, view)| {
+            let t1 = view.buf;
+            let i0 = writer(t1)?;
+            let scores = matches!(p.kernels[i0], Kernel::Gemm { .. })
+                && private(t1)
+                && whole(p, view, domain);
+            scores.then_some((l, t1, i0))
+        }) else {
+            continue;
+        };
+        let Kernel::Gemm {
+            out: sout,
+            a: q,
+            b: kt,
+            batch: b1,
+            m: m1,
+            n: n1,
+            k: d,
+            epilogue: e1,
+        } = &p.kernels[i0]
+        else {
+            continue;
+        };
+        if b1 != batch || m1 != m || n1 != keys || !whole(p, sout, domain) || sout.buf != t1 {
+            continue;
+        }
+        let score = score_body(e1.as_ref(), &stages[0].body, loads, lt);
+        return Some((
+            i0,
+            i1,
+            i2,
+            Kernel::Attention {
+                out: out.clone(),
+                q: q.clone(),
+                kt: kt.clone(),
+                v: v.clone(),
+                batch: batch.clone(),
+                m: m.clone(),
+                keys: keys.clone(),
+                d: d.clone(),
+                dv: dv.clone(),
+                score,
+            },
+        ));
+    }
+    None
+}
+
+/// The score body: the Gemm epilogue (or the bare product), then stage 0's
+/// `X` with its load of the scores (`lt`) replaced by that value. `None`
+/// when the score is the bare product.
+fn score_body(
+    gemm_epilogue: Option<&Epilogue>,
+    x: &Body,
+    x_loads: &[View],
+    lt: usize,
+) -> Option<Epilogue> {
+    let bare_x = x.insts.len() == 1 && x.insts[0].0 == Inst::Load(lt);
+    if gemm_epilogue.is_none() && bare_x {
+        return None;
+    }
+    let mut loads: Vec<View> = Vec::new();
+    let mut load = |v: &View| match loads.iter().position(|x| x == v) {
+        Some(i) => i,
+        None => {
+            loads.push(v.clone());
+            loads.len() - 1
+        }
+    };
+    let mut body = Body::default();
+    let product = match gemm_epilogue {
+        Some(e) => {
+            let map: Vec<usize> = e.loads.iter().map(&mut load).collect();
+            append(&mut body, &e.body, &|l| Err(map[l]))
+        }
+        None => {
+            body.insts.push((Inst::Reduced(0), crate::ir::DType::F32));
+            0
+        }
+    };
+    let map: Vec<usize> = x_loads.iter().map(&mut load).collect();
+    let result = append(&mut body, x, &|l| {
+        if l == lt { Ok(product) } else { Err(map[l]) }
+    });
+    // The scores' own view was added above but is no longer read.
+    let dead = map[lt];
+    if !body.insts.iter().any(|(i, _)| *i == Inst::Load(dead)) {
+        loads.remove(dead);
+        for (inst, _) in &mut body.insts {
+            if let Inst::Load(l) = inst
+                && *l > dead
+            {
+                *l -= 1;
+            }
+        }
+    }
+    body.result = result;
+    Some(Epilogue { loads, body })
+}
+
+/// Append `src` to `dst`; `load(l)` is `Ok(value)` to use an existing value
+/// of `dst` for a load, or `Err(index)` to load through `dst`'s load list.
+/// Returns the value of `src`'s result in `dst`.
+fn append(dst: &mut Body, src: &Body, load: &dyn Fn(usize) -> Result<usize, usize>) -> usize {
+    let mut vmap = Vec::with_capacity(src.insts.len());
+    for (inst, dt) in &src.insts {
+        let m = |v: &usize| vmap[*v];
+        let new = match inst {
+            Inst::Load(l) => match load(*l) {
+                Ok(v) => {
+                    vmap.push(v);
+                    continue;
+                }
+                Err(l) => Inst::Load(l),
+            },
+            Inst::Unary(u, x) => Inst::Unary(*u, m(x)),
+            Inst::Binary(o, x, y) => Inst::Binary(*o, m(x), m(y)),
+            Inst::Select(c, x, y) => Inst::Select(m(c), m(x), m(y)),
+            Inst::Cast(x) => Inst::Cast(m(x)),
+            other => other.clone(),
+        };
+        dst.insts.push((new, *dt));
+        vmap.push(dst.insts.len() - 1);
+    }
+    vmap[src.result]
+}
+
+/// Drop temporaries no kernel touches any more, renumbering the rest.
+pub(super) fn remove_unused_temps(p: &mut KernelProgram) {
+    let (writes, reads) = uses(p);
+    let keep: Vec<bool> = (0..p.buffers.len())
+        .map(|b| p.buffers[b].kind != BufferKind::Temp || writes[b] + reads[b] > 0)
+        .collect();
+    let mut new_id = vec![usize::MAX; keep.len()];
+    let mut next = 0;
+    for (b, &k) in keep.iter().enumerate() {
+        if k {
+            new_id[b] = next;
+            next += 1;
+        }
+    }
+    let mut b = 0;
+    p.buffers.retain(|_| {
+        b += 1;
+        keep[b - 1]
+    });
+    for k in &mut p.kernels {
+        k.map_bufs(&|b| new_id[b]);
+    }
+    for (_, b) in p.inputs.iter_mut().chain(p.outputs.iter_mut()) {
+        *b = new_id[*b];
+    }
+}

@@ -1,0 +1,33 @@
+//! Kernel rewrites: pattern rewrites of a fused [`KernelProgram`], run by
+//! [`fuse_with`](super::fuse_with) after fusion and before memory planning.
+//! Each keeps what the program computes (up to rounding where its docs say
+//! so) and can be disabled by name, like the graph passes.
+//!
+//! | rewrite | what |
+//! |---|---|
+//! | `attention` | score Gemm + softmax RowReduce + PV Gemm → one streaming [`Kernel::Attention`](super::Kernel::Attention) (same rounding as the three) |
+//! | `write-through` | a kernel whose output is only copied elsewhere writes to the copy's destination (exact) |
+
+use super::KernelProgram;
+use std::collections::BTreeSet;
+
+/// Every kernel rewrite, in the order they run.
+pub const REWRITE_NAMES: [&str; 2] = ["attention", "write-through"];
+
+/// Run the rewrites not in `disabled`; returns `(name, rewrites applied)`.
+/// The caller re-plans memory afterwards.
+pub fn run(p: &mut KernelProgram, disabled: &BTreeSet<String>) -> Vec<(&'static str, usize)> {
+    let mut done = Vec::new();
+    for name in REWRITE_NAMES {
+        if disabled.contains(name) {
+            continue;
+        }
+        let n = match name {
+            "attention" => super::attention::fuse_attention(p),
+            "write-through" => super::write_through::write_through(p),
+            _ => unreachable!("every name is handled"),
+        };
+        done.push((name, n));
+    }
+    done
+}

@@ -1,0 +1,149 @@
+//! Write-through: a kernel whose whole output is only copied elsewhere
+//! writes straight to the copy's destination, and the copy disappears.
+//!
+//! The common case is attention's output `[b, kv, group, seq, hd]`, copied
+//! to `[b, seq, heads, hd]` before the heads merge into the model width. The
+//! copy's source view must visit every element of the temporary exactly
+//! once: each temporary axis is a mixed-radix digit of one copy axis.
+
+use super::attention::{remove_unused_temps, same_on};
+use super::{BufferKind, Kernel, KernelProgram, Size, View, row_major};
+use crate::ir::Dim;
+
+/// Apply every write-through; returns how many copies were removed.
+pub(super) fn write_through(p: &mut KernelProgram) -> usize {
+    let mut count = 0;
+    while let Some((ci, ki, out)) = find(p) {
+        match &mut p.kernels[ki] {
+            Kernel::Elementwise { out: o, .. } | Kernel::Attention { out: o, .. } => *o = out,
+            _ => unreachable!("find returns only these kinds"),
+        }
+        p.kernels.remove(ci);
+        count += 1;
+    }
+    if count > 0 {
+        remove_unused_temps(p);
+    }
+    count
+}
+
+/// A copy `ci` of a temporary written whole by kernel `ki`, and the view
+/// through which `ki` can write the copy's destination directly.
+fn find(p: &KernelProgram) -> Option<(usize, usize, View)> {
+    let mut writes = vec![0usize; p.buffers.len()];
+    let mut reads = vec![0usize; p.buffers.len()];
+    for k in &p.kernels {
+        writes[k.output()] += 1;
+        for b in k.reads() {
+            reads[b] += 1;
+        }
+    }
+    for (ci, c) in p.kernels.iter().enumerate() {
+        let Kernel::Copy { out, domain, src } = c else {
+            continue;
+        };
+        let t = src.buf;
+        if p.buffers[t].kind != BufferKind::Temp || writes[t] != 1 || reads[t] != 1 {
+            continue;
+        }
+        let Some(ki) = p.kernels.iter().position(|k| k.output() == t) else {
+            continue;
+        };
+        let kdomain: Vec<Dim> = match &p.kernels[ki] {
+            Kernel::Elementwise { domain, .. } => domain.clone(),
+            Kernel::Attention {
+                batch, m, dv, out, ..
+            } if out.buf == t => batch.iter().chain([m, dv]).cloned().collect(),
+            _ => continue,
+        };
+        let shape = &p.buffers[t].shape;
+        let rs = row_major(shape);
+        let kout = match &p.kernels[ki] {
+            Kernel::Elementwise { out, .. } | Kernel::Attention { out, .. } => out,
+            _ => unreachable!("matched above"),
+        };
+        let own = View {
+            buf: t,
+            offset: Size::zero(),
+            strides: rs.clone(),
+        };
+        if kdomain != *shape || !same_on(kout, &own, shape) {
+            continue;
+        }
+        if let Some(strides) = compose(shape, &rs, domain, src, &out.strides) {
+            return Some((
+                ci,
+                ki,
+                View {
+                    buf: out.buf,
+                    offset: out.offset.clone(),
+                    strides,
+                },
+            ));
+        }
+    }
+    None
+}
+
+/// Strides over the temporary's axes that land each element where the copy
+/// puts it, when the copy reads the temporary (shape `shape`, row-major
+/// strides `rs`) through `src` over `cdomain` exactly once per element.
+fn compose(
+    shape: &[Dim],
+    rs: &[Size],
+    cdomain: &[Dim],
+    src: &View,
+    cout: &[Size],
+) -> Option<Vec<Size>> {
+    if !src.offset.is_zero() {
+        return None;
+    }
+    // Each temporary axis: the copy axis it is a digit of, and its weight.
+    let mut digit: Vec<Option<(usize, i64)>> = vec![None; shape.len()];
+    for (t, e) in shape.iter().enumerate() {
+        if e.is_one() {
+            continue;
+        }
+        digit[t] = cdomain
+            .iter()
+            .enumerate()
+            .filter(|(a, d)| !d.is_one() && !src.strides[*a].is_zero())
+            .filter_map(|(a, _)| rs[t].ratio(&src.strides[a]).map(|f| (a, f)))
+            .filter(|&(_, f)| f > 0)
+            .min_by_key(|&(_, f)| f);
+        digit[t]?;
+    }
+    // Every copy axis is exactly the mixed-radix number of its digits.
+    for (a, extent) in cdomain.iter().enumerate() {
+        if extent.is_one() {
+            continue;
+        }
+        let mut ds: Vec<(i64, &Dim)> = (0..shape.len())
+            .filter_map(|t| digit[t].filter(|d| d.0 == a).map(|d| (d.1, &shape[t])))
+            .collect();
+        ds.sort_by_key(|d| d.0);
+        let mut weight = 1i64;
+        for (i, (f, e)) in ds.iter().enumerate() {
+            if *f != weight {
+                return None;
+            }
+            if i + 1 < ds.len() {
+                weight *= e.as_const()? as i64;
+            } else if Size::from_dim(extent) != Size::from_dim(e).scale(weight) {
+                return None;
+            }
+        }
+        if ds.is_empty() {
+            return None;
+        }
+    }
+    Some(
+        digit
+            .iter()
+            .map(|d| match d {
+                Some((a, f)) => cout[*a].clone().scale(*f),
+                None => Size::zero(),
+            })
+            .collect(),
+    )
+}

@@ -1,0 +1,361 @@
+//! Matrix products for the JIT: tiles through the `gemm` crate with the
+//! generated epilogue applied to each tile, and streamed matrix-vector
+//! products for decode.
+
+use super::{PARALLEL_MIN_WORK, Ptrs, unflatten};
+use crate::error::Result;
+use kiln_compiler::codegen::cranelift::KernelFn;
+use kiln_compiler::kernel::{Size, View};
+use rayon::prelude::*;
+
+/// A view at concrete lengths: element offset and strides (in elements).
+#[derive(Debug, Clone)]
+pub(super) struct ViewAt {
+    pub buf: usize,
+    pub off: i64,
+    pub strides: Vec<i64>,
+}
+
+pub(super) fn eval_view(v: &View, eval: &dyn Fn(&Size) -> Result<i64>) -> Result<ViewAt> {
+    Ok(ViewAt {
+        buf: v.buf,
+        off: eval(&v.offset)?,
+        strides: v.strides.iter().map(eval).collect::<Result<_>>()?,
+    })
+}
+
+impl ViewAt {
+    /// Element offset of batch index `bi` (the leading axes).
+    pub fn batch_offset(&self, bi: &[usize]) -> i64 {
+        self.off
+            + bi.iter()
+                .zip(&self.strides)
+                .map(|(&i, &s)| i as i64 * s)
+                .sum::<i64>()
+    }
+    pub fn rs(&self) -> isize {
+        self.strides[self.strides.len() - 2] as isize
+    }
+    pub fn cs(&self) -> isize {
+        self.strides[self.strides.len() - 1] as isize
+    }
+}
+
+pub(super) struct GemmCall {
+    pub batch: Vec<usize>,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: ViewAt,
+    pub b: ViewAt,
+    pub out: ViewAt,
+}
+
+#[derive(Clone, Copy)]
+struct Tile {
+    bi: usize,
+    i0: usize,
+    i1: usize,
+    j0: usize,
+    j1: usize,
+}
+
+impl GemmCall {
+    /// Tiles over (batch, row block, column block): enough to feed every
+    /// thread. A single large product is split by columns, so each tile
+    /// packs only its own slice of `b` (the weight) and the small `a` is
+    /// the part packed more than once.
+    fn tiles(&self) -> Vec<Tile> {
+        let nb: usize = self.batch.iter().product();
+        let threads = rayon::current_num_threads();
+        let flops = 2 * nb * self.m * self.n * self.k.max(1);
+        // A matrix-vector product is bound by reading `b`: split it as soon
+        // as `b` is large, whatever the FLOPs.
+        let streamed = self.m <= GEMV_MAX_ROWS && nb * self.n * self.k >= 8 * PARALLEL_MIN_WORK;
+        let want = if flops < 4 * PARALLEL_MIN_WORK * 64 && !streamed {
+            1
+        } else {
+            threads * 2
+        };
+        let per_batch = want.div_ceil(nb.max(1)).max(1);
+        let (mb, nbk) = if per_batch == 1 {
+            (self.m, self.n)
+        } else if self.n >= 64 * per_batch || self.m < 16 * per_batch {
+            let cols = self.n.div_ceil(per_batch).div_ceil(16) * 16;
+            (self.m, cols.max(16))
+        } else {
+            (self.m.div_ceil(per_batch), self.n)
+        };
+        let (mb, nbk) = (mb.max(1), nbk.max(1));
+        let mut t = Vec::new();
+        for bi in 0..nb {
+            let mut i0 = 0;
+            while i0 < self.m {
+                let i1 = (i0 + mb).min(self.m);
+                let mut j0 = 0;
+                while j0 < self.n {
+                    let j1 = (j0 + nbk).min(self.n);
+                    t.push(Tile { bi, i0, i1, j0, j1 });
+                    j0 = j1;
+                }
+                i0 = i1;
+            }
+        }
+        t
+    }
+
+    /// A large matrix-vector product over a `[k, n]` weight: threads take
+    /// contiguous row ranges of the weight (each a sequential stream) and
+    /// their partial sums are added, then the epilogue runs once.
+    fn launch_split_k(
+        &self,
+        ptrs: &[*mut u8],
+        epilogue: Option<KernelFn>,
+        bufs: Ptrs,
+        sizes: &[i64],
+    ) -> bool {
+        let nb: usize = self.batch.iter().product();
+        let threads = rayon::current_num_threads();
+        let (ocs, bcs) = (self.out.cs(), self.b.cs());
+        if nb != 1
+            || self.m > GEMV_MAX_ROWS
+            || threads == 1
+            || ocs != 1
+            || bcs != 1
+            || self.n * self.k < 8 * PARALLEL_MIN_WORK
+        {
+            return false;
+        }
+        let (pa, pb, po) = (
+            ptrs[self.a.buf] as usize,
+            ptrs[self.b.buf] as usize,
+            ptrs[self.out.buf] as usize,
+        );
+        let (oa, ob, oo) = (
+            self.a.batch_offset(&[]),
+            self.b.batch_offset(&[]),
+            self.out.batch_offset(&[]),
+        );
+        let (ars, acs, brs, ors) = (self.a.rs(), self.a.cs(), self.b.rs(), self.out.rs());
+        let parts = threads;
+        let per = self.k.div_ceil(parts);
+        for i in 0..self.m {
+            let partial: Vec<Vec<f32>> = (0..parts)
+                .into_par_iter()
+                .map(|t| {
+                    let (p0, p1) = (t * per, ((t + 1) * per).min(self.k));
+                    let mut acc = vec![0.0f32; self.n];
+                    if p0 < p1 {
+                        // SAFETY: rows p0..p1 of b and elements p0..p1 of
+                        // row i of a lie inside their buffers.
+                        unsafe {
+                            let a = (pa as *const f32)
+                                .offset(oa as isize + i as isize * ars + p0 as isize * acs);
+                            let b = (pb as *const f32).offset(ob as isize + p0 as isize * brs);
+                            gemv(a, acs, b, brs, 1, p1 - p0, &mut acc);
+                        }
+                    }
+                    acc
+                })
+                .collect();
+            // SAFETY: row i of out holds n contiguous elements.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut(
+                    (po as *mut f32).offset(oo as isize + i as isize * ors),
+                    self.n,
+                )
+            };
+            out.copy_from_slice(&partial[0]);
+            for p in &partial[1..] {
+                for (o, x) in out.iter_mut().zip(p) {
+                    *o += x;
+                }
+            }
+        }
+        if let Some(f) = epilogue {
+            // SAFETY: as for the tiled path, over the whole output.
+            unsafe {
+                f(
+                    bufs.get(),
+                    sizes.as_ptr(),
+                    0,
+                    self.m as i64,
+                    0,
+                    self.n as i64,
+                )
+            };
+        }
+        true
+    }
+
+    pub fn launch(&self, ptrs: &[*mut u8], epilogue: Option<KernelFn>, bufs: Ptrs, sizes: &[i64]) {
+        if self.m == 0 || self.n == 0 {
+            return;
+        }
+        let base = |v: &ViewAt| ptrs[v.buf] as usize;
+        let (pa, pb, po) = (base(&self.a), base(&self.b), base(&self.out));
+        let run = |t: Tile| {
+            let bi = unflatten(t.bi, &self.batch);
+            let oa = self.a.batch_offset(&bi);
+            let ob = self.b.batch_offset(&bi);
+            let oo = self.out.batch_offset(&bi);
+            let (ars, acs) = (self.a.rs(), self.a.cs());
+            let (brs, bcs) = (self.b.rs(), self.b.cs());
+            let (ors, ocs) = (self.out.rs(), self.out.cs());
+            // SAFETY: offsets and strides come from views that lie inside
+            // their buffers; tiles write disjoint blocks of `out`.
+            unsafe {
+                let a = (pa as *const f32).offset(oa as isize + t.i0 as isize * ars);
+                let b = (pb as *const f32).offset(ob as isize + t.j0 as isize * bcs);
+                let o = (po as *mut f32)
+                    .offset(oo as isize + t.i0 as isize * ors + t.j0 as isize * ocs);
+                let (mt, nt) = (t.i1 - t.i0, t.j1 - t.j0);
+                if mt <= GEMV_MAX_ROWS && ocs == 1 && (bcs == 1 || brs == 1) {
+                    // Matrix-vector products (decode) are memory bound:
+                    // stream the weight once instead of packing it.
+                    for i in 0..mt {
+                        let ai = a.offset(i as isize * ars);
+                        let oi = o.offset(i as isize * ors);
+                        let out = std::slice::from_raw_parts_mut(oi, nt);
+                        gemv(ai, acs, b, brs, bcs, self.k, out);
+                    }
+                } else {
+                    gemm::gemm(
+                        mt,
+                        nt,
+                        self.k,
+                        o,
+                        ocs,
+                        ors,
+                        false,
+                        a,
+                        acs,
+                        ars,
+                        b,
+                        bcs,
+                        brs,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                if let Some(f) = epilogue {
+                    let r = (t.bi * self.m) as i64;
+                    f(
+                        bufs.get(),
+                        sizes.as_ptr(),
+                        r + t.i0 as i64,
+                        r + t.i1 as i64,
+                        t.j0 as i64,
+                        t.j1 as i64,
+                    );
+                }
+            }
+        };
+        if self.launch_split_k(ptrs, epilogue, bufs, sizes) {
+            return;
+        }
+        let tiles = self.tiles();
+        if tiles.len() == 1 {
+            run(tiles[0]);
+        } else {
+            tiles.into_par_iter().for_each(run);
+        }
+    }
+}
+
+/// Rows of `a` up to which a product runs as matrix-vector products.
+const GEMV_MAX_ROWS: usize = 2;
+
+/// `out[j] = Σₚ x[p·xs]·b[p·brs + j·bcs]` for `j < out.len()`, where `b` has
+/// a unit stride along `p` (dot products) or along `j` (scaled row sums).
+/// Uses AVX2+FMA code when the CPU has it.
+///
+/// # Safety
+/// `x` and `b` are valid for every element these strides reach.
+pub(super) unsafe fn gemv(
+    x: *const f32,
+    xs: isize,
+    b: *const f32,
+    brs: isize,
+    bcs: isize,
+    k: usize,
+    out: &mut [f32],
+) {
+    let xv: Vec<f32> = (0..k)
+        .map(|p| unsafe { *x.offset(p as isize * xs) })
+        .collect();
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected; same contract as ours.
+        unsafe { gemv_avx2(&xv, b, brs, bcs, out) };
+        return;
+    }
+    // SAFETY: forwarded contract.
+    unsafe { gemv_body(&xv, b, brs, bcs, out) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemv_avx2(x: &[f32], b: *const f32, brs: isize, bcs: isize, out: &mut [f32]) {
+    // SAFETY: forwarded contract; compiled here with AVX2 and FMA.
+    unsafe { gemv_body(x, b, brs, bcs, out) }
+}
+
+#[inline(always)]
+unsafe fn gemv_body(x: &[f32], b: *const f32, brs: isize, bcs: isize, out: &mut [f32]) {
+    let k = x.len();
+    if brs == 1 {
+        for (j, o) in out.iter_mut().enumerate() {
+            // SAFETY: column j of b is k contiguous elements.
+            let col = unsafe { std::slice::from_raw_parts(b.offset(j as isize * bcs), k) };
+            *o = dot(x, col);
+        }
+        return;
+    }
+    let n = out.len();
+    out.fill(0.0);
+    // Four rows of b per pass over `out`: a quarter of the read-modify-writes.
+    let mut p = 0;
+    while p + 4 <= k {
+        // SAFETY: rows p..p+4 of b hold n contiguous elements each.
+        let r =
+            |q: usize| unsafe { std::slice::from_raw_parts(b.offset((p + q) as isize * brs), n) };
+        let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+        let (x0, x1, x2, x3) = (x[p], x[p + 1], x[p + 2], x[p + 3]);
+        for j in 0..n {
+            out[j] += x0 * r0[j] + x1 * r1[j] + x2 * r2[j] + x3 * r3[j];
+        }
+        p += 4;
+    }
+    while p < k {
+        // SAFETY: as above, one row.
+        let row = unsafe { std::slice::from_raw_parts(b.offset(p as isize * brs), n) };
+        for (o, &w) in out.iter_mut().zip(row) {
+            *o += x[p] * w;
+        }
+        p += 1;
+    }
+}
+
+/// A dot product in sixteen independent lanes (so it vectorises).
+#[inline(always)]
+pub(super) fn dot(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (xc, yc) = (x.chunks_exact(16), y.chunks_exact(16));
+    let tail: f32 = xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (a, b) in xc.zip(yc) {
+        for l in 0..16 {
+            acc[l] += a[l] * b[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
