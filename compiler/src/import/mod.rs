@@ -49,6 +49,9 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "bart",
 ];
 
+/// The largest `config.json` kiln reads (real ones are a few kilobytes).
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
 /// Why a config could not be imported: the file, the config field at fault
 /// (dotted for nested ones, `rope_scaling.type`) and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,7 +160,7 @@ pub fn import_path(path: &Path, opts: &ImportOptions) -> Result<Imported, Import
     } else {
         path.to_path_buf()
     };
-    let text = std::fs::read_to_string(&file)
+    let text = spec::read_text_file(&file, MAX_CONFIG_BYTES)
         .map_err(|e| ImportError::new(&file, None, format!("cannot read the config: {e}")))?;
     import_config(&text, &file, opts)
 }

@@ -17,7 +17,8 @@ mod validate;
 
 pub use error::{Snippet, SpecError};
 pub use schema::*;
-pub use source::{shipped_names, shipped_spec};
+pub use source::{MAX_SPEC_BYTES, read_text_file, shipped_names, shipped_spec};
+pub use validate::{MAX_PARAMETERS, MAX_SIZE};
 
 use std::path::Path;
 
@@ -37,7 +38,7 @@ pub struct ResolvedSpec {
 /// `extends` is resolved against its directory.
 pub fn load(path: impl AsRef<Path>) -> Result<ResolvedSpec, SpecError> {
     let path = path.as_ref();
-    let src = std::fs::read_to_string(path).map_err(|e| SpecError {
+    let src = read_text_file(path, MAX_SPEC_BYTES).map_err(|e| SpecError {
         file: path.to_path_buf(),
         message: format!("cannot read spec: {e}"),
         help: Some(

@@ -10,6 +10,53 @@ mod shipped {
     include!(concat!(env!("OUT_DIR"), "/shipped_specs.rs"));
 }
 
+/// The largest spec file kiln reads (a real spec is a few hundred bytes).
+pub const MAX_SPEC_BYTES: u64 = 1 << 20;
+
+/// Read a text file a user named (a spec, an `extends` base, a
+/// `config.json`), refusing what is not a regular file or holds more than
+/// `limit` bytes *before* reading it: `extends = "/dev/zero"` or a FIFO would
+/// otherwise read forever or block. Invalid UTF-8 is an
+/// [`InvalidData`](std::io::ErrorKind::InvalidData) error.
+pub fn read_text_file(path: &Path, limit: u64) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        let what = if meta.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file (a device, pipe or socket)"
+        };
+        return Err(Error::new(ErrorKind::InvalidInput, format!("it is {what}")));
+    }
+    let too_big = |n: u64| {
+        Error::new(
+            ErrorKind::InvalidData,
+            format!(
+                "it is {n} bytes long, more than the {limit} bytes kiln reads from such a file"
+            ),
+        )
+    };
+    if meta.len() > limit {
+        return Err(too_big(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // `take`: a file that grows (or a /proc file whose size reads 0) still
+    // stops at the limit.
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_big(bytes.len() as u64));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidData,
+            format!("it is not UTF-8 text ({e})"),
+        )
+    })
+}
+
 /// Names of the specs shipped in `models/` (embedded in the binary), sorted.
 pub fn shipped_names() -> impl Iterator<Item = &'static str> {
     shipped::SHIPPED.iter().map(|(n, _)| *n)
@@ -175,7 +222,7 @@ fn find_base(target: &str, from: &Origin, at: Option<Loc>) -> Result<(String, Or
             let dir = p.parent().unwrap_or(Path::new(""));
             if is_path {
                 let joined = dir.join(target);
-                return match std::fs::read_to_string(&joined) {
+                return match read_text_file(&joined, MAX_SPEC_BYTES) {
                     Ok(text) => Ok((text, Origin::Disk(joined))),
                     Err(e) => Err(Located::new(
                         at.clone(),
@@ -201,7 +248,7 @@ fn find_base(target: &str, from: &Origin, at: Option<Loc>) -> Result<(String, Or
             let beside = dir.join(format!("{target}.toml"));
             if beside.is_file()
                 && Origin::Disk(beside.clone()).identity() != from.identity()
-                && let Ok(text) = std::fs::read_to_string(&beside)
+                && let Ok(text) = read_text_file(&beside, MAX_SPEC_BYTES)
             {
                 return Ok((text, Origin::Disk(beside)));
             }

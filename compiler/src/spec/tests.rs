@@ -493,3 +493,140 @@ fn mutated_shipped_specs_never_panic() {
         }
     }
 }
+
+#[test]
+fn extends_refuses_what_is_not_a_small_regular_file() {
+    // `extends` (and `load`) read only regular files of at most MAX_SPEC_BYTES:
+    // a device would read forever (`/dev/zero`), a FIFO would block.
+    let dir = TempDir::new("extends-devices");
+    let spec = |target: &str| format!("extends = \"{target}\"\nname = \"x\"\n");
+    #[cfg(unix)]
+    {
+        let p = dir.write("zero.toml", &spec("/dev/zero"));
+        let e = load(&p).unwrap_err();
+        assert!(
+            e.message.contains("cannot read base spec `/dev/zero`")
+                && e.message.contains("not a regular file"),
+            "{}",
+            e.render()
+        );
+        let e = load("/dev/zero").unwrap_err();
+        assert!(
+            e.message.contains("cannot read spec") && e.message.contains("not a regular file"),
+            "{}",
+            e.render()
+        );
+        let fifo = dir.0.join("fifo.toml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .is_ok_and(|s| s.success());
+        if made {
+            let p = dir.write("pipe.toml", &spec("fifo.toml"));
+            let e = load(&p).unwrap_err();
+            assert!(e.message.contains("not a regular file"), "{}", e.render());
+            // A FIFO named like a shipped model beside the spec is skipped:
+            // the embedded copy is used.
+            std::fs::rename(&fifo, dir.0.join("gpt2.toml")).unwrap();
+            let p = dir.write("named.toml", &spec("gpt2"));
+            assert_eq!(load(&p).unwrap().spec.d_model, 768);
+        }
+    }
+    std::fs::create_dir_all(dir.0.join("sub.toml")).unwrap();
+    let p = dir.write("dir.toml", &spec("sub.toml"));
+    let e = load(&p).unwrap_err();
+    assert!(e.message.contains("it is a directory"), "{}", e.render());
+
+    let big = format!("{TINY}#{}\n", "x".repeat(MAX_SPEC_BYTES as usize));
+    dir.write("big.toml", &big);
+    let p = dir.write("uses-big.toml", &spec("big.toml"));
+    let e = load(&p).unwrap_err();
+    assert!(
+        e.message
+            .contains(&format!("more than the {MAX_SPEC_BYTES} bytes")),
+        "{}",
+        e.render()
+    );
+
+    std::fs::write(dir.0.join("latin1.toml"), b"name = \"caf\xe9\"\n").unwrap();
+    let p = dir.write("uses-latin1.toml", &spec("latin1.toml"));
+    let e = load(&p).unwrap_err();
+    assert!(e.message.contains("not UTF-8"), "{}", e.render());
+}
+
+#[test]
+fn sizes_beyond_what_kiln_supports_are_errors_at_the_key() {
+    // Found by fuzzing: `head_dim = 2^62` (or a d_model of 2^40 giving such a
+    // head width) passed validation, and lowering then tried to allocate the
+    // RoPE frequency table of head_dim / 2 entries: an abort, not an error.
+    let cases = [
+        (
+            "d_model = 64",
+            "d_model = 1099511627776",
+            "`d_model` is 1099511627776",
+        ),
+        (
+            "heads = 4",
+            "heads = 4\nhead_dim = 4611686018427387904",
+            "`attention.head_dim` is 4611686018427387904",
+        ),
+        ("d_ff = 256", "d_ff = 16777217", "`mlp.d_ff` is 16777217"),
+        (
+            "vocab_size = 128",
+            "vocab_size = 9223372036854775807",
+            "`vocab_size` is 9223372036854775807",
+        ),
+    ];
+    for (from, to, needle) in cases {
+        let text = TINY.replace(from, to);
+        let e = err_of(&text);
+        assert!(
+            e.message.contains(needle) && e.message.contains("more than the 16777216 (2^24)"),
+            "{}",
+            e.render()
+        );
+        let line = text
+            .lines()
+            .position(|l| l.starts_with(to.lines().last().unwrap()))
+            .unwrap();
+        assert_eq!(e.line, Some(line + 1), "{}", e.render());
+    }
+    // In a per-layer override, the message names the override.
+    let e = err_of(&format!(
+        "{TINY}\n[[layer]]\nselect = \"0\"\nattention = {{ head_dim = 33554432 }}\n"
+    ));
+    assert!(
+        e.message
+            .contains("`layer[0].attention.head_dim` is 33554432"),
+        "{}",
+        e.render()
+    );
+    // At the limit, a size is accepted.
+    let rs = load_text(&TINY.replace("d_ff = 256", "d_ff = 16777216")).unwrap();
+    assert_eq!(rs.layers[0].mlp.d_ff, 1 << 24);
+}
+
+#[test]
+fn parameter_counts_beyond_what_kiln_supports_are_errors() {
+    // Each size below the limit, but together 2^24 experts of 2^24 x 2^24
+    // weights: 2^72 parameters, whose count overflows 64 bits in lowering.
+    let text = TINY.replace("d_model = 64", "d_model = 16777216").replace(
+        "heads = 4",
+        "heads = 4\n[moe]\nexperts = 16777216\ntop_k = 2\nd_ff = 16777216",
+    );
+    let e = err_of(&text);
+    assert!(
+        e.message
+            .contains("parameters, more than the 2.81e14 (2^48) kiln supports"),
+        "{}",
+        e.render()
+    );
+    // 65536 layers of a 4096-wide model with a 2^24-wide MLP: also too many.
+    let text = TINY
+        .replace("layers = 2", "layers = 65536")
+        .replace("d_model = 64", "d_model = 4096")
+        .replace("d_ff = 256", "d_ff = 16777216");
+    assert!(err_of(&text).message.contains("(2^48) kiln supports"));
+    // A large real model is far below the limit.
+    assert!(load_shipped("mixtral-8x7b").is_ok());
+}

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use super::ResolvedSpec;
 use super::de::from_node;
 use super::error::{Located, list_values};
-use super::node::{Loc, Node, merge};
+use super::node::{Kind, Loc, Node, merge};
 use super::schema::*;
 use super::selector::Sel;
 
@@ -20,6 +20,39 @@ const MODEL_WIDE: &[(&str, &str)] = &[("norm", "embedding_norm"), ("norm", "fina
 
 /// More blocks than any real model, and than per-layer expansion should allocate.
 const MAX_LAYERS: usize = 1 << 16;
+
+/// The largest value of a size knob (a width, head count, vocabulary,
+/// context length, expert count, ...): 2^24. Far above any real model's
+/// (vocabularies reach ~2^18, context lengths ~2^23), and small enough that
+/// the lowering's products of two sizes cannot overflow and that the tables
+/// it builds from one size (RoPE frequencies, ALiBi slopes) stay small.
+pub const MAX_SIZE: usize = 1 << 24;
+
+/// The keys that hold a size, wherever they appear (sections and `[[layer]]`
+/// overrides); each must be at most [`MAX_SIZE`]. (`layers` and
+/// `decoder_layers` have their own limit, [`MAX_LAYERS`].)
+const SIZE_KEYS: &[&str] = &[
+    "vocab_size",
+    "d_model",
+    "max_positions",
+    "heads",
+    "kv_heads",
+    "head_dim",
+    "sliding_window",
+    "d_ff",
+    "experts",
+    "top_k",
+    "buckets",
+    "max_distance",
+    "original_max_positions",
+    "offset",
+    "token_types",
+];
+
+/// The most parameters a spec may describe: 2^48 (about 2.8e14), over a
+/// hundred times the largest published models, and far from where counting
+/// them in 64 bits could overflow.
+pub const MAX_PARAMETERS: f64 = (1u64 << 48) as f64;
 
 /// One table of the tree, for pointing errors at its keys.
 #[derive(Clone, Copy)]
@@ -139,6 +172,7 @@ pub(crate) fn resolve_tree(mut spec: Spec, root: &Node) -> Result<ResolvedSpec, 
         name: "",
         local: None,
     };
+    check_sizes(root, "")?;
     check_model(&spec, top)?;
     check_positions(&spec, View::section(root, "positions"), top)?;
     let views = BlockViews {
@@ -198,11 +232,91 @@ pub(crate) fn resolve_tree(mut spec: Spec, root: &Node) -> Result<ResolvedSpec, 
     } else {
         Vec::new()
     };
+    check_parameter_budget(&spec, &layers, &decoder, top)?;
     Ok(ResolvedSpec {
         spec,
         layers,
         decoder,
     })
+}
+
+/// Every size knob anywhere in the tree (`path` is the dotted name of
+/// `node`) is at most [`MAX_SIZE`]. Negative values and other types are left
+/// to deserialisation, which already rejected them.
+fn check_sizes(node: &Node, path: &str) -> Result<(), Located> {
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match &node.kind {
+        Kind::Table(entries) => {
+            for e in entries {
+                let name = join(&e.key);
+                if let Kind::Int(v) = e.value.kind
+                    && SIZE_KEYS.contains(&e.key.as_str())
+                    && usize::try_from(v).is_ok_and(|v| v > MAX_SIZE)
+                {
+                    return Err(err(
+                        e.key_loc.clone().or(e.value.loc.clone()),
+                        format!(
+                            "`{name}` is {v}, more than the {MAX_SIZE} (2^24) kiln supports for a size"
+                        ),
+                        "check the value: real models' widths, head counts, vocabularies and context lengths are far smaller",
+                    ));
+                }
+                check_sizes(&e.value, &name)?;
+            }
+        }
+        Kind::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_sizes(item, &format!("{path}[{i}]"))?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// An upper bound on the parameter count (computed in f64, so it cannot
+/// overflow) must stay below [`MAX_PARAMETERS`]: every later count, shape
+/// product and allocation size then fits in 64 bits.
+fn check_parameter_budget(
+    spec: &Spec,
+    layers: &[LayerSpec],
+    decoder: &[LayerSpec],
+    top: View<'_>,
+) -> Result<(), Located> {
+    let d = spec.d_model as f64;
+    let mut total =
+        (2 * spec.vocab_size + spec.max_positions + spec.embeddings.token_types) as f64 * d;
+    for l in layers.iter().chain(decoder) {
+        let a = &l.attention;
+        let hd = a.head_dim(spec.d_model) as f64;
+        // q, k, v, o, and as much again for cross-attention.
+        total += 2.0 * d * hd * (2 * a.heads + 2 * a.kv_heads()) as f64;
+        total += 3.0 * d * l.mlp.d_ff as f64;
+        if let Some(m) = &l.moe {
+            let expert = m.d_ff.unwrap_or(l.mlp.d_ff) as f64;
+            total += m.experts as f64 * d * (3.0 * expert + 1.0);
+            if let Some(sh) = &m.shared_expert {
+                total += 3.0 * d * sh.d_ff as f64 + d;
+            }
+        }
+        total += 8.0 * d;
+    }
+    if total > MAX_PARAMETERS {
+        return Err(err(
+            top.at("d_model"),
+            format!(
+                "this spec describes about {total:.2e} parameters, more than the {MAX_PARAMETERS:.2e} (2^48) kiln supports"
+            ),
+            "check `d_model`, `vocab_size`, `max_positions`, `mlp.d_ff`, `moe.experts` and `layers`: the largest published models have about 2e12",
+        ));
+    }
+    Ok(())
 }
 
 fn check_model(spec: &Spec, top: View<'_>) -> Result<(), Located> {
