@@ -433,8 +433,10 @@ impl Exec<'_> {
                 n,
                 k,
                 epilogue,
+                rows,
             } => {
                 let bd = self.dims(batch)?;
+                let rv = rows.as_ref().map(|r| self.view(r)).transpose()?;
                 let [m, n, k]: [usize; 3] = self
                     .dims(&[m.clone(), n.clone(), k.clone()])?
                     .try_into()
@@ -463,6 +465,18 @@ impl Exec<'_> {
                     ia.extend([0, 0]);
                     let mut ib = ia.clone();
                     for i in 0..m {
+                        if let Some(rv) = &rv {
+                            let mut at = bi.to_vec();
+                            at.push(i);
+                            if self.read(rv, &at)?.f() == 0.0 {
+                                for j in 0..n {
+                                    let mut io = bi.to_vec();
+                                    io.extend([i, j]);
+                                    results.push((io, V::F(0.0)));
+                                }
+                                continue;
+                            }
+                        }
                         for j in 0..n {
                             let mut acc = 0.0f64;
                             for p in 0..k {

@@ -77,7 +77,7 @@ fn compile_only(a: &Args) -> Result<(), String> {
     let mut nodes = 0;
     let mut stages = [Duration::ZERO; 3];
     for g in lowered.graphs() {
-        let (j, t) = kiln_runtime::backends::jit::JitGraph::compile_with(g, Default::default())
+        let (j, t) = kiln_runtime::backends::jit::JitGraph::compile_with(g, &Default::default())
             .map_err(|e| e.to_string())?;
         kernels += j.program().kernels.len();
         nodes += j.program().graph_nodes;

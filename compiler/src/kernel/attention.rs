@@ -121,6 +121,7 @@ fn find(p: &KernelProgram) -> Option<(usize, usize, usize, Kernel)> {
             n: dv,
             k: keys,
             epilogue: None,
+            rows: None,
         } = k2
         else {
             continue;
@@ -169,6 +170,7 @@ fn find(p: &KernelProgram) -> Option<(usize, usize, usize, Kernel)> {
             n: n1,
             k: d,
             epilogue: e1,
+            rows: None,
         } = &p.kernels[i0]
         else {
             continue;

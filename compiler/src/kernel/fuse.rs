@@ -901,6 +901,7 @@ impl<'g> Fuser<'g> {
                 n: mshape[nb + 1].clone(),
                 k: ashape[ashape.len() - 1].clone(),
                 epilogue,
+                rows: None,
             });
             return Ok(());
         }

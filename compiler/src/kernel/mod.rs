@@ -17,6 +17,7 @@
 
 mod attention;
 mod fuse;
+mod moe_dispatch;
 mod plan;
 pub mod rewrite;
 mod size;
@@ -178,6 +179,10 @@ pub enum Kernel {
         n: Dim,
         k: Dim,
         epilogue: Option<Epilogue>,
+        /// Row dispatch (mixture of experts): a view over `(batch.., m)` of
+        /// an f32 buffer; a row where it reads 0 is not computed and its
+        /// output row is all 0.
+        rows: Option<View>,
     },
     /// numpy `take` of a contiguous table along `axis` by the i32 `indices`
     /// (a view over the indices' shape), into a contiguous output.
@@ -241,12 +246,14 @@ impl Kernel {
                 a,
                 b,
                 epilogue,
+                rows,
                 ..
             } => {
                 let mut v = vec![out, a, b];
                 if let Some(e) = epilogue {
                     v.extend(e.loads.iter_mut());
                 }
+                v.extend(rows.iter_mut());
                 v
             }
             Kernel::Gather { indices, .. } => vec![indices],
@@ -297,11 +304,18 @@ impl Kernel {
             Kernel::Elementwise { loads, .. } | Kernel::RowReduce { loads, .. } => {
                 loads.iter().map(|v| v.buf).collect()
             }
-            Kernel::Gemm { a, b, epilogue, .. } => {
+            Kernel::Gemm {
+                a,
+                b,
+                epilogue,
+                rows,
+                ..
+            } => {
                 let mut v = vec![a.buf, b.buf];
                 if let Some(e) = epilogue {
                     v.extend(e.loads.iter().map(|l| l.buf));
                 }
+                v.extend(rows.iter().map(|r| r.buf));
                 v
             }
             Kernel::Gather { table, indices, .. } => vec![*table, indices.buf],

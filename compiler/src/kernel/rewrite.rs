@@ -7,12 +7,13 @@
 //! |---|---|
 //! | `attention` | score Gemm + softmax RowReduce + PV Gemm → one streaming [`Kernel::Attention`](super::Kernel::Attention) (same rounding as the three) |
 //! | `write-through` | a kernel whose output is only copied elsewhere writes to the copy's destination (exact) |
+//! | `moe-dispatch` | expert Gemms compute only the rows (tokens) whose gate for that expert is non-zero (exact for finite values) |
 
 use super::KernelProgram;
 use std::collections::BTreeSet;
 
 /// Every kernel rewrite, in the order they run.
-pub const REWRITE_NAMES: [&str; 2] = ["attention", "write-through"];
+pub const REWRITE_NAMES: [&str; 3] = ["attention", "write-through", "moe-dispatch"];
 
 /// Run the rewrites not in `disabled`; returns `(name, rewrites applied)`.
 /// The caller re-plans memory afterwards.
@@ -25,6 +26,7 @@ pub fn run(p: &mut KernelProgram, disabled: &BTreeSet<String>) -> Vec<(&'static 
         let n = match name {
             "attention" => super::attention::fuse_attention(p),
             "write-through" => super::write_through::write_through(p),
+            "moe-dispatch" => super::moe_dispatch::dispatch(p),
             _ => unreachable!("every name is handled"),
         };
         done.push((name, n));

@@ -119,14 +119,18 @@ pub fn to_text(p: &KernelProgram) -> String {
                 n,
                 k: kk,
                 epilogue,
+                rows,
             } => {
                 let _ = writeln!(
                     out,
-                    "k{i} gemm {} = {} x {} batch={} m={m} n={n} k={kk}",
+                    "k{i} gemm {} = {} x {} batch={} m={m} n={n} k={kk}{}",
                     view(o),
                     view(a),
                     view(b),
-                    shape(batch)
+                    shape(batch),
+                    rows.as_ref()
+                        .map(|r| format!(" rows where {} != 0", view(r)))
+                        .unwrap_or_default()
                 );
                 if let Some(e) = epilogue {
                     let _ = writeln!(out, "  epilogue (reduced 0 = product):");

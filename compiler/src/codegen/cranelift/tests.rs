@@ -264,6 +264,7 @@ fn products_with_a_non_f32_output_are_rejected() {
             n: Dim::c(2),
             k: Dim::c(2),
             epilogue: None,
+            rows: None,
         }],
         inputs: vec![("x".into(), 0)],
         outputs: vec![("out".into(), 2)],

@@ -49,6 +49,8 @@ pub(super) struct GemmCall {
     pub a: ViewAt,
     pub b: ViewAt,
     pub out: ViewAt,
+    /// Row dispatch: rows whose value here is 0 are skipped (written 0).
+    pub rows: Option<ViewAt>,
 }
 
 #[derive(Clone, Copy)]
@@ -188,9 +190,21 @@ impl GemmCall {
         true
     }
 
-    pub fn launch(&self, ptrs: &[*mut u8], epilogue: Option<KernelFn>, bufs: Ptrs, sizes: &[i64]) {
+    /// Run the product; returns how many rows (over every batch point) were
+    /// computed.
+    pub fn launch(
+        &self,
+        ptrs: &[*mut u8],
+        epilogue: Option<KernelFn>,
+        bufs: Ptrs,
+        sizes: &[i64],
+    ) -> usize {
+        let nb: usize = self.batch.iter().product();
         if self.m == 0 || self.n == 0 {
-            return;
+            return 0;
+        }
+        if let Some(rows) = &self.rows {
+            return self.launch_dispatched(ptrs, rows, epilogue, bufs, sizes);
         }
         let base = |v: &ViewAt| ptrs[v.buf] as usize;
         let (pa, pb, po) = (base(&self.a), base(&self.b), base(&self.out));
@@ -256,7 +270,7 @@ impl GemmCall {
             }
         };
         if self.launch_split_k(ptrs, epilogue, bufs, sizes) {
-            return;
+            return nb * self.m;
         }
         let tiles = self.tiles();
         if tiles.len() == 1 {
@@ -264,6 +278,139 @@ impl GemmCall {
         } else {
             tiles.into_par_iter().for_each(run);
         }
+        nb * self.m
+    }
+
+    /// A dispatched product (mixture of experts): per batch point, only the
+    /// rows whose dispatch value is non-zero are gathered, multiplied and
+    /// scattered back (then their epilogue runs); the other rows are zeroed.
+    fn launch_dispatched(
+        &self,
+        ptrs: &[*mut u8],
+        rows: &ViewAt,
+        epilogue: Option<KernelFn>,
+        bufs: Ptrs,
+        sizes: &[i64],
+    ) -> usize {
+        let nb: usize = self.batch.iter().product();
+        let (m, n, k) = (self.m, self.n, self.k);
+        let base = |v: &ViewAt| ptrs[v.buf] as usize;
+        let (pa, pb, po, pr) = (base(&self.a), base(&self.b), base(&self.out), base(rows));
+        let picked: Vec<Vec<usize>> = (0..nb)
+            .map(|bi| {
+                let idx = unflatten(bi, &self.batch);
+                let off = rows.batch_offset(&idx);
+                let rs = rows.strides[rows.strides.len() - 1] as isize;
+                (0..m)
+                    .filter(|&i| {
+                        // SAFETY: the dispatch view lies inside its f32 buffer.
+                        unsafe { *(pr as *const f32).offset(off as isize + i as isize * rs) != 0.0 }
+                    })
+                    .collect()
+            })
+            .collect();
+        let computed: usize = picked.iter().map(Vec::len).sum();
+        // Column blocks keep every thread busy when few experts are picked.
+        let threads = rayon::current_num_threads();
+        let work = computed * n * k;
+        let col_blocks = if work < 4 * PARALLEL_MIN_WORK * 64 || threads == 1 {
+            1
+        } else {
+            (2 * threads).div_ceil(nb.max(1)).clamp(1, n.div_ceil(16))
+        };
+        let per = n.div_ceil(col_blocks).div_ceil(16) * 16;
+        let tasks: Vec<(usize, usize, usize)> = (0..nb)
+            .flat_map(|bi| (0..n.div_ceil(per)).map(move |c| (bi, c * per, ((c + 1) * per).min(n))))
+            .collect();
+        let run = |(bi, j0, j1): (usize, usize, usize)| {
+            let idx = unflatten(bi, &self.batch);
+            let (oa, ob, oo) = (
+                self.a.batch_offset(&idx) as isize,
+                self.b.batch_offset(&idx) as isize,
+                self.out.batch_offset(&idx) as isize,
+            );
+            let (ars, acs) = (self.a.rs(), self.a.cs());
+            let (brs, bcs) = (self.b.rs(), self.b.cs());
+            let (ors, ocs) = (self.out.rs(), self.out.cs());
+            let sel = &picked[bi];
+            let nt = j1 - j0;
+            // SAFETY: offsets and strides come from views inside their
+            // buffers; tasks write disjoint column blocks of disjoint batch
+            // points of `out`.
+            unsafe {
+                let o = (po as *mut f32).offset(oo + j0 as isize * ocs);
+                let mut chosen = sel.iter().peekable();
+                for i in 0..m {
+                    if chosen.peek() == Some(&&i) {
+                        chosen.next();
+                        continue;
+                    }
+                    for j in 0..nt {
+                        *o.offset(i as isize * ors + j as isize * ocs) = 0.0;
+                    }
+                }
+                if sel.is_empty() {
+                    return;
+                }
+                let b = (pb as *const f32).offset(ob + j0 as isize * bcs);
+                // The picked rows of `a`, packed.
+                let mut packed = Vec::with_capacity(sel.len() * k);
+                for &i in sel {
+                    let row = (pa as *const f32).offset(oa + i as isize * ars);
+                    packed.extend((0..k).map(|p| *row.offset(p as isize * acs)));
+                }
+                let mut prod = vec![0.0f32; sel.len() * nt];
+                if sel.len() <= GEMV_MAX_ROWS && (bcs == 1 || brs == 1) {
+                    for (r, out) in prod.chunks_exact_mut(nt).enumerate() {
+                        gemv(packed[r * k..].as_ptr(), 1, b, brs, bcs, k, out);
+                    }
+                } else {
+                    gemm::gemm(
+                        sel.len(),
+                        nt,
+                        k,
+                        prod.as_mut_ptr(),
+                        1,
+                        nt as isize,
+                        false,
+                        packed.as_ptr(),
+                        1,
+                        k as isize,
+                        b,
+                        bcs,
+                        brs,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                for (r, &i) in sel.iter().enumerate() {
+                    for j in 0..nt {
+                        *o.offset(i as isize * ors + j as isize * ocs) = prod[r * nt + j];
+                    }
+                    if let Some(f) = epilogue {
+                        let row = (bi * m + i) as i64;
+                        f(
+                            bufs.get(),
+                            sizes.as_ptr(),
+                            row,
+                            row + 1,
+                            j0 as i64,
+                            j1 as i64,
+                        );
+                    }
+                }
+            }
+        };
+        if tasks.len() == 1 || work < PARALLEL_MIN_WORK {
+            tasks.into_iter().for_each(run);
+        } else {
+            tasks.into_par_iter().for_each(run);
+        }
+        computed
     }
 }
 

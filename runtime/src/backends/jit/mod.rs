@@ -13,7 +13,9 @@ use crate::tensor::{Tensor, TensorData};
 use crate::weights::Weights;
 use kiln_compiler::codegen::cranelift::{self as clif, CpuProgram, KernelFn};
 use kiln_compiler::ir::{DType, Dim, Graph};
-use kiln_compiler::kernel::{BufferKind, Kernel, KernelProgram, Size, View, fuse};
+use kiln_compiler::kernel::{
+    BufferKind, FuseOptions, Kernel, KernelProgram, Size, View, fuse_with,
+};
 use kiln_compiler::passes::default_pipeline;
 use rayon::prelude::*;
 
@@ -92,22 +94,33 @@ pub struct CompileTimes {
     pub codegen: Duration,
 }
 
+/// How [`JitGraph::compile_with`] compiles.
+#[derive(Debug, Clone, Default)]
+pub struct JitOptions {
+    /// Code generator options (keep the CLIF text).
+    pub codegen: clif::Options,
+    /// Kernel rewrites to skip (bisecting, measuring one rewrite's effect).
+    pub fuse: FuseOptions,
+}
+
 impl JitGraph {
     /// Optimise (level-1 pipeline), fuse and compile `graph`.
     pub fn compile(graph: &Graph) -> Result<JitGraph> {
-        Self::compile_with(graph, clif::Options::default()).map(|(g, _)| g)
+        Self::compile_with(graph, &JitOptions::default()).map(|(g, _)| g)
     }
 
-    pub fn compile_with(graph: &Graph, opts: clif::Options) -> Result<(JitGraph, CompileTimes)> {
+    /// [`JitGraph::compile`] with options; also returns where the time went.
+    pub fn compile_with(graph: &Graph, opts: &JitOptions) -> Result<(JitGraph, CompileTimes)> {
         let t0 = Instant::now();
         let mut g = graph.clone();
         default_pipeline(1)
             .run(&mut g)
             .map_err(|e| err(format!("`{}`: {e}", graph.name)))?;
         let t1 = Instant::now();
-        let program = fuse(&g).map_err(|e| err(format!("`{}`: {e}", graph.name)))?;
+        let program =
+            fuse_with(&g, &opts.fuse).map_err(|e| err(format!("`{}`: {e}", graph.name)))?;
         let t2 = Instant::now();
-        let cpu = clif::compile(&program, opts)
+        let cpu = clif::compile(&program, opts.codegen)
             .map_err(|e| err(format!("`{}`: code generation: {e}", graph.name)))?;
         let t3 = Instant::now();
         let scratch = clif::attention_scratch(&program);
@@ -356,9 +369,11 @@ impl JitGraph {
                     m,
                     n,
                     k: kd,
+                    rows,
                     ..
                 } => {
                     let g = GemmCall {
+                        rows: rows.as_ref().map(|r| eval_view(r, &eval)).transpose()?,
                         batch: dims(batch)?,
                         m: dims(std::slice::from_ref(m))?[0],
                         n: dims(std::slice::from_ref(n))?[0],
@@ -367,10 +382,9 @@ impl JitGraph {
                         b: eval_view(b, &eval)?,
                         out: eval_view(out, &eval)?,
                     };
-                    g.launch(&ptrs, func, bufs, &sizes);
+                    let computed = g.launch(&ptrs, func, bufs, &sizes);
                     if profiling {
-                        let nb: usize = g.batch.iter().product();
-                        profile.gemm_flops += 2.0 * (nb * g.m * g.n * g.k) as f64;
+                        profile.gemm_flops += 2.0 * (computed * g.n * g.k) as f64;
                     }
                 }
                 Kernel::Attention {
