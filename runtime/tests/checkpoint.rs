@@ -1418,3 +1418,57 @@ fn missing_checkpoints_and_configs() {
     let e = Checkpoint::open(ck.path()).unwrap_err().to_string();
     assert!(e.contains("invalid config.json"), "{e}");
 }
+
+#[test]
+#[cfg(unix)]
+fn devices_and_pipes_are_refused_without_blocking() {
+    let e = Checkpoint::open(Path::new("/dev/zero"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("/dev/zero: invalid safetensors header: not a regular file"),
+        "{e}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("model.safetensors");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success());
+    if made {
+        // Opening a FIFO blocks until a writer appears: refused before opening.
+        let e = Checkpoint::open(&fifo).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+    // An index that is not a regular file is not read at all; a config.json
+    // that is a directory is ignored like a missing one.
+    let ck = llama_ckpt(2, false, false).dir(None);
+    std::fs::create_dir(ck.path().join("config.json")).unwrap();
+    assert!(Checkpoint::open(ck.path()).unwrap().model_type().is_none());
+}
+
+#[test]
+fn in_memory_checkpoints_are_validated_like_files() {
+    let mut ck = Ck::default();
+    ck.t("a.weight", &[3, 5]).t("b.bias", &[7]);
+    let bytes = ck.bytes();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    std::fs::write(&path, &bytes).unwrap();
+    let on_disk = Checkpoint::open(&path).unwrap();
+    let in_memory = Checkpoint::from_bytes("mem.safetensors", bytes.clone()).unwrap();
+    assert_eq!(in_memory.path(), Path::new("mem.safetensors"));
+    assert_eq!(on_disk.tensors().len(), in_memory.tensors().len());
+    for name in on_disk.tensors().keys() {
+        assert_eq!(
+            on_disk.read_f32(name).unwrap(),
+            in_memory.read_f32(name).unwrap()
+        );
+    }
+    for cut in 0..bytes.len() {
+        let e = Checkpoint::from_bytes("mem.safetensors", bytes[..cut].to_vec())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("mem.safetensors: "), "cut at {cut}: {e}");
+    }
+}

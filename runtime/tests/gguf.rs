@@ -623,6 +623,32 @@ fn open_errors_name_the_file() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+#[cfg(unix)]
+fn open_refuses_devices_and_pipes_without_blocking() {
+    let e = GgufFile::open("/dev/zero").unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "/dev/zero: cannot open: not a regular file (a directory, device or pipe)"
+    );
+    let dir = std::env::temp_dir().join(format!("kiln-gguf-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("pipe.gguf");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success());
+    if made {
+        // Opening a FIFO for reading blocks until a writer appears: it must
+        // be refused before it is opened.
+        let e = GgufFile::open(&fifo).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+    let e = GgufFile::open(&dir).unwrap_err().to_string();
+    assert!(e.contains("not a regular file"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 // ---------------------------------------------------------------------------
 // Llama-family models: spec, names, Q/K permutation.
 

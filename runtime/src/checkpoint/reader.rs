@@ -114,10 +114,27 @@ impl TensorInfo {
     }
 }
 
-/// A memory-mapped safetensors file.
+/// The bytes of a safetensors file: memory-mapped, or owned (a checkpoint
+/// held in memory, [`Checkpoint::from_bytes`]).
+enum Bytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// A safetensors file and its bytes.
 struct MappedFile {
     path: PathBuf,
-    map: Mmap,
+    map: Bytes,
 }
 
 /// An opened checkpoint: one or more memory-mapped safetensors files whose
@@ -189,6 +206,38 @@ impl Checkpoint {
             check_index(path, &ckpt)?;
         }
         Ok(ckpt)
+    }
+
+    /// A checkpoint held in memory: the bytes of one `.safetensors` file,
+    /// validated exactly as [`Checkpoint::open`] validates a file on disk.
+    /// `name` stands for the file in errors and is [`Checkpoint::path`].
+    ///
+    /// ```
+    /// use kiln_runtime::checkpoint::Checkpoint;
+    ///
+    /// let header = br#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+    /// let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    /// bytes.extend_from_slice(header);
+    /// bytes.extend_from_slice(&[0, 0, 128, 63, 0, 0, 0, 64]); // 1.0, 2.0
+    /// let ckpt = Checkpoint::from_bytes("in-memory.safetensors", bytes)?;
+    /// assert_eq!(ckpt.read_f32("w")?, vec![1.0, 2.0]);
+    /// # Ok::<(), kiln_runtime::checkpoint::CheckpointError>(())
+    /// ```
+    pub fn from_bytes(
+        name: impl Into<PathBuf>,
+        bytes: Vec<u8>,
+    ) -> Result<Checkpoint, CheckpointError> {
+        let path = name.into();
+        let tensors = parse_header(&path, &bytes, 0)?.into_iter().collect();
+        Ok(Checkpoint {
+            path: path.clone(),
+            files: vec![MappedFile {
+                path,
+                map: Bytes::Owned(bytes),
+            }],
+            tensors,
+            model_type: None,
+        })
     }
 
     /// The path the checkpoint was opened from.
@@ -353,9 +402,19 @@ fn is_shard_name(name: &str) -> bool {
     }
 }
 
+/// The largest index or config JSON file read (a 70B model's index is ~100 KB).
+const MAX_JSON_BYTES: u64 = 64 << 20;
+
+/// A JSON file of a checkpoint directory: a regular file of at most
+/// [`MAX_JSON_BYTES`], so a device or FIFO named `config.json` is an error,
+/// not an endless read.
+fn read_json_file(path: &Path) -> Result<String, CheckpointError> {
+    kiln_compiler::spec::read_text_file(path, MAX_JSON_BYTES).map_err(io_err(path))
+}
+
 /// `weight_map` of an index file: tensor name -> shard file name.
 fn read_index(path: &Path) -> Result<BTreeMap<String, String>, CheckpointError> {
-    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let text = read_json_file(path)?;
     let bad = |message: String| CheckpointError::Index {
         path: path.to_path_buf(),
         message,
@@ -431,7 +490,7 @@ fn read_model_type(dir: &Path) -> Result<Option<String>, CheckpointError> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    let text = read_json_file(&path)?;
     let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| CheckpointError::Config {
             path: path.clone(),
@@ -448,12 +507,18 @@ fn map_file(
     path: &Path,
     idx: usize,
 ) -> Result<(MappedFile, Vec<(String, TensorInfo)>), CheckpointError> {
-    let file = File::open(path).map_err(io_err(path))?;
-    let len = file.metadata().map_err(io_err(path))?.len();
     let header_err = |message: String| CheckpointError::Header {
         path: path.to_path_buf(),
         message,
     };
+    // Before opening: opening a FIFO blocks until someone writes to it.
+    if !std::fs::metadata(path).map_err(io_err(path))?.is_file() {
+        return Err(header_err(
+            "not a regular file (a directory, device or pipe); name a .safetensors file or a model directory".into(),
+        ));
+    }
+    let file = File::open(path).map_err(io_err(path))?;
+    let len = file.metadata().map_err(io_err(path))?.len();
     if len < 8 {
         return Err(header_err(format!(
             "the file is {len} bytes long, shorter than the 8-byte header length (truncated or not a safetensors file)"
@@ -467,7 +532,7 @@ fn map_file(
     Ok((
         MappedFile {
             path: path.to_path_buf(),
-            map,
+            map: Bytes::Mapped(map),
         },
         tensors,
     ))

@@ -371,6 +371,13 @@ impl GgufFile {
             file: path.to_path_buf(),
             message,
         };
+        // Before opening: opening a FIFO blocks until someone writes to it.
+        let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot open: {e}")))?;
+        if !meta.is_file() {
+            return Err(err(
+                "cannot open: not a regular file (a directory, device or pipe)".into(),
+            ));
+        }
         let file = std::fs::File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
         let len = file
             .metadata()
