@@ -118,6 +118,30 @@ fn unreadable_file_names_it() {
 }
 
 #[test]
+#[cfg(unix)]
+fn devices_and_oversized_files_are_refused_before_reading() {
+    // `/dev/zero` as a config would be read forever; now it is refused by its kind.
+    let e = import_path(Path::new("/dev/zero"), &ImportOptions::default()).unwrap_err();
+    assert_eq!(e.field, None);
+    assert!(
+        e.message.contains("cannot read the config") && e.message.contains("not a regular file"),
+        "{e}"
+    );
+    let dir = std::env::temp_dir().join(format!("kiln-import-big-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let big = dir.join("config.json");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(kiln_compiler::import::MAX_CONFIG_BYTES + 1)
+        .unwrap();
+    let e = import_path(&dir, &ImportOptions::default()).unwrap_err();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        e.message.contains("more than the") && e.to_string().contains("config.json"),
+        "{e}"
+    );
+}
+
+#[test]
 fn directory_without_config_json() {
     let dir = root().join("tests/import");
     let e = import_path(&dir, &ImportOptions::default()).unwrap_err();
