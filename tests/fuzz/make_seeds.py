@@ -188,7 +188,7 @@ tokenizer_kv = [
 ]
 
 # A one-block llama (d_model 32, 4 heads, 2 KV heads) in 32-block quant types.
-vocab, d, ff = 8, 32, 64
+vocab, d, ff = len(tokens), 32, 64
 llama_kv = [
     ("general.architecture", "STR", "llama"),
     ("general.name", "STR", "fuzz-tiny"),
@@ -239,7 +239,7 @@ write("spec", "extends-local.toml",
 write("spec", "moe-layers.toml",
       b'extends = "../mixtral-8x7b.toml"\nname = "moe"\nlayers = 3\nd_model = 64\n'
       b'vocab_size = 100\n[attention]\nheads = 4\nkv_heads = 2\n[mlp]\nd_ff = 32\n'
-      b'[moe]\nexperts = 4\ntop_k = 2\nlayers = "0,2"\n')
+      b'[moe]\nexperts = 4\ntop_k = 2\nlayers = [0, 2]\n')
 write("hf_config", "llama-rope-scaling.json", json.dumps({
     "model_type": "llama", "vocab_size": 100, "hidden_size": 32,
     "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
