@@ -130,17 +130,22 @@ fn leaving_the_jit_restores_the_canonical_weights() {
     let want = reference.session().forward(&[1, 2, 3]).unwrap()["logits"].to_f32_vec();
     let jit = reference.compile(Backend::Jit).unwrap();
     // Linear weights are stored [in, out] while on the JIT.
-    let q = jit
+    let o = jit
         .weights
-        .get("layers.0.attn.q.weight")
+        .get("layers.0.attn.o.weight")
         .unwrap()
         .shape()
         .to_vec();
     let declared = before
         .iter()
-        .find(|(n, _)| n == "layers.0.attn.q.weight")
+        .find(|(n, _)| n == "layers.0.attn.o.weight")
         .unwrap();
-    assert_eq!(q, declared.1.iter().rev().copied().collect::<Vec<_>>());
+    assert_eq!(o, declared.1.iter().rev().copied().collect::<Vec<_>>());
+    // Q, K and V are one joined weight (transposed too); the parts are gone.
+    let qkv = "layers.0.attn.q.weight+layers.0.attn.k.weight+layers.0.attn.v.weight";
+    let d = declared.1[1];
+    assert_eq!(jit.weights.get(qkv).unwrap().shape(), &[d, 3 * d]);
+    assert!(jit.weights.get("layers.0.attn.q.weight").is_none());
     let got = jit.session().forward(&[1, 2, 3]).unwrap()["logits"].to_f32_vec();
     let back = jit.compile(Backend::Reference).unwrap();
     let after: Vec<(String, Vec<usize>)> = back

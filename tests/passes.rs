@@ -409,7 +409,8 @@ fn cli_opt_level_and_disable_pass() {
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(
-        err.contains("unknown pass `csee`") && err.contains("simplify, const-fold, cse, dce"),
+        err.contains("unknown pass `csee`")
+            && err.contains("simplify, const-fold, cse, merge-projections, dce"),
         "{err}"
     );
 }

@@ -106,7 +106,9 @@ pub fn run_program<N: NamedTensor>(
                 let (_, t) = pairs.iter().find(|(x, _)| x == name).expect("bound");
                 t.data().clone()
             }
-            BufferKind::Param(name) => param(weights, name, buf.dtype, &buf.shape)?.data().clone(),
+            BufferKind::Param(name) => param_or_join(program, weights, name, buf.dtype, &buf.shape)?
+                .data()
+                .clone(),
             BufferKind::Const(v) => const_data(v, buf.dtype),
             BufferKind::Output | BufferKind::Temp => TensorData::zeros(buf.dtype, n),
         };
@@ -161,6 +163,84 @@ pub(crate) fn param<'w>(
         )));
     }
     Ok(t)
+}
+
+/// Parameter `name` of `p`: from `weights`, or, for a joined parameter the
+/// weights lack, built from its parts (rows of each, in order).
+pub(crate) fn param_or_join<'w>(
+    p: &KernelProgram,
+    weights: &'w Weights,
+    name: &str,
+    dtype: DType,
+    shape: &[kiln_compiler::ir::Dim],
+) -> Result<std::borrow::Cow<'w, Tensor>> {
+    match (weights.get(name), p.joined.get(name)) {
+        (None, Some(parts)) => {
+            let t = join_rows(weights, name, parts)?;
+            let want: Vec<usize> = shape.iter().map(|d| d.as_const().unwrap_or(0)).collect();
+            if t.shape() != want.as_slice() || t.dtype() != dtype {
+                return Err(err(format!(
+                    "joined parameter `{name}`: expected {dtype}{want:?}, got {}{:?}",
+                    t.dtype(),
+                    t.shape()
+                )));
+            }
+            Ok(std::borrow::Cow::Owned(t))
+        }
+        _ => param(weights, name, dtype, shape).map(std::borrow::Cow::Borrowed),
+    }
+}
+
+/// The rows of `parts` (f32 matrices with equal columns), stacked.
+pub fn join_rows(weights: &Weights, name: &str, parts: &[(String, usize)]) -> Result<Tensor> {
+    let mut rows = 0;
+    let mut cols = None;
+    let mut data = Vec::new();
+    for (part, _) in parts {
+        let t = weights.get(part).ok_or_else(|| {
+            err(format!("missing parameter `{part}` (a part of `{name}`)"))
+        })?;
+        let (r, c) = match t.shape() {
+            [r, c] if t.dtype() == DType::F32 => (*r, *c),
+            s => {
+                return Err(err(format!(
+                    "parameter `{part}` (a part of `{name}`): expected an f32 matrix, got {}{s:?}",
+                    t.dtype()
+                )));
+            }
+        };
+        if *cols.get_or_insert(c) != c {
+            return Err(err(format!(
+                "parameter `{part}` has {c} columns, the other parts of `{name}` {}",
+                cols.unwrap_or(c)
+            )));
+        }
+        rows += r;
+        data.extend(t.to_f32_vec());
+    }
+    Tensor::from_f32(&[rows, cols.unwrap_or(0)], data)
+}
+
+/// Undo [`join_rows`]: put the parts of joined weight `name` back (each
+/// its rows, in order) and remove `name`.
+pub fn split_rows(weights: &mut Weights, name: &str, parts: &[(String, usize)]) -> Result<()> {
+    let Some(t) = weights.remove(name) else {
+        return Ok(());
+    };
+    let [rows, cols] = *t.shape() else {
+        return Err(err(format!("joined weight `{name}` is not a matrix")));
+    };
+    if parts.iter().map(|(_, r)| r).sum::<usize>() != rows {
+        return Err(err(format!("joined weight `{name}` has {rows} rows, its parts differ")));
+    }
+    let data = t.to_f32_vec();
+    let mut at = 0;
+    for (part, r) in parts {
+        let piece = data[at * cols..(at + r) * cols].to_vec();
+        weights.insert(part.clone(), Tensor::from_f32(&[*r, cols], piece)?);
+        at += r;
+    }
+    Ok(())
 }
 
 /// A literal buffer's values in its dtype (the graph's `Literal` rules).

@@ -7,6 +7,8 @@
 use crate::backends::Backend;
 use crate::backends::jit::JitGraph;
 use crate::interpreter::NamedTensor;
+use crate::kernel_exec::{join_rows, split_rows};
+use kiln_compiler::kernel::BufferKind;
 pub use crate::sampling::argmax;
 use crate::sampling::{Sampler, SamplingOptions};
 use crate::{Outputs, Result, RuntimeError, Tensor, Weights, run};
@@ -55,6 +57,14 @@ impl Model {
     /// holds those tensors as `[in, out]`, until the model is compiled for
     /// another backend.
     pub fn compile(mut self, backend: Backend) -> Result<Self> {
+        // Weights the JIT joined (merged projections) go back to their parts
+        // once they are back in their canonical layout.
+        let joined: Vec<(String, Vec<(String, usize)>)> = self
+            .jit
+            .iter()
+            .flatten()
+            .flat_map(|j| j.program().joined.clone())
+            .collect();
         self.jit = [None, None];
         for name in std::mem::take(&mut self.transposed) {
             if name.ends_with(TRANSPOSED_COPY) {
@@ -62,6 +72,9 @@ impl Model {
             } else {
                 transpose_in_place(&mut self.weights, &name)?;
             }
+        }
+        for (name, parts) in &joined {
+            split_rows(&mut self.weights, name, parts)?;
         }
         if backend == Backend::Jit {
             let parts = [&self.lowered.encoder, &self.lowered.decoder];
@@ -72,6 +85,7 @@ impl Model {
                     *slot = Some(j);
                 }
             }
+            self.join_weights()?;
             // Weights read only as transposed matmul operands are
             // transposed in place; those also read otherwise (a tied
             // embedding, gathered by rows) get a transposed copy, unless
@@ -115,6 +129,34 @@ impl Model {
         }
         self.backend = backend;
         Ok(self)
+    }
+
+    /// Build each joined weight of the JIT programs (merged projections)
+    /// once, and drop the parts no program reads any more, so merging costs
+    /// no memory.
+    fn join_weights(&mut self) -> Result<()> {
+        let mut joined = BTreeMap::new();
+        let mut read = BTreeSet::new();
+        for j in self.jit.iter().flatten() {
+            joined.extend(j.program().joined.clone());
+            for b in &j.program().buffers {
+                if let BufferKind::Param(name) = &b.kind {
+                    read.insert(name.clone());
+                }
+            }
+        }
+        for (name, parts) in &joined {
+            if self.weights.get(name).is_none() {
+                let t = join_rows(&self.weights, name, parts)?;
+                self.weights.insert(name.clone(), t);
+            }
+        }
+        for (part, _) in joined.values().flatten() {
+            if !read.contains(part) {
+                self.weights.remove(part);
+            }
+        }
+        Ok(())
     }
 
     pub fn backend(&self) -> Backend {

@@ -29,7 +29,7 @@ use super::{
     Stage, ValId, View, row_major,
 };
 use crate::ir::{DType, Graph, NodeId, Op, Shape};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FuseError {
@@ -205,6 +205,7 @@ struct Fuser<'g> {
     buffers: Vec<Buffer>,
     buf_of: HashMap<NodeId, BufId>,
     kernels: Vec<Kernel>,
+    joined: BTreeMap<String, Vec<(String, usize)>>,
 }
 
 /// A kernel under construction: shared loads and reduction stages.
@@ -425,6 +426,7 @@ impl<'g> Fuser<'g> {
             buffers: Vec::new(),
             buf_of: HashMap::new(),
             kernels: Vec::new(),
+            joined: BTreeMap::new(),
         }
     }
 
@@ -454,7 +456,8 @@ impl<'g> Fuser<'g> {
             if matches!(
                 g.node(n).op,
                 Op::Input { .. } | Op::Parameter { .. } | Op::Literal(_)
-            ) {
+            ) || self.joined_parts(n).is_some()
+            {
                 continue;
             }
             match self.build(n) {
@@ -508,7 +511,27 @@ impl<'g> Fuser<'g> {
             outputs,
             plan,
             graph_nodes: g.node_count(),
+            joined: self.joined,
         })
+    }
+
+    /// The parameters a concatenation joins, when it is one of parameters
+    /// only along their first axis (merged projection weights): a weight a
+    /// runtime builds once, not a kernel.
+    fn joined_parts(&self, n: NodeId) -> Option<Vec<(String, usize)>> {
+        let g = self.g;
+        if !matches!(g.node(n).op, Op::Concat { axis: 0 }) || self.outputs.contains(&n) {
+            return None;
+        }
+        g.inputs(n)
+            .into_iter()
+            .map(|p| match &g.node(p).op {
+                Op::Parameter { name, .. } if g.ty(p).rank() == 2 => {
+                    Some((name.clone(), g.ty(p).shape[0].as_const()?))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// The buffer of a materialised node (created on first use).
@@ -518,6 +541,11 @@ impl<'g> Fuser<'g> {
         }
         let node = self.g.node(n);
         let (name, kind) = match &node.op {
+            _ if let Some(parts) = self.joined_parts(n) => {
+                let name = parts.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>().join("+");
+                self.joined.insert(name.clone(), parts);
+                (name.clone(), BufferKind::Param(name))
+            }
             Op::Input { name } => (name.clone(), BufferKind::Input(name.clone())),
             Op::Parameter { name, .. } => (name.clone(), BufferKind::Param(name.clone())),
             Op::Literal(v) => (

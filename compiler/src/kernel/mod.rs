@@ -346,6 +346,10 @@ pub struct KernelProgram {
     pub plan: BufferPlan,
     /// Nodes of the graph the program was fused from (for reports).
     pub graph_nodes: usize,
+    /// Parameters that join others row-wise (merged projections): name ->
+    /// the parts and their rows, in order. A runtime builds each once from
+    /// the parts, or on the fly when the weights lack it.
+    pub joined: BTreeMap<String, Vec<(String, usize)>>,
 }
 
 impl KernelProgram {

@@ -53,6 +53,7 @@ pub fn to_text(p: &KernelProgram) -> String {
     for (i, b) in p.buffers.iter().enumerate() {
         let kind = match &b.kind {
             BufferKind::Input(n) => format!("input \"{n}\""),
+            BufferKind::Param(n) if p.joined.contains_key(n) => format!("param \"{n}\" (joined)"),
             BufferKind::Param(n) => format!("param \"{n}\""),
             BufferKind::Output => {
                 let names: Vec<&str> = p

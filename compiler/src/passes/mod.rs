@@ -16,20 +16,23 @@
 //! | [`Simplify`] `simplify` | `x*1`, `x/1`, `x-0`, `x+(-0)` (i32: `x+0`), `x and true`, `x or false`, `neg(neg x)`, `not(not x)`, permute∘permute, identity permute, reshape∘reshape, same-shape reshape, same-dtype cast, full slice, one-input concat, select with a constant condition or equal branches |
 //! | [`ConstFold`] `const-fold` | ops whose operands are all constants (`scalar`, `literal`, constant-shape `iota`) become one `scalar`/`literal`, computed exactly as the reference interpreter does |
 //! | [`Cse`] `cse` | nodes with the same op, attributes, operands and type become one (parameters by name, scalars and literals by their values in the declared dtype) |
+//! | [`MergeProjections`] `merge-projections` | products of one input with several transposed rank-2 weights (Q/K/V, gate/up) become one product with the weights joined, each result a slice (exact) |
 //! | [`Dce`] `dce` | nodes that reach no output (graph inputs are kept: they are the interface) |
 //!
 //! Level 0 of [`default_pipeline`] is empty (the graph exactly as lowered);
-//! level 1 and up run all four. See `docs/passes.md`.
+//! level 1 and up run all five. See `docs/passes.md`.
 
 mod const_fold;
 mod cse;
 mod dce;
+mod merge_projections;
 mod simplify;
 mod verify;
 
 pub use const_fold::ConstFold;
 pub use cse::Cse;
 pub use dce::Dce;
+pub use merge_projections::MergeProjections;
 pub use simplify::Simplify;
 pub use verify::verify;
 
@@ -77,7 +80,7 @@ pub trait Pass {
 }
 
 /// The names of every pass kiln has, in [`default_pipeline`] order.
-pub const PASS_NAMES: [&str; 4] = ["simplify", "const-fold", "cse", "dce"];
+pub const PASS_NAMES: [&str; 5] = ["simplify", "const-fold", "cse", "merge-projections", "dce"];
 
 /// How many times a pipeline may run its whole list before giving up on a
 /// fixed point (each round is cheap; real graphs settle in 2 or 3).
@@ -285,6 +288,7 @@ pub fn default_pipeline(opt_level: u8) -> Pipeline {
         .with(Simplify)
         .with(ConstFold::default())
         .with(Cse)
+        .with(MergeProjections)
         .with(Dce)
 }
 

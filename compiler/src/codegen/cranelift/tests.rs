@@ -36,6 +36,7 @@ fn program(n: usize, body: Body, out_dtype: DType, in_dtype: DType) -> KernelPro
         outputs: vec![("out".into(), 2)],
         plan: BufferPlan::default(),
         graph_nodes: 0,
+        joined: Default::default(),
     }
 }
 
@@ -270,6 +271,7 @@ fn products_with_a_non_f32_output_are_rejected() {
         outputs: vec![("out".into(), 2)],
         plan: BufferPlan::default(),
         graph_nodes: 0,
+        joined: Default::default(),
     };
     let e = compile(&p, Options::default()).unwrap_err().to_string();
     assert!(e.contains("f32 only"), "{e}");

@@ -8,7 +8,8 @@
 
 use crate::error::{Result, RuntimeError};
 use crate::interpreter::{NamedTensor, Outputs};
-use crate::kernel_exec::{bind, const_data, param};
+use crate::kernel_exec::{bind, const_data, param_or_join};
+use std::borrow::Cow;
 use crate::tensor::{Tensor, TensorData};
 use crate::weights::Weights;
 use kiln_compiler::codegen::cranelift::{self as clif, CpuProgram, KernelFn};
@@ -263,7 +264,7 @@ impl JitGraph {
     pub fn check_weights(&self, weights: &Weights) -> Result<()> {
         for b in &self.program.buffers {
             if let BufferKind::Param(name) = &b.kind {
-                param(weights, name, b.dtype, &b.shape)?;
+                param_or_join(&self.program, weights, name, b.dtype, &b.shape)?;
             }
         }
         Ok(())
@@ -307,6 +308,7 @@ impl JitGraph {
         let shift = arena.as_ptr().align_offset(64).min(15);
         let arena_base = arena[shift..].as_mut_ptr();
 
+        let mut built: Vec<Tensor> = Vec::new();
         let mut outputs: Vec<Option<TensorData>> = vec![None; p.buffers.len()];
         let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); p.buffers.len()];
         for (id, b) in p.buffers.iter().enumerate() {
@@ -319,7 +321,16 @@ impl JitGraph {
                     data_ptr(t.data())
                 }
                 BufferKind::Param(name) => {
-                    data_ptr(param(weights, name, b.dtype, &b.shape)?.data())
+                    match param_or_join(p, weights, name, b.dtype, &b.shape)? {
+                        Cow::Borrowed(t) => data_ptr(t.data()),
+                        // A joined weight not prepared in `weights`: built
+                        // for this run (its heap data stays put in `built`).
+                        Cow::Owned(t) => {
+                            let ptr = data_ptr(t.data());
+                            built.push(t);
+                            ptr
+                        }
+                    }
                 }
                 BufferKind::Const(_) => {
                     data_ptr(self.consts[id].as_ref().expect("converted at compile"))
