@@ -1,7 +1,6 @@
 use super::{SpecArg, load};
 use clap::ValueEnum;
-use kiln_compiler::ir::{to_dot, to_text};
-use kiln_compiler::passes::pipeline_for;
+use kiln::pipeline;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Emit {
@@ -30,25 +29,26 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<(), String> {
-    let (_, mut lowered) = load(&a.spec.spec)?;
-    pipeline_for(a.opt_level, &a.disable_pass)
-        .and_then(|p| p.run_lowered(&mut lowered))
-        .map_err(|e| format!("{}: {e}", a.spec.spec.display()))?;
-    for g in lowered.graphs() {
-        match a.emit {
-            Emit::Ir => print!("{}", to_text(g)),
-            Emit::Dot => print!("{}", to_dot(g)),
-            Emit::Kernels => {
-                let p = kiln_compiler::kernel::fuse(g)
-                    .map_err(|e| format!("{}: {e}", a.spec.spec.display()))?;
-                print!("{}", p.to_text());
-            }
-            Emit::Clif => {
-                let p = kiln_compiler::kernel::fuse(g)
-                    .map_err(|e| format!("{}: {e}", a.spec.spec.display()))?;
+    let path = a.spec.spec.as_path();
+    let (_, mut lowered) = load(path)?;
+    let opts = kiln::Options {
+        opt_level: a.opt_level,
+        disabled_passes: a.disable_pass,
+    };
+    let text = |e: kiln::Error| e.to_string();
+    pipeline::optimise(&mut lowered, &opts, path).map_err(text)?;
+    match a.emit {
+        Emit::Ir => print!("{}", pipeline::ir_text(&lowered)),
+        Emit::Dot => print!("{}", pipeline::dot_text(&lowered)),
+        Emit::Kernels => print!(
+            "{}",
+            pipeline::kernels_text(&pipeline::fuse(&lowered, path).map_err(text)?)
+        ),
+        Emit::Clif => {
+            for p in pipeline::fuse(&lowered, path).map_err(text)? {
                 let opts = kiln_compiler::codegen::cranelift::Options { emit_clif: true };
                 let cpu = kiln_compiler::codegen::cranelift::compile(&p, opts)
-                    .map_err(|e| format!("{}: {e}", a.spec.spec.display()))?;
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
                 for (i, (k, text)) in p.kernels.iter().zip(&cpu.clif).enumerate() {
                     match text {
                         Some(t) => println!("; {} k{i} ({})\n{t}", p.name, k.kind()),

@@ -10,7 +10,7 @@ mod import;
 mod run;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use kiln_compiler::lower::{Lowered, lower};
+use kiln_compiler::lower::Lowered;
 use kiln_compiler::spec::ResolvedSpec;
 use std::path::{Path, PathBuf};
 
@@ -65,10 +65,7 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
 /// Load and lower a spec (a `.toml` file, a HF model folder or a `.gguf`
 /// file), rendering any error for the terminal.
 pub fn load(path: &Path) -> Result<(ResolvedSpec, Lowered), String> {
-    let rs = kiln_runtime::source::open_spec(path).map_err(|e| e.to_string())?;
-    let lowered = lower(&rs)
-        .map_err(|e| format!("{}: internal error while lowering: {e}", path.display()))?;
-    Ok((rs, lowered))
+    kiln::pipeline::load(path).map_err(|e| e.to_string())
 }
 
 /// The spec argument every subcommand takes.

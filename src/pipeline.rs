@@ -1,0 +1,143 @@
+//! The stages [`crate::compile_file`] runs, one function each, for tools that
+//! stop early or need the intermediate values (the `kiln` command's `check`,
+//! `compile` and `bench` use them): load + lower, graph passes, fusion, and
+//! the text forms.
+//!
+//! ```
+//! use kiln::pipeline;
+//! use std::path::Path;
+//!
+//! let origin = Path::new("inline.toml");
+//! let (spec, mut lowered) = pipeline::load_str("extends = \"gpt2\"\nlayers = 1", origin)?;
+//! assert_eq!(spec.layers.len(), 1);
+//! pipeline::optimise(&mut lowered, &kiln::Options::default(), origin)?;
+//! let kernels = pipeline::fuse(&lowered, origin)?;
+//! assert_eq!(
+//!     pipeline::kernels_text(&kernels),
+//!     kiln::compile_str("extends = \"gpt2\"\nlayers = 1")?.kernels_text()
+//! );
+//! # Ok::<(), kiln::Error>(())
+//! ```
+
+use crate::{Error, Options, Stage};
+use kiln_compiler::ir::{to_dot, to_text};
+use kiln_compiler::kernel::KernelProgram;
+use kiln_compiler::lower::{Lowered, lower};
+use kiln_compiler::passes::pipeline_for;
+use kiln_compiler::spec::{self, ResolvedSpec};
+use std::path::Path;
+
+/// Load what `path` names (a `.toml` spec, a HF folder or its
+/// `config.json`, a `.gguf` file; the spec only, no weights) and lower it to
+/// IR graphs, as lowered (no passes yet).
+///
+/// ```
+/// let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/gpt2.toml");
+/// let (spec, lowered) = kiln::pipeline::load(&path)?;
+/// assert_eq!(lowered.vocab_size, spec.spec.vocab_size);
+/// # Ok::<(), kiln::Error>(())
+/// ```
+pub fn load(path: &Path) -> Result<(ResolvedSpec, Lowered), Error> {
+    let rs = kiln_runtime::source::open_spec(path)?;
+    lower_spec(rs, path)
+}
+
+/// Resolve spec TOML text and lower it; `origin` names the text in errors
+/// and anchors a relative `extends` path.
+///
+/// ```
+/// let err = kiln::pipeline::load_str("d_model = \"big\"", "mine.toml".as_ref()).unwrap_err();
+/// assert!(err.to_string().starts_with("mine.toml:1:1: error: expected an integer for `d_model`"), "{err}");
+/// ```
+pub fn load_str(toml: &str, origin: &Path) -> Result<(ResolvedSpec, Lowered), Error> {
+    let rs = spec::load_str(toml, origin)?;
+    lower_spec(rs, origin)
+}
+
+fn lower_spec(rs: ResolvedSpec, origin: &Path) -> Result<(ResolvedSpec, Lowered), Error> {
+    let lowered = lower(&rs).map_err(|e| Error::Compile {
+        origin: origin.display().to_string(),
+        stage: Stage::Lower,
+        message: e.to_string(),
+    })?;
+    Ok((rs, lowered))
+}
+
+/// Run the graph passes `opts` selects over every graph of `lowered`.
+///
+/// ```
+/// let origin = std::path::Path::new("x.toml");
+/// let (_, mut lowered) = kiln::pipeline::load_str("extends = \"gpt2\"\nlayers = 1", origin)?;
+/// let before = kiln::pipeline::ir_text(&lowered);
+/// kiln::pipeline::optimise(&mut lowered, &kiln::Options::default(), origin)?;
+/// assert!(kiln::pipeline::ir_text(&lowered).len() < before.len());
+/// # Ok::<(), kiln::Error>(())
+/// ```
+pub fn optimise(lowered: &mut Lowered, opts: &Options, origin: &Path) -> Result<(), Error> {
+    pipeline_for(opts.opt_level, &opts.disabled_passes)
+        .and_then(|p| p.run_lowered(lowered))
+        .map(drop)
+        .map_err(|e| Error::Compile {
+            origin: origin.display().to_string(),
+            stage: Stage::Passes,
+            message: e.to_string(),
+        })
+}
+
+/// Fuse every graph of `lowered` into a kernel program (encoder, then decoder).
+///
+/// ```
+/// let origin = std::path::Path::new("x.toml");
+/// let (_, lowered) = kiln::pipeline::load_str("extends = \"t5-small\"\nlayers = 1", origin)?;
+/// assert_eq!(kiln::pipeline::fuse(&lowered, origin)?.len(), 2);
+/// # Ok::<(), kiln::Error>(())
+/// ```
+pub fn fuse(lowered: &Lowered, origin: &Path) -> Result<Vec<KernelProgram>, Error> {
+    lowered
+        .graphs()
+        .map(|g| {
+            kiln_compiler::kernel::fuse(g).map_err(|e| Error::Compile {
+                origin: origin.display().to_string(),
+                stage: Stage::Fuse,
+                message: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Every graph in kiln's IR text form, one after the other
+/// (`kiln compile --emit ir`).
+///
+/// ```
+/// let (_, lowered) = kiln::pipeline::load_str("extends = \"gpt2\"\nlayers = 1", "x.toml".as_ref())?;
+/// assert!(kiln::pipeline::ir_text(&lowered).contains("param \"embed.tokens\""));
+/// # Ok::<(), kiln::Error>(())
+/// ```
+pub fn ir_text(lowered: &Lowered) -> String {
+    lowered.graphs().map(to_text).collect()
+}
+
+/// Every graph as Graphviz DOT (`kiln compile --emit dot`).
+///
+/// ```
+/// let (_, lowered) = kiln::pipeline::load_str("extends = \"gpt2\"\nlayers = 1", "x.toml".as_ref())?;
+/// assert!(kiln::pipeline::dot_text(&lowered).contains("digraph"));
+/// # Ok::<(), kiln::Error>(())
+/// ```
+pub fn dot_text(lowered: &Lowered) -> String {
+    lowered.graphs().map(to_dot).collect()
+}
+
+/// Every kernel program in the kernel IR's text form
+/// (`kiln compile --emit kernels`).
+///
+/// ```
+/// let origin = std::path::Path::new("x.toml");
+/// let (_, lowered) = kiln::pipeline::load_str("extends = \"gpt2\"\nlayers = 1", origin)?;
+/// let text = kiln::pipeline::kernels_text(&kiln::pipeline::fuse(&lowered, origin)?);
+/// assert!(text.starts_with("kernels \"gpt2.decoder\""), "{text}");
+/// # Ok::<(), kiln::Error>(())
+/// ```
+pub fn kernels_text(programs: &[KernelProgram]) -> String {
+    programs.iter().map(KernelProgram::to_text).collect()
+}
