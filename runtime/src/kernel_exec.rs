@@ -106,9 +106,11 @@ pub fn run_program<N: NamedTensor>(
                 let (_, t) = pairs.iter().find(|(x, _)| x == name).expect("bound");
                 t.data().clone()
             }
-            BufferKind::Param(name) => param_or_join(program, weights, name, buf.dtype, &buf.shape)?
-                .data()
-                .clone(),
+            BufferKind::Param(name) => {
+                param_or_join(program, weights, name, buf.dtype, &buf.shape)?
+                    .data()
+                    .clone()
+            }
             BufferKind::Const(v) => const_data(v, buf.dtype),
             BufferKind::Output | BufferKind::Temp => TensorData::zeros(buf.dtype, n),
         };
@@ -197,9 +199,9 @@ pub fn join_rows(weights: &Weights, name: &str, parts: &[(String, usize)]) -> Re
     let mut cols = None;
     let mut data = Vec::new();
     for (part, _) in parts {
-        let t = weights.get(part).ok_or_else(|| {
-            err(format!("missing parameter `{part}` (a part of `{name}`)"))
-        })?;
+        let t = weights
+            .get(part)
+            .ok_or_else(|| err(format!("missing parameter `{part}` (a part of `{name}`)")))?;
         let (r, c) = match t.shape() {
             [r, c] if t.dtype() == DType::F32 => (*r, *c),
             s => {
@@ -231,7 +233,9 @@ pub fn split_rows(weights: &mut Weights, name: &str, parts: &[(String, usize)]) 
         return Err(err(format!("joined weight `{name}` is not a matrix")));
     };
     if parts.iter().map(|(_, r)| r).sum::<usize>() != rows {
-        return Err(err(format!("joined weight `{name}` has {rows} rows, its parts differ")));
+        return Err(err(format!(
+            "joined weight `{name}` has {rows} rows, its parts differ"
+        )));
     }
     let data = t.to_f32_vec();
     let mut at = 0;

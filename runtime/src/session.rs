@@ -8,11 +8,11 @@ use crate::backends::Backend;
 use crate::backends::jit::JitGraph;
 use crate::interpreter::NamedTensor;
 use crate::kernel_exec::{join_rows, split_rows};
-use kiln_compiler::kernel::BufferKind;
 pub use crate::sampling::argmax;
 use crate::sampling::{Sampler, SamplingOptions};
 use crate::{Outputs, Result, RuntimeError, Tensor, Weights, run};
 use kiln_compiler::ir::{DType, Graph, Op};
+use kiln_compiler::kernel::BufferKind;
 use kiln_compiler::lower::Lowered;
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -542,7 +542,11 @@ impl<'g> Fuser<'g> {
         let node = self.g.node(n);
         let (name, kind) = match &node.op {
             _ if let Some(parts) = self.joined_parts(n) => {
-                let name = parts.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>().join("+");
+                let name = parts
+                    .iter()
+                    .map(|(p, _)| p.as_str())
+                    .collect::<Vec<_>>()
+                    .join("+");
                 self.joined.insert(name.clone(), parts);
                 (name.clone(), BufferKind::Param(name))
             }

@@ -72,7 +72,10 @@ impl Pass for MergeProjections {
             }
             // Deterministic order: the users' order in the graph.
             group.sort_by_key(|&(m, _, _)| m.index());
-            let scopes: Vec<String> = group.iter().map(|&(m, _, _)| g.node(m).scope.clone()).collect();
+            let scopes: Vec<String> = group
+                .iter()
+                .map(|&(m, _, _)| g.node(m).scope.clone())
+                .collect();
             let scope_refs: Vec<&str> = scopes.iter().map(String::as_str).collect();
             let scope = common_scope(&scope_refs);
             let params: Vec<NodeId> = group.iter().map(|&(_, p, _)| p).collect();
@@ -109,11 +112,15 @@ mod tests {
     fn projections() -> (Graph, Vec<NodeId>) {
         let mut g = Graph::new("t");
         let mut b = Builder::new(&mut g);
-        let x = b.input("x", DType::F32, shape!["batch", "seq", 8usize]).unwrap();
+        let x = b
+            .input("x", DType::F32, shape!["batch", "seq", 8usize])
+            .unwrap();
         let mut outs = Vec::new();
         for (name, n) in [("q", 8), ("k", 4), ("v", 4)] {
             let y = b.scoped(format!("attn.{name}"), |b| {
-                let w = b.param("weight", &[n, 8], Init::Normal { std: 0.02 }).unwrap();
+                let w = b
+                    .param("weight", &[n, 8], Init::Normal { std: 0.02 })
+                    .unwrap();
                 let wt = b.transpose_last(w).unwrap();
                 b.matmul(x, wt).unwrap()
             });

@@ -9,7 +9,6 @@
 use crate::error::{Result, RuntimeError};
 use crate::interpreter::{NamedTensor, Outputs};
 use crate::kernel_exec::{bind, const_data, param_or_join};
-use std::borrow::Cow;
 use crate::tensor::{Tensor, TensorData};
 use crate::weights::Weights;
 use kiln_compiler::codegen::cranelift::{self as clif, CpuProgram, KernelFn};
@@ -19,6 +18,7 @@ use kiln_compiler::kernel::{
 };
 use kiln_compiler::passes::default_pipeline;
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 mod attention;
 mod gemm;
