@@ -380,3 +380,27 @@ fn bench_reports_latency_throughput_and_profile() {
     ]);
     assert!(v["encode_ms"].as_f64().unwrap() > 0.0);
 }
+
+/// A reader that stops early (`kiln compile … | head`) ends kiln quietly,
+/// not with a panic about a broken pipe.
+#[test]
+fn a_closed_pipe_is_not_a_panic() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["compile", "models/gpt2.toml", "--emit", "kernels"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kiln");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("kernels \"gpt2.decoder\""), "{first}");
+    // The read end is dropped here; kiln still has most of its output to write.
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}
