@@ -101,11 +101,13 @@ use std::path::Path;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
-    /// 0: the graphs as lowered; 1 (the default): simplified (dce, cse,
-    /// const-fold, simplify), as `kiln compile` and the runtime use them.
+    /// 0: the graphs as lowered; 1 (the default): simplified (simplify,
+    /// const-fold, cse, merge-projections, dce), as `kiln compile` and the
+    /// runtime use them.
     pub opt_level: u8,
-    /// Passes to skip by name (`simplify`, `const-fold`, `cse`, `dce`),
-    /// like `kiln compile --disable-pass`.
+    /// Graph passes (`simplify`, `const-fold`, `cse`, `merge-projections`,
+    /// `dce`) or kernel rewrites (`attention`, `write-through`,
+    /// `moe-dispatch`) to skip by name, like `kiln compile --disable-pass`.
     pub disabled_passes: Vec<String>,
 }
 
@@ -202,7 +204,7 @@ impl Compiled {
         origin: &Path,
     ) -> Result<Compiled, Error> {
         pipeline::optimise(&mut lowered, opts, origin)?;
-        let kernels = pipeline::fuse(&lowered, origin)?;
+        let kernels = pipeline::fuse_with(&lowered, opts, origin)?;
         Ok(Compiled {
             spec,
             lowered,

@@ -21,9 +21,10 @@
 
 use crate::{Error, Options, Stage};
 use kiln_compiler::ir::{to_dot, to_text};
-use kiln_compiler::kernel::KernelProgram;
+use kiln_compiler::kernel::rewrite::REWRITE_NAMES;
+use kiln_compiler::kernel::{FuseOptions, KernelProgram};
 use kiln_compiler::lower::{Lowered, lower};
-use kiln_compiler::passes::pipeline_for;
+use kiln_compiler::passes::{PassError, pipeline_for};
 use kiln_compiler::spec::{self, ResolvedSpec};
 use std::path::Path;
 
@@ -74,13 +75,24 @@ fn lower_spec(rs: ResolvedSpec, origin: &Path) -> Result<(ResolvedSpec, Lowered)
 /// # Ok::<(), kiln::Error>(())
 /// ```
 pub fn optimise(lowered: &mut Lowered, opts: &Options, origin: &Path) -> Result<(), Error> {
-    pipeline_for(opts.opt_level, &opts.disabled_passes)
+    // Kernel rewrite names are for `fuse_with`; the rest must be graph passes.
+    let graph_passes: Vec<&String> = opts
+        .disabled_passes
+        .iter()
+        .filter(|n| !REWRITE_NAMES.contains(&n.as_str()))
+        .collect();
+    pipeline_for(opts.opt_level, &graph_passes)
         .and_then(|p| p.run_lowered(lowered))
         .map(drop)
         .map_err(|e| Error::Compile {
             origin: origin.display().to_string(),
             stage: Stage::Passes,
-            message: e.to_string(),
+            message: match e {
+                PassError::UnknownPass { .. } => {
+                    format!("{e}; kernel rewrites are: {}", REWRITE_NAMES.join(", "))
+                }
+                e => e.to_string(),
+            },
         })
 }
 
@@ -93,10 +105,38 @@ pub fn optimise(lowered: &mut Lowered, opts: &Options, origin: &Path) -> Result<
 /// # Ok::<(), kiln::Error>(())
 /// ```
 pub fn fuse(lowered: &Lowered, origin: &Path) -> Result<Vec<KernelProgram>, Error> {
+    fuse_with(lowered, &Options::default(), origin)
+}
+
+/// [`fuse`] without the kernel rewrites `opts.disabled_passes` names
+/// (`attention`, `write-through`, `moe-dispatch`).
+///
+/// ```
+/// let origin = std::path::Path::new("x.toml");
+/// let (_, lowered) = kiln::pipeline::load_str("extends = \"gpt2\"\nlayers = 1", origin)?;
+/// let opts = kiln::Options { disabled_passes: vec!["attention".into()], ..Default::default() };
+/// let text = kiln::pipeline::kernels_text(&kiln::pipeline::fuse_with(&lowered, &opts, origin)?);
+/// assert!(!text.contains(" attention "));
+/// assert!(kiln::pipeline::kernels_text(&kiln::pipeline::fuse(&lowered, origin)?).contains(" attention "));
+/// # Ok::<(), kiln::Error>(())
+/// ```
+pub fn fuse_with(
+    lowered: &Lowered,
+    opts: &Options,
+    origin: &Path,
+) -> Result<Vec<KernelProgram>, Error> {
+    let fo = FuseOptions {
+        disabled: opts
+            .disabled_passes
+            .iter()
+            .filter(|n| REWRITE_NAMES.contains(&n.as_str()))
+            .cloned()
+            .collect(),
+    };
     lowered
         .graphs()
         .map(|g| {
-            kiln_compiler::kernel::fuse(g).map_err(|e| Error::Compile {
+            kiln_compiler::kernel::fuse_with(g, &fo).map_err(|e| Error::Compile {
                 origin: origin.display().to_string(),
                 stage: Stage::Fuse,
                 message: e.to_string(),

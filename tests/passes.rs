@@ -414,3 +414,46 @@ fn cli_opt_level_and_disable_pass() {
         "{err}"
     );
 }
+
+#[test]
+fn cli_disables_kernel_rewrites_by_name() {
+    let kiln = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("run kiln")
+    };
+    let text = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let spec = "models/tiny/mixtral-8x7b.toml";
+    let all = text(kiln(&["compile", spec, "--emit", "kernels"]));
+    assert!(all.contains(" attention ") && all.contains("rows where"));
+    let no_attn = text(kiln(&[
+        "compile",
+        spec,
+        "--emit",
+        "kernels",
+        "--disable-pass",
+        "attention",
+    ]));
+    assert!(!no_attn.contains(" attention ") && no_attn.contains("rows where"));
+    let no_moe = text(kiln(&[
+        "compile",
+        spec,
+        "--emit",
+        "kernels",
+        "--disable-pass",
+        "moe-dispatch",
+    ]));
+    assert!(no_moe.contains(" attention ") && !no_moe.contains("rows where"));
+    let bad = kiln(&["compile", spec, "--disable-pass", "atention"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("kernel rewrites are: attention, write-through, moe-dispatch"),
+        "{err}"
+    );
+}

@@ -23,7 +23,8 @@ pub struct Args {
     /// Graph passes to run before emitting: 0 = the graph as lowered, 1 = simplified (see docs/passes.md).
     #[arg(long, default_value_t = 1)]
     opt_level: u8,
-    /// Skip a pass by name (repeatable), e.g. to bisect a miscompile: simplify, const-fold, cse, dce.
+    /// Skip a graph pass or kernel rewrite by name (repeatable), e.g. to bisect a miscompile:
+    /// simplify, const-fold, cse, merge-projections, dce; attention, write-through, moe-dispatch.
     #[arg(long = "disable-pass", value_name = "NAME")]
     disable_pass: Vec<String>,
 }
@@ -42,10 +43,10 @@ pub fn run(a: Args) -> Result<(), String> {
         Emit::Dot => print!("{}", pipeline::dot_text(&lowered)),
         Emit::Kernels => print!(
             "{}",
-            pipeline::kernels_text(&pipeline::fuse(&lowered, path).map_err(text)?)
+            pipeline::kernels_text(&pipeline::fuse_with(&lowered, &opts, path).map_err(text)?)
         ),
         Emit::Clif => {
-            for p in pipeline::fuse(&lowered, path).map_err(text)? {
+            for p in pipeline::fuse_with(&lowered, &opts, path).map_err(text)? {
                 let opts = kiln_compiler::codegen::cranelift::Options { emit_clif: true };
                 let cpu = kiln_compiler::codegen::cranelift::compile(&p, opts)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
