@@ -141,6 +141,11 @@ pub fn run(a: Args) -> Result<(), String> {
     let jit_time: Duration = (0..2)
         .filter_map(|i| model.jit_graph(i))
         .map(|j| j.compile_time())
+        .chain(
+            (0..2)
+                .filter_map(|i| model.wgpu_graph(i))
+                .map(|g| g.compile_time()),
+        )
         .sum();
     let compile_time = lower_time + jit_time;
     let rs = &loaded.spec;
@@ -159,6 +164,9 @@ pub fn run(a: Args) -> Result<(), String> {
         "compile_ms": ms(compile_time),
         "prepare_weights_ms": ms(prepare_time.saturating_sub(jit_time)),
     });
+    if let Some(g) = (0..2).find_map(|i| model.wgpu_graph(i)) {
+        out["adapter"] = g.gpu().description().into();
+    }
     let part = match rs.spec.architecture {
         Architecture::Encoder => 0,
         _ => 1,

@@ -12,6 +12,8 @@ enum Emit {
     Kernels,
     /// The Cranelift IR the CPU code generator emits for every kernel.
     Clif,
+    /// The WGSL compute shader the GPU code generator emits for every kernel.
+    Wgsl,
 }
 
 #[derive(clap::Args)]
@@ -60,6 +62,13 @@ pub fn run(a: Args) -> Result<(), String> {
                         ),
                     }
                 }
+            }
+        }
+        Emit::Wgsl => {
+            for p in pipeline::fuse_with(&lowered, &opts, path).map_err(text)? {
+                let w = kiln_compiler::codegen::wgsl::generate(&p)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                print!("{}", w.to_text());
             }
         }
     }

@@ -90,8 +90,9 @@ pub struct ModelArgs {
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// What runs the model: `jit` (Cranelift-compiled kernels) or
-    /// `reference` (the interpreter, the correctness oracle).
+    /// What runs the model: `jit` (Cranelift-compiled kernels), `wgpu`
+    /// (WGSL shaders on a GPU; `KILN_WGPU_BACKEND=vulkan|gl` picks the API)
+    /// or `reference` (the interpreter, the correctness oracle).
     #[arg(long, default_value = "jit")]
     pub backend: kiln_runtime::Backend,
 }

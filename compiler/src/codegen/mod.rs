@@ -4,5 +4,7 @@
 //! convention each generator documents.
 //!
 //! - [`cranelift`]: native CPU functions, JIT-compiled in memory.
+//! - [`wgsl`]: WGSL compute shaders, one per kernel, run through wgpu.
 
 pub mod cranelift;
+pub mod wgsl;

@@ -1,10 +1,13 @@
 //! Executors of IR graphs. The reference interpreter ([`crate::run`]) is the
-//! oracle; [`jit`] is the CPU backend built on the Cranelift code generator.
+//! oracle; [`jit`] is the CPU backend built on the Cranelift code generator;
+//! `wgpu` (feature `wgpu`, on by default) runs WGSL shaders on a GPU.
 //! A [`Backend`] names one; [`crate::session::Model::compile`] prepares a
 //! model for it.
 
 pub mod jit;
 pub mod machine;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 use std::fmt;
 use std::str::FromStr;
@@ -17,6 +20,9 @@ pub enum Backend {
     Jit,
     /// The reference interpreter: slow, exact, the oracle.
     Reference,
+    /// WGSL compute shaders through wgpu (Vulkan or GL; needs the `wgpu`
+    /// feature and an adapter).
+    Wgpu,
 }
 
 impl fmt::Display for Backend {
@@ -24,6 +30,7 @@ impl fmt::Display for Backend {
         f.write_str(match self {
             Backend::Jit => "jit",
             Backend::Reference => "reference",
+            Backend::Wgpu => "wgpu",
         })
     }
 }
@@ -34,8 +41,9 @@ impl FromStr for Backend {
         match s {
             "jit" => Ok(Backend::Jit),
             "reference" => Ok(Backend::Reference),
+            "wgpu" => Ok(Backend::Wgpu),
             other => Err(format!(
-                "unknown backend `{other}`: expected `jit` or `reference`"
+                "unknown backend `{other}`: expected `jit`, `reference` or `wgpu`"
             )),
         }
     }

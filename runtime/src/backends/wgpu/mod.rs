@@ -1,0 +1,615 @@
+//! The GPU backend: a graph optimised by the default pass pipeline, fused
+//! into the kernel IR, turned into WGSL by [`kiln_compiler::codegen::wgsl`]
+//! and run through wgpu (Vulkan or GL).
+//!
+//! - **Adapter.** One device per process ([`gpu`]), from the backends named
+//!   by `KILN_WGPU_BACKEND` (`vulkan`, `gl`, or a comma list; default: both,
+//!   high-performance preference), with the adapter's own limits.
+//! - **Compile once.** [`WgpuGraph::compile`] builds one compute pipeline per
+//!   kernel, with an explicit bind-group layout from the generator's
+//!   bindings, and uploads every parameter and literal once
+//!   ([`DeviceWeights`] shares them between a model's graphs).
+//! - **Run.** Lengths are bound from the inputs; every kernel's size table is
+//!   evaluated and written to its uniform; temporaries live in one device
+//!   buffer per slot of the program's memory plan (grown when a longer run
+//!   needs more, never shrunk); inputs are written, all kernels are encoded
+//!   into one compute pass and submitted once; only the outputs are copied
+//!   back (through one staging buffer).
+//! - **Limits.** A tensor larger than the adapter's
+//!   `max_storage_buffer_binding_size` is rejected with an error naming it
+//!   (at compile time for parameters, at run time for lengths-dependent
+//!   tensors). Splitting such tensors is future work.
+//! - **Errors.** Shader compilation and validation errors are captured in
+//!   error scopes and returned as [`RuntimeError`]s, never panics.
+
+use crate::error::{Result, RuntimeError};
+use crate::interpreter::{NamedTensor, Outputs};
+use crate::kernel_exec::{bind, const_data, param_or_join};
+use crate::tensor::{Tensor, TensorData};
+use crate::weights::Weights;
+use kiln_compiler::codegen::wgsl::{self, ELEMENT_BYTES, Resource, WgslProgram};
+use kiln_compiler::ir::{DType, Graph};
+use kiln_compiler::kernel::{BufferKind, KernelProgram, Size, fuse};
+use kiln_compiler::passes::default_pipeline;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use wgpu::util::DeviceExt;
+
+fn err(m: impl Into<String>) -> RuntimeError {
+    RuntimeError::Graph(m.into())
+}
+
+/// The device every [`WgpuGraph`] of this process runs on.
+pub struct Gpu {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+}
+
+impl Gpu {
+    /// Adapter name and backend, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)`.
+    pub fn description(&self) -> String {
+        format!("{} ({:?})", self.info.name, self.info.backend)
+    }
+
+    pub fn info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// The largest tensor a shader can bind, in bytes.
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
+    }
+
+    /// Run `f` with validation errors captured; the first error is returned.
+    fn checked<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let v = f();
+        match pollster::block_on(scope.pop()) {
+            None => Ok(v),
+            Some(e) => Err(err(format!("wgpu: {what}: {e}"))),
+        }
+    }
+}
+
+static GPU: OnceLock<std::result::Result<Arc<Gpu>, String>> = OnceLock::new();
+
+/// The process's GPU device, created on first use. An error says why no
+/// adapter could be used (none found, or `KILN_WGPU_BACKEND` is invalid).
+pub fn gpu() -> Result<Arc<Gpu>> {
+    GPU.get_or_init(init).clone().map_err(err)
+}
+
+fn init() -> std::result::Result<Arc<Gpu>, String> {
+    let backends = match std::env::var("KILN_WGPU_BACKEND") {
+        Ok(v) if !v.trim().is_empty() => {
+            let b = wgpu::Backends::from_comma_list(&v);
+            if b.is_empty() || !(wgpu::Backends::VULKAN | wgpu::Backends::GL).contains(b) {
+                return Err(format!(
+                    "KILN_WGPU_BACKEND=`{v}`: expected `vulkan`, `gl` or both (comma-separated)"
+                ));
+            }
+            b
+        }
+        _ => wgpu::Backends::VULKAN | wgpu::Backends::GL,
+    };
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    let instance = wgpu::Instance::new(desc);
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        ..Default::default()
+    }))
+    .map_err(|e| format!("no wgpu adapter ({backends:?}): {e}"))?;
+    let limits = adapter.limits();
+    let info = adapter.get_info();
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("kiln"),
+        required_features: wgpu::Features::empty(),
+        required_limits: limits.clone(),
+        experimental_features: wgpu::ExperimentalFeatures::disabled(),
+        memory_hints: wgpu::MemoryHints::Performance,
+        trace: wgpu::Trace::Off,
+    }))
+    .map_err(|e| format!("wgpu adapter `{}`: no device: {e}", info.name))?;
+    // Errors outside a scope (there should be none) are reported, not
+    // panicked on; runs check their own scope.
+    device.on_uncaptured_error(Arc::new(|e| eprintln!("kiln: wgpu error: {e}")));
+    Ok(Arc::new(Gpu {
+        device,
+        queue,
+        info,
+        limits,
+    }))
+}
+
+/// Parameters uploaded to the device, by name, shared by the graphs of one
+/// model (a tied embedding is uploaded once for the encoder and decoder).
+#[derive(Default)]
+pub struct DeviceWeights {
+    bufs: HashMap<String, Arc<wgpu::Buffer>>,
+}
+
+/// A compiled graph: pipelines, uploaded parameters and run state.
+pub struct WgpuGraph {
+    gpu: Arc<Gpu>,
+    program: KernelProgram,
+    shaders: WgslProgram,
+    pipelines: Vec<wgpu::ComputePipeline>,
+    layouts: Vec<wgpu::BindGroupLayout>,
+    /// Each kernel's size table (16 bytes per four sizes).
+    uniforms: Vec<wgpu::Buffer>,
+    /// Parameters and literals, by buffer.
+    fixed: Vec<Option<Arc<wgpu::Buffer>>>,
+    compile_time: Duration,
+    /// Buffers sized per run; one run at a time.
+    state: Mutex<RunState>,
+}
+
+#[derive(Default)]
+struct RunState {
+    /// Plan slots, inputs and outputs: (buffer, capacity in bytes).
+    slots: Vec<Option<(wgpu::Buffer, u64)>>,
+    io: Vec<Option<(wgpu::Buffer, u64)>>,
+    staging: Option<(wgpu::Buffer, u64)>,
+}
+
+/// Bytes of `b` on the device at the given element count (every element is
+/// 4 bytes; bool is a u32).
+fn device_bytes(n: i64) -> u64 {
+    (n.max(0) as u64) * ELEMENT_BYTES
+}
+
+/// The bytes of a tensor as stored on the device.
+fn upload_bytes(d: &TensorData) -> Vec<u8> {
+    match d {
+        TensorData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        TensorData::Bool(v) => v.iter().flat_map(|&x| u32::from(x).to_le_bytes()).collect(),
+    }
+}
+
+fn download(bytes: &[u8], dt: DType) -> TensorData {
+    let words = bytes.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]);
+    match dt {
+        DType::F32 => TensorData::F32(words.map(f32::from_le_bytes).collect()),
+        DType::I32 => TensorData::I32(words.map(i32::from_le_bytes).collect()),
+        DType::Bool => TensorData::Bool(words.map(|w| u32::from_le_bytes(w) != 0).collect()),
+    }
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+}
+
+impl WgpuGraph {
+    /// Optimise (level-1 pipeline), fuse, generate WGSL, build the
+    /// pipelines and upload the parameters `graph` reads from `weights`.
+    pub fn compile(graph: &Graph, weights: &Weights) -> Result<WgpuGraph> {
+        Self::compile_shared(graph, weights, &mut DeviceWeights::default())
+    }
+
+    /// [`WgpuGraph::compile`], reusing (and adding to) uploaded parameters.
+    pub fn compile_shared(
+        graph: &Graph,
+        weights: &Weights,
+        shared: &mut DeviceWeights,
+    ) -> Result<WgpuGraph> {
+        let gpu = gpu()?;
+        let t0 = Instant::now();
+        let mut g = graph.clone();
+        default_pipeline(1)
+            .run(&mut g)
+            .map_err(|e| err(format!("`{}`: {e}", graph.name)))?;
+        let program = fuse(&g).map_err(|e| err(format!("`{}`: {e}", graph.name)))?;
+        let shaders = wgsl::generate(&program)
+            .map_err(|e| err(format!("`{}`: WGSL generation: {e}", graph.name)))?;
+        let limit = gpu.max_binding_bytes();
+        let dev = &gpu.device;
+
+        let mut pipelines = Vec::with_capacity(shaders.kernels.len());
+        let mut layouts = Vec::with_capacity(shaders.kernels.len());
+        let mut uniforms = Vec::with_capacity(shaders.kernels.len());
+        for (i, k) in shaders.kernels.iter().enumerate() {
+            let storage = k.bindings.len() as u32;
+            if storage > gpu.limits.max_storage_buffers_per_shader_stage {
+                return Err(err(format!(
+                    "`{}` kernel k{i}: {storage} storage buffers, the adapter allows {}",
+                    program.name, gpu.limits.max_storage_buffers_per_shader_stage
+                )));
+            }
+            let mut entries: Vec<wgpu::BindGroupLayoutEntry> = k
+                .bindings
+                .iter()
+                .enumerate()
+                .map(|(b, bind)| wgpu::BindGroupLayoutEntry {
+                    binding: b as u32,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage {
+                            read_only: !bind.writable,
+                        },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                })
+                .collect();
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding: storage,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            });
+            let what = format!(
+                "`{}` kernel k{i} ({})",
+                program.name,
+                program.kernels[i].kind()
+            );
+            let (pipeline, layout) = gpu.checked(&what, || {
+                let layout = dev.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: None,
+                    entries: &entries,
+                });
+                let pl = dev.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: None,
+                    bind_group_layouts: &[Some(&layout)],
+                    immediate_size: 0,
+                });
+                let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(&what),
+                    source: wgpu::ShaderSource::Wgsl(k.source.as_str().into()),
+                });
+                let pipeline = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(&what),
+                    layout: Some(&pl),
+                    module: &module,
+                    entry_point: Some("main"),
+                    compilation_options: Default::default(),
+                    cache: None,
+                });
+                (pipeline, layout)
+            })?;
+            pipelines.push(pipeline);
+            layouts.push(layout);
+            uniforms.push(dev.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: (k.sizes.len().div_ceil(4).max(1) * 16) as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }));
+        }
+
+        let compile_time = t0.elapsed();
+        // Parameters (checked, uploaded once per name; a joined parameter of
+        // merged projections is built from its parts) and literals.
+        let mut fixed = Vec::with_capacity(program.buffers.len());
+        for b in &program.buffers {
+            fixed.push(match &b.kind {
+                BufferKind::Param(name) => {
+                    let t = param_or_join(&program, weights, name, b.dtype, &b.shape)?;
+                    let bytes = device_bytes(t.numel() as i64);
+                    if bytes > limit {
+                        return Err(err(format!(
+                            "parameter `{name}` ({}{:?}, {}) is larger than this adapter's \
+                             largest storage binding ({}; max_storage_buffer_binding_size)",
+                            b.dtype,
+                            t.shape(),
+                            mib(bytes),
+                            mib(limit)
+                        )));
+                    }
+                    let buf = match shared.bufs.get(name) {
+                        Some(buf) => buf.clone(),
+                        None => {
+                            let buf = Arc::new(upload(dev, name, t.data()));
+                            shared.bufs.insert(name.clone(), buf.clone());
+                            buf
+                        }
+                    };
+                    Some(buf)
+                }
+                BufferKind::Const(v) => {
+                    Some(Arc::new(upload(dev, &b.name, &const_data(v, b.dtype))))
+                }
+                _ => None,
+            });
+        }
+        let slots = program.plan.slots.len();
+        Ok(WgpuGraph {
+            compile_time,
+            state: Mutex::new(RunState {
+                slots: (0..slots).map(|_| None).collect(),
+                io: (0..program.buffers.len()).map(|_| None).collect(),
+                staging: None,
+            }),
+            gpu,
+            program,
+            shaders,
+            pipelines,
+            layouts,
+            uniforms,
+            fixed,
+        })
+    }
+
+    pub fn program(&self) -> &KernelProgram {
+        &self.program
+    }
+
+    pub fn shaders(&self) -> &WgslProgram {
+        &self.shaders
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Passes, fusion, WGSL generation and pipeline creation (not the
+    /// parameter uploads).
+    pub fn compile_time(&self) -> Duration {
+        self.compile_time
+    }
+
+    /// Run on `inputs` (every declared input by name).
+    pub fn run<N: NamedTensor>(&self, inputs: impl IntoIterator<Item = N>) -> Result<Outputs> {
+        let inputs: Vec<N> = inputs.into_iter().collect();
+        let pairs: Vec<(&str, &Tensor)> = inputs.iter().map(|i| (i.name(), i.tensor())).collect();
+        let p = &self.program;
+        let env = bind(p, &pairs)?;
+        let lookup = |s: &str| env.get(s).copied();
+        let eval = |s: &Size| {
+            s.eval(&lookup)
+                .ok_or_else(|| err(format!("`{}`: unbound size {s}", p.name)))
+        };
+        let gpu = &*self.gpu;
+        let dev = &gpu.device;
+        let limit = gpu.max_binding_bytes();
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+
+        // Bytes of every buffer at this run's lengths, within the limit.
+        let mut bytes = Vec::with_capacity(p.buffers.len());
+        for b in &p.buffers {
+            let n = device_bytes(eval(&b.numel())?);
+            if n > limit {
+                let id = bytes.len();
+                let what = match &b.kind {
+                    BufferKind::Input(name) => format!("input `{name}`"),
+                    BufferKind::Output => {
+                        let name = p.outputs.iter().find(|(_, o)| *o == id).map(|(n, _)| n);
+                        format!("output `{}`", name.unwrap_or(&b.name))
+                    }
+                    BufferKind::Param(name) => format!("parameter `{name}`"),
+                    _ => format!("intermediate `{}`", b.name),
+                };
+                let dims: Vec<String> = b.shape.iter().map(|d| d.to_string()).collect();
+                let at: Vec<String> = b
+                    .shape
+                    .iter()
+                    .map(|d| d.eval(&lookup).map_or("?".into(), |v| v.to_string()))
+                    .collect();
+                return Err(err(format!(
+                    "`{}`: {what} ({}[{}] = [{}]) needs {} at these lengths, more than this \
+                     adapter's largest storage binding ({}; max_storage_buffer_binding_size)",
+                    p.name,
+                    b.dtype,
+                    dims.join(", "),
+                    at.join(", "),
+                    mib(n),
+                    mib(limit)
+                )));
+            }
+            bytes.push(n);
+        }
+        // Slots: the largest occupant at this run (bool temporaries take 4
+        // bytes per element here, so the plan's byte sizes are not used).
+        let mut slot_bytes = vec![0u64; p.plan.slots.len()];
+        for (id, b) in p.buffers.iter().enumerate() {
+            if let (BufferKind::Temp, Some(s)) = (&b.kind, p.plan.slot_of[id]) {
+                slot_bytes[s] = slot_bytes[s].max(bytes[id]);
+            }
+        }
+        let grow = |slot: &mut Option<(wgpu::Buffer, u64)>, need: u64, usage, label: &str| {
+            let need = need.max(16).next_multiple_of(16);
+            if slot.as_ref().is_none_or(|(_, cap)| *cap < need) {
+                let buf = dev.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size: need,
+                    usage,
+                    mapped_at_creation: false,
+                });
+                *slot = Some((buf, need));
+            }
+        };
+        let storage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC;
+        for (s, &need) in slot_bytes.iter().enumerate() {
+            grow(&mut st.slots[s], need, storage, "slot");
+        }
+        for (id, b) in p.buffers.iter().enumerate() {
+            if matches!(b.kind, BufferKind::Input(_) | BufferKind::Output) {
+                grow(&mut st.io[id], bytes[id], storage, &b.name);
+            }
+        }
+        // Outputs: where each lives, and its place in the staging buffer.
+        let mut reads = Vec::with_capacity(p.outputs.len());
+        let mut total = 0u64;
+        for (_, id) in &p.outputs {
+            reads.push((*id, total, bytes[*id]));
+            total += bytes[*id];
+        }
+        grow(
+            &mut st.staging,
+            total,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            "staging",
+        );
+        for (id, b) in p.buffers.iter().enumerate() {
+            if let BufferKind::Input(name) = &b.kind {
+                let (_, t) = pairs
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .ok_or_else(|| err(format!("missing input `{name}`")))?;
+                if t.numel() > 0 {
+                    let (buf, _) = st.io[id].as_ref().expect("allocated");
+                    gpu.queue.write_buffer(buf, 0, &upload_bytes(t.data()));
+                }
+            }
+        }
+        fn pick<'a>(
+            fixed: &'a [Option<Arc<wgpu::Buffer>>],
+            st: &'a RunState,
+            r: Resource,
+        ) -> &'a wgpu::Buffer {
+            match r {
+                Resource::Slot(s) => &st.slots[s].as_ref().expect("allocated").0,
+                Resource::Buffer(id) => match &fixed[id] {
+                    Some(b) => b,
+                    None => &st.io[id].as_ref().expect("allocated").0,
+                },
+            }
+        }
+        let resource = |st, r| pick(&self.fixed, st, r);
+
+        // Size tables, bind groups, one pass.
+        let mut groups = Vec::with_capacity(self.pipelines.len());
+        for (ki, k) in self.shaders.kernels.iter().enumerate() {
+            let n = k
+                .dispatch
+                .groups(&|s| s.eval(&lookup))
+                .ok_or_else(|| err(format!("`{}` kernel k{ki}: unbound dispatch", p.name)))?;
+            if n == 0 {
+                groups.push(None);
+                continue;
+            }
+            let max = u64::from(gpu.limits.max_compute_workgroups_per_dimension);
+            let (x, y) = (n.min(max), n.div_ceil(max));
+            if y > max {
+                return Err(err(format!(
+                    "`{}` kernel k{ki}: {n} workgroups exceed the adapter's grid",
+                    p.name
+                )));
+            }
+            let mut table = Vec::with_capacity(k.sizes.len().div_ceil(4).max(1) * 16);
+            for s in &k.sizes {
+                let v = eval(s)?;
+                let v = i32::try_from(v).map_err(|_| {
+                    err(format!(
+                        "`{}` kernel k{ki}: size {s} = {v} exceeds i32",
+                        p.name
+                    ))
+                })?;
+                table.extend(v.to_le_bytes());
+            }
+            table.resize(k.sizes.len().div_ceil(4).max(1) * 16, 0);
+            gpu.queue.write_buffer(&self.uniforms[ki], 0, &table);
+            let mut entries: Vec<wgpu::BindGroupEntry> = k
+                .bindings
+                .iter()
+                .enumerate()
+                .map(|(b, bind)| wgpu::BindGroupEntry {
+                    binding: b as u32,
+                    resource: resource(&st, bind.resource).as_entire_binding(),
+                })
+                .collect();
+            entries.push(wgpu::BindGroupEntry {
+                binding: k.bindings.len() as u32,
+                resource: self.uniforms[ki].as_entire_binding(),
+            });
+            let bg = dev.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &self.layouts[ki],
+                entries: &entries,
+            });
+            groups.push(Some((bg, x as u32, y as u32)));
+        }
+
+        let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut enc = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: None,
+            });
+            for (ki, g) in groups.iter().enumerate() {
+                if let Some((bg, x, y)) = g {
+                    pass.set_pipeline(&self.pipelines[ki]);
+                    pass.set_bind_group(0, bg, &[]);
+                    pass.dispatch_workgroups(*x, *y, 1);
+                }
+            }
+        }
+        let staging = &st.staging.as_ref().expect("allocated").0;
+        for &(id, at, n) in &reads {
+            if n > 0 {
+                let src = resource(&st, wgsl::resource_of(p, id));
+                enc.copy_buffer_to_buffer(src, 0, staging, at, n);
+            }
+        }
+        gpu.queue.submit([enc.finish()]);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(err(format!("`{}`: wgpu: {e}", p.name)));
+        }
+        let slice = staging.slice(..total.max(16));
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        dev.poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| err(format!("`{}`: wgpu: {e}", p.name)))?;
+        rx.recv()
+            .map_err(|_| err("wgpu: the read-back never completed"))?
+            .map_err(|e| err(format!("`{}`: wgpu read-back: {e}", p.name)))?;
+        let mut entries = Vec::with_capacity(p.outputs.len());
+        {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| err(format!("`{}`: wgpu read-back: {e}", p.name)))?;
+            for ((name, id), &(_, at, n)) in p.outputs.iter().zip(&reads) {
+                let b = &p.buffers[*id];
+                let shape = b
+                    .shape
+                    .iter()
+                    .map(|d| {
+                        d.eval(&lookup)
+                            .ok_or_else(|| err(format!("unbound dim {d}")))
+                    })
+                    .collect::<Result<Vec<usize>>>()?;
+                let data = download(&view[at as usize..(at + n) as usize], b.dtype);
+                entries.push((name.clone(), Tensor::new(shape, data)?));
+            }
+        }
+        staging.unmap();
+        Ok(Outputs::from_parts(entries, env))
+    }
+}
+
+fn upload(dev: &wgpu::Device, label: &str, d: &TensorData) -> wgpu::Buffer {
+    let mut bytes = upload_bytes(d);
+    // Bindings need at least one element; keep 16-byte multiples.
+    let len = bytes.len().max(16).next_multiple_of(16);
+    bytes.resize(len, 0);
+    dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some(label),
+        contents: &bytes,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    })
+}
+
+/// Whether an adapter is available, and which (for tests and reports).
+pub fn adapter() -> std::result::Result<String, String> {
+    gpu().map(|g| g.description()).map_err(|e| e.to_string())
+}

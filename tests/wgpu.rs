@@ -1,0 +1,388 @@
+//! The wgpu backend against the oracle: every tiny model and a batch of
+//! random specs give the same outputs from the generated WGSL shaders as
+//! from the reference interpreter (within 1e-4 relative, or 1e-5 of the
+//! output's RMS for values that cancel to nearly zero, like tests/jit.rs),
+//! prefill and decode with a cache, batch 2 with a padded row; generation
+//! through a compiled model; limits reported with the tensor's name.
+//!
+//! Without a wgpu adapter (no GPU, no software Vulkan/GL) every test says
+//! it was skipped and passes, unless `KILN_REQUIRE_WGPU=1` (CI), where a
+//! missing adapter fails.
+
+mod common;
+
+use common::inputs::{Lengths, graph_inputs, max_rel_diff_floored, uses_symbol};
+use common::random_spec::load_random_spec;
+use common::tiny_specs;
+use kiln_compiler::ir::Graph;
+use kiln_compiler::lower::{Lowered, lower};
+use kiln_compiler::spec;
+use kiln_runtime::backends::wgpu::{WgpuGraph, adapter};
+use kiln_runtime::{Weights, run};
+
+const REL_TOL: f32 = 1e-4;
+
+/// Whether an adapter exists; prints why a test is skipped otherwise.
+fn have_adapter(test: &str) -> bool {
+    match adapter() {
+        Ok(name) => {
+            eprintln!("{test}: wgpu adapter {name}");
+            true
+        }
+        Err(e) => {
+            if std::env::var("KILN_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
+                panic!("{test}: KILN_REQUIRE_WGPU=1 but no wgpu adapter: {e}");
+            }
+            eprintln!(
+                "SKIPPED {test}: no wgpu adapter ({e}); set KILN_REQUIRE_WGPU=1 to fail instead"
+            );
+            false
+        }
+    }
+}
+
+/// Compile every graph of `l` for the GPU and compare with the interpreter
+/// at a few lengths; returns the worst relative difference.
+fn check_model(l: &Lowered, seed: u64, what: &str) -> f32 {
+    let graphs: Vec<&Graph> = l.graphs().collect();
+    let weights = Weights::random(&graphs, seed).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let mut worst = 0.0f32;
+    for g in l.graphs() {
+        let gpu = WgpuGraph::compile(g, &weights).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let pasts: &[usize] = if uses_symbol(g, "past") {
+            &[0, 3]
+        } else {
+            &[0]
+        };
+        for &past in pasts {
+            for (batch, seq) in [(2, 5), (1, 1), (1, 9)] {
+                if past + seq + 2 > l.max_positions {
+                    continue;
+                }
+                let lens = Lengths {
+                    batch,
+                    seq,
+                    past,
+                    src: 6,
+                };
+                let inputs = graph_inputs(l, g, &lens, seed ^ past as u64 ^ seq as u64);
+                let at = format!("{what}: graph `{}` at {lens:?}", g.name);
+                let want = run(g, &weights, &inputs).unwrap_or_else(|e| panic!("{at}: graph: {e}"));
+                let got = gpu
+                    .run(&inputs)
+                    .unwrap_or_else(|e| panic!("{at}: wgpu: {e}"));
+                let d = max_rel_diff_floored(&want, &got, &at);
+                assert!(d <= REL_TOL, "{at}: outputs differ by {d:e} (relative)");
+                worst = worst.max(d);
+            }
+        }
+    }
+    worst
+}
+
+#[test]
+fn tiny_models_match_the_interpreter() {
+    if !have_adapter("tiny_models_match_the_interpreter") {
+        return;
+    }
+    let mut report = String::new();
+    for path in tiny_specs() {
+        let rs = spec::load(&path).unwrap_or_else(|e| panic!("{}", e.render()));
+        let lowered = lower(&rs).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        let w = check_model(&lowered, 5, &name);
+        report += &format!("{name}: worst relative difference {w:e}\n");
+    }
+    eprintln!("{report}");
+}
+
+#[test]
+fn random_specs_match_the_interpreter() {
+    if !have_adapter("random_specs_match_the_interpreter") {
+        return;
+    }
+    let mut checked = 0;
+    for seed in 0..40u64 {
+        let Ok(rs) = load_random_spec(seed) else {
+            continue;
+        };
+        let lowered = lower(&rs).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        check_model(&lowered, seed, &format!("random spec {seed}"));
+        checked += 1;
+    }
+    assert!(checked >= 24, "only {checked} random specs were accepted");
+}
+
+/// Past one key block (64) attention streams with the online softmax;
+/// past one 64×64 tile the products use several workgroups per matrix.
+#[test]
+fn longer_sequences_cross_block_boundaries() {
+    if !have_adapter("longer_sequences_cross_block_boundaries") {
+        return;
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+    let toml = r#"
+extends = "gemma-2-2b.toml"
+name = "gemma-2-mid"
+vocab_size = 300
+d_model = 96
+layers = 2
+max_positions = 256
+
+[attention]
+heads = 3
+kv_heads = 1
+head_dim = 80
+
+[mlp]
+d_ff = 200
+"#;
+    let rs = spec::load_str(toml, &dir.join("gemma-2-mid.toml"))
+        .unwrap_or_else(|e| panic!("{}", e.render()));
+    let lowered = lower(&rs).unwrap();
+    let g = lowered.decoder.as_ref().unwrap();
+    let weights = Weights::random(&[g], 21).unwrap();
+    let gpu = WgpuGraph::compile(g, &weights).unwrap();
+    for (batch, seq, past) in [(2, 70, 0), (1, 1, 130), (3, 2, 65), (1, 129, 0)] {
+        let lens = Lengths {
+            batch,
+            seq,
+            past,
+            src: 1,
+        };
+        let inputs = graph_inputs(&lowered, g, &lens, 5 + seq as u64);
+        let want = run(g, &weights, &inputs).unwrap();
+        let got = gpu.run(&inputs).unwrap();
+        let d = max_rel_diff_floored(&want, &got, &format!("{lens:?}"));
+        assert!(d <= REL_TOL, "{lens:?}: outputs differ by {d:e}");
+    }
+}
+
+/// A compiled model generates the reference's tokens (prefill, then decode
+/// steps with the cache), for a decoder and an encoder-decoder.
+#[test]
+fn sessions_generate_like_the_reference() {
+    use kiln_runtime::Backend;
+    use kiln_runtime::session::Model;
+    if !have_adapter("sessions_generate_like_the_reference") {
+        return;
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+    for name in ["gpt2", "llama-2-7b", "t5-small"] {
+        let lowered = lower(&spec::load(dir.join(format!("{name}.toml"))).unwrap()).unwrap();
+        let reference = Model::random(lowered.clone(), 7).unwrap();
+        let gpu = Model::random(lowered, 7)
+            .unwrap()
+            .compile(Backend::Wgpu)
+            .unwrap();
+        assert_eq!(gpu.backend(), Backend::Wgpu);
+        let (mut a, mut b) = (reference.session(), gpu.session());
+        if name == "t5-small" {
+            a.set_source(&[4, 5, 6, 7]).unwrap();
+            b.set_source(&[4, 5, 6, 7]).unwrap();
+        }
+        for toks in [vec![1, 2, 3], vec![9], vec![17]] {
+            let (x, y) = (a.forward(&toks).unwrap(), b.forward(&toks).unwrap());
+            let d = max_rel_diff_floored(&x, &y, name);
+            assert!(
+                d <= REL_TOL,
+                "{name}: after {} tokens differ by {d:e}",
+                a.past_len()
+            );
+        }
+        let prompt = [5, 6, 7];
+        let mut s = reference.session();
+        let mut t = gpu.session();
+        if name == "t5-small" {
+            s.set_source(&[4, 5, 6, 7]).unwrap();
+            t.set_source(&[4, 5, 6, 7]).unwrap();
+        }
+        assert_eq!(
+            s.generate_greedy(&prompt, 6, None).unwrap(),
+            t.generate_greedy(&prompt, 6, None).unwrap(),
+            "{name}: greedy tokens"
+        );
+    }
+}
+
+/// A tensor larger than the adapter's largest storage binding is an error
+/// naming it, raised before anything is allocated.
+#[test]
+fn oversized_tensors_are_rejected_by_name() {
+    use kiln_compiler::ir::{BinaryOp, Builder, DType};
+    use kiln_compiler::shape;
+    if !have_adapter("oversized_tensors_are_rejected_by_name") {
+        return;
+    }
+    let mut g = Graph::new("outer");
+    let mut b = Builder::new(&mut g);
+    let x = b.input("x", DType::F32, shape!["seq", 1usize]).unwrap();
+    let y = b.input("y", DType::F32, shape![1usize, "seq"]).unwrap();
+    let p = b.binary(BinaryOp::Mul, x, y).unwrap();
+    g.set_output("product", p);
+    let gpu = WgpuGraph::compile(&g, &Weights::new()).unwrap();
+    let limit = gpu.gpu().max_binding_bytes();
+    // Small: computed.
+    let t = |shape: &[usize], v: Vec<f32>| kiln_runtime::Tensor::from_f32(shape, v).unwrap();
+    let out = gpu
+        .run([
+            ("x", t(&[3, 1], vec![1., 2., 3.])),
+            ("y", t(&[1, 3], vec![1., 10., 100.])),
+        ])
+        .unwrap();
+    assert_eq!(
+        out["product"].to_f32_vec(),
+        vec![1., 10., 100., 2., 20., 200., 3., 30., 300.]
+    );
+    // seq² floats just past the limit.
+    let seq = ((limit / 4) as f64).sqrt() as usize + 1;
+    let e = gpu
+        .run([
+            ("x", t(&[seq, 1], vec![1.0; seq])),
+            ("y", t(&[1, seq], vec![1.0; seq])),
+        ])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("output `product`") && e.contains("max_storage_buffer_binding_size"),
+        "{e}"
+    );
+}
+
+/// `kiln compile --emit wgsl` prints a shader per kernel.
+#[test]
+fn cli_emits_wgsl() {
+    let spec = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/gpt2.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["compile", spec.to_str().unwrap(), "--emit", "wgsl"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("// program \"gpt2-tiny.decoder\""), "{text}");
+    assert!(text.matches("@compute @workgroup_size(").count() >= 30);
+}
+
+/// The shaders' elementary functions against the IR's numeric contract
+/// (`ir::scalar`, f64 rounded once) on dense grids, on the device:
+/// ≤ 1e-6 relative, with an absolute floor of 1e-7 where the result
+/// crosses zero (`sin`, `cos`, `log` near 1, `erf`/`tanh` near 0 are
+/// relative anyway).
+#[test]
+fn elementary_functions_are_accurate_on_the_device() {
+    use kiln_compiler::ir::{BinaryOp, Builder, DType, UnaryOp, scalar};
+    use kiln_compiler::shape;
+    if !have_adapter("elementary_functions_are_accurate_on_the_device") {
+        return;
+    }
+    let grid = |lo: f32, hi: f32, n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| lo + (hi - lo) * i as f32 / (n - 1) as f32)
+            .collect()
+    };
+    let logspace = |lo: f32, hi: f32, n: usize| -> Vec<f32> {
+        grid(lo, hi, n).into_iter().map(|e| 10f32.powf(e)).collect()
+    };
+    let cases: Vec<(UnaryOp, Vec<f32>, f32)> = vec![
+        (UnaryOp::Exp, grid(-87.0, 88.0, 20_001), 0.0),
+        (UnaryOp::Log, logspace(-37.0, 38.0, 20_001), 1e-1),
+        (UnaryOp::Log, grid(0.5, 2.0, 20_001), 1e-1),
+        (UnaryOp::Tanh, grid(-12.0, 12.0, 20_001), 0.0),
+        (UnaryOp::Erf, grid(-7.0, 7.0, 20_001), 0.0),
+        (UnaryOp::Sin, grid(-200.0, 200.0, 40_001), 1e-1),
+        (UnaryOp::Cos, grid(-200.0, 200.0, 40_001), 1e-1),
+        (UnaryOp::Sqrt, logspace(-30.0, 30.0, 4_001), 0.0),
+        (UnaryOp::Rsqrt, logspace(-30.0, 30.0, 4_001), 0.0),
+    ];
+    let mut report = String::new();
+    for (op, xs, floor) in cases {
+        let mut g = Graph::new("unary");
+        let mut b = Builder::new(&mut g);
+        let x = b.input("x", DType::F32, shape!["seq"]).unwrap();
+        let y = b.unary(op, x).unwrap();
+        g.set_output("y", y);
+        let gpu = WgpuGraph::compile(&g, &Weights::new()).unwrap();
+        let t = kiln_runtime::Tensor::from_f32(&[xs.len()], xs.clone()).unwrap();
+        let got = gpu.run([("x", t)]).unwrap()["y"].to_f32_vec();
+        let f = scalar::f32_unary(op).unwrap();
+        let mut worst = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
+        for (&x, &v) in xs.iter().zip(&got) {
+            let want = f(x);
+            if want == v || (want.is_nan() && v.is_nan()) {
+                continue;
+            }
+            // Results below the smallest normal flush to zero.
+            if want.abs() < f32::MIN_POSITIVE && v == 0.0 {
+                continue;
+            }
+            let e = (want - v).abs() / want.abs().max(floor);
+            if e > worst.0 {
+                worst = (e, x, v, want);
+            }
+        }
+        report += &format!("{op:?}: worst {:e} at x = {}\n", worst.0, worst.1);
+        assert!(
+            worst.0 <= 1e-6,
+            "{op:?}: error {:e} at x = {:e}: {:e} on the device, {:e} wanted",
+            worst.0,
+            worst.1,
+            worst.2,
+            worst.3
+        );
+    }
+    // pow: positive bases with any exponent; negative bases with integers.
+    let mut xs = Vec::new();
+    let mut ys = Vec::new();
+    for y in [
+        -2.5f32, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.7, 2.0, 3.0, 7.0, 0.333,
+    ] {
+        for x in logspace(-3.0, 3.0, 801) {
+            xs.push(x);
+            ys.push(y);
+            if y.fract() == 0.0 {
+                xs.push(-x);
+                ys.push(y);
+            }
+        }
+    }
+    let mut g = Graph::new("pow");
+    let mut b = Builder::new(&mut g);
+    let x = b.input("x", DType::F32, shape!["seq"]).unwrap();
+    let y = b.input("y", DType::F32, shape!["seq"]).unwrap();
+    let p = b.binary(BinaryOp::Pow, x, y).unwrap();
+    g.set_output("p", p);
+    let gpu = WgpuGraph::compile(&g, &Weights::new()).unwrap();
+    let n = xs.len();
+    let tx = kiln_runtime::Tensor::from_f32(&[n], xs.clone()).unwrap();
+    let ty = kiln_runtime::Tensor::from_f32(&[n], ys.clone()).unwrap();
+    let got = gpu.run([("x", tx), ("y", ty)]).unwrap()["p"].to_f32_vec();
+    let f = scalar::f32_binary(BinaryOp::Pow).unwrap();
+    let mut worst = 0.0f32;
+    for i in 0..n {
+        let want = f(xs[i], ys[i]);
+        if want == got[i] || !want.is_finite() || want.abs() < f32::MIN_POSITIVE {
+            continue;
+        }
+        let e = (want - got[i]).abs() / want.abs();
+        // Integer and half-integer exponents multiply; others go through
+        // exp(y·ln x), whose product rounds (6e-8 relative of y·ln x).
+        let bound = if (2.0 * ys[i]).fract() == 0.0 {
+            1e-6
+        } else {
+            1e-6 + 6e-8 * (ys[i] * xs[i].abs().ln()).abs()
+        };
+        assert!(
+            e <= bound,
+            "pow({}, {}) = {} on the device, {want} wanted",
+            xs[i],
+            ys[i],
+            got[i]
+        );
+        worst = worst.max(e);
+    }
+    eprintln!("{report}Pow: worst {worst:e}");
+}
