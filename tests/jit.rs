@@ -338,3 +338,40 @@ fn experts_run_only_on_their_tokens() {
     let per_row = 2.0 * 3.0 * 2.0 * 64.0 * 128.0;
     assert_eq!(flops(&dense) - flops(&sparse), 12.0 * per_row);
 }
+
+/// A step over the model's memory budget (KV cache after the step plus the
+/// JIT's planned activations) is a clear error before anything runs, and
+/// leaves the session as it was.
+#[test]
+fn steps_over_the_memory_budget_are_refused() {
+    use kiln_runtime::session::Model;
+    use kiln_runtime::{Backend, RuntimeError};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/gpt2.toml");
+    let lowered = lower(&spec::load(&path).unwrap()).unwrap();
+    let mut model = Model::random(lowered, 1)
+        .unwrap()
+        .compile(Backend::Jit)
+        .unwrap();
+    // The cache grows with every step, so a budget fits 12 cached positions.
+    let budget = model.step_bytes(1, 1, 1, 12, 0).unwrap();
+    assert!(model.step_bytes(1, 1, 1, 13, 0).unwrap() > budget);
+    assert!(model.step_bytes(1, 1, 4, 0, 0).unwrap() <= budget);
+    model.set_memory_budget(Some(budget));
+    let mut s = model.session();
+    s.forward(&[1, 2, 3, 4]).unwrap();
+    while s.past_len() < 13 {
+        s.forward(&[5]).unwrap();
+    }
+    let e = s.forward(&[6]).unwrap_err();
+    assert!(matches!(e, RuntimeError::Limit(_)), "{e:?}");
+    assert!(e.to_string().contains("over the memory budget"), "{e}");
+    assert_eq!(s.past_len(), 13);
+    // A batch too wide for the budget fails the same way, before running.
+    let rows: Vec<&[i32]> = vec![&[1, 2, 3, 4]; 64];
+    let e = model.session().forward_batch(&rows).unwrap_err();
+    assert!(matches!(e, RuntimeError::Limit(_)), "{e:?}");
+    // Without a budget both run.
+    let mut model = model;
+    model.set_memory_budget(None);
+    model.session().forward_batch(&rows).unwrap();
+}

@@ -117,6 +117,12 @@ pub enum RuntimeError {
     /// declared type. The latter is a bug in the interpreter or the IR.
     #[error("malformed graph: {0}")]
     Graph(String),
+
+    /// A request beyond what the model or its configured limits allow: a
+    /// token id outside the vocabulary, a sequence past `max_positions`, a
+    /// step over the memory budget. The message says what would fit.
+    #[error("{0}")]
+    Limit(String),
 }
 
 /// Shorthand used throughout the crate.

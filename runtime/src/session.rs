@@ -23,13 +23,13 @@ pub struct Model {
     backend: Backend,
     /// JIT code of the encoder and decoder graphs (JIT backend only).
     jit: [Option<JitGraph>; 2],
-    /// GPU pipelines of the encoder and decoder graphs (wgpu backend only).
-    #[cfg(feature = "wgpu")]
-    gpu: [Option<crate::backends::wgpu::WgpuGraph>; 2],
     /// Matrix weights the JIT keeps transposed (`[in, out]`, the layout its
     /// GEMM library reads fastest), or transposed copies of them; undone
     /// when leaving the JIT.
     transposed: BTreeSet<String>,
+    /// Bytes one step may hold besides the weights (see
+    /// [`Model::set_memory_budget`]); `None` is no limit.
+    memory_budget: Option<usize>,
 }
 
 impl Model {
@@ -41,9 +41,8 @@ impl Model {
             weights,
             backend: Backend::Reference,
             jit: [None, None],
-            #[cfg(feature = "wgpu")]
-            gpu: [None, None],
             transposed: BTreeSet::new(),
+            memory_budget: None,
         }
     }
 
@@ -71,10 +70,6 @@ impl Model {
             .flat_map(|j| j.program().joined.clone())
             .collect();
         self.jit = [None, None];
-        #[cfg(feature = "wgpu")]
-        {
-            self.gpu = [None, None];
-        }
         for name in std::mem::take(&mut self.transposed) {
             if name.ends_with(TRANSPOSED_COPY) {
                 self.weights.remove(&name);
@@ -136,39 +131,8 @@ impl Model {
             }
             self.transposed = names;
         }
-        if backend == Backend::Wgpu {
-            self.compile_wgpu()?;
-        }
         self.backend = backend;
         Ok(self)
-    }
-
-    /// Build the GPU pipelines of every graph and upload the weights once
-    /// (shared by the encoder and decoder).
-    #[cfg(feature = "wgpu")]
-    fn compile_wgpu(&mut self) -> Result<()> {
-        use crate::backends::wgpu::{DeviceWeights, WgpuGraph};
-        let mut uploaded = DeviceWeights::default();
-        let parts = [&self.lowered.encoder, &self.lowered.decoder];
-        for (slot, g) in self.gpu.iter_mut().zip(parts) {
-            if let Some(g) = g {
-                *slot = Some(WgpuGraph::compile_shared(g, &self.weights, &mut uploaded)?);
-            }
-        }
-        Ok(())
-    }
-
-    #[cfg(not(feature = "wgpu"))]
-    fn compile_wgpu(&mut self) -> Result<()> {
-        Err(RuntimeError::Graph(
-            "the wgpu backend is not built in (kiln-runtime's `wgpu` feature is off)".into(),
-        ))
-    }
-
-    /// The GPU pipelines of the encoder (0) or decoder (1) graph, if compiled.
-    #[cfg(feature = "wgpu")]
-    pub fn wgpu_graph(&self, part: usize) -> Option<&crate::backends::wgpu::WgpuGraph> {
-        self.gpu.get(part).and_then(Option::as_ref)
     }
 
     /// Build each joined weight of the JIT programs (merged projections)
@@ -203,6 +167,85 @@ impl Model {
         self.backend
     }
 
+    /// Refuse, with [`RuntimeError::Limit`], any step that would hold more
+    /// than `bytes` besides the weights: the KV cache after the step plus the
+    /// activations the JIT plans at the step's lengths (its arena and
+    /// outputs; the reference interpreter's temporaries are not counted).
+    /// A batch too wide or a cache too long is then a clear error before
+    /// anything is allocated, never an abort. `None` (the default): no limit.
+    pub fn set_memory_budget(&mut self, bytes: Option<usize>) {
+        self.memory_budget = bytes;
+    }
+
+    pub fn memory_budget(&self) -> Option<usize> {
+        self.memory_budget
+    }
+
+    /// Bytes a step of graph `part` (0 encoder, 1 decoder) holds besides the
+    /// weights at these lengths: the KV cache after the step (decoder) and
+    /// the JIT's planned activations.
+    pub fn step_bytes(
+        &self,
+        part: usize,
+        batch: usize,
+        seq: usize,
+        past: usize,
+        src: usize,
+    ) -> Result<usize> {
+        let mut kv = 0usize;
+        if part == 1
+            && let Some(g) = &self.lowered.decoder
+        {
+            for i in 0..count_layers(g) {
+                let (kvh, hd) = cache_dims(g, i)?;
+                kv = kv.saturating_add(
+                    2usize
+                        .saturating_mul(batch)
+                        .saturating_mul(kvh)
+                        .saturating_mul(past.saturating_add(seq))
+                        .saturating_mul(hd)
+                        .saturating_mul(4),
+                );
+            }
+        }
+        let act = match self.jit_graph(part) {
+            Some(j) => {
+                let lengths: BTreeMap<String, usize> =
+                    [("batch", batch), ("seq", seq), ("past", past), ("src", src)]
+                        .into_iter()
+                        .map(|(s, v)| (s.to_string(), v))
+                        .collect();
+                j.program().peak_bytes(&lengths)
+            }
+            None => 0,
+        };
+        Ok(kv.saturating_add(act))
+    }
+
+    /// [`RuntimeError::Limit`] when a step is over the memory budget.
+    fn check_budget(
+        &self,
+        part: usize,
+        batch: usize,
+        seq: usize,
+        past: usize,
+        src: usize,
+    ) -> Result<()> {
+        let Some(budget) = self.memory_budget else {
+            return Ok(());
+        };
+        let need = self.step_bytes(part, batch, seq, past, src)?;
+        if need > budget {
+            let mb = |b: usize| b as f64 / (1 << 20) as f64;
+            return Err(RuntimeError::Limit(format!(
+                "{batch} row(s) of {seq} token(s) after {past} cached need {:.1} MiB besides the weights, over the memory budget of {:.1} MiB; use fewer rows or shorter sequences, or raise the budget",
+                mb(need),
+                mb(budget)
+            )));
+        }
+        Ok(())
+    }
+
     /// The JIT code of the encoder (0) or decoder (1) graph, if compiled.
     pub fn jit_graph(&self, part: usize) -> Option<&JitGraph> {
         self.jit.get(part).and_then(Option::as_ref)
@@ -215,10 +258,6 @@ impl Model {
         g: &Graph,
         inputs: impl IntoIterator<Item = N>,
     ) -> Result<Outputs> {
-        #[cfg(feature = "wgpu")]
-        if let Some(w) = &self.gpu[part] {
-            return w.run(inputs);
-        }
         match &self.jit[part] {
             Some(j) => j.run(&self.weights, inputs),
             None => run(g, &self.weights, inputs),
@@ -257,6 +296,7 @@ impl Model {
             self.check_tokens(s, 0)?;
         }
         let b = seqs.len();
+        self.check_budget(0, b, n, 0, n)?;
         let mut tokens = Vec::with_capacity(b * n);
         let mut mask = Vec::with_capacity(b * n);
         for s in seqs {
@@ -283,13 +323,13 @@ impl Model {
     fn check_tokens(&self, tokens: &[i32], past: usize) -> Result<()> {
         let vocab = self.lowered.vocab_size;
         if let Some(t) = tokens.iter().find(|&&t| t < 0 || t as usize >= vocab) {
-            return Err(RuntimeError::Graph(format!(
+            return Err(RuntimeError::Limit(format!(
                 "token id {t} is outside the vocabulary (0..{vocab})"
             )));
         }
         let max = self.lowered.max_positions;
         if past + tokens.len() > max {
-            return Err(RuntimeError::Graph(format!(
+            return Err(RuntimeError::Limit(format!(
                 "sequence of {} tokens exceeds the model's max_positions = {max}",
                 past + tokens.len()
             )));
@@ -398,6 +438,8 @@ impl<'m> Session<'m> {
             self.model.check_tokens(r, self.past + n - r.len())?;
         }
         let batch = rows.len();
+        let src = self.cross.as_ref().map_or(0, |(_, s)| *s);
+        self.model.check_budget(1, batch, n, self.past, src)?;
         let layers = count_layers(g);
         if self.past == 0 {
             // The first step fixes the batch (again, if an earlier first
