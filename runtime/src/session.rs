@@ -23,6 +23,9 @@ pub struct Model {
     backend: Backend,
     /// JIT code of the encoder and decoder graphs (JIT backend only).
     jit: [Option<JitGraph>; 2],
+    /// GPU pipelines of the encoder and decoder graphs (wgpu backend only).
+    #[cfg(feature = "wgpu")]
+    gpu: [Option<crate::backends::wgpu::WgpuGraph>; 2],
     /// Matrix weights the JIT keeps transposed (`[in, out]`, the layout its
     /// GEMM library reads fastest), or transposed copies of them; undone
     /// when leaving the JIT.
@@ -41,6 +44,8 @@ impl Model {
             weights,
             backend: Backend::Reference,
             jit: [None, None],
+            #[cfg(feature = "wgpu")]
+            gpu: [None, None],
             transposed: BTreeSet::new(),
             memory_budget: None,
         }
@@ -70,6 +75,10 @@ impl Model {
             .flat_map(|j| j.program().joined.clone())
             .collect();
         self.jit = [None, None];
+        #[cfg(feature = "wgpu")]
+        {
+            self.gpu = [None, None];
+        }
         for name in std::mem::take(&mut self.transposed) {
             if name.ends_with(TRANSPOSED_COPY) {
                 self.weights.remove(&name);
@@ -131,8 +140,39 @@ impl Model {
             }
             self.transposed = names;
         }
+        if backend == Backend::Wgpu {
+            self.compile_wgpu()?;
+        }
         self.backend = backend;
         Ok(self)
+    }
+
+    /// Build the GPU pipelines of every graph and upload the weights once
+    /// (shared by the encoder and decoder).
+    #[cfg(feature = "wgpu")]
+    fn compile_wgpu(&mut self) -> Result<()> {
+        use crate::backends::wgpu::{DeviceWeights, WgpuGraph};
+        let mut uploaded = DeviceWeights::default();
+        let parts = [&self.lowered.encoder, &self.lowered.decoder];
+        for (slot, g) in self.gpu.iter_mut().zip(parts) {
+            if let Some(g) = g {
+                *slot = Some(WgpuGraph::compile_shared(g, &self.weights, &mut uploaded)?);
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(not(feature = "wgpu"))]
+    fn compile_wgpu(&mut self) -> Result<()> {
+        Err(RuntimeError::Graph(
+            "the wgpu backend is not built in (kiln-runtime's `wgpu` feature is off)".into(),
+        ))
+    }
+
+    /// The GPU pipelines of the encoder (0) or decoder (1) graph, if compiled.
+    #[cfg(feature = "wgpu")]
+    pub fn wgpu_graph(&self, part: usize) -> Option<&crate::backends::wgpu::WgpuGraph> {
+        self.gpu.get(part).and_then(Option::as_ref)
     }
 
     /// Build each joined weight of the JIT programs (merged projections)
@@ -258,6 +298,10 @@ impl Model {
         g: &Graph,
         inputs: impl IntoIterator<Item = N>,
     ) -> Result<Outputs> {
+        #[cfg(feature = "wgpu")]
+        if let Some(w) = &self.gpu[part] {
+            return w.run(inputs);
+        }
         match &self.jit[part] {
             Some(j) => j.run(&self.weights, inputs),
             None => run(g, &self.weights, inputs),
