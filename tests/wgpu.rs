@@ -176,6 +176,8 @@ fn sessions_generate_like_the_reference() {
             .compile(Backend::Wgpu)
             .unwrap();
         assert_eq!(gpu.backend(), Backend::Wgpu);
+        // The decoder really runs on the device (not the interpreter).
+        assert!(gpu.wgpu_graph(1).is_some(), "{name}: no GPU pipelines");
         let (mut a, mut b) = (reference.session(), gpu.session());
         if name == "t5-small" {
             a.set_source(&[4, 5, 6, 7]).unwrap();
