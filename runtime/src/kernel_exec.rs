@@ -22,15 +22,19 @@ pub struct KernelOutputs {
 }
 
 impl KernelOutputs {
+    /// The output named `name`, if the graph has one.
     pub fn get(&self, name: &str) -> Option<&Tensor> {
         self.entries.iter().find(|(n, _)| n == name).map(|(_, t)| t)
     }
+    /// `(name, tensor)` pairs in the graph's output order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
         self.entries.iter().map(|(n, t)| (n.as_str(), t))
     }
+    /// The concrete values the symbolic dimensions took in this run.
     pub fn bindings(&self) -> &Bindings {
         &self.bindings
     }
+    /// The `(name, tensor)` pairs, in output order.
     pub fn into_vec(self) -> Vec<(String, Tensor)> {
         self.entries
     }

@@ -13,6 +13,7 @@ pub struct SamplingOptions {
     pub top_k: usize,
     /// Keep the smallest set of tokens whose probability reaches `top_p` (1 = all).
     pub top_p: f32,
+    /// Seed of the sampler's ChaCha8 RNG; the same seed and logits give the same tokens.
     pub seed: u64,
 }
 
@@ -34,6 +35,7 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// A sampler seeded from `opts.seed`.
     pub fn new(opts: SamplingOptions) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(opts.seed);
         Sampler { opts, rng }

@@ -17,29 +17,45 @@ use std::path::{Path, PathBuf};
 
 /// A model ready to run.
 pub struct LoadedModel {
+    /// The spec after defaults and derived sizes are filled in.
     pub spec: ResolvedSpec,
+    /// The compiled model, on the requested backend.
     pub model: Model,
+    /// The tokenizer, when the source has one (HF folder or GGUF); `None` for a bare spec.
     pub tokenizer: Option<Tokenizer>,
     /// Where the weights came from: a path, or `random (seed N)`.
     pub weights_origin: String,
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Why [`open`] failed, wrapping the error of the stage that failed.
 pub enum OpenError {
     #[error("{}", .0.render())]
+    /// The spec file is invalid (rendered with its source location).
     Spec(#[from] Box<SpecError>),
     #[error("{0}")]
+    /// A Hugging Face config could not be turned into a spec.
     Import(#[from] ImportError),
     #[error("{0}")]
+    /// A safetensors checkpoint could not be read or does not match the spec.
     Checkpoint(#[from] CheckpointError),
     #[error("{0}")]
+    /// A GGUF file could not be read or mapped onto the spec.
     Gguf(#[from] GgufError),
     #[error("{0}")]
+    /// The tokenizer could not be loaded.
     Tokenizer(#[from] TokenizerError),
     #[error("{0}")]
+    /// Compiling or loading weights into the model failed.
     Runtime(#[from] RuntimeError),
     #[error("{path}: {message}")]
-    Source { path: PathBuf, message: String },
+    /// The path itself is unusable (missing, unrecognised kind of file, ...).
+    Source {
+        /// The offending path.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 /// How to open a model.

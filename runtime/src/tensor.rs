@@ -8,8 +8,11 @@ use std::fmt;
 /// natively, so i32 indices and bools are exact at any magnitude.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TensorData {
+    /// 32-bit floats.
     F32(Vec<f32>),
+    /// 32-bit signed integers (token ids, indices, positions).
     I32(Vec<i32>),
+    /// Booleans (masks).
     Bool(Vec<bool>),
 }
 

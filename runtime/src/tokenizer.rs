@@ -20,10 +20,18 @@ pub struct Tokenizer {
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Why a tokenizer could not be loaded or could not encode/decode.
 pub enum TokenizerError {
     #[error("{path}: cannot load tokenizer: {message}")]
-    Load { path: String, message: String },
+    /// The tokenizer file is missing or unreadable.
+    Load {
+        /// The tokenizer's path (or a description of its origin).
+        path: String,
+        /// The underlying error.
+        message: String,
+    },
     #[error("tokenizer: {0}")]
+    /// Encoding or decoding failed inside the `tokenizers` crate.
     Codec(String),
 }
 
@@ -104,6 +112,8 @@ impl Tokenizer {
         Ok(Tokenizer::new(inner, bos, eos))
     }
 
+    /// Encode `text` to ids, adding special tokens if `add_special_tokens` and
+    /// prepending `bos` if `prepend_bos` and the encoding does not already start with it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
         let enc = self
             .inner
@@ -118,16 +128,19 @@ impl Tokenizer {
         }
     }
 
+    /// Decode `ids` to text, skipping special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
         self.inner
             .decode(ids, true)
             .map_err(|e| TokenizerError::Codec(e.to_string()))
     }
 
+    /// Vocabulary size, counting added tokens.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
 
+    /// The wrapped `tokenizers` tokenizer.
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
@@ -143,6 +156,7 @@ pub struct StreamDecoder<'t> {
 }
 
 impl<'t> StreamDecoder<'t> {
+    /// A decoder that has emitted nothing yet.
     pub fn new(tok: &'t Tokenizer) -> Self {
         StreamDecoder {
             tok,

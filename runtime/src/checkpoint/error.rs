@@ -9,7 +9,9 @@ pub enum CheckpointError {
     /// A file or directory could not be read.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
 
@@ -20,43 +22,79 @@ pub enum CheckpointError {
          the directory holds: [{}]",
         path.display(), found.join(", ")
     )]
-    NoCheckpoint { path: PathBuf, found: Vec<String> },
+    NoCheckpoint {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The file names the directory holds.
+        found: Vec<String>,
+    },
 
     /// A safetensors file's header is unreadable (truncated, not JSON, ...).
     #[error("{}: invalid safetensors header: {message}", path.display())]
-    Header { path: PathBuf, message: String },
+    Header {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 
     /// One tensor's header entry is invalid, or its data is unusable.
     #[error("{}: tensor `{tensor}`: {message}", path.display())]
     Tensor {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// The tensor name as the checkpoint spells it.
         tensor: String,
+        /// What is wrong.
         message: String,
     },
 
     /// The same tensor name appears in two files of a sharded checkpoint.
     #[error("tensor `{tensor}` appears in both {} and {}", first.display(), second.display())]
     DuplicateTensor {
+        /// The tensor name as the checkpoint spells it.
         tensor: String,
+        /// The first file holding it.
         first: PathBuf,
+        /// The second file holding it.
         second: PathBuf,
     },
 
     /// `model.safetensors.index.json` is malformed or disagrees with the shards.
     #[error("{}: {message}", path.display())]
-    Index { path: PathBuf, message: String },
+    Index {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 
     /// `config.json` exists but cannot be parsed.
     #[error("{}: invalid config.json: {message}", path.display())]
-    Config { path: PathBuf, message: String },
+    Config {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 
     /// An embedded mapping table is malformed (a bug in kiln's tables).
     #[error("mapping table `{family}`: {message}")]
-    Table { family: String, message: String },
+    Table {
+        /// The checkpoint family (mapping table) name.
+        family: String,
+        /// What is wrong.
+        message: String,
+    },
 
     /// The requested family has no mapping table.
     #[error("no mapping table for checkpoint family `{family}`; known families: {}", known.join(", "))]
-    UnknownFamily { family: String, known: Vec<String> },
+    UnknownFamily {
+        /// The checkpoint family (mapping table) name.
+        family: String,
+        /// The families that have a table.
+        known: Vec<String>,
+    },
 
     /// The model's graphs cannot be matched against a checkpoint (a
     /// parameter with a symbolic shape, conflicting declarations).
@@ -71,8 +109,11 @@ pub enum CheckpointError {
         problems.join("\n  ")
     )]
     Mismatch {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// The checkpoint family (mapping table) name.
         family: String,
+        /// One line per problem found.
         problems: Vec<String>,
     },
 
@@ -85,9 +126,13 @@ pub enum CheckpointError {
         problems.join("\n  ")
     )]
     NoTableFits {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// `model_type` from config.json, when there is one.
         model_type: Option<String>,
+        /// The family whose table came closest.
         closest: String,
+        /// One line per problem found.
         problems: Vec<String>,
     },
 
@@ -98,7 +143,9 @@ pub enum CheckpointError {
         path.display(), families.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")
     )]
     Ambiguous {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// The families whose tables fit.
         families: Vec<String>,
     },
 
@@ -111,9 +158,13 @@ pub enum CheckpointError {
         path.display()
     )]
     TiedMismatch {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// The tensor name as the checkpoint spells it.
         tensor: String,
+        /// The tensor it is tied to.
         target: String,
+        /// Largest absolute elementwise difference.
         max_diff: f32,
     },
 }

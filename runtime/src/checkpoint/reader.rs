@@ -28,9 +28,13 @@ pub const SUPPORTED_DTYPES: &[&str] = &["F32", "F16", "BF16", "F64"];
 /// A tensor's element type as a safetensors header names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Dtype {
+    /// IEEE 754 single precision.
     F32,
+    /// IEEE 754 half precision.
     F16,
+    /// bfloat16 (the top 16 bits of an f32).
     BF16,
+    /// IEEE 754 double precision (narrowed to f32 on load).
     F64,
     /// Any other dtype (`I64`, `U8`, `F8_E4M3`, ...): allowed in a file,
     /// an error only if kiln needs to load that tensor.
@@ -93,7 +97,9 @@ impl std::fmt::Display for Dtype {
 /// One tensor as its file's header describes it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorInfo {
+    /// The stored element type.
     pub dtype: Dtype,
+    /// Dimensions, outermost first (row-major), as the header gives them.
     pub shape: Vec<usize>,
     /// Index of the file in [`Checkpoint::files`].
     pub(crate) file: usize,

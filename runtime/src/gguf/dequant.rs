@@ -26,39 +26,73 @@ use std::fmt;
 #[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GgmlType {
+    /// 32-bit float (id 0).
     F32,
+    /// IEEE half-precision float (id 1).
     F16,
+    /// 32 elements in 18-byte blocks (id 2).
     Q4_0,
+    /// 32 elements in 20-byte blocks (id 3).
     Q4_1,
+    /// 32 elements in 22-byte blocks (id 6).
     Q5_0,
+    /// 32 elements in 24-byte blocks (id 7).
     Q5_1,
+    /// 32 elements in 34-byte blocks (id 8).
     Q8_0,
+    /// 32 elements in 36-byte blocks (id 9); not dequantised by kiln.
     Q8_1,
+    /// 256 elements in 84-byte blocks (id 10).
     Q2_K,
+    /// 256 elements in 110-byte blocks (id 11).
     Q3_K,
+    /// 256 elements in 144-byte blocks (id 12).
     Q4_K,
+    /// 256 elements in 176-byte blocks (id 13).
     Q5_K,
+    /// 256 elements in 210-byte blocks (id 14).
     Q6_K,
+    /// 256 elements in 292-byte blocks (id 15); not dequantised by kiln.
     Q8_K,
+    /// 256 elements in 66-byte blocks (id 16); not dequantised by kiln.
     IQ2_XXS,
+    /// 256 elements in 74-byte blocks (id 17); not dequantised by kiln.
     IQ2_XS,
+    /// 256 elements in 98-byte blocks (id 18); not dequantised by kiln.
     IQ3_XXS,
+    /// 256 elements in 50-byte blocks (id 19); not dequantised by kiln.
     IQ1_S,
+    /// 32 elements in 18-byte blocks (id 20); not dequantised by kiln.
     IQ4_NL,
+    /// 256 elements in 110-byte blocks (id 21); not dequantised by kiln.
     IQ3_S,
+    /// 256 elements in 82-byte blocks (id 22); not dequantised by kiln.
     IQ2_S,
+    /// 256 elements in 136-byte blocks (id 23); not dequantised by kiln.
     IQ4_XS,
+    /// 8-bit integer (id 24); not dequantised by kiln.
     I8,
+    /// 16-bit integer (id 25); not dequantised by kiln.
     I16,
+    /// 32-bit integer (id 26); not dequantised by kiln.
     I32,
+    /// 64-bit integer (id 27); not dequantised by kiln.
     I64,
+    /// 64-bit float (narrowed to f32) (id 28).
     F64,
+    /// 256 elements in 56-byte blocks (id 29); not dequantised by kiln.
     IQ1_M,
+    /// bfloat16 (id 30).
     BF16,
+    /// 256 elements in 54-byte blocks (id 34); not dequantised by kiln.
     TQ1_0,
+    /// 256 elements in 66-byte blocks (id 35); not dequantised by kiln.
     TQ2_0,
+    /// 32 elements in 17-byte blocks (id 39); not dequantised by kiln.
     MXFP4,
+    /// 64 elements in 36-byte blocks (id 40); not dequantised by kiln.
     NVFP4,
+    /// 128 elements in 18-byte blocks (id 41); not dequantised by kiln.
     Q1_0,
 }
 

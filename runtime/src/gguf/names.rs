@@ -110,7 +110,9 @@ pub struct ArchFamily {
     /// llama.cpp uses interleaved ("normal") RoPE for this architecture, so
     /// `convert_hf_to_gguf` permuted the Q/K rows; kiln undoes it.
     pub rope_permuted: bool,
+    /// How llama.cpp tensor names map to kiln parameter names.
     pub rules: &'static [NameRule],
+    /// Patterns of llama.cpp tensors kiln does not load (see [`is_ignored`]).
     pub ignored: &'static [&'static str],
 }
 

@@ -26,18 +26,31 @@ const MAX_ARRAY_DEPTH: usize = 8;
 /// The type tag of a metadata value (GGUF's `gguf_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MetadataType {
+    /// GGUF type `u8`.
     U8,
+    /// GGUF type `i8`.
     I8,
+    /// GGUF type `u16`.
     U16,
+    /// GGUF type `i16`.
     I16,
+    /// GGUF type `u32`.
     U32,
+    /// GGUF type `i32`.
     I32,
+    /// GGUF type `f32`.
     F32,
+    /// GGUF type `bool` (one byte, 0 or 1).
     Bool,
+    /// GGUF type UTF-8 string (u64 length + bytes).
     String,
+    /// GGUF type array of one element type.
     Array,
+    /// GGUF type `u64`.
     U64,
+    /// GGUF type `i64`.
     I64,
+    /// GGUF type `f64`.
     F64,
 }
 
@@ -105,19 +118,31 @@ impl fmt::Display for MetadataType {
 /// One metadata value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// A `u8` value.
     U8(u8),
+    /// A `i8` value.
     I8(i8),
+    /// A `u16` value.
     U16(u16),
+    /// A `i16` value.
     I16(i16),
+    /// A `u32` value.
     U32(u32),
+    /// A `i32` value.
     I32(i32),
+    /// A `f32` value.
     F32(f32),
+    /// A `bool` (one byte, 0 or 1) value.
     Bool(bool),
     /// Text; invalid UTF-8 in a value is replaced by U+FFFD.
     String(String),
+    /// A nested array.
     Array(Array),
+    /// A `u64` value.
     U64(u64),
+    /// A `i64` value.
     I64(i64),
+    /// A `f64` value.
     F64(f64),
 }
 
@@ -125,18 +150,31 @@ pub enum Value {
 /// megabyte, not a million [`Value`]s).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Array {
+    /// Elements of type `u8`.
     U8(Vec<u8>),
+    /// Elements of type `i8`.
     I8(Vec<i8>),
+    /// Elements of type `u16`.
     U16(Vec<u16>),
+    /// Elements of type `i16`.
     I16(Vec<i16>),
+    /// Elements of type `u32`.
     U32(Vec<u32>),
+    /// Elements of type `i32`.
     I32(Vec<i32>),
+    /// Elements of type `f32`.
     F32(Vec<f32>),
+    /// Elements of type `bool` (one byte, 0 or 1).
     Bool(Vec<bool>),
+    /// Strings (invalid UTF-8 replaced by U+FFFD).
     String(Vec<String>),
+    /// An array of arrays (each may have its own element type).
     Array(Vec<Array>),
+    /// Elements of type `u64`.
     U64(Vec<u64>),
+    /// Elements of type `i64`.
     I64(Vec<i64>),
+    /// Elements of type `f64`.
     F64(Vec<f64>),
 }
 

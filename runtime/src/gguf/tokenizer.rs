@@ -34,8 +34,11 @@ const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'
 /// separate pieces), and whether BPE skips merging whole-vocabulary words.
 #[derive(Debug, Clone, Copy)]
 pub struct PreTokenizerRule {
+    /// The `tokenizer.ggml.pre` values this rule applies to.
     pub names: &'static [&'static str],
+    /// Split regexes, applied in order.
     pub regexes: &'static [&'static str],
+    /// Whether a word already in the vocabulary is kept whole instead of BPE-merged.
     pub ignore_merges: bool,
 }
 

@@ -63,6 +63,7 @@ pub struct Profile {
     pub by_kernel: Vec<Duration>,
     /// Multiply-add FLOPs of the Gemm kernels (2·m·n·k each).
     pub gemm_flops: f64,
+    /// Number of runs the times are summed over.
     pub runs: usize,
 }
 
@@ -74,6 +75,7 @@ impl Profile {
         }
     }
 
+    /// Total time spent in kernels of `kind` (e.g. `"gemm"`), over all runs.
     pub fn time(&self, kind: &str) -> Duration {
         self.by_kind
             .iter()
@@ -82,6 +84,7 @@ impl Profile {
             .sum()
     }
 
+    /// Total time spent in all kernels, over all runs.
     pub fn total(&self) -> Duration {
         self.by_kind.iter().map(|(_, d)| *d).sum()
     }
@@ -90,8 +93,11 @@ impl Profile {
 /// How long each stage of a compile took.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CompileTimes {
+    /// Graph passes (the default pipeline).
     pub passes: Duration,
+    /// Fusion of the optimized graph into a kernel program.
     pub fuse: Duration,
+    /// Cranelift code generation of the kernel program.
     pub codegen: Duration,
 }
 
@@ -152,10 +158,12 @@ impl JitGraph {
         ))
     }
 
+    /// The fused kernel program the native code was generated from.
     pub fn program(&self) -> &KernelProgram {
         &self.program
     }
 
+    /// The Cranelift-compiled native code, one function per kernel.
     pub fn cpu(&self) -> &CpuProgram {
         &self.cpu
     }
