@@ -11,8 +11,11 @@ pub enum RuntimeError {
     /// A tensor's element count does not match its shape.
     #[error("tensor data has {len} elements but shape {shape:?} needs {expected}")]
     DataLength {
+        /// The shape given.
         shape: Vec<usize>,
+        /// Elements the shape needs (its product).
         expected: usize,
+        /// Elements supplied.
         len: usize,
     },
 
@@ -23,37 +26,53 @@ pub enum RuntimeError {
     /// The graph declares an input that was not supplied.
     #[error("missing input `{name}` (declared as {declared}); supplied: [{supplied}]")]
     MissingInput {
+        /// The missing input.
         name: String,
+        /// Its declared type, e.g. `i32[batch, seq]`.
         declared: String,
+        /// The names that were supplied, comma-separated.
         supplied: String,
     },
 
     /// An input was supplied that the graph does not declare.
     #[error("unexpected input `{name}`; the graph `{graph}` declares: [{declared}]")]
     UnexpectedInput {
+        /// The unknown input.
         name: String,
+        /// The graph being run.
         graph: String,
+        /// The inputs the graph declares, comma-separated.
         declared: String,
     },
 
     /// The same input name was supplied twice.
     #[error("input `{name}` supplied more than once")]
-    DuplicateInput { name: String },
+    DuplicateInput {
+        /// The repeated input name.
+        name: String,
+    },
 
     /// An input has the wrong dtype.
     #[error("input `{name}`: expected dtype {expected}, got {got}")]
     InputDType {
+        /// The input.
         name: String,
+        /// The declared dtype.
         expected: DType,
+        /// The supplied tensor's dtype.
         got: DType,
     },
 
     /// An input has the wrong rank.
     #[error("input `{name}`: declared as {declared} (rank {expected}), got shape {got:?} (rank {})", got.len())]
     InputRank {
+        /// The input.
         name: String,
+        /// Its declared type.
         declared: String,
+        /// The declared rank.
         expected: usize,
+        /// The supplied shape.
         got: Vec<usize>,
     },
 
@@ -63,12 +82,19 @@ pub enum RuntimeError {
          but input `{second_input}` axis {second_axis} has {second_value}"
     )]
     SymbolConflict {
+        /// The symbolic dim.
         symbol: String,
+        /// The input that bound it first.
         first_input: String,
+        /// The axis of `first_input` that bound it.
         first_axis: usize,
+        /// The value it was bound to first.
         first_value: usize,
+        /// The input that disagrees.
         second_input: String,
+        /// The axis of `second_input`.
         second_axis: usize,
+        /// The conflicting size.
         second_value: usize,
     },
 
@@ -77,11 +103,17 @@ pub enum RuntimeError {
         "input `{name}` axis {axis}: declared `{declared}` = {expected}, got {got} (shape {shape:?})"
     )]
     InputDim {
+        /// The input.
         name: String,
+        /// The axis that does not match.
         axis: usize,
+        /// The declared dim expression.
         declared: String,
+        /// Its value under the current bindings.
         expected: usize,
+        /// The supplied size.
         got: usize,
+        /// The whole supplied shape.
         shape: Vec<usize>,
     },
 
@@ -89,16 +121,22 @@ pub enum RuntimeError {
     /// symbolic expression evaluates to a negative value.
     #[error("{scope}: {op}: cannot evaluate dim `{dim}` with bindings {{{bindings}}}")]
     UnboundDim {
+        /// Scope (module path) of the node.
         scope: String,
+        /// The node's op.
         op: String,
+        /// The dim expression that failed.
         dim: String,
+        /// The symbol bindings in force, rendered.
         bindings: String,
     },
 
     /// The weights do not match the graph's parameters. Lists every problem.
     #[error("weights do not match graph `{graph}`:\n  {}", problems.join("\n  "))]
     Weights {
+        /// The graph whose parameters were checked.
         graph: String,
+        /// One line per problem.
         problems: Vec<String>,
     },
 
@@ -106,9 +144,13 @@ pub enum RuntimeError {
     /// bounds, integer division by zero, ...).
     #[error("{scope}: {op} (node {node}): {message}")]
     Op {
+        /// Scope (module path) of the failing node.
         scope: String,
+        /// The node's op.
         op: String,
+        /// The node's index in the graph.
         node: usize,
+        /// What went wrong.
         message: String,
     },
 

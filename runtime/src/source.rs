@@ -27,29 +27,29 @@ pub struct LoadedModel {
     pub weights_origin: String,
 }
 
-#[derive(Debug, thiserror::Error)]
 /// Why [`open`] failed, wrapping the error of the stage that failed.
+#[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("{}", .0.render())]
     /// The spec file is invalid (rendered with its source location).
+    #[error("{}", .0.render())]
     Spec(#[from] Box<SpecError>),
-    #[error("{0}")]
     /// A Hugging Face config could not be turned into a spec.
+    #[error("{0}")]
     Import(#[from] ImportError),
-    #[error("{0}")]
     /// A safetensors checkpoint could not be read or does not match the spec.
+    #[error("{0}")]
     Checkpoint(#[from] CheckpointError),
-    #[error("{0}")]
     /// A GGUF file could not be read or mapped onto the spec.
+    #[error("{0}")]
     Gguf(#[from] GgufError),
-    #[error("{0}")]
     /// The tokenizer could not be loaded.
-    Tokenizer(#[from] TokenizerError),
     #[error("{0}")]
+    Tokenizer(#[from] TokenizerError),
     /// Compiling or loading weights into the model failed.
+    #[error("{0}")]
     Runtime(#[from] RuntimeError),
-    #[error("{path}: {message}")]
     /// The path itself is unusable (missing, unrecognised kind of file, ...).
+    #[error("{path}: {message}")]
     Source {
         /// The offending path.
         path: PathBuf,

@@ -19,19 +19,19 @@ pub struct Tokenizer {
     pub add_special_tokens: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
 /// Why a tokenizer could not be loaded or could not encode/decode.
+#[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
-    #[error("{path}: cannot load tokenizer: {message}")]
     /// The tokenizer file is missing or unreadable.
+    #[error("{path}: cannot load tokenizer: {message}")]
     Load {
         /// The tokenizer's path (or a description of its origin).
         path: String,
         /// The underlying error.
         message: String,
     },
-    #[error("tokenizer: {0}")]
     /// Encoding or decoding failed inside the `tokenizers` crate.
+    #[error("tokenizer: {0}")]
     Codec(String),
 }
 

@@ -9,11 +9,16 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// Well-known symbols. Any name is allowed; these are the ones the lowering uses.
+/// Batch size.
 pub const BATCH: &str = "batch";
+/// Number of new tokens in this step.
 pub const SEQ: &str = "seq";
+/// Number of tokens already in the KV cache.
 pub const PAST: &str = "past";
+/// Length of the encoder output a decoder cross-attends to.
 pub const SRC: &str = "src";
 
+/// A symbolic dimension: `constant + Σ coeff·symbol`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Dim {
     constant: i64,
@@ -21,6 +26,7 @@ pub struct Dim {
 }
 
 impl Dim {
+    /// The constant dim `value`.
     pub fn c(value: usize) -> Dim {
         Dim {
             constant: value as i64,
@@ -28,6 +34,7 @@ impl Dim {
         }
     }
 
+    /// The symbol `name` (coefficient 1, constant 0).
     pub fn sym(name: &str) -> Dim {
         Dim {
             constant: 0,
@@ -40,10 +47,12 @@ impl Dim {
         (self.terms.is_empty() && self.constant >= 0).then_some(self.constant as usize)
     }
 
+    /// Whether the dim is the constant 1.
     pub fn is_one(&self) -> bool {
         self.as_const() == Some(1)
     }
 
+    /// The symbols with a non-zero coefficient, in name order.
     pub fn symbols(&self) -> impl Iterator<Item = &str> {
         self.terms.keys().map(String::as_str)
     }

@@ -8,10 +8,13 @@ use petgraph::Direction;
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
 
+/// A node's handle; stays valid while other nodes are removed.
 pub type NodeId = NodeIndex<u32>;
 
+/// One op in a graph, with its inferred output type.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
+    /// The operation.
     pub op: Op,
     /// Output type, inferred by [`Op::infer`] when the node was added.
     pub ty: TensorType,
@@ -22,21 +25,28 @@ pub struct Node {
 /// What a graph computes, e.g. a decoder step or an encoder pass.
 #[derive(Debug, Clone, Default)]
 pub struct Graph {
+    /// The graph's name (`decoder_step`, `encoder`, ...), used in errors and snapshots.
     pub name: String,
+    /// The nodes; an edge's weight is the operand slot it feeds.
     pub g: StableDiGraph<Node, usize>,
     /// Named outputs in a stable order.
     pub outputs: Vec<(String, NodeId)>,
 }
 
+/// An op rejected its operands (type inference failed) while building a graph.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{scope}: {op}: {message}")]
 pub struct IrError {
+    /// Scope of the node being added.
     pub scope: String,
+    /// Name of the op.
     pub op: String,
+    /// Why its operands were rejected.
     pub message: String,
 }
 
 impl Graph {
+    /// An empty graph named `name`.
     pub fn new(name: impl Into<String>) -> Self {
         Graph {
             name: name.into(),
@@ -71,10 +81,12 @@ impl Graph {
         Ok(id)
     }
 
+    /// The node `id`; panics if `id` is not in the graph.
     pub fn node(&self, id: NodeId) -> &Node {
         &self.g[id]
     }
 
+    /// The output type of node `id`; panics if `id` is not in the graph.
     pub fn ty(&self, id: NodeId) -> &TensorType {
         &self.g[id].ty
     }
@@ -95,6 +107,7 @@ impl Graph {
         self.g.neighbors_directed(id, Direction::Outgoing).collect()
     }
 
+    /// The node behind the output named `name`, if any.
     pub fn output(&self, name: &str) -> Option<NodeId> {
         self.outputs
             .iter()
@@ -102,6 +115,7 @@ impl Graph {
             .map(|(_, id)| *id)
     }
 
+    /// Append an output named `name` (no check for duplicate names).
     pub fn set_output(&mut self, name: impl Into<String>, id: NodeId) {
         self.outputs.push((name.into(), id));
     }

@@ -10,20 +10,27 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Init {
     /// Normal(0, std): projection and embedding matrices.
-    Normal { std: f32 },
+    Normal {
+        /// Standard deviation of the normal distribution.
+        std: f32,
+    },
     /// All equal to a value: norm scales (1, or 0 with a `1 + w` offset), biases (0).
     Fill(f32),
 }
 
+/// A primitive operation: one node of a [`Graph`](super::Graph).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     /// A runtime input (`tokens`, `past.0.k`, `attention_mask`). Its type is declared.
     Input {
+        /// The input's name, as callers supply it.
         name: String,
     },
     /// A named weight with a canonical name (`layers.3.attn.q.weight`). Its type is declared.
     Parameter {
+        /// Canonical parameter name.
         name: String,
+        /// How to fill it when no checkpoint provides it.
         init: Init,
     },
     /// A scalar broadcast to the declared (usually rank-0) type.
@@ -32,8 +39,10 @@ pub enum Op {
     Literal(Vec<f32>),
     /// Each element is its index along `axis` of the declared shape.
     Iota {
+        /// The axis whose index each element takes.
         axis: usize,
     },
+    /// Elementwise one-operand function.
     Unary(UnaryOp),
     /// Elementwise with numpy broadcasting (right-aligned, size-1 dims stretch).
     Binary(BinaryOp),
@@ -41,7 +50,9 @@ pub enum Op {
     Select,
     /// Reduce over `axes`, keeping them as size-1 dims.
     Reduce {
+        /// The reduction.
         op: ReduceOp,
+        /// Axes reduced, each kept as a size-1 dim.
         axes: Vec<usize>,
     },
     /// `[.., m, k] x [.., k, n] -> [.., m, n]`, batch dims broadcast.
@@ -50,70 +61,108 @@ pub enum Op {
     Reshape,
     /// Output axis `i` is input axis `perm[i]`.
     Permute {
+        /// `perm[i]` is the input axis that becomes output axis `i`.
         perm: Vec<usize>,
     },
     /// `[start, end)` along `axis`.
     Slice {
+        /// The sliced axis.
         axis: usize,
+        /// First index kept.
         start: Dim,
+        /// One past the last index kept.
         end: Dim,
     },
     /// Join along `axis`; other dims must agree.
     Concat {
+        /// The axis joined along.
         axis: usize,
     },
     /// numpy `take`: rows of `data` along `axis` picked by integer `indices`;
     /// output shape `data[..axis] + indices + data[axis+1..]`.
     Gather {
+        /// The axis of `data` indexed.
         axis: usize,
     },
     /// Convert to the declared dtype (bool -> 0/1, f32 -> i32 truncates).
     Cast,
 }
 
+/// An elementwise function of one operand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UnaryOp {
+    /// `-x`.
     Neg,
+    /// `e^x`.
     Exp,
+    /// Natural logarithm.
     Log,
+    /// Square root.
     Sqrt,
+    /// `1 / sqrt(x)`.
     Rsqrt,
+    /// `1 / x`.
     Recip,
+    /// Hyperbolic tangent.
     Tanh,
+    /// Gauss error function.
     Erf,
+    /// Sine (radians).
     Sin,
+    /// Cosine (radians).
     Cos,
+    /// Absolute value.
     Abs,
+    /// Round toward negative infinity.
     Floor,
+    /// Logical not (bool).
     Not,
 }
 
+/// An elementwise function of two broadcast operands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BinaryOp {
+    /// `a + b`.
     Add,
+    /// `a - b`.
     Sub,
+    /// `a * b`.
     Mul,
+    /// `a / b` (integer division by zero is a run-time error).
     Div,
+    /// Elementwise maximum.
     Max,
+    /// Elementwise minimum.
     Min,
+    /// `a` raised to the power `b`.
     Pow,
+    /// `a < b` (bool result).
     Lt,
+    /// `a <= b` (bool result).
     Le,
+    /// `a == b` (bool result).
     Eq,
+    /// Logical and (bool).
     And,
+    /// Logical or (bool).
     Or,
 }
 
+/// How [`Op::Reduce`] combines elements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReduceOp {
+    /// Sum.
     Sum,
+    /// Maximum.
     Max,
 }
 
 impl BinaryOp {
+    /// Whether the op compares and yields bool (`Lt`, `Le`, `Eq`).
     pub fn is_comparison(self) -> bool {
         matches!(self, BinaryOp::Lt | BinaryOp::Le | BinaryOp::Eq)
     }
+    /// Whether the op is a logical bool op (`And`, `Or`).
     pub fn is_logical(self) -> bool {
         matches!(self, BinaryOp::And | BinaryOp::Or)
     }

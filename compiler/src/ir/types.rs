@@ -3,10 +3,14 @@
 use super::dim::Dim;
 use std::fmt;
 
+/// Element type of a tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// 32-bit float.
     F32,
+    /// 32-bit signed integer.
     I32,
+    /// Boolean.
     Bool,
 }
 
@@ -23,19 +27,25 @@ impl fmt::Display for DType {
 /// Shapes are row-major; the last axis is contiguous.
 pub type Shape = Vec<Dim>;
 
+/// A tensor's dtype and symbolic shape.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TensorType {
+    /// Element type.
     pub dtype: DType,
+    /// Dims, outermost first.
     pub shape: Shape,
 }
 
 impl TensorType {
+    /// A tensor type of `dtype` and `shape`.
     pub fn new(dtype: DType, shape: Shape) -> Self {
         TensorType { dtype, shape }
     }
+    /// An f32 tensor type of `shape`.
     pub fn f32(shape: Shape) -> Self {
         Self::new(DType::F32, shape)
     }
+    /// Number of axes.
     pub fn rank(&self) -> usize {
         self.shape.len()
     }
