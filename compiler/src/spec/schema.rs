@@ -19,8 +19,11 @@ pub struct Spec {
     /// spec this one deep-merges over. Cleared once resolved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extends: Option<String>,
+    /// Encoder, decoder, or encoder-decoder.
     pub architecture: Architecture,
+    /// Number of token embeddings (rows of the embedding matrix, columns of the LM head).
     pub vocab_size: usize,
+    /// Hidden width of the residual stream.
     pub d_model: usize,
     /// Number of blocks (of the encoder, for encoder-decoder models).
     pub layers: usize,
@@ -30,17 +33,25 @@ pub struct Spec {
     /// Longest sequence the model accepts (learned position table size, less `positions.offset`).
     #[serde(default = "default_max_positions")]
     pub max_positions: usize,
+    /// `[attention]`: self- (and cross-) attention.
     pub attention: Attention,
+    /// `[norm]`: normalisation kind and placement.
     #[serde(default)]
     pub norm: Norm,
+    /// `[residual]`: how the attention and MLP branches join the residual stream.
     #[serde(default)]
     pub residual: Residual,
+    /// `[positions]`: how position information enters the model.
     pub positions: Positions,
+    /// `[mlp]`: the feed-forward block.
     pub mlp: Mlp,
+    /// `[moe]`: mixture-of-experts replacing the MLP in the layers it selects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moe: Option<Moe>,
+    /// `[embeddings]`: token embedding scale and token types.
     #[serde(default)]
     pub embeddings: Embeddings,
+    /// `[head]`: what the model outputs.
     #[serde(default)]
     pub head: Head,
     /// Per-layer overrides, applied in order to the layers their selector picks.
@@ -52,6 +63,7 @@ fn default_max_positions() -> usize {
     2048
 }
 
+/// The overall model structure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Architecture {
@@ -67,6 +79,7 @@ pub enum Architecture {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Attention {
+    /// Number of query heads.
     pub heads: usize,
     /// Key/value heads: `heads` for MHA, 1 for MQA, in between for GQA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,9 +107,11 @@ pub struct Attention {
     pub sliding_window: Option<usize>,
 }
 
+/// Whether (and over what) queries and keys are normalised before RoPE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum QkNorm {
+    /// No QK norm.
     #[default]
     None,
     /// One norm over each head's `head_dim` channels (Qwen3).
@@ -105,11 +120,14 @@ pub enum QkNorm {
     Full,
 }
 
+/// Normalisation layers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Norm {
+    /// LayerNorm or RMSNorm.
     #[serde(default)]
     pub kind: NormKind,
+    /// Added to the variance (or mean square) inside the square root; default 1e-5.
     #[serde(default = "default_eps")]
     pub eps: f64,
     /// LayerNorm bias; defaults to true for LayerNorm, false (and forbidden) for RMSNorm.
@@ -121,6 +139,7 @@ pub struct Norm {
     /// Scale is `weight_offset + w` (Gemma's `1 + w`: 1.0).
     #[serde(default)]
     pub weight_offset: f64,
+    /// Where the norm sits relative to each residual branch.
     #[serde(default)]
     pub placement: Placement,
     /// Norm right after the embeddings (BERT, BART).
@@ -164,6 +183,7 @@ fn yes() -> bool {
     true
 }
 
+/// Which normalisation function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NormKind {
@@ -174,6 +194,7 @@ pub enum NormKind {
     Rmsnorm,
 }
 
+/// Where norms sit relative to the residual branches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Placement {
@@ -186,6 +207,7 @@ pub enum Placement {
     Sandwich,
 }
 
+/// How the attention and MLP branches add into the residual stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Residual {
@@ -197,9 +219,11 @@ pub struct Residual {
     pub shared_norm: bool,
 }
 
+/// Positional encoding.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Positions {
+    /// Which positional encoding.
     pub kind: PositionKind,
     /// Learned table row of position `p` is `p + offset` (RoBERTa, BART: 2).
     #[serde(default)]
@@ -225,6 +249,7 @@ pub struct Positions {
     pub max_distance: Option<usize>,
 }
 
+/// Kind of positional encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PositionKind {
@@ -242,32 +267,47 @@ pub enum PositionKind {
     None,
 }
 
+/// Which channels RoPE / sinusoidal encodings pair up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PairLayout {
+    /// Channel `i` with `i + n/2` (HF `rotate_half`).
     Half,
+    /// Channel `2i` with `2i + 1` (GPT-J, Meta).
     Interleaved,
 }
 
+/// RoPE frequency scaling for contexts longer than training (`kind = ...`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum RopeScaling {
     /// Positions divided by `factor` (linear interpolation).
-    Linear { factor: f64 },
+    Linear {
+        /// Position divisor.
+        factor: f64,
+    },
     /// Llama 3.1's frequency-dependent interpolation.
     Llama3 {
+        /// Context extension factor.
         factor: f64,
+        /// Llama 3.1 `low_freq_factor`: wavelengths above `original_max_positions / low_freq_factor` are fully scaled.
         low_freq_factor: f64,
+        /// Llama 3.1 `high_freq_factor`: wavelengths below `original_max_positions / high_freq_factor` are unscaled.
         high_freq_factor: f64,
+        /// Context length the model was trained with.
         original_max_positions: usize,
     },
     /// YaRN: ramp between interpolated and extrapolated frequencies, plus an
     /// attention temperature on cos/sin.
     Yarn {
+        /// Context extension factor.
         factor: f64,
+        /// Context length the model was trained with.
         original_max_positions: usize,
+        /// Rotations-per-context above which frequencies extrapolate (default 32).
         #[serde(default = "yarn_beta_fast")]
         beta_fast: f64,
+        /// Rotations-per-context below which frequencies interpolate (default 1).
         #[serde(default = "yarn_beta_slow")]
         beta_slow: f64,
         /// Defaults to `0.1 * ln(factor) + 1`.
@@ -284,10 +324,13 @@ fn yarn_beta_slow() -> f64 {
     1.0
 }
 
+/// The feed-forward block.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mlp {
+    /// Hidden width.
     pub d_ff: usize,
+    /// Activation function.
     pub activation: Activation,
     /// GLU: `down(act(gate(x)) * up(x))` (SwiGLU with `silu`, GeGLU with `gelu`).
     #[serde(default)]
@@ -297,9 +340,11 @@ pub struct Mlp {
     pub bias: bool,
 }
 
+/// MLP activation function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Activation {
+    /// `max(x, 0)`.
     Relu,
     /// Exact GELU, `x * Phi(x)` with erf (BERT's `gelu`).
     Gelu,
@@ -309,10 +354,13 @@ pub enum Activation {
     Silu,
 }
 
+/// Mixture of experts: a router picks `top_k` of `experts` MLPs per token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Moe {
+    /// Number of routed experts.
     pub experts: usize,
+    /// Experts each token is routed to.
     pub top_k: usize,
     /// Divide the top-k router probabilities by their sum (Mixtral yes, Qwen2-MoE no).
     #[serde(default = "yes")]
@@ -328,15 +376,18 @@ pub struct Moe {
     pub layers: Option<Selector>,
 }
 
+/// An always-on expert of a MoE layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SharedExpert {
+    /// Its hidden width.
     pub d_ff: usize,
     /// Multiply the shared expert's output by `sigmoid(x . w)` (Qwen2-MoE).
     #[serde(default)]
     pub gate: bool,
 }
 
+/// Token embedding options.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Embeddings {
@@ -364,7 +415,9 @@ impl Default for Embeddings {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Scale {
+    /// A literal multiplier.
     Value(f64),
+    /// A multiplier derived from `d_model`.
     Named(NamedScale),
 }
 
@@ -374,14 +427,18 @@ impl Default for Scale {
     }
 }
 
+/// A multiplier named as a function of `d_model`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NamedScale {
+    /// `sqrt(d_model)`.
     SqrtDModel,
+    /// `1 / sqrt(d_model)`.
     InvSqrtDModel,
 }
 
 impl Scale {
+    /// The multiplier for a model of width `d_model`.
     pub fn value(self, d_model: usize) -> f64 {
         match self {
             Scale::Value(v) => v,
@@ -391,9 +448,11 @@ impl Scale {
     }
 }
 
+/// The model's output head.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Head {
+    /// What the head computes.
     #[serde(default)]
     pub kind: HeadKind,
     /// The output projection reuses the token embedding matrix.
@@ -426,6 +485,7 @@ impl Default for Head {
     }
 }
 
+/// Kind of output head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum HeadKind {
@@ -461,45 +521,60 @@ pub enum Selector {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LayerOverride {
+    /// Which layers the override applies to.
     pub select: Selector,
     /// Restrict to one stack of an encoder-decoder model (default: both).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stack: Option<Stack>,
+    /// Table deep-merged over `[attention]` for the selected layers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attention: Option<toml::Table>,
+    /// Table deep-merged over `[mlp]` for the selected layers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mlp: Option<toml::Table>,
+    /// Table deep-merged over `[norm]` for the selected layers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub norm: Option<toml::Table>,
+    /// Table deep-merged over `[residual]` for the selected layers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub residual: Option<toml::Table>,
 }
 
+/// One stack of an encoder-decoder model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Stack {
+    /// The encoder stack.
     Encoder,
+    /// The decoder stack.
     Decoder,
 }
 
 /// The knobs of one block after per-layer overrides are applied.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerSpec {
+    /// Attention of this layer.
     pub attention: Attention,
+    /// MLP of this layer.
     pub mlp: Mlp,
+    /// Norms of this layer.
     pub norm: Norm,
+    /// Residual wiring of this layer.
     pub residual: Residual,
     /// The MoE section when this layer is a mixture-of-experts layer.
     pub moe: Option<Moe>,
 }
 
 impl Attention {
+    /// Key/value heads (`kv_heads`, defaulting to `heads`).
     pub fn kv_heads(&self) -> usize {
         self.kv_heads.unwrap_or(self.heads)
     }
+    /// Per-head width (`head_dim`, defaulting to `d_model / heads`).
     pub fn head_dim(&self, d_model: usize) -> usize {
         self.head_dim.unwrap_or(d_model / self.heads.max(1))
     }
+    /// Score multiplier (`scale`, defaulting to `1/sqrt(head_dim)`).
     pub fn scale(&self, d_model: usize) -> f64 {
         self.scale
             .unwrap_or(1.0 / (self.head_dim(d_model) as f64).sqrt())
@@ -507,27 +582,33 @@ impl Attention {
 }
 
 impl Norm {
+    /// Whether the norm has a bias: `bias` (default: LayerNorm only), and only if `affine`.
     pub fn has_bias(&self) -> bool {
         self.bias.unwrap_or(self.kind == NormKind::Layernorm) && self.affine
     }
 }
 
 impl Positions {
+    /// RoPE / sinusoidal base frequency (default 10000).
     pub fn theta(&self) -> f64 {
         self.theta.unwrap_or(10000.0)
     }
+    /// Fraction of each head's channels rotated (default 1).
     pub fn fraction(&self) -> f64 {
         self.fraction.unwrap_or(1.0)
     }
+    /// Channel pairing (default: interleaved for sinusoidal, half otherwise).
     pub fn layout(&self) -> PairLayout {
         self.layout.unwrap_or(match self.kind {
             PositionKind::Sinusoidal => PairLayout::Interleaved,
             _ => PairLayout::Half,
         })
     }
+    /// T5 relative-attention bucket count (default 32).
     pub fn buckets(&self) -> usize {
         self.buckets.unwrap_or(32)
     }
+    /// T5 relative-attention max distance (default 128).
     pub fn max_distance(&self) -> usize {
         self.max_distance.unwrap_or(128)
     }
@@ -539,12 +620,14 @@ impl Positions {
 }
 
 impl Moe {
+    /// Each expert's hidden width (`d_ff`, defaulting to `mlp.d_ff`).
     pub fn expert_d_ff(&self, mlp: &Mlp) -> usize {
         self.d_ff.unwrap_or(mlp.d_ff)
     }
 }
 
 impl Spec {
+    /// Decoder blocks (`decoder_layers`, defaulting to `layers`).
     pub fn decoder_layers(&self) -> usize {
         self.decoder_layers.unwrap_or(self.layers)
     }
