@@ -36,6 +36,7 @@ pub type BufId = usize;
 /// Index of a value in a [`Body`].
 pub type ValId = usize;
 
+/// What a buffer holds and who provides it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BufferKind {
     /// Supplied by the caller under this name.
@@ -50,12 +51,16 @@ pub enum BufferKind {
     Const(Vec<f32>),
 }
 
+/// A tensor-sized allocation of the program.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Buffer {
+    /// Unique name (the graph input / parameter / output name, or a generated one).
     pub name: String,
+    /// Element type.
     pub dtype: DType,
     /// Row-major, contiguous.
     pub shape: Shape,
+    /// Where its contents come from.
     pub kind: BufferKind,
 }
 
@@ -78,6 +83,7 @@ impl Buffer {
     }
 }
 
+/// Bytes per element of `d` (bool is one byte).
 pub fn dtype_bytes(d: DType) -> i64 {
     match d {
         DType::F32 | DType::I32 => 4,
@@ -98,8 +104,11 @@ pub fn row_major(shape: &[Dim]) -> Vec<Size> {
 /// `(i₀, …, iᵣ₋₁)` is `buf[offset + Σ iₖ·strides[k]]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct View {
+    /// The viewed buffer.
     pub buf: BufId,
+    /// Element offset of the origin.
     pub offset: Size,
+    /// Element stride per axis of the iteration space (0 broadcasts).
     pub strides: Vec<Size>,
 }
 
@@ -114,7 +123,9 @@ pub enum Inst {
     Index(usize),
     /// A symbolic size evaluated from the run's lengths (i32).
     Size(Size),
+    /// Elementwise unary op of the graph.
     Unary(UnaryOp, ValId),
+    /// Elementwise binary op of the graph.
     Binary(BinaryOp, ValId, ValId),
     /// `cond ? a : b`.
     Select(ValId, ValId, ValId),
@@ -128,42 +139,59 @@ pub enum Inst {
 /// An SSA list; `result` is the value the body produces.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Body {
+    /// Instructions with their result dtypes; an instruction's index is its [`ValId`].
     pub insts: Vec<(Inst, DType)>,
+    /// The value the body produces.
     pub result: ValId,
 }
 
 /// One sequential reduction over the last axis of a RowReduce's domain.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stage {
+    /// How the stage combines the row's elements.
     pub op: ReduceOp,
     /// Per element of the row; may use `Reduced(j)` for earlier stages `j`.
     pub body: Body,
 }
 
+/// A per-element function fused after a Gemm or into attention scores.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Epilogue {
+    /// Extra inputs, read with [`Inst::Load`] at the output element.
     pub loads: Vec<View>,
+    /// The function; `Reduced(0)` is the dot product.
     pub body: Body,
 }
 
+/// One loop nest of a [`KernelProgram`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Kernel {
     /// One output element per point of `domain`.
     Elementwise {
+        /// Where each result is written.
         out: View,
+        /// The iteration space.
         domain: Shape,
+        /// Inputs, read with [`Inst::Load`].
         loads: Vec<View>,
+        /// The per-element computation.
         body: Body,
     },
     /// Rows are `domain[..r-1]`, the reduced axis is `domain[r-1]`. Stages run
     /// in order over each row; then the epilogue runs per element of the row,
     /// or once per row when `per_row` (the `out` view's last stride is then 0).
     RowReduce {
+        /// Where results are written.
         out: View,
+        /// The iteration space; the last axis is reduced.
         domain: Shape,
+        /// Inputs, read with [`Inst::Load`].
         loads: Vec<View>,
+        /// The reductions, in order.
         stages: Vec<Stage>,
+        /// Computed from the stage results (and loads) per output element.
         epilogue: Body,
+        /// Whether the epilogue runs once per row rather than per element.
         per_row: bool,
     },
     /// `out[b.., i, j] = epilogue(Σₚ a[b.., i, p]·b[b.., p, j])` with views
@@ -171,13 +199,21 @@ pub enum Kernel {
     /// batch broadcast and transposes are strides. f64 accumulation in the
     /// reference; the epilogue sees the rounded product as `Reduced(0)`.
     Gemm {
+        /// The `(batch.., m, n)` output.
         out: View,
+        /// The `(batch.., m, k)` left operand.
         a: View,
+        /// The `(batch.., k, n)` right operand.
         b: View,
+        /// Batch dims (may be empty).
         batch: Shape,
+        /// Rows of the output.
         m: Dim,
+        /// Columns of the output.
         n: Dim,
+        /// Contraction length.
         k: Dim,
+        /// Fused per-element function of the product, if any.
         epilogue: Option<Epilogue>,
         /// Row dispatch (mixture of experts): a view over `(batch.., m)` of
         /// an f32 buffer; a row where it reads 0 is not computed and its
@@ -187,14 +223,26 @@ pub enum Kernel {
     /// numpy `take` of a contiguous table along `axis` by the i32 `indices`
     /// (a view over the indices' shape), into a contiguous output.
     Gather {
+        /// The contiguous output buffer.
         out: BufId,
+        /// The contiguous table buffer.
         table: BufId,
+        /// Where the i32 indices are read.
         indices: View,
+        /// Shape of the indices.
         indices_shape: Shape,
+        /// The table axis indexed.
         axis: usize,
     },
     /// A materialised view (a transpose before a merging reshape, a concat piece).
-    Copy { out: View, domain: Shape, src: View },
+    Copy {
+        /// Where the copy is written.
+        out: View,
+        /// The iteration space.
+        domain: Shape,
+        /// Where it is read.
+        src: View,
+    },
     /// Scaled-dot-product attention with a streaming softmax. For each point
     /// `(b.., i)` of `batch × m` (the queries):
     ///
@@ -209,20 +257,31 @@ pub enum Kernel {
     /// `m × keys` buffer exists. The reference rounds like the unfused
     /// program: each score, then each probability, to f32.
     Attention {
+        /// The `(batch.., m, dv)` output.
         out: View,
+        /// Queries, `(batch.., m, d)`.
         q: View,
+        /// Keys read transposed, `(batch.., d, keys)`.
         kt: View,
+        /// Values, `(batch.., keys, dv)`.
         v: View,
+        /// Batch dims (batch, heads, ...).
         batch: Shape,
+        /// Number of queries.
         m: Dim,
+        /// Number of keys.
         keys: Dim,
+        /// Query/key width.
         d: Dim,
+        /// Value width.
         dv: Dim,
+        /// Score function of the raw dot product (scale, softcap, bias, mask), if any.
         score: Option<Epilogue>,
     },
 }
 
 impl Kernel {
+    /// Short name of the kernel's kind (`"elementwise"`, `"gemm"`, ...), as used in profiles.
     pub fn kind(&self) -> &'static str {
         match self {
             Kernel::Elementwise { .. } => "elementwise",
@@ -333,9 +392,12 @@ impl Kernel {
     }
 }
 
+/// A graph fused into kernels: buffers, the kernels that run in order, and their memory plan.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KernelProgram {
+    /// The source graph's name.
     pub name: String,
+    /// Every buffer; indexed by [`BufId`].
     pub buffers: Vec<Buffer>,
     /// Run in order.
     pub kernels: Vec<Kernel>,
@@ -343,6 +405,7 @@ pub struct KernelProgram {
     pub inputs: Vec<(String, BufId)>,
     /// The graph's outputs, in its order.
     pub outputs: Vec<(String, BufId)>,
+    /// Arena slots of the `Temp` buffers.
     pub plan: BufferPlan,
     /// Nodes of the graph the program was fused from (for reports).
     pub graph_nodes: usize,
