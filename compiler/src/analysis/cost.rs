@@ -8,6 +8,7 @@ use crate::spec::ResolvedSpec;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
+/// Static size and compute estimates of a model (reported by `kiln check`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Cost {
     /// Distinct parameter elements (tied tensors count once).
@@ -24,8 +25,9 @@ pub struct Cost {
     /// Encoder-decoder: cross-attention K/V per source token, f32.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cross_cache_bytes_per_source_token: Option<usize>,
-    /// Weight bytes stored as f32 and as f16/bf16.
+    /// Weight bytes stored as f32.
     pub weight_bytes_f32: usize,
+    /// Weight bytes stored as f16/bf16.
     pub weight_bytes_f16: usize,
 }
 
@@ -53,6 +55,7 @@ pub fn component(name: &str) -> &'static str {
     }
 }
 
+/// Parameter counts, per-token FLOPs at `seq_len` and cache sizes of a model.
 pub fn cost(rs: &ResolvedSpec, lowered: &Lowered, seq_len: usize) -> Cost {
     let params = lowered.parameters();
     let mut by = BTreeMap::new();

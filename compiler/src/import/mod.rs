@@ -56,6 +56,7 @@ pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 /// (dotted for nested ones, `rope_scaling.type`) and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportError {
+    /// The config file.
     pub file: PathBuf,
     /// The config field at fault; `None` for whole-file problems (unreadable,
     /// malformed JSON) and for options.
@@ -103,8 +104,11 @@ pub struct ImportOptions {
 /// An imported config: the resolved spec plus what the import assumed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Imported {
+    /// The spec the config maps to, resolved.
     pub resolved: ResolvedSpec,
+    /// `model_type` from the config.
     pub model_type: String,
+    /// The config file imported.
     pub source: PathBuf,
     /// `architectures` from the file (informational: it does not pick the head).
     pub architectures: Vec<String>,

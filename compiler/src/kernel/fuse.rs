@@ -31,13 +31,19 @@ use super::{
 use crate::ir::{DType, Graph, NodeId, Op, Shape};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+/// Why a graph could not be fused into kernels.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FuseError {
+    /// A node the fuser cannot turn into a kernel.
     #[error("graph `{graph}`: node %{node} ({op}): {message}")]
     Unsupported {
+        /// The graph's name.
         graph: String,
+        /// The node's index.
         node: usize,
+        /// The node's op.
         op: String,
+        /// Why it was rejected.
         message: String,
     },
 }

@@ -11,6 +11,7 @@ use super::{BufferKind, Kernel, Size, View};
 use crate::kernel::Buffer;
 use std::collections::BTreeMap;
 
+/// Where the `Temp` buffers of a program live: arena slots shared by buffers whose lifetimes do not overlap.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct BufferPlan {
     /// Byte size of each arena slot.
@@ -20,6 +21,8 @@ pub struct BufferPlan {
 }
 
 impl BufferPlan {
+    /// Assign each `Temp` buffer a slot: its input's slot when a kernel can write in
+    /// place, else a free slot of the same symbolic size, else a new slot.
     pub fn plan(buffers: &[Buffer], kernels: &[Kernel]) -> BufferPlan {
         // First and last kernel touching each buffer.
         let mut span: Vec<Option<(usize, usize)>> = vec![None; buffers.len()];

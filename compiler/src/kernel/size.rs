@@ -9,6 +9,7 @@ use crate::ir::Dim;
 use std::collections::BTreeMap;
 use std::fmt;
 
+/// A polynomial with integer coefficients in the length symbols (`batch`, `seq`, ...): element counts, strides and offsets.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Size {
     /// Monomial (sorted symbol names, repeated for powers) -> coefficient; never 0.
@@ -16,6 +17,7 @@ pub struct Size {
 }
 
 impl Size {
+    /// The constant `v`.
     pub fn c(v: i64) -> Size {
         let mut terms = BTreeMap::new();
         if v != 0 {
@@ -24,14 +26,17 @@ impl Size {
         Size { terms }
     }
 
+    /// The constant 0.
     pub fn zero() -> Size {
         Size::default()
     }
 
+    /// The constant 1.
     pub fn one() -> Size {
         Size::c(1)
     }
 
+    /// The symbol `name`.
     pub fn sym(name: &str) -> Size {
         Size {
             terms: BTreeMap::from([(vec![name.to_string()], 1)]),
@@ -56,10 +61,12 @@ impl Size {
         out + Size::c(base - lin)
     }
 
+    /// Whether the polynomial is identically 0.
     pub fn is_zero(&self) -> bool {
         self.terms.is_empty()
     }
 
+    /// The value when the polynomial has no symbols.
     pub fn as_const(&self) -> Option<i64> {
         match self.terms.len() {
             0 => Some(0),
@@ -79,6 +86,7 @@ impl Size {
         (other.clone().scale(f) == *self).then_some(f)
     }
 
+    /// `self · k`.
     pub fn scale(mut self, k: i64) -> Size {
         if k == 0 {
             return Size::zero();

@@ -12,9 +12,17 @@ use crate::spec::{Attention, Norm, PairLayout, QkNorm};
 /// Where keys and values come from.
 pub enum KeyValues {
     /// Projected from the block input and appended to a cache `[b, kv, past, hd]`.
-    SelfAttn { past: Option<(NodeId, NodeId)> },
+    SelfAttn {
+        /// The cached keys and values, if the graph takes a cache.
+        past: Option<(NodeId, NodeId)>,
+    },
     /// Precomputed (cross-attention over the encoder output): `[b, kv, src, hd]`.
-    Given { k: NodeId, v: NodeId },
+    Given {
+        /// Keys.
+        k: NodeId,
+        /// Values.
+        v: NodeId,
+    },
 }
 
 /// Per-layer context the stack computes once and shares.
@@ -27,7 +35,9 @@ pub struct AttnContext {
     pub rope: Option<(NodeId, NodeId, usize, PairLayout)>,
 }
 
+/// What [`attention`] returns.
 pub struct AttnOutput {
+    /// The attention output after the output projection, `[b, seq, d]`.
     pub out: NodeId,
     /// Keys and values including the new positions (`present.*` outputs).
     pub present: Option<(NodeId, NodeId)>,
@@ -40,6 +50,7 @@ pub fn split_heads(b: &mut Builder, x: NodeId, n: usize, hd: usize) -> R {
     b.permute(x, &[0, 2, 1, 3])
 }
 
+/// One attention block in `scope`: Q/K/V projections, optional QK norm and RoPE, masked softmax over keys, output projection.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     b: &mut Builder,

@@ -37,17 +37,22 @@ pub use mlp::activation;
 /// The graphs a model is made of.
 #[derive(Debug, Clone)]
 pub struct Lowered {
+    /// The spec's model name.
     pub name: String,
+    /// Encoder, decoder, or encoder-decoder.
     pub architecture: Architecture,
     /// Token ids must be below this.
     pub vocab_size: usize,
     /// Longest sequence (cached plus new tokens) the spec allows.
     pub max_positions: usize,
+    /// The encoder graph (encoder and encoder-decoder models).
     pub encoder: Option<Graph>,
+    /// The decoder step graph (decoder and encoder-decoder models).
     pub decoder: Option<Graph>,
 }
 
 impl Lowered {
+    /// The encoder, then the decoder, whichever exist.
     pub fn graphs(&self) -> impl Iterator<Item = &Graph> {
         self.encoder.iter().chain(self.decoder.iter())
     }
@@ -67,6 +72,7 @@ impl Lowered {
         out
     }
 
+    /// Total distinct parameter elements (see [`Lowered::parameters`]).
     pub fn parameter_count(&self) -> usize {
         self.parameters().values().sum()
     }

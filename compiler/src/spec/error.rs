@@ -17,11 +17,15 @@ use super::source::Files;
 #[derive(Debug, Clone, PartialEq, Default, thiserror::Error)]
 #[error("{message}")]
 pub struct SpecError {
+    /// The spec file the error is in.
     pub file: PathBuf,
     /// 1-based line and column of the offending key or value, when known.
     pub line: Option<usize>,
+    /// See `line`.
     pub column: Option<usize>,
+    /// What is wrong.
     pub message: String,
+    /// A suggestion for fixing it (valid values, the nearest known key, ...).
     pub help: Option<String>,
     /// The text of `file` and the offending byte span, for miette reports.
     pub snippet: Option<Box<Snippet>>,

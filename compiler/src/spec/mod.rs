@@ -25,6 +25,7 @@ use std::path::Path;
 /// A spec with `extends` merged, defaults filled and per-layer knobs expanded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResolvedSpec {
+    /// The merged spec with every defaulted `Option` filled in.
     pub spec: Spec,
     /// The blocks of the only stack, or of the encoder of an encoder-decoder model.
     pub layers: Vec<LayerSpec>,
