@@ -3,6 +3,7 @@
 //! passes → code generators. The IR knows nothing of specs; the lowering is
 //! the only bridge.
 
+/// Static cost estimates of a spec (parameters, FLOPs, cache sizes).
 pub mod analysis;
 pub mod codegen;
 pub mod import;

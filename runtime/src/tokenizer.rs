@@ -15,7 +15,7 @@ pub struct Tokenizer {
     pub prepend_bos: bool,
     /// Generation stops after any of these.
     pub eos: Vec<u32>,
-    /// Whether `encode` adds the tokenizer's special tokens (BOS, [CLS]/[SEP]).
+    /// Whether `encode` adds the tokenizer's special tokens (BOS, `[CLS]`/`[SEP]`).
     pub add_special_tokens: bool,
 }
 

@@ -5,6 +5,7 @@ use super::op::Op;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+/// Render `g` as Graphviz DOT, nodes in topological order and clustered by scope.
 pub fn to_dot(g: &Graph) -> String {
     let order = g.topo_order();
     let mut clusters: BTreeMap<&str, Vec<NodeId>> = BTreeMap::new();

@@ -6,6 +6,7 @@ use super::graph::{Graph, NodeId};
 use std::collections::HashMap;
 use std::fmt::Write;
 
+/// Render `g` as text, one numbered node per line in topological order.
 pub fn to_text(g: &Graph) -> String {
     let order = g.topo_order();
     let num: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();

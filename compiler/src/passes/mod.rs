@@ -47,20 +47,30 @@ pub enum PassError {
     /// A rewrite built a node whose type does not check.
     #[error("pass `{pass}`: {source}")]
     Ir {
+        /// The pass that failed.
         pass: &'static str,
+        /// The type error.
         #[source]
         source: IrError,
     },
     /// The graph broke an invariant after a pass.
     #[error("pass `{pass}` left graph `{graph}` invalid: {message}")]
     Invalid {
+        /// The pass after which the check failed.
         pass: String,
+        /// The graph it ran on.
         graph: String,
+        /// The broken invariant.
         message: String,
     },
     /// `disable` named no pass of the pipeline.
     #[error("unknown pass `{name}`; passes are: {known}")]
-    UnknownPass { name: String, known: String },
+    UnknownPass {
+        /// The name given.
+        name: String,
+        /// The pipeline's pass names, comma-separated.
+        known: String,
+    },
 }
 
 impl PassError {
@@ -114,12 +124,16 @@ impl fmt::Debug for Pipeline {
 /// What a pipeline run did to one graph.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Report {
+    /// The graph's name.
     pub graph: String,
+    /// Node count before the pipeline.
     pub nodes_before: usize,
+    /// Node count after the pipeline.
     pub nodes_after: usize,
     /// Rounds over the pass list, the last one changing nothing unless
     /// `converged` is false.
     pub rounds: usize,
+    /// Whether the last round changed nothing (the pipeline reached a fixed point).
     pub converged: bool,
     /// `(pass, rounds in which it changed the graph)` for every enabled pass.
     pub changes: Vec<(&'static str, usize)>,

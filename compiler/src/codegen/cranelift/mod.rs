@@ -47,14 +47,20 @@ use std::fmt;
 /// write the same elements.
 pub type KernelFn = unsafe extern "C" fn(*const *mut u8, *const i64, i64, i64, i64, i64);
 
+/// Why native code generation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CodegenError {
+    /// Cranelift itself rejected the module or could not finalize it.
     #[error("cranelift: {0}")]
     Backend(String),
+    /// A kernel could not be translated.
     #[error("kernel k{kernel} ({kind}): {msg}")]
     Kernel {
+        /// The kernel's index in the program.
         kernel: usize,
+        /// The kernel's kind (`Kernel::kind`).
         kind: &'static str,
+        /// What went wrong.
         msg: String,
     },
 }
@@ -95,6 +101,7 @@ impl Drop for Code {
 /// The native code of a [`KernelProgram`], one [`CpuKernel`] per kernel.
 pub struct CpuProgram {
     _code: Code,
+    /// One compiled function (or none) per kernel, indexed like the program's kernels.
     pub kernels: Vec<CpuKernel>,
     /// CLIF text per kernel, when compiled with `emit_clif`.
     pub clif: Vec<Option<String>>,
@@ -114,6 +121,7 @@ impl fmt::Debug for CpuProgram {
     }
 }
 
+/// Code generation options.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
     /// Keep the CLIF text of every function (`kiln compile --emit clif`).
