@@ -46,9 +46,20 @@ pub struct Gpu {
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
+    /// GL: wgpu's GLES backend shares one context between threads and
+    /// panics when a thread waits on it too long (a slow shader compile on
+    /// another thread), so all device work is serialised there.
+    serial: Option<Mutex<()>>,
 }
 
 impl Gpu {
+    /// Exclusive use of the device where the backend needs it (GL).
+    fn serialise(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+        self.serial
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Adapter name and backend, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)`.
     pub fn description(&self) -> String {
         format!("{} ({:?})", self.info.name, self.info.backend)
@@ -123,11 +134,13 @@ fn init() -> std::result::Result<Arc<Gpu>, String> {
     // Errors outside a scope (there should be none) are reported, not
     // panicked on; runs check their own scope.
     device.on_uncaptured_error(Arc::new(|e| eprintln!("kiln: wgpu error: {e}")));
+    let serial = (info.backend == wgpu::Backend::Gl).then(|| Mutex::new(()));
     Ok(Arc::new(Gpu {
         device,
         queue,
         info,
         limits,
+        serial,
     }))
 }
 
@@ -204,6 +217,8 @@ impl WgpuGraph {
         shared: &mut DeviceWeights,
     ) -> Result<WgpuGraph> {
         let gpu = gpu()?;
+        let held = gpu.clone();
+        let _serial = held.serialise();
         let t0 = Instant::now();
         let mut g = graph.clone();
         default_pipeline(1)
@@ -377,6 +392,7 @@ impl WgpuGraph {
         let gpu = &*self.gpu;
         let dev = &gpu.device;
         let limit = gpu.max_binding_bytes();
+        let _serial = gpu.serialise();
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
 
         // Bytes of every buffer at this run's lengths, within the limit.
