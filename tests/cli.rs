@@ -322,7 +322,7 @@ fn backends_agree_and_unknown_backends_are_rejected() {
             "--backend",
             "gpu",
         ],
-        &["unknown backend `gpu`", "`jit` or `reference`"],
+        &["unknown backend `gpu`", "`jit`, `reference` or `wgpu`"],
     );
 }
 
