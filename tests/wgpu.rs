@@ -191,7 +191,44 @@ fn sessions_generate_like_the_reference() {
                 "{name}: after {} tokens differ by {d:e}",
                 a.past_len()
             );
+            // The GPU session's cache (and cross K/V) stays on the device
+            // and holds what the reference session's host cache holds.
+            assert!(b.cache_on_device(), "{name}: cache left the device");
+            assert!(!a.cache_on_device(), "{name}: reference cache on a device");
+            let mut layers = 0;
+            while let Ok((ka, va)) = a.cached_kv(layers) {
+                let (kb, vb) = b.cached_kv(layers).unwrap();
+                for (x, y) in [(ka, kb), (va, vb)] {
+                    assert_eq!(x.shape(), y.shape(), "{name}: block {layers} cache shape");
+                    let (x, y) = (x.to_f32_vec(), y.to_f32_vec());
+                    let scale = x.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                    let d = x
+                        .iter()
+                        .zip(&y)
+                        .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
+                    assert!(
+                        d <= REL_TOL * scale,
+                        "{name}: block {layers} cache differs by {d:e}"
+                    );
+                }
+                layers += 1;
+            }
+            assert!(
+                layers > 0 && b.cached_kv(layers).is_err(),
+                "{name}: block count"
+            );
         }
+        // A failed step (token outside the vocabulary) leaves the device
+        // cache as it was.
+        let (past, before) = (b.past_len(), b.cached_kv(0).unwrap());
+        assert!(b.forward(&[i32::MAX]).is_err());
+        assert_eq!(b.past_len(), past, "{name}: failed step moved the cache");
+        let after = b.cached_kv(0).unwrap();
+        assert_eq!(
+            before.0.to_f32_vec(),
+            after.0.to_f32_vec(),
+            "{name}: failed step"
+        );
         let prompt = [5, 6, 7];
         let mut s = reference.session();
         let mut t = gpu.session();

@@ -13,7 +13,7 @@ use crate::error::{Result, RuntimeError};
 use crate::ops;
 use crate::tensor::Tensor;
 use crate::weights::Weights;
-use kiln_compiler::ir::{Dim, Graph, Node, NodeId, Op, TensorType};
+use kiln_compiler::ir::{DType, Dim, Graph, Node, NodeId, Op, TensorType};
 use std::borrow::{Borrow, Cow};
 use std::collections::BTreeMap;
 
@@ -235,7 +235,7 @@ impl<'g> Interpreter<'g> {
             .iter()
             .map(|&(name, id)| (name, &self.graph.node(id).ty))
             .collect();
-        bind_inputs(&self.graph.name, &declared, inputs)
+        bind_inputs(&self.graph.name, &declared, &metas(inputs))
     }
 
     /// Run the graph on `inputs` (every declared input, by name).
@@ -454,18 +454,30 @@ fn fmt_bindings(env: &Bindings) -> String {
 /// binds it; every other dim (constants, `past+seq`) is checked once all are
 /// bound. Every declared input must be supplied exactly once, with its dtype
 /// and rank.
+/// What binding needs of an input: its name, dtype and shape (a host tensor
+/// or one resident on a device).
+pub(crate) type InputMeta<'a> = (&'a str, DType, &'a [usize]);
+
+/// The [`InputMeta`] of host tensors.
+pub(crate) fn metas<'a>(inputs: &[(&'a str, &'a Tensor)]) -> Vec<InputMeta<'a>> {
+    inputs
+        .iter()
+        .map(|&(n, t)| (n, t.dtype(), t.shape()))
+        .collect()
+}
+
 pub(crate) fn bind_inputs(
     graph: &str,
     declared: &[(&str, &TensorType)],
-    inputs: &[(&str, &Tensor)],
+    inputs: &[InputMeta<'_>],
 ) -> Result<Bindings> {
     let declared_names = || {
         let mut v: Vec<&str> = declared.iter().map(|(n, _)| *n).collect();
         v.dedup();
         v.join(", ")
     };
-    for (i, (name, _)) in inputs.iter().enumerate() {
-        if inputs[..i].iter().any(|(n, _)| n == name) {
+    for (i, (name, _, _)) in inputs.iter().enumerate() {
+        if inputs[..i].iter().any(|(n, _, _)| n == name) {
             return Err(RuntimeError::DuplicateInput {
                 name: name.to_string(),
             });
@@ -480,36 +492,36 @@ pub(crate) fn bind_inputs(
     }
     let mut given = Vec::with_capacity(declared.len());
     for &(name, ty) in declared {
-        let Some((_, t)) = inputs.iter().find(|(n, _)| *n == name) else {
-            let supplied: Vec<&str> = inputs.iter().map(|(n, _)| *n).collect();
+        let Some(&(_, dtype, shape)) = inputs.iter().find(|(n, _, _)| *n == name) else {
+            let supplied: Vec<&str> = inputs.iter().map(|(n, _, _)| *n).collect();
             return Err(RuntimeError::MissingInput {
                 name: name.to_string(),
                 declared: ty.to_string(),
                 supplied: supplied.join(", "),
             });
         };
-        if t.dtype() != ty.dtype {
+        if dtype != ty.dtype {
             return Err(RuntimeError::InputDType {
                 name: name.to_string(),
                 expected: ty.dtype,
-                got: t.dtype(),
+                got: dtype,
             });
         }
-        if t.rank() != ty.rank() {
+        if shape.len() != ty.rank() {
             return Err(RuntimeError::InputRank {
                 name: name.to_string(),
                 declared: ty.to_string(),
                 expected: ty.rank(),
-                got: t.shape().to_vec(),
+                got: shape.to_vec(),
             });
         }
-        given.push((name, &ty.shape, *t));
+        given.push((name, &ty.shape, shape));
     }
 
     // Bind lone symbols, remembering where each was bound.
     let mut origin: BTreeMap<&str, (usize, &str, usize)> = BTreeMap::new();
-    for &(name, dims, t) in &given {
-        for (axis, (dim, &got)) in dims.iter().zip(t.shape()).enumerate() {
+    for &(name, dims, shape) in &given {
+        for (axis, (dim, &got)) in dims.iter().zip(shape).enumerate() {
             let Some(sym) = dim.as_symbol() else { continue };
             match origin.get(sym) {
                 Some(&(value, first_input, first_axis)) if value != got => {
@@ -536,8 +548,8 @@ pub(crate) fn bind_inputs(
         .collect();
 
     // Check every dim against the bindings.
-    for &(name, dims, t) in &given {
-        for (axis, (dim, &got)) in dims.iter().zip(t.shape()).enumerate() {
+    for &(name, dims, shape) in &given {
+        for (axis, (dim, &got)) in dims.iter().zip(shape).enumerate() {
             let expected = eval_dim(dim, &bindings).ok_or_else(|| RuntimeError::UnboundDim {
                 scope: format!("input `{name}` axis {axis}"),
                 op: "input".into(),
@@ -551,7 +563,7 @@ pub(crate) fn bind_inputs(
                     declared: dim.to_string(),
                     expected,
                     got,
-                    shape: t.shape().to_vec(),
+                    shape: shape.to_vec(),
                 });
             }
         }

@@ -7,7 +7,7 @@
 //! Sum stages (rounded once), transcendental ops in f64 rounded once.
 
 use crate::error::{Result, RuntimeError};
-use crate::interpreter::{Bindings, NamedTensor, bind_inputs};
+use crate::interpreter::{Bindings, InputMeta, NamedTensor, bind_inputs, metas};
 use crate::tensor::{Tensor, TensorData};
 use crate::weights::Weights;
 use kiln_compiler::ir::scalar::{self, nan_max};
@@ -71,6 +71,11 @@ fn err(m: impl Into<String>) -> RuntimeError {
 
 /// Bind length symbols from the inputs, exactly as the graph interpreter does.
 pub(crate) fn bind(p: &KernelProgram, inputs: &[(&str, &Tensor)]) -> Result<Bindings> {
+    bind_meta(p, &metas(inputs))
+}
+
+/// [`bind`] from the names, dtypes and shapes of the inputs.
+pub(crate) fn bind_meta(p: &KernelProgram, inputs: &[InputMeta<'_>]) -> Result<Bindings> {
     let types: Vec<(&str, TensorType)> = p
         .inputs
         .iter()

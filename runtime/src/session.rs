@@ -308,6 +308,48 @@ impl Model {
         }
     }
 
+    /// Run graph `part` on `host` inputs plus `state` (a session's KV cache
+    /// or cross K/V). The outputs `keep` names come back as [`Cached`]
+    /// state, the rest as [`Outputs`]. On the GPU, state stays in device
+    /// memory between runs; elsewhere it is host memory.
+    fn run_part_with(
+        &self,
+        part: usize,
+        g: &Graph,
+        host: &[(String, Tensor)],
+        state: &[(String, &Cached)],
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<(Outputs, Vec<(String, Cached)>)> {
+        let mut pairs: Vec<(&str, &Tensor)> = host.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        #[cfg(feature = "wgpu")]
+        if let Some(w) = &self.gpu[part] {
+            let mut device = Vec::new();
+            for (n, c) in state {
+                match c {
+                    Cached::Host(t) => pairs.push((n, t)),
+                    Cached::Device(d) => device.push((n.as_str(), d)),
+                }
+            }
+            let (out, kept) = w.run_resident(&pairs, &device, keep)?;
+            let kept = kept.into_iter().map(|(n, d)| (n, Cached::Device(d)));
+            return Ok((out, kept.collect()));
+        }
+        for (n, c) in state {
+            pairs.push((n, c.host()?));
+        }
+        let mut out = self.run_part(part, g, pairs)?;
+        let mut kept = Vec::new();
+        for (name, _) in &g.outputs {
+            if keep(name) {
+                let t = out.remove(name).ok_or_else(|| {
+                    RuntimeError::Graph(format!("graph produced no output `{name}`"))
+                })?;
+                kept.push((name.clone(), Cached::Host(t)));
+            }
+        }
+        Ok((out, kept))
+    }
+
     pub fn session(&self) -> Session<'_> {
         Session {
             model: self,
@@ -327,6 +369,12 @@ impl Model {
     /// longest with `attention_mask` zeros, so padding never changes a
     /// sequence's outputs.
     pub fn encode_batch(&self, seqs: &[&[i32]]) -> Result<Outputs> {
+        let (g, inputs) = self.encoder_inputs(seqs)?;
+        self.run_part(0, g, inputs)
+    }
+
+    /// The encoder graph and its inputs for `seqs` (checked, padded).
+    fn encoder_inputs(&self, seqs: &[&[i32]]) -> Result<(&Graph, Vec<(String, Tensor)>)> {
         let g = self.lowered.encoder.as_ref().ok_or_else(|| {
             RuntimeError::Graph(format!("`{}` has no encoder", self.lowered.name))
         })?;
@@ -360,7 +408,7 @@ impl Model {
             let types = Tensor::from_i32(&[b, n], vec![0; b * n])?;
             inputs.push(("token_types".to_string(), types));
         }
-        self.run_part(0, g, inputs)
+        Ok((g, inputs))
     }
 
     /// Token ids in the vocabulary, and `past + len` within `max_positions`.
@@ -411,12 +459,52 @@ fn declares_input(g: &Graph, name: &str) -> bool {
 pub struct Session<'m> {
     model: &'m Model,
     /// `(k, v)` per decoder block, `[batch, kv_heads, past, head_dim]`.
-    cache: Vec<(Tensor, Tensor)>,
+    cache: Vec<(Cached, Cached)>,
     past: usize,
     /// Per row, 1 for each real cached token and 0 for left padding.
     mask: Vec<Vec<i32>>,
     /// Encoder-decoder: cross K/V per block and the source length.
-    cross: Option<(Vec<(Tensor, Tensor)>, usize)>,
+    cross: Option<(Vec<(Cached, Cached)>, usize)>,
+}
+
+/// A tensor a session keeps between steps (KV cache, cross K/V): in host
+/// memory, or resident on the GPU so a decode step never copies it through
+/// the host.
+#[derive(Debug, Clone)]
+enum Cached {
+    Host(Tensor),
+    #[cfg(feature = "wgpu")]
+    Device(crate::backends::wgpu::DeviceTensor),
+}
+
+impl Cached {
+    /// The host tensor; device state has no host copy.
+    fn host(&self) -> Result<&Tensor> {
+        match self {
+            Cached::Host(t) => Ok(t),
+            #[cfg(feature = "wgpu")]
+            Cached::Device(_) => Err(RuntimeError::Graph(
+                "a device-resident cache tensor reached a host backend".into(),
+            )),
+        }
+    }
+
+    /// A host copy (read back from the device if resident).
+    fn to_host(&self) -> Result<Tensor> {
+        match self {
+            Cached::Host(t) => Ok(t.clone()),
+            #[cfg(feature = "wgpu")]
+            Cached::Device(d) => d.to_host(),
+        }
+    }
+
+    fn on_device(&self) -> bool {
+        match self {
+            Cached::Host(_) => false,
+            #[cfg(feature = "wgpu")]
+            Cached::Device(_) => true,
+        }
+    }
 }
 
 impl<'m> Session<'m> {
@@ -428,17 +516,47 @@ impl<'m> Session<'m> {
     /// Encoder-decoder: encode the source once; later [`Session::forward`]
     /// calls attend to it.
     pub fn set_source(&mut self, tokens: &[i32]) -> Result<()> {
-        let out = self.model.encode(tokens)?;
+        let (enc, inputs) = self.model.encoder_inputs(&[tokens])?;
+        let is_cross = |n: &str| n.starts_with("cross.");
+        let (_, kept) = self.model.run_part_with(0, enc, &inputs, &[], &is_cross)?;
+        let mut kept: BTreeMap<String, Cached> = kept.into_iter().collect();
         let dec = self.decoder()?;
         let layers = count_layers(dec);
         let mut kv = Vec::with_capacity(layers);
         for i in 0..layers {
-            let k = take(&out, &format!("cross.{i}.k"))?;
-            let v = take(&out, &format!("cross.{i}.v"))?;
-            kv.push((k, v));
+            let mut take = |name: String| {
+                kept.remove(&name)
+                    .ok_or_else(|| RuntimeError::Graph(format!("encoder produced no `{name}`")))
+            };
+            kv.push((take(format!("cross.{i}.k"))?, take(format!("cross.{i}.v"))?));
         }
         self.cross = Some((kv, tokens.len()));
         Ok(())
+    }
+
+    /// Block `layer`'s cached `(k, v)`, `[batch, kv_heads, past, head_dim]`,
+    /// as host tensors (read back from the device on the GPU backend).
+    pub fn cached_kv(&self, layer: usize) -> Result<(Tensor, Tensor)> {
+        let (k, v) = self.cache.get(layer).ok_or_else(|| {
+            RuntimeError::Graph(format!(
+                "no cache for block {layer} ({} cached blocks)",
+                self.cache.len()
+            ))
+        })?;
+        Ok((k.to_host()?, v.to_host()?))
+    }
+
+    /// Whether the KV cache (and an encoder-decoder's cross K/V) lives in
+    /// device memory (the GPU backend, after the first step), so decode
+    /// steps do not copy it through the host.
+    pub fn cache_on_device(&self) -> bool {
+        let cross = self.cross.as_ref().map_or(&[][..], |(kv, _)| kv);
+        !self.cache.is_empty()
+            && self
+                .cache
+                .iter()
+                .chain(cross)
+                .all(|(k, v)| k.on_device() && v.on_device())
     }
 
     fn decoder(&self) -> Result<&'m Graph> {
@@ -492,32 +610,32 @@ impl<'m> Session<'m> {
             for i in 0..layers {
                 let (kvh, hd) = cache_dims(g, i)?;
                 let empty = Tensor::zeros(DType::F32, &[batch, kvh, 0, hd]);
-                self.cache.push((empty.clone(), empty));
+                self.cache
+                    .push((Cached::Host(empty.clone()), Cached::Host(empty)));
             }
             self.mask = vec![Vec::new(); batch];
         }
         // Nothing in `self` changes until the step has succeeded, so a
         // failed call leaves the session as it was.
-        let cross_inputs = if declares_input(g, "encoder_mask") {
+        let mut state: Vec<(String, &Cached)> = Vec::new();
+        let mut encoder_mask = None;
+        if declares_input(g, "encoder_mask") {
             let (kv, src) = self.cross.as_ref().ok_or_else(|| {
                 RuntimeError::Graph(
                     "encoder-decoder model: call set_source with the source tokens before forward"
                         .into(),
                 )
             })?;
-            let mut v = Vec::with_capacity(2 * kv.len() + 1);
-            for (i, (k, val)) in kv.iter().enumerate() {
-                v.push((format!("cross.{i}.k"), k.clone()));
-                v.push((format!("cross.{i}.v"), val.clone()));
+            for (i, (k, v)) in kv.iter().enumerate() {
+                state.push((format!("cross.{i}.k"), k));
+                state.push((format!("cross.{i}.v"), v));
             }
-            v.push((
-                "encoder_mask".to_string(),
-                Tensor::from_i32(&[1, *src], vec![1; *src])?,
-            ));
-            v
-        } else {
-            Vec::new()
-        };
+            encoder_mask = Some(Tensor::from_i32(&[1, *src], vec![1; *src])?);
+        }
+        for (i, (k, v)) in self.cache.iter().enumerate() {
+            state.push((format!("past.{i}.k"), k));
+            state.push((format!("past.{i}.v"), v));
+        }
         let mut tokens = Vec::with_capacity(batch * n);
         let mut new_mask = self.mask.clone();
         for (r, m) in rows.iter().zip(new_mask.iter_mut()) {
@@ -536,44 +654,27 @@ impl<'m> Session<'m> {
                 Tensor::from_i32(&[batch, total], mask)?,
             ),
         ];
-        inputs.extend(cross_inputs);
-        // The cache moves into the inputs (no copy) and back on failure;
-        // on success the `present` outputs replace it.
-        let first_cache_input = inputs.len();
-        for (i, (k, v)) in self.cache.iter_mut().enumerate() {
-            let empty = || Tensor::zeros(DType::F32, &[0]);
-            inputs.push((format!("past.{i}.k"), std::mem::replace(k, empty())));
-            inputs.push((format!("past.{i}.v"), std::mem::replace(v, empty())));
+        inputs.extend(encoder_mask.map(|m| ("encoder_mask".to_string(), m)));
+        // The cache is borrowed by the step; only on success do the
+        // `present` outputs replace it, so a failed call changes nothing.
+        let is_present = |n: &str| n.starts_with("present.");
+        let (out, kept) = self
+            .model
+            .run_part_with(1, g, &inputs, &state, &is_present)?;
+        let mut kept: BTreeMap<String, Cached> = kept.into_iter().collect();
+        let mut present = Vec::with_capacity(layers);
+        for i in 0..layers {
+            let mut take = |name: String| {
+                kept.remove(&name).ok_or_else(|| {
+                    RuntimeError::Graph(format!("graph produced no output `{name}`"))
+                })
+            };
+            present.push((
+                take(format!("present.{i}.k"))?,
+                take(format!("present.{i}.v"))?,
+            ));
         }
-        let outcome = self.model.run_part(1, g, &inputs).and_then(|mut out| {
-            let mut present = Vec::with_capacity(layers);
-            for i in 0..layers {
-                let mut take = |name: String| {
-                    out.remove(&name).ok_or_else(|| {
-                        RuntimeError::Graph(format!("graph produced no output `{name}`"))
-                    })
-                };
-                let k = take(format!("present.{i}.k"))?;
-                let v = take(format!("present.{i}.v"))?;
-                present.push((k, v));
-            }
-            Ok((out, present))
-        });
-        let out = match outcome {
-            Ok((out, present)) => {
-                self.cache = present;
-                out
-            }
-            Err(e) => {
-                let mut back = inputs.drain(first_cache_input..).map(|(_, t)| t);
-                for (k, v) in &mut self.cache {
-                    if let (Some(pk), Some(pv)) = (back.next(), back.next()) {
-                        (*k, *v) = (pk, pv);
-                    }
-                }
-                return Err(e);
-            }
-        };
+        self.cache = present;
         self.mask = new_mask;
         self.past = total;
         Ok(out)

@@ -15,6 +15,10 @@
 //!   needs more, never shrunk); inputs are written, all kernels are encoded
 //!   into one compute pass and submitted once; only the outputs are copied
 //!   back (through one staging buffer).
+//! - **Resident tensors.** [`WgpuGraph::run_resident`] takes some inputs as
+//!   [`DeviceTensor`]s and leaves chosen outputs on the device: a session's
+//!   KV cache (and an encoder's cross K/V) stays there between decode steps,
+//!   so a step uploads its tokens and mask and reads back only the logits.
 //! - **Limits.** A tensor larger than the adapter's
 //!   `max_storage_buffer_binding_size` is rejected with an error naming it
 //!   (at compile time for parameters, at run time for lengths-dependent
@@ -23,8 +27,9 @@
 //!   error scopes and returned as [`RuntimeError`]s, never panics.
 
 use crate::error::{Result, RuntimeError};
+use crate::interpreter::metas;
 use crate::interpreter::{NamedTensor, Outputs};
-use crate::kernel_exec::{bind, const_data, param_or_join};
+use crate::kernel_exec::{bind_meta, const_data, param_or_join};
 use crate::tensor::{Tensor, TensorData};
 use crate::weights::Weights;
 use kiln_compiler::codegen::wgsl::{self, ELEMENT_BYTES, Resource, WgslProgram};
@@ -378,12 +383,32 @@ impl WgpuGraph {
         self.compile_time
     }
 
-    /// Run on `inputs` (every declared input by name).
+    /// Run on `inputs` (every declared input by name); every output is read
+    /// back.
     pub fn run<N: NamedTensor>(&self, inputs: impl IntoIterator<Item = N>) -> Result<Outputs> {
         let inputs: Vec<N> = inputs.into_iter().collect();
         let pairs: Vec<(&str, &Tensor)> = inputs.iter().map(|i| (i.name(), i.tensor())).collect();
+        Ok(self.run_resident(&pairs, &[], &|_| false)?.0)
+    }
+
+    /// Run with the declared inputs split between `host` tensors (uploaded)
+    /// and `device` ones (bound where they are, not copied). Outputs named
+    /// by `keep` stay on the device and come back as [`DeviceTensor`]s; the
+    /// rest are read back into the returned [`Outputs`].
+    pub fn run_resident(
+        &self,
+        host: &[(&str, &Tensor)],
+        device: &[(&str, &DeviceTensor)],
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<(Outputs, Vec<(String, DeviceTensor)>)> {
         let p = &self.program;
-        let env = bind(p, &pairs)?;
+        let mut meta = metas(host);
+        meta.extend(
+            device
+                .iter()
+                .map(|&(n, d)| (n, d.dtype, d.shape.as_slice())),
+        );
+        let env = bind_meta(p, &meta)?;
         let lookup = |s: &str| env.get(s).copied();
         let eval = |s: &Size| {
             s.eval(&lookup)
@@ -455,17 +480,30 @@ impl WgpuGraph {
         for (s, &need) in slot_bytes.iter().enumerate() {
             grow(&mut st.slots[s], need, storage, "slot");
         }
+        // Device-resident inputs are bound in place of the input buffers.
+        let mut resident: Vec<Option<wgpu::Buffer>> = vec![None; p.buffers.len()];
         for (id, b) in p.buffers.iter().enumerate() {
-            if matches!(b.kind, BufferKind::Input(_) | BufferKind::Output) {
-                grow(&mut st.io[id], bytes[id], storage, &b.name);
+            match &b.kind {
+                BufferKind::Input(name) => {
+                    if let Some((_, d)) = device.iter().find(|(n, _)| n == name) {
+                        resident[id] = Some(d.buf.clone());
+                    } else {
+                        grow(&mut st.io[id], bytes[id], storage, &b.name);
+                    }
+                }
+                BufferKind::Output => grow(&mut st.io[id], bytes[id], storage, &b.name),
+                _ => {}
             }
         }
-        // Outputs: where each lives, and its place in the staging buffer.
+        // Outputs read back: where each lives, and its place in the staging
+        // buffer. Kept outputs stay where they are.
         let mut reads = Vec::with_capacity(p.outputs.len());
         let mut total = 0u64;
-        for (_, id) in &p.outputs {
-            reads.push((*id, total, bytes[*id]));
-            total += bytes[*id];
+        for (name, id) in &p.outputs {
+            if !keep(name) {
+                reads.push((*id, total, bytes[*id]));
+                total += bytes[*id];
+            }
         }
         grow(
             &mut st.staging,
@@ -475,7 +513,10 @@ impl WgpuGraph {
         );
         for (id, b) in p.buffers.iter().enumerate() {
             if let BufferKind::Input(name) = &b.kind {
-                let (_, t) = pairs
+                if resident[id].is_some() {
+                    continue;
+                }
+                let (_, t) = host
                     .iter()
                     .find(|(n, _)| n == name)
                     .ok_or_else(|| err(format!("missing input `{name}`")))?;
@@ -487,18 +528,20 @@ impl WgpuGraph {
         }
         fn pick<'a>(
             fixed: &'a [Option<Arc<wgpu::Buffer>>],
+            resident: &'a [Option<wgpu::Buffer>],
             st: &'a RunState,
             r: Resource,
         ) -> &'a wgpu::Buffer {
             match r {
                 Resource::Slot(s) => &st.slots[s].as_ref().expect("allocated").0,
-                Resource::Buffer(id) => match &fixed[id] {
-                    Some(b) => b,
-                    None => &st.io[id].as_ref().expect("allocated").0,
+                Resource::Buffer(id) => match (&fixed[id], &resident[id]) {
+                    (Some(b), _) => b,
+                    (None, Some(b)) => b,
+                    (None, None) => &st.io[id].as_ref().expect("allocated").0,
                 },
             }
         }
-        let resource = |st, r| pick(&self.fixed, st, r);
+        let resource = |st, r| pick(&self.fixed, &resident, st, r);
 
         // Size tables, bind groups, one pass.
         let mut groups = Vec::with_capacity(self.pipelines.len());
@@ -568,14 +611,61 @@ impl WgpuGraph {
                 }
             }
         }
-        let staging = &st.staging.as_ref().expect("allocated").0;
+        let staging = st.staging.as_ref().expect("allocated").0.clone();
         for &(id, at, n) in &reads {
             if n > 0 {
                 let src = resource(&st, wgsl::resource_of(p, id));
-                enc.copy_buffer_to_buffer(src, 0, staging, at, n);
+                enc.copy_buffer_to_buffer(src, 0, &staging, at, n);
             }
         }
+        // Kept outputs: an output buffer leaves the run state (the next run
+        // allocates a new one); anything else kept is copied out.
+        let mut kept = Vec::new();
+        let mut taken = vec![false; p.buffers.len()];
+        for (name, id) in &p.outputs {
+            if !keep(name) {
+                continue;
+            }
+            let b = &p.buffers[*id];
+            let shape = b
+                .shape
+                .iter()
+                .map(|d| {
+                    d.eval(&lookup)
+                        .ok_or_else(|| err(format!("unbound dim {d}")))
+                })
+                .collect::<Result<Vec<usize>>>()?;
+            let buf = if matches!(b.kind, BufferKind::Output) && !taken[*id] {
+                taken[*id] = true;
+                st.io[*id].as_ref().expect("allocated").0.clone()
+            } else {
+                let copy = dev.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(name),
+                    size: bytes[*id].max(16).next_multiple_of(16),
+                    usage: storage,
+                    mapped_at_creation: false,
+                });
+                let src = resource(&st, wgsl::resource_of(p, *id));
+                if bytes[*id] > 0 {
+                    enc.copy_buffer_to_buffer(src, 0, &copy, 0, bytes[*id]);
+                }
+                copy
+            };
+            kept.push((
+                name.clone(),
+                DeviceTensor {
+                    buf,
+                    shape,
+                    dtype: b.dtype,
+                },
+            ));
+        }
         gpu.queue.submit([enc.finish()]);
+        for (id, t) in taken.iter().enumerate() {
+            if *t {
+                st.io[id] = None;
+            }
+        }
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(err(format!("`{}`: wgpu: {e}", p.name)));
         }
@@ -594,7 +684,8 @@ impl WgpuGraph {
             let view = slice
                 .get_mapped_range()
                 .map_err(|e| err(format!("`{}`: wgpu read-back: {e}", p.name)))?;
-            for ((name, id), &(_, at, n)) in p.outputs.iter().zip(&reads) {
+            let read = p.outputs.iter().filter(|(name, _)| !keep(name));
+            for ((name, id), &(_, at, n)) in read.zip(&reads) {
                 let b = &p.buffers[*id];
                 let shape = b
                     .shape
@@ -609,7 +700,67 @@ impl WgpuGraph {
             }
         }
         staging.unmap();
-        Ok(Outputs::from_parts(entries, env))
+        Ok((Outputs::from_parts(entries, env), kept))
+    }
+}
+
+/// A tensor that lives in a device buffer: a kept output of
+/// [`WgpuGraph::run_resident`], bound as an input of a later run without
+/// passing through the host. Cloning shares the buffer.
+#[derive(Debug, Clone)]
+pub struct DeviceTensor {
+    buf: wgpu::Buffer,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl DeviceTensor {
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Copy the tensor back to the host (for inspection and tests).
+    pub fn to_host(&self) -> Result<Tensor> {
+        let gpu = gpu()?;
+        let _serial = gpu.serialise();
+        let n = device_bytes(self.shape.iter().product::<usize>() as i64);
+        let size = n.max(16).next_multiple_of(16);
+        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read-back"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        if n > 0 {
+            enc.copy_buffer_to_buffer(&self.buf, 0, &staging, 0, n);
+        }
+        gpu.queue.submit([enc.finish()]);
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        gpu.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| err(format!("wgpu: {e}")))?;
+        rx.recv()
+            .map_err(|_| err("wgpu: the read-back never completed"))?
+            .map_err(|e| err(format!("wgpu read-back: {e}")))?;
+        let data = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| err(format!("wgpu read-back: {e}")))?;
+            download(&view[..n as usize], self.dtype)
+        };
+        staging.unmap();
+        Tensor::new(self.shape.clone(), data)
     }
 }
 
