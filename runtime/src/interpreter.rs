@@ -449,11 +449,7 @@ fn fmt_bindings(env: &Bindings) -> String {
     let parts: Vec<String> = env.iter().map(|(s, v)| format!("{s}: {v}")).collect();
     parts.join(", ")
 }
-/// Bind the length symbols of a graph's (or kernel program's) `declared`
-/// inputs from the supplied tensors: a declared dim that is a lone symbol
-/// binds it; every other dim (constants, `past+seq`) is checked once all are
-/// bound. Every declared input must be supplied exactly once, with its dtype
-/// and rank.
+
 /// What binding needs of an input: its name, dtype and shape (a host tensor
 /// or one resident on a device).
 pub(crate) type InputMeta<'a> = (&'a str, DType, &'a [usize]);
@@ -466,6 +462,11 @@ pub(crate) fn metas<'a>(inputs: &[(&'a str, &'a Tensor)]) -> Vec<InputMeta<'a>> 
         .collect()
 }
 
+/// Bind the length symbols of a graph's (or kernel program's) `declared`
+/// inputs from the supplied inputs: a declared dim that is a lone symbol
+/// binds it; every other dim (constants, `past+seq`) is checked once all are
+/// bound. Every declared input must be supplied exactly once, with its dtype
+/// and rank.
 pub(crate) fn bind_inputs(
     graph: &str,
     declared: &[(&str, &TensorType)],

@@ -519,17 +519,7 @@ impl<'m> Session<'m> {
         let (enc, inputs) = self.model.encoder_inputs(&[tokens])?;
         let is_cross = |n: &str| n.starts_with("cross.");
         let (_, kept) = self.model.run_part_with(0, enc, &inputs, &[], &is_cross)?;
-        let mut kept: BTreeMap<String, Cached> = kept.into_iter().collect();
-        let dec = self.decoder()?;
-        let layers = count_layers(dec);
-        let mut kv = Vec::with_capacity(layers);
-        for i in 0..layers {
-            let mut take = |name: String| {
-                kept.remove(&name)
-                    .ok_or_else(|| RuntimeError::Graph(format!("encoder produced no `{name}`")))
-            };
-            kv.push((take(format!("cross.{i}.k"))?, take(format!("cross.{i}.v"))?));
-        }
+        let kv = kv_pairs(kept, "cross", count_layers(self.decoder()?))?;
         self.cross = Some((kv, tokens.len()));
         Ok(())
     }
@@ -661,20 +651,7 @@ impl<'m> Session<'m> {
         let (out, kept) = self
             .model
             .run_part_with(1, g, &inputs, &state, &is_present)?;
-        let mut kept: BTreeMap<String, Cached> = kept.into_iter().collect();
-        let mut present = Vec::with_capacity(layers);
-        for i in 0..layers {
-            let mut take = |name: String| {
-                kept.remove(&name).ok_or_else(|| {
-                    RuntimeError::Graph(format!("graph produced no output `{name}`"))
-                })
-            };
-            present.push((
-                take(format!("present.{i}.k"))?,
-                take(format!("present.{i}.v"))?,
-            ));
-        }
-        self.cache = present;
+        self.cache = kv_pairs(kept, "present", layers)?;
         self.mask = new_mask;
         self.past = total;
         Ok(out)
@@ -809,6 +786,28 @@ fn count_layers(g: &Graph) -> usize {
         .iter()
         .filter(|(n, _)| n.starts_with("present.") && n.ends_with(".k"))
         .count()
+}
+
+/// `({prefix}.{i}.k, {prefix}.{i}.v)` for each of `layers` blocks, from a
+/// run's kept outputs.
+fn kv_pairs(
+    kept: Vec<(String, Cached)>,
+    prefix: &str,
+    layers: usize,
+) -> Result<Vec<(Cached, Cached)>> {
+    let mut kept: BTreeMap<String, Cached> = kept.into_iter().collect();
+    let mut take = |name: String| {
+        kept.remove(&name)
+            .ok_or_else(|| RuntimeError::Graph(format!("graph produced no output `{name}`")))
+    };
+    (0..layers)
+        .map(|i| {
+            Ok((
+                take(format!("{prefix}.{i}.k"))?,
+                take(format!("{prefix}.{i}.v"))?,
+            ))
+        })
+        .collect()
 }
 
 /// `(kv_heads, head_dim)` of block `i`'s cache, from the `past.{i}.k` input.

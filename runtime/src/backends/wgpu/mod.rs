@@ -27,8 +27,7 @@
 //!   error scopes and returned as [`RuntimeError`]s, never panics.
 
 use crate::error::{Result, RuntimeError};
-use crate::interpreter::metas;
-use crate::interpreter::{NamedTensor, Outputs};
+use crate::interpreter::{NamedTensor, Outputs, metas};
 use crate::kernel_exec::{bind_meta, const_data, param_or_join};
 use crate::tensor::{Tensor, TensorData};
 use crate::weights::Weights;
@@ -414,6 +413,17 @@ impl WgpuGraph {
             s.eval(&lookup)
                 .ok_or_else(|| err(format!("`{}`: unbound size {s}", p.name)))
         };
+        // A buffer's shape at this run's lengths.
+        let shape_of = |id: usize| {
+            p.buffers[id]
+                .shape
+                .iter()
+                .map(|d| {
+                    d.eval(&lookup)
+                        .ok_or_else(|| err(format!("unbound dim {d}")))
+                })
+                .collect::<Result<Vec<usize>>>()
+        };
         let gpu = &*self.gpu;
         let dev = &gpu.device;
         let limit = gpu.max_binding_bytes();
@@ -627,14 +637,7 @@ impl WgpuGraph {
                 continue;
             }
             let b = &p.buffers[*id];
-            let shape = b
-                .shape
-                .iter()
-                .map(|d| {
-                    d.eval(&lookup)
-                        .ok_or_else(|| err(format!("unbound dim {d}")))
-                })
-                .collect::<Result<Vec<usize>>>()?;
+            let shape = shape_of(*id)?;
             let buf = if matches!(b.kind, BufferKind::Output) && !taken[*id] {
                 taken[*id] = true;
                 st.io[*id].as_ref().expect("allocated").0.clone()
@@ -686,17 +689,8 @@ impl WgpuGraph {
                 .map_err(|e| err(format!("`{}`: wgpu read-back: {e}", p.name)))?;
             let read = p.outputs.iter().filter(|(name, _)| !keep(name));
             for ((name, id), &(_, at, n)) in read.zip(&reads) {
-                let b = &p.buffers[*id];
-                let shape = b
-                    .shape
-                    .iter()
-                    .map(|d| {
-                        d.eval(&lookup)
-                            .ok_or_else(|| err(format!("unbound dim {d}")))
-                    })
-                    .collect::<Result<Vec<usize>>>()?;
-                let data = download(&view[at as usize..(at + n) as usize], b.dtype);
-                entries.push((name.clone(), Tensor::new(shape, data)?));
+                let data = download(&view[at as usize..(at + n) as usize], p.buffers[*id].dtype);
+                entries.push((name.clone(), Tensor::new(shape_of(*id)?, data)?));
             }
         }
         staging.unmap();
