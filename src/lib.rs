@@ -107,7 +107,7 @@ pub struct Options {
     pub opt_level: u8,
     /// Graph passes (`simplify`, `const-fold`, `cse`, `merge-projections`,
     /// `dce`) or kernel rewrites (`attention`, `write-through`,
-    /// `moe-dispatch`) to skip by name, like `kiln compile --disable-pass`.
+    /// `moe-dispatch`, `append-cache`) to skip by name, like `kiln compile --disable-pass`.
     pub disabled_passes: Vec<String>,
 }
 

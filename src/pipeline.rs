@@ -109,7 +109,7 @@ pub fn fuse(lowered: &Lowered, origin: &Path) -> Result<Vec<KernelProgram>, Erro
 }
 
 /// [`fuse`] without the kernel rewrites `opts.disabled_passes` names
-/// (`attention`, `write-through`, `moe-dispatch`).
+/// (`attention`, `write-through`, `moe-dispatch`, `append-cache`).
 ///
 /// ```
 /// let origin = std::path::Path::new("x.toml");

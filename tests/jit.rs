@@ -375,3 +375,73 @@ fn steps_over_the_memory_budget_are_refused() {
     model.set_memory_budget(None);
     model.session().forward_batch(&rows).unwrap();
 }
+
+/// The JIT appends each step's keys and values to the session's cache in
+/// place (growing its storage by doubling). Every tiny decoder, prefill
+/// of a padded batch and then decode steps across two growths, gives the
+/// reference session's logits and, at the end, its cache.
+#[test]
+fn sessions_append_to_the_cache_in_place() {
+    use kiln_runtime::Backend;
+    use kiln_runtime::session::Model;
+    for path in tiny_specs() {
+        let what = path.display().to_string();
+        let lowered = lower(&spec::load(&path).unwrap()).unwrap();
+        if lowered.decoder.is_none() {
+            continue;
+        }
+        let encdec = lowered.encoder.is_some() && lowered.decoder.is_some();
+        let reference = Model::random(lowered.clone(), 5).unwrap();
+        let jit = Model::random(lowered, 5)
+            .unwrap()
+            .compile(Backend::Jit)
+            .unwrap();
+        let (mut r, mut j) = (reference.session(), jit.session());
+        let rows: Vec<&[i32]> = if encdec {
+            r.set_source(&[4, 5, 6]).unwrap();
+            j.set_source(&[4, 5, 6]).unwrap();
+            vec![&[1, 2, 3]]
+        } else {
+            vec![&[1, 2, 3], &[4, 5, 6, 7, 8]]
+        };
+        let mut feed: Vec<Vec<i32>> = rows.iter().map(|r| r.to_vec()).collect();
+        for step in 0..36 {
+            let fed: Vec<&[i32]> = feed.iter().map(Vec::as_slice).collect();
+            let want = r.forward_batch(&fed).unwrap()["logits"].to_f32_vec();
+            let got = j.forward_batch(&fed).unwrap()["logits"].to_f32_vec();
+            let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
+            let d = want
+                .iter()
+                .zip(&got)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                d <= REL_TOL * scale,
+                "{what}: step {step}: logits differ by {d:e}"
+            );
+            feed = (0..feed.len())
+                .map(|i| vec![(step * 7 + i as i32 * 3) % 50 + 1])
+                .collect();
+        }
+        assert_eq!(r.cache_capacity(), None, "{what}");
+        // 5 + 35 tokens: storage of 16 rows grew to 32, then to 64.
+        assert_eq!(j.cache_capacity(), Some(64), "{what}");
+        assert_eq!(j.past_len(), r.past_len(), "{what}");
+        for layer in 0..2 {
+            let (wk, wv) = r.cached_kv(layer).unwrap();
+            let (gk, gv) = j.cached_kv(layer).unwrap();
+            assert_eq!(wk.shape(), gk.shape(), "{what}");
+            for (w, g) in [(wk, gk), (wv, gv)] {
+                let (w, g) = (w.to_f32_vec(), g.to_f32_vec());
+                let scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
+                let d = w
+                    .iter()
+                    .zip(&g)
+                    .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    d <= REL_TOL * scale,
+                    "{what}: block {layer} cache differs by {d:e}"
+                );
+            }
+        }
+    }
+}

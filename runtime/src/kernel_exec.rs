@@ -12,7 +12,7 @@ use crate::tensor::{Tensor, TensorData};
 use crate::weights::Weights;
 use kiln_compiler::ir::scalar::{self, nan_max};
 use kiln_compiler::ir::{BinaryOp, DType, ReduceOp, TensorType, UnaryOp};
-use kiln_compiler::kernel::{Body, BufferKind, Inst, Kernel, KernelProgram, Size, View};
+use kiln_compiler::kernel::{Body, BufferKind, CAPACITY, Inst, Kernel, KernelProgram, Size, View};
 
 /// The named results of a kernel-program run, in the graph's output order.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -85,7 +85,22 @@ pub(crate) fn bind_meta(p: &KernelProgram, inputs: &[InputMeta<'_>]) -> Result<B
         })
         .collect();
     let declared: Vec<(&str, &TensorType)> = types.iter().map(|(n, t)| (*n, t)).collect();
-    bind_inputs(&p.name, &declared, inputs)
+    let mut env = bind_inputs(&p.name, &declared, inputs)?;
+    bind_capacity(p, &mut env)?;
+    Ok(env)
+}
+
+/// Give appendable caches exactly the rows in use (row-major storage), for
+/// a run that does not keep them between runs.
+pub(crate) fn bind_capacity(p: &KernelProgram, env: &mut Bindings) -> Result<()> {
+    let Some((b, a)) = p.buffers.iter().find_map(|b| b.capacity.map(|a| (b, a))) else {
+        return Ok(());
+    };
+    let rows = b.shape[a]
+        .eval(&|s: &str| env.get(s).copied())
+        .ok_or_else(|| err(format!("`{}`: unbound rows of `{}`", p.name, b.name)))?;
+    env.insert(CAPACITY.to_string(), rows);
+    Ok(())
 }
 
 struct Exec<'a> {

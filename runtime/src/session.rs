@@ -5,7 +5,7 @@
 //! feeds only the new tokens each step.
 
 use crate::backends::Backend;
-use crate::backends::jit::JitGraph;
+use crate::backends::jit::{AppendStore, JitGraph};
 use crate::interpreter::NamedTensor;
 use crate::kernel_exec::{join_rows, split_rows};
 pub use crate::sampling::argmax;
@@ -286,6 +286,22 @@ impl Model {
         Ok(())
     }
 
+    /// The decoder's JIT code when it appends to every cache in place (so a
+    /// session keeps [`AppendStore`]s, not tensors passed in and out).
+    fn appending_jit(&self, g: &Graph) -> Option<&JitGraph> {
+        #[cfg(feature = "wgpu")]
+        if self.gpu[1].is_some() {
+            return None;
+        }
+        let j = self.jit[1].as_ref()?;
+        let presents = g
+            .outputs
+            .iter()
+            .filter(|(n, _)| n.starts_with("present."))
+            .count();
+        (presents > 0 && j.appendable().len() == presents).then_some(j)
+    }
+
     /// The JIT code of the encoder (0) or decoder (1) graph, if compiled.
     pub fn jit_graph(&self, part: usize) -> Option<&JitGraph> {
         self.jit.get(part).and_then(Option::as_ref)
@@ -354,6 +370,7 @@ impl Model {
         Session {
             model: self,
             cache: Vec::new(),
+            stores: BTreeMap::new(),
             past: 0,
             mask: Vec::new(),
             cross: None,
@@ -460,6 +477,9 @@ pub struct Session<'m> {
     model: &'m Model,
     /// `(k, v)` per decoder block, `[batch, kv_heads, past, head_dim]`.
     cache: Vec<(Cached, Cached)>,
+    /// On the JIT, the KV cache instead: by `present` output name, storage
+    /// with spare rows that each step appends to in place.
+    stores: BTreeMap<String, AppendStore>,
     past: usize,
     /// Per row, 1 for each real cached token and 0 for left padding.
     mask: Vec<Vec<i32>>,
@@ -527,6 +547,21 @@ impl<'m> Session<'m> {
     /// Block `layer`'s cached `(k, v)`, `[batch, kv_heads, past, head_dim]`,
     /// as host tensors (read back from the device on the GPU backend).
     pub fn cached_kv(&self, layer: usize) -> Result<(Tensor, Tensor)> {
+        if !self.stores.is_empty() {
+            let get = |kv: &str| {
+                let name = format!("present.{layer}.{kv}");
+                self.stores
+                    .get(&name)
+                    .ok_or_else(|| {
+                        RuntimeError::Graph(format!(
+                            "no cache for block {layer} ({} cached tensors)",
+                            self.stores.len()
+                        ))
+                    })?
+                    .to_tensor()
+            };
+            return Ok((get("k")?, get("v")?));
+        }
         let (k, v) = self.cache.get(layer).ok_or_else(|| {
             RuntimeError::Graph(format!(
                 "no cache for block {layer} ({} cached blocks)",
@@ -534,6 +569,13 @@ impl<'m> Session<'m> {
             ))
         })?;
         Ok((k.to_host()?, v.to_host()?))
+    }
+
+    /// Rows of cache storage per block when the JIT appends to the cache in
+    /// place (grown by doubling, up to `max_positions`); `None` when each
+    /// step passes the whole cache in and gets it back (other backends).
+    pub fn cache_capacity(&self) -> Option<usize> {
+        self.stores.values().map(AppendStore::capacity).min()
     }
 
     /// Whether the KV cache (and an encoder-decoder's cross K/V) lives in
@@ -593,17 +635,30 @@ impl<'m> Session<'m> {
         let src = self.cross.as_ref().map_or(0, |(_, s)| *s);
         self.model.check_budget(1, batch, n, self.past, src)?;
         let layers = count_layers(g);
+        let appending = self.model.appending_jit(g);
+        let total = self.past + n;
+        let max = self.model.lowered.max_positions;
         if self.past == 0 {
             // The first step fixes the batch (again, if an earlier first
             // step failed).
             self.cache.clear();
-            for i in 0..layers {
-                let (kvh, hd) = cache_dims(g, i)?;
-                let empty = Tensor::zeros(DType::F32, &[batch, kvh, 0, hd]);
-                self.cache
-                    .push((Cached::Host(empty.clone()), Cached::Host(empty)));
-            }
+            self.stores.clear();
             self.mask = vec![Vec::new(); batch];
+            match appending {
+                Some(j) => {
+                    let lengths = BTreeMap::from([("batch".to_string(), batch)]);
+                    let room = total.next_power_of_two().max(16).min(max).max(total);
+                    self.stores = j.empty_stores(&lengths, room)?;
+                }
+                None => {
+                    for i in 0..layers {
+                        let (kvh, hd) = cache_dims(g, i)?;
+                        let empty = Tensor::zeros(DType::F32, &[batch, kvh, 0, hd]);
+                        self.cache
+                            .push((Cached::Host(empty.clone()), Cached::Host(empty)));
+                    }
+                }
+            }
         }
         // Nothing in `self` changes until the step has succeeded, so a
         // failed call leaves the session as it was.
@@ -635,7 +690,6 @@ impl<'m> Session<'m> {
             m.extend(std::iter::repeat_n(0, pad));
             m.extend(std::iter::repeat_n(1, r.len()));
         }
-        let total = self.past + n;
         let mask: Vec<i32> = new_mask.iter().flatten().copied().collect();
         let mut inputs = vec![
             ("tokens".to_string(), Tensor::from_i32(&[batch, n], tokens)?),
@@ -645,6 +699,31 @@ impl<'m> Session<'m> {
             ),
         ];
         inputs.extend(encoder_mask.map(|m| ("encoder_mask".to_string(), m)));
+        if let Some(j) = appending {
+            // Growing keeps the rows in use, and a step writes only past
+            // them, so a failed step still changes nothing the session sees.
+            let room = self
+                .stores
+                .values()
+                .map(AppendStore::capacity)
+                .min()
+                .unwrap_or(0);
+            if room < total {
+                let grown = (2 * room).min(max).max(total);
+                for st in self.stores.values_mut() {
+                    st.reserve(grown)?;
+                }
+            }
+            let mut pairs: Vec<(&str, &Tensor)> =
+                inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            for (name, c) in &state {
+                pairs.push((name, c.host()?));
+            }
+            let out = j.run_appending(&self.model.weights, pairs, &mut self.stores)?;
+            self.mask = new_mask;
+            self.past = total;
+            return Ok(out);
+        }
         // The cache is borrowed by the step; only on success do the
         // `present` outputs replace it, so a failed call changes nothing.
         let is_present = |n: &str| n.starts_with("present.");

@@ -26,7 +26,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     opt_level: u8,
     /// Skip a graph pass or kernel rewrite by name (repeatable), e.g. to bisect a miscompile:
-    /// simplify, const-fold, cse, merge-projections, dce; attention, write-through, moe-dispatch.
+    /// simplify, const-fold, cse, merge-projections, dce; attention, write-through, moe-dispatch, append-cache.
     #[arg(long = "disable-pass", value_name = "NAME")]
     disable_pass: Vec<String>,
 }

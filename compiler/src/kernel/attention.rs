@@ -11,7 +11,7 @@
 //! followed by `X`. The `m × keys` buffers disappear, and a backend can
 //! stream over key blocks with an online softmax.
 
-use super::{Body, BufId, BufferKind, Epilogue, Inst, Kernel, KernelProgram, View, row_major};
+use super::{Body, BufId, BufferKind, Epilogue, Inst, Kernel, KernelProgram, View};
 use crate::ir::{Dim, ReduceOp};
 
 /// Rewrite every attention triple of `p`; returns how many were rewritten.
@@ -68,7 +68,7 @@ fn whole(p: &KernelProgram, v: &View, dims: &[Dim]) -> bool {
             &View {
                 buf: v.buf,
                 offset: super::Size::zero(),
-                strides: row_major(&b.shape),
+                strides: b.strides(),
             },
             dims,
         )

@@ -55,6 +55,9 @@ enum Fail {
     /// Every node one pass found it had to materialise (so a graph with
     /// many such nodes takes a few passes, not one per node).
     MaterialiseAll(Vec<NodeId>),
+    /// Give this appendable output contiguous storage and fuse again (a
+    /// reshape reads it through flat addresses).
+    Contiguous(NodeId),
     Error(FuseError),
 }
 
@@ -73,19 +76,28 @@ pub fn fuse(graph: &Graph) -> Result<KernelProgram, FuseError> {
 
 /// [`fuse`] with some kernel rewrites disabled.
 pub fn fuse_with(graph: &Graph, opts: &FuseOptions) -> Result<KernelProgram, FuseError> {
-    let mut p = fuse_only(graph)?;
+    let mut p = fuse_only(graph, !opts.disabled.contains("append-cache"))?;
     super::rewrite::run(&mut p, &opts.disabled);
     p.plan = BufferPlan::plan(&p.buffers, &p.kernels);
     Ok(p)
 }
 
-fn fuse_only(graph: &Graph) -> Result<KernelProgram, FuseError> {
+fn fuse_only(graph: &Graph, appendable: bool) -> Result<KernelProgram, FuseError> {
     let mut forced = BTreeSet::new();
+    let mut contiguous = BTreeSet::new();
     loop {
-        let f = Fuser::new(graph, &forced);
+        let mut f = Fuser::new(graph, &forced);
+        if appendable {
+            f.appendable = Some(contiguous.clone());
+        }
         match f.run() {
             Ok(p) => return Ok(p),
             Err(Fail::Error(e)) => return Err(e),
+            Err(Fail::Contiguous(n)) => {
+                if !contiguous.insert(n) {
+                    return Err(stuck(graph, n));
+                }
+            }
             Err(Fail::Materialise(n)) => {
                 if !forced.insert(n) {
                     return Err(stuck(graph, n));
@@ -212,6 +224,9 @@ struct Fuser<'g> {
     buf_of: HashMap<NodeId, BufId>,
     kernels: Vec<Kernel>,
     joined: BTreeMap<String, Vec<(String, usize)>>,
+    /// When set, `concat(input, new)` outputs get a capacity axis (spare
+    /// rows for appending in place), except the nodes in the set.
+    appendable: Option<BTreeSet<NodeId>>,
 }
 
 /// A kernel under construction: shared loads and reduction stages.
@@ -433,6 +448,7 @@ impl<'g> Fuser<'g> {
             buf_of: HashMap::new(),
             kernels: Vec::new(),
             joined: BTreeMap::new(),
+            appendable: None,
         }
     }
 
@@ -494,6 +510,7 @@ impl<'g> Fuser<'g> {
                     dtype: ty.dtype,
                     shape: ty.shape.clone(),
                     kind: BufferKind::Output,
+                    capacity: None,
                 });
                 let nb = self.buffers.len() - 1;
                 let rank = ty.rank();
@@ -518,6 +535,7 @@ impl<'g> Fuser<'g> {
             plan,
             graph_nodes: g.node_count(),
             joined: self.joined,
+            appends: Vec::new(),
         })
     }
 
@@ -570,11 +588,25 @@ impl<'g> Fuser<'g> {
                 BufferKind::Temp,
             ),
         };
+        let capacity = match (&kind, &node.op) {
+            (BufferKind::Output, Op::Concat { axis })
+                if self
+                    .appendable
+                    .as_ref()
+                    .is_some_and(|not| !not.contains(&n))
+                    && matches!(self.g.inputs(n)[..], [past, _]
+                        if matches!(self.g.node(past).op, Op::Input { .. })) =>
+            {
+                Some(*axis)
+            }
+            _ => None,
+        };
         self.buffers.push(Buffer {
             name,
             dtype: node.ty.dtype,
             shape: node.ty.shape.clone(),
             kind,
+            capacity,
         });
         let b = self.buffers.len() - 1;
         self.buf_of.insert(n, b);
@@ -592,7 +624,7 @@ impl<'g> Fuser<'g> {
     /// A view of materialised node `n` through `map`.
     fn view(&mut self, n: NodeId, map: &Map) -> View {
         let b = self.buffer(n);
-        let rs = row_major(&self.g.ty(n).shape);
+        let rs = self.buffers[b].strides();
         let r = map.rows.first().map_or(0, Vec::len);
         let mut strides = vec![Size::zero(); r];
         let mut offset = Size::zero();
@@ -655,8 +687,12 @@ impl<'g> Fuser<'g> {
                 _ => return Err(Fail::Materialise(x)),
             }
         }
+        let buf = self.buffer(x);
+        if self.buffers[buf].capacity.is_some() {
+            return Err(Fail::Contiguous(x));
+        }
         Ok(View {
-            buf: self.buffer(x),
+            buf,
             offset,
             strides,
         })

@@ -15,6 +15,7 @@
 //! composites in them, such as attention (score Gemm, softmax RowReduce, PV
 //! Gemm) becoming one streaming [`Kernel::Attention`].
 
+mod append;
 mod attention;
 mod fuse;
 mod moe_dispatch;
@@ -58,10 +59,15 @@ pub struct Buffer {
     pub name: String,
     /// Element type.
     pub dtype: DType,
-    /// Row-major, contiguous.
+    /// The logical shape.
     pub shape: Shape,
     /// Where its contents come from.
     pub kind: BufferKind,
+    /// A cache appended to in place: its storage holds `capacity` rows along
+    /// `axis` (the [`CAPACITY`] symbol), of which the shape's extent are in
+    /// use. Strides follow the storage, so a later run can append rows
+    /// without moving the earlier ones. `None`: row-major over `shape`.
+    pub capacity: Option<usize>,
 }
 
 impl Buffer {
@@ -77,10 +83,48 @@ impl Buffer {
         self.numel().scale(dtype_bytes(self.dtype))
     }
 
-    /// Row-major strides of the buffer's shape.
-    pub fn strides(&self) -> Vec<Size> {
-        row_major(&self.shape)
+    /// The shape of the storage: `shape` with the [`CAPACITY`] extent
+    /// along the capacity axis, if any.
+    pub fn storage_shape(&self) -> Shape {
+        let mut s = self.shape.clone();
+        if let Some(a) = self.capacity {
+            s[a] = Dim::sym(CAPACITY);
+        }
+        s
     }
+
+    /// Elements of the storage (the run binds [`CAPACITY`]).
+    pub fn storage_numel(&self) -> Size {
+        self.storage_shape()
+            .iter()
+            .fold(Size::one(), |acc, d| &acc * &Size::from_dim(d))
+    }
+
+    /// Row-major strides of the storage.
+    pub fn strides(&self) -> Vec<Size> {
+        row_major(&self.storage_shape())
+    }
+}
+
+/// The length symbol of an appendable cache's storage rows. A runtime that
+/// does not keep caches between runs binds it to the rows in use, so the
+/// storage is row-major over the shape.
+pub const CAPACITY: &str = "capacity";
+
+/// A graph output that is a graph input with rows appended along `axis`
+/// (`present = concat(past, new)`): a runtime may give `present` the storage
+/// of the previous run's `present`, whose first rows already hold `past`,
+/// and skip kernel `copy`, which copies `past` there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Append {
+    /// The input appended to (only `copy` reads it).
+    pub past: BufId,
+    /// The output it becomes (has a capacity along `axis`).
+    pub present: BufId,
+    /// The axis rows are appended along.
+    pub axis: usize,
+    /// The kernel copying `past` into the first rows of `present`.
+    pub copy: usize,
 }
 
 /// Bytes per element of `d` (bool is one byte).
@@ -413,6 +457,9 @@ pub struct KernelProgram {
     /// the parts and their rows, in order. A runtime builds each once from
     /// the parts, or on the fly when the weights lack it.
     pub joined: BTreeMap<String, Vec<(String, usize)>>,
+    /// Caches a runtime may append to in place (found by the `append-cache`
+    /// rewrite, empty when it is disabled).
+    pub appends: Vec<Append>,
 }
 
 impl KernelProgram {

@@ -156,6 +156,7 @@ fn rewrite(p: &mut KernelProgram, d: usize) -> Option<usize> {
         dtype: DType::F32,
         shape: domain.clone(),
         kind: BufferKind::Temp,
+        capacity: None,
     });
     let gate_view = View {
         buf: gate_buf,

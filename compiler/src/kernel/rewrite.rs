@@ -8,12 +8,13 @@
 //! | `attention` | score Gemm + softmax RowReduce + PV Gemm → one streaming [`Kernel::Attention`](super::Kernel::Attention) (same rounding as the three) |
 //! | `write-through` | a kernel whose output is only copied elsewhere writes to the copy's destination (exact) |
 //! | `moe-dispatch` | expert Gemms compute only the rows (tokens) whose gate for that expert is non-zero (exact for finite values) |
+//! | `append-cache` | a `present = concat(past, new)` output gets storage with spare rows, so a runtime that keeps it between runs appends `new` in place instead of copying `past` (exact) |
 
 use super::KernelProgram;
 use std::collections::BTreeSet;
 
 /// Every kernel rewrite, in the order they run.
-pub const REWRITE_NAMES: [&str; 3] = ["attention", "write-through", "moe-dispatch"];
+pub const REWRITE_NAMES: [&str; 4] = ["attention", "write-through", "moe-dispatch", "append-cache"];
 
 /// Run the rewrites not in `disabled`; returns `(name, rewrites applied)`.
 /// The caller re-plans memory afterwards.
@@ -27,6 +28,7 @@ pub fn run(p: &mut KernelProgram, disabled: &BTreeSet<String>) -> Vec<(&'static 
             "attention" => super::attention::fuse_attention(p),
             "write-through" => super::write_through::write_through(p),
             "moe-dispatch" => super::moe_dispatch::dispatch(p),
+            "append-cache" => super::append::find_appends(p),
             _ => unreachable!("every name is handled"),
         };
         done.push((name, n));

@@ -70,7 +70,23 @@ pub fn to_text(p: &KernelProgram) -> String {
             },
             BufferKind::Const(v) => format!("const {} ({} values)", b.name, v.len()),
         };
-        let _ = writeln!(out, "  b{i} = {kind} : {}{}", b.dtype, shape(&b.shape));
+        let storage = match b.capacity {
+            Some(_) => format!(" in {}", shape(&b.storage_shape())),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "  b{i} = {kind} : {}{}{storage}",
+            b.dtype,
+            shape(&b.shape)
+        );
+    }
+    for a in &p.appends {
+        let _ = writeln!(
+            out,
+            "  append b{} -> b{} along axis {} (k{} copies the old rows)",
+            a.past, a.present, a.axis, a.copy
+        );
     }
     for (i, k) in p.kernels.iter().enumerate() {
         match k {

@@ -13,6 +13,7 @@ fn program(n: usize, body: Body, out_dtype: DType, in_dtype: DType) -> KernelPro
         dtype,
         shape: vec![Dim::c(n)],
         kind,
+        capacity: None,
     };
     let view = |b| View {
         buf: b,
@@ -37,6 +38,7 @@ fn program(n: usize, body: Body, out_dtype: DType, in_dtype: DType) -> KernelPro
         plan: BufferPlan::default(),
         graph_nodes: 0,
         joined: Default::default(),
+        appends: Vec::new(),
     }
 }
 
@@ -243,6 +245,7 @@ fn products_with_a_non_f32_output_are_rejected() {
         dtype,
         shape: vec![Dim::c(2), Dim::c(2)],
         kind,
+        capacity: None,
     };
     let view = |b| View {
         buf: b,
@@ -272,6 +275,7 @@ fn products_with_a_non_f32_output_are_rejected() {
         plan: BufferPlan::default(),
         graph_nodes: 0,
         joined: Default::default(),
+        appends: Vec::new(),
     };
     let e = compile(&p, Options::default()).unwrap_err().to_string();
     assert!(e.contains("f32 only"), "{e}");

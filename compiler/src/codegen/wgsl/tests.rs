@@ -90,6 +90,7 @@ fn buf(name: &str, dtype: DType, shape: Vec<Dim>, kind: BufferKind) -> Buffer {
         dtype,
         shape,
         kind,
+        capacity: None,
     }
 }
 

@@ -8,13 +8,13 @@
 
 use crate::error::{Result, RuntimeError};
 use crate::interpreter::{NamedTensor, Outputs};
-use crate::kernel_exec::{bind, const_data, param_or_join};
+use crate::kernel_exec::{bind, bind_meta, const_data, param_or_join};
 use crate::tensor::{Tensor, TensorData};
 use crate::weights::Weights;
 use kiln_compiler::codegen::cranelift::{self as clif, CpuProgram, KernelFn};
 use kiln_compiler::ir::{DType, Dim, Graph};
 use kiln_compiler::kernel::{
-    BufferKind, FuseOptions, Kernel, KernelProgram, Size, View, fuse_with,
+    BufferKind, CAPACITY, FuseOptions, Kernel, KernelProgram, Size, View, fuse_with,
 };
 use kiln_compiler::passes::default_pipeline;
 use rayon::prelude::*;
@@ -240,6 +240,7 @@ impl JitGraph {
                 dtype: p.buffers[src].dtype,
                 shape: shape.clone(),
                 kind: BufferKind::Param(stored_as.to_string()),
+                capacity: None,
             });
             p.plan.slot_of.push(None);
             self.consts.push(None);
@@ -286,9 +287,143 @@ impl JitGraph {
     ) -> Result<Outputs> {
         let inputs: Vec<N> = inputs.into_iter().collect();
         let pairs: Vec<(&str, &Tensor)> = inputs.iter().map(|i| (i.name(), i.tensor())).collect();
+        let env = bind(&self.program, &pairs)?;
+        self.execute(weights, &pairs, env, &mut BTreeMap::new())
+    }
+
+    /// The caches this program can append to in place, as `(past input,
+    /// present output)` names; empty when the `append-cache` rewrite is off.
+    pub fn appendable(&self) -> Vec<(String, String)> {
         let p = &self.program;
-        let env = bind(p, &pairs)?;
+        p.appends
+            .iter()
+            .filter_map(|a| {
+                let BufferKind::Input(past) = &p.buffers[a.past].kind else {
+                    return None;
+                };
+                let present = p.outputs.iter().find(|(_, id)| *id == a.present)?;
+                Some((past.clone(), present.0.clone()))
+            })
+            .collect()
+    }
+
+    /// An empty store for each [`JitGraph::appendable`] cache, by present
+    /// output name: the past input's shape at `lengths` with no rows along
+    /// the append axis, and room for `capacity` rows.
+    pub fn empty_stores(
+        &self,
+        lengths: &crate::interpreter::Bindings,
+        capacity: usize,
+    ) -> Result<BTreeMap<String, AppendStore>> {
+        let p = &self.program;
+        let mut stores = BTreeMap::new();
+        for a in &p.appends {
+            let Some((name, _)) = p.outputs.iter().find(|(_, id)| *id == a.present) else {
+                continue;
+            };
+            let b = &p.buffers[a.past];
+            let mut shape = Vec::with_capacity(b.shape.len());
+            for (i, d) in b.shape.iter().enumerate() {
+                shape.push(if i == a.axis {
+                    0
+                } else {
+                    d.eval(&|s: &str| lengths.get(s).copied()).ok_or_else(|| {
+                        err(format!("`{}`: unbound dim {d} of `{}`", p.name, b.name))
+                    })?
+                });
+            }
+            stores.insert(name.clone(), AppendStore::new(&shape, a.axis, capacity)?);
+        }
+        Ok(stores)
+    }
+
+    /// [`JitGraph::run`] with the [`JitGraph::appendable`] caches kept in
+    /// `stores` (by present output name) instead of passed and returned:
+    /// each run appends its new rows to its store in place, so a decode step
+    /// costs O(new rows), not O(cache). `inputs` omits those past inputs, the
+    /// outputs omit those presents. Every store must have the same capacity,
+    /// at least the rows after the run ([`AppendStore::reserve`]). A store
+    /// changes only past its rows in use until the run has succeeded.
+    pub fn run_appending<N: NamedTensor>(
+        &self,
+        weights: &Weights,
+        inputs: impl IntoIterator<Item = N>,
+        stores: &mut BTreeMap<String, AppendStore>,
+    ) -> Result<Outputs> {
+        let inputs: Vec<N> = inputs.into_iter().collect();
+        let pairs: Vec<(&str, &Tensor)> = inputs.iter().map(|i| (i.name(), i.tensor())).collect();
+        let p = &self.program;
+        let mut metas: Vec<(&str, DType, &[usize])> = pairs
+            .iter()
+            .map(|(n, t)| (*n, t.dtype(), t.shape()))
+            .collect();
+        let names = self.appendable();
+        let mut capacity = None;
+        for (past, present) in &names {
+            let st = stores
+                .get(present)
+                .ok_or_else(|| err(format!("`{}`: no store for the cache `{present}`", p.name)))?;
+            if capacity.is_some_and(|c| c != st.capacity) {
+                return Err(err(format!(
+                    "`{}`: cache stores of different capacities",
+                    p.name
+                )));
+            }
+            capacity = Some(st.capacity);
+            metas.push((past.as_str(), DType::F32, st.shape.as_slice()));
+        }
+        let mut env = bind_meta(p, &metas)?;
+        if let Some(c) = capacity {
+            let need = env.get(CAPACITY).copied().unwrap_or(0);
+            if c < need {
+                return Err(err(format!(
+                    "`{}`: cache stores hold {c} rows, the run needs {need}; reserve first",
+                    p.name
+                )));
+            }
+            env.insert(CAPACITY.to_string(), c);
+        }
+        let out = self.execute(weights, &pairs, env, stores)?;
+        for a in &p.appends {
+            let rows = dims_of(
+                std::slice::from_ref(&p.buffers[a.present].shape[a.axis]),
+                &|s: &str| out.bindings().get(s).copied(),
+            )?[0];
+            if let Some((name, _)) = p.outputs.iter().find(|(_, id)| *id == a.present)
+                && let Some(st) = stores.get_mut(name)
+            {
+                st.shape[a.axis] = rows;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Run at bound lengths `env`; outputs named in `stores` are written
+    /// into (and stay in) their store, and the copies into them are skipped.
+    fn execute(
+        &self,
+        weights: &Weights,
+        pairs: &[(&str, &Tensor)],
+        env: crate::interpreter::Bindings,
+        stores: &mut BTreeMap<String, AppendStore>,
+    ) -> Result<Outputs> {
+        let p = &self.program;
         let lookup = |s: &str| env.get(s).copied();
+        // Appends whose present lives in a store: kernel to skip, buffers to alias.
+        let mut skip = vec![false; p.kernels.len()];
+        let mut stored: Vec<Option<*mut u8>> = vec![None; p.buffers.len()];
+        for a in &p.appends {
+            let Some((name, _)) = p.outputs.iter().find(|(_, id)| *id == a.present) else {
+                continue;
+            };
+            if let Some(st) = stores.get_mut(name) {
+                let ptr = st.data.as_mut_ptr() as *mut u8;
+                skip[a.copy] = true;
+                stored[a.present] = Some(ptr);
+                // Not read (its only reader is the skipped copy).
+                stored[a.past] = Some(ptr);
+            }
+        }
         let eval = |s: &Size| {
             s.eval(&lookup)
                 .ok_or_else(|| err(format!("`{}`: unbound size {s}", p.name)))
@@ -320,6 +455,10 @@ impl JitGraph {
         let mut outputs: Vec<Option<TensorData>> = vec![None; p.buffers.len()];
         let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); p.buffers.len()];
         for (id, b) in p.buffers.iter().enumerate() {
+            if let Some(ptr) = stored[id] {
+                ptrs[id] = ptr;
+                continue;
+            }
             ptrs[id] = match &b.kind {
                 BufferKind::Input(name) => {
                     let (_, t) = pairs
@@ -344,7 +483,7 @@ impl JitGraph {
                     data_ptr(self.consts[id].as_ref().expect("converted at compile"))
                 }
                 BufferKind::Output => {
-                    let n = eval(&b.numel())? as usize;
+                    let n = eval(&b.storage_numel())? as usize;
                     let d = outputs[id].insert(TensorData::zeros(b.dtype, n));
                     data_ptr_mut(d)
                 }
@@ -364,6 +503,9 @@ impl JitGraph {
             .is_some();
         let mut profile = Profile::default();
         for (ki, k) in p.kernels.iter().enumerate() {
+            if skip[ki] {
+                continue;
+            }
             let started = profiling.then(Instant::now);
             let ck = &self.cpu.kernels[ki];
             let sizes: Vec<i64> = ck.sizes.iter().map(&eval).collect::<Result<_>>()?;
@@ -489,6 +631,9 @@ impl JitGraph {
 
         let mut entries = Vec::with_capacity(p.outputs.len());
         for (name, id) in &p.outputs {
+            if stored[*id].is_some() {
+                continue;
+            }
             let shape = dims_of(&p.buffers[*id].shape, &lookup)?;
             let data = match &p.buffers[*id].kind {
                 BufferKind::Output => outputs[*id].take().expect("allocated"),
@@ -501,6 +646,88 @@ impl JitGraph {
             entries.push((name.clone(), Tensor::new(shape, data)?));
         }
         Ok(Outputs::from_parts(entries, env))
+    }
+}
+
+/// An f32 cache tensor that runs append rows to in place
+/// ([`JitGraph::run_appending`]): row-major storage with `capacity` rows
+/// along `axis`, of which `shape[axis]` are in use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppendStore {
+    data: Vec<f32>,
+    shape: Vec<usize>,
+    axis: usize,
+    capacity: usize,
+}
+
+impl AppendStore {
+    /// An empty store: `shape` with no rows in use along `axis`, room for `capacity`.
+    pub fn new(shape: &[usize], axis: usize, capacity: usize) -> Result<AppendStore> {
+        if axis >= shape.len() {
+            return Err(err(format!(
+                "cache axis {axis} of a rank-{} shape",
+                shape.len()
+            )));
+        }
+        let mut st = AppendStore {
+            data: Vec::new(),
+            shape: shape.to_vec(),
+            axis,
+            capacity: 0,
+        };
+        st.shape[axis] = 0;
+        st.reserve(capacity)?;
+        Ok(st)
+    }
+
+    /// The logical shape (rows in use along the axis).
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Rows the storage holds along the axis.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Grow the storage to at least `capacity` rows, keeping the rows in use.
+    pub fn reserve(&mut self, capacity: usize) -> Result<()> {
+        if capacity <= self.capacity {
+            return Ok(());
+        }
+        let (outer, inner) = self.split();
+        let total = outer
+            .checked_mul(capacity)
+            .and_then(|x| x.checked_mul(inner))
+            .ok_or_else(|| err(format!("a cache of {capacity} rows overflows memory")))?;
+        let mut data = vec![0.0f32; total];
+        let used = self.shape[self.axis] * inner;
+        for o in 0..outer {
+            let from = o * self.capacity * inner;
+            data[o * capacity * inner..][..used].copy_from_slice(&self.data[from..from + used]);
+        }
+        self.data = data;
+        self.capacity = capacity;
+        Ok(())
+    }
+
+    /// The rows in use as a contiguous tensor.
+    pub fn to_tensor(&self) -> Result<Tensor> {
+        let (outer, inner) = self.split();
+        let used = self.shape[self.axis] * inner;
+        let mut out = Vec::with_capacity(outer * used);
+        for o in 0..outer {
+            out.extend_from_slice(&self.data[o * self.capacity * inner..][..used]);
+        }
+        Tensor::from_f32(&self.shape, out)
+    }
+
+    /// `(elements before the axis, elements after it)`.
+    fn split(&self) -> (usize, usize) {
+        (
+            self.shape[..self.axis].iter().product(),
+            self.shape[self.axis + 1..].iter().product(),
+        )
     }
 }
 
