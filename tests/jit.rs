@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::inputs::{Lengths, graph_inputs, max_rel_diff_floored, uses_symbol};
+use common::inputs::{
+    Lengths, graph_inputs, max_abs_diff_and_scale, max_rel_diff_floored, uses_symbol,
+};
 use common::random_spec::load_random_spec;
 use common::tiny_specs;
 use kiln_compiler::ir::Graph;
@@ -409,11 +411,7 @@ fn sessions_append_to_the_cache_in_place() {
             let fed: Vec<&[i32]> = feed.iter().map(Vec::as_slice).collect();
             let want = r.forward_batch(&fed).unwrap()["logits"].to_f32_vec();
             let got = j.forward_batch(&fed).unwrap()["logits"].to_f32_vec();
-            let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
-            let d = want
-                .iter()
-                .zip(&got)
-                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            let (d, scale) = max_abs_diff_and_scale(&want, &got);
             assert!(
                 d <= REL_TOL * scale,
                 "{what}: step {step}: logits differ by {d:e}"
@@ -431,12 +429,7 @@ fn sessions_append_to_the_cache_in_place() {
             let (gk, gv) = j.cached_kv(layer).unwrap();
             assert_eq!(wk.shape(), gk.shape(), "{what}");
             for (w, g) in [(wk, gk), (wv, gv)] {
-                let (w, g) = (w.to_f32_vec(), g.to_f32_vec());
-                let scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
-                let d = w
-                    .iter()
-                    .zip(&g)
-                    .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+                let (d, scale) = max_abs_diff_and_scale(&w.to_f32_vec(), &g.to_f32_vec());
                 assert!(
                     d <= REL_TOL * scale,
                     "{what}: block {layer} cache differs by {d:e}"

@@ -11,7 +11,9 @@
 
 mod common;
 
-use common::inputs::{Lengths, graph_inputs, max_rel_diff_floored, uses_symbol};
+use common::inputs::{
+    Lengths, graph_inputs, max_abs_diff_and_scale, max_rel_diff_floored, uses_symbol,
+};
 use common::random_spec::load_random_spec;
 use common::tiny_specs;
 use kiln_compiler::ir::Graph;
@@ -200,12 +202,7 @@ fn sessions_generate_like_the_reference() {
                 let (kb, vb) = b.cached_kv(layers).unwrap();
                 for (x, y) in [(ka, kb), (va, vb)] {
                     assert_eq!(x.shape(), y.shape(), "{name}: block {layers} cache shape");
-                    let (x, y) = (x.to_f32_vec(), y.to_f32_vec());
-                    let scale = x.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-                    let d = x
-                        .iter()
-                        .zip(&y)
-                        .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
+                    let (d, scale) = max_abs_diff_and_scale(&x.to_f32_vec(), &y.to_f32_vec());
                     assert!(
                         d <= REL_TOL * scale,
                         "{name}: block {layers} cache differs by {d:e}"

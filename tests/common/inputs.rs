@@ -104,6 +104,17 @@ pub fn graph_inputs(
     out
 }
 
+/// `(max |a - b|, max(max |a|, 1e-6))` over two tensors' values: the worst
+/// absolute difference and the scale it is judged against.
+pub fn max_abs_diff_and_scale(want: &[f32], got: &[f32]) -> (f32, f32) {
+    let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    let d = want
+        .iter()
+        .zip(got)
+        .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
+    (d, scale)
+}
+
 /// Largest relative difference `|a - b| / max(|a|, |b|)` over two runs'
 /// outputs (0 where both are equal, NaN included). Panics if the outputs
 /// differ in names, dtypes or shapes.

@@ -52,6 +52,9 @@ pub struct JitGraph {
     /// [`JitGraph::use_transposed`] may reuse the number, harmlessly: the
     /// score functions get a private copy of the buffer table).
     scratch: usize,
+    /// `(past input, present output)` names of each of the program's
+    /// appends, in its order.
+    caches: Vec<(String, String)>,
 }
 
 /// Where a run's time went, by kernel kind, summed over runs.
@@ -131,6 +134,21 @@ impl JitGraph {
             .map_err(|e| err(format!("`{}`: code generation: {e}", graph.name)))?;
         let t3 = Instant::now();
         let scratch = clif::attention_scratch(&program);
+        let caches = program
+            .appends
+            .iter()
+            .map(|a| {
+                let name = |id: usize| match &program.buffers[id].kind {
+                    BufferKind::Input(n) => n.clone(),
+                    _ => program
+                        .outputs
+                        .iter()
+                        .find(|(_, o)| *o == id)
+                        .map_or_else(|| program.buffers[id].name.clone(), |(n, _)| n.clone()),
+                };
+                (name(a.past), name(a.present))
+            })
+            .collect();
         let consts = program
             .buffers
             .iter()
@@ -153,6 +171,7 @@ impl JitGraph {
                 profile: Mutex::new(None),
                 arenas: Mutex::new(Vec::new()),
                 scratch,
+                caches,
             },
             times,
         ))
@@ -293,18 +312,8 @@ impl JitGraph {
 
     /// The caches this program can append to in place, as `(past input,
     /// present output)` names; empty when the `append-cache` rewrite is off.
-    pub fn appendable(&self) -> Vec<(String, String)> {
-        let p = &self.program;
-        p.appends
-            .iter()
-            .filter_map(|a| {
-                let BufferKind::Input(past) = &p.buffers[a.past].kind else {
-                    return None;
-                };
-                let present = p.outputs.iter().find(|(_, id)| *id == a.present)?;
-                Some((past.clone(), present.0.clone()))
-            })
-            .collect()
+    pub fn appendable(&self) -> &[(String, String)] {
+        &self.caches
     }
 
     /// An empty store for each [`JitGraph::appendable`] cache, by present
@@ -317,10 +326,7 @@ impl JitGraph {
     ) -> Result<BTreeMap<String, AppendStore>> {
         let p = &self.program;
         let mut stores = BTreeMap::new();
-        for a in &p.appends {
-            let Some((name, _)) = p.outputs.iter().find(|(_, id)| *id == a.present) else {
-                continue;
-            };
+        for (a, (_, name)) in p.appends.iter().zip(&self.caches) {
             let b = &p.buffers[a.past];
             let mut shape = Vec::with_capacity(b.shape.len());
             for (i, d) in b.shape.iter().enumerate() {
@@ -357,9 +363,8 @@ impl JitGraph {
             .iter()
             .map(|(n, t)| (*n, t.dtype(), t.shape()))
             .collect();
-        let names = self.appendable();
         let mut capacity = None;
-        for (past, present) in &names {
+        for (past, present) in &self.caches {
             let st = stores
                 .get(present)
                 .ok_or_else(|| err(format!("`{}`: no store for the cache `{present}`", p.name)))?;
@@ -373,8 +378,9 @@ impl JitGraph {
             metas.push((past.as_str(), DType::F32, st.shape.as_slice()));
         }
         let mut env = bind_meta(p, &metas)?;
+        // The rows every cache holds after the run (bound to the rows in use).
+        let need = env.get(CAPACITY).copied().unwrap_or(0);
         if let Some(c) = capacity {
-            let need = env.get(CAPACITY).copied().unwrap_or(0);
             if c < need {
                 return Err(err(format!(
                     "`{}`: cache stores hold {c} rows, the run needs {need}; reserve first",
@@ -384,15 +390,9 @@ impl JitGraph {
             env.insert(CAPACITY.to_string(), c);
         }
         let out = self.execute(weights, &pairs, env, stores)?;
-        for a in &p.appends {
-            let rows = dims_of(
-                std::slice::from_ref(&p.buffers[a.present].shape[a.axis]),
-                &|s: &str| out.bindings().get(s).copied(),
-            )?[0];
-            if let Some((name, _)) = p.outputs.iter().find(|(_, id)| *id == a.present)
-                && let Some(st) = stores.get_mut(name)
-            {
-                st.shape[a.axis] = rows;
+        for (a, (_, name)) in p.appends.iter().zip(&self.caches) {
+            if let Some(st) = stores.get_mut(name) {
+                st.shape[a.axis] = need;
             }
         }
         Ok(out)
@@ -412,10 +412,7 @@ impl JitGraph {
         // Appends whose present lives in a store: kernel to skip, buffers to alias.
         let mut skip = vec![false; p.kernels.len()];
         let mut stored: Vec<Option<*mut u8>> = vec![None; p.buffers.len()];
-        for a in &p.appends {
-            let Some((name, _)) = p.outputs.iter().find(|(_, id)| *id == a.present) else {
-                continue;
-            };
+        for (a, (_, name)) in p.appends.iter().zip(&self.caches) {
             if let Some(st) = stores.get_mut(name) {
                 let ptr = st.data.as_mut_ptr() as *mut u8;
                 skip[a.copy] = true;
