@@ -369,6 +369,17 @@ fn bench_reports_latency_throughput_and_profile() {
     assert!(v["compile_ms"].as_f64().unwrap() > 0.0);
     assert!(v["matmul_share"].as_f64().unwrap() > 0.0);
     assert!(v["kernel_ms_per_run"]["gemm"].as_f64().unwrap() > 0.0);
+    // Decode appends to the cache in place, so the cache copies never run
+    // and cannot be among the slowest kernels; products report GFLOP/s.
+    let slowest = v["decode_slowest_kernels"].as_array().unwrap();
+    assert_eq!(slowest.len(), 5);
+    for k in slowest {
+        assert_ne!(k["kind"], "copy", "{k}");
+        assert!(k["ms_per_run"].as_f64().unwrap() > 0.0, "{k}");
+        if k["kind"] == "gemm" {
+            assert!(k["gflops"].as_f64().unwrap() > 0.0, "{k}");
+        }
+    }
     let v = json(&[
         "bench",
         "models/tiny/bert-base-uncased.toml",

@@ -398,6 +398,8 @@ fn sessions_append_to_the_cache_in_place() {
             .unwrap()
             .compile(Backend::Jit)
             .unwrap();
+        let decoder = jit.jit_graph(1).unwrap();
+        decoder.enable_profiling();
         let (mut r, mut j) = (reference.session(), jit.session());
         let rows: Vec<&[i32]> = if encdec {
             r.set_source(&[4, 5, 6]).unwrap();
@@ -419,6 +421,21 @@ fn sessions_append_to_the_cache_in_place() {
             feed = (0..feed.len())
                 .map(|i| vec![(step * 7 + i as i32 * 3) % 50 + 1])
                 .collect();
+        }
+        // The profile is indexed by kernel number even though appending
+        // runs skip the cache copies: those get no time, every other
+        // kernel some.
+        let profile = decoder.profile().unwrap();
+        let kernels = &decoder.program().kernels;
+        assert_eq!(profile.by_kernel.len(), kernels.len(), "{what}");
+        let copies: std::collections::BTreeSet<usize> =
+            decoder.program().appends.iter().map(|a| a.copy).collect();
+        for (ki, t) in profile.by_kernel.iter().enumerate() {
+            assert_eq!(
+                t.is_zero(),
+                copies.contains(&ki),
+                "{what}: k{ki} time {t:?}"
+            );
         }
         assert_eq!(r.cache_capacity(), None, "{what}");
         // 5 + 35 tokens: storage of 16 rows grew to 32, then to 64.

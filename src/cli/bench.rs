@@ -201,9 +201,6 @@ pub fn run(a: Args) -> Result<(), String> {
             out["prefill_ms"] = med.into();
             out["prefill_ms_min"] = best.into();
             add_profile(&model, part, &mut out, "");
-            if let Some(j) = model.jit_graph(part) {
-                j.enable_profiling();
-            }
             let steps = a
                 .decode_tokens
                 .min(rs.spec.max_positions.saturating_sub(start.len() + 1));
@@ -212,6 +209,11 @@ pub fn run(a: Args) -> Result<(), String> {
                 let mut s = new_session()?;
                 let o = s.forward(&start).map_err(|e| e.to_string())?;
                 let mut next = last_argmax(&o)?;
+                // The decode profile is of the last run's steps alone (a
+                // restart drops the prefill just done and earlier runs).
+                if let Some(j) = model.jit_graph(part) {
+                    j.enable_profiling();
+                }
                 let t = Instant::now();
                 for _ in 0..steps {
                     let o = s.forward(&[next]).map_err(|e| e.to_string())?;
@@ -257,9 +259,16 @@ fn add_profile(model: &Model, part: usize, out: &mut serde_json::Value, prefix: 
     let Some(p) = model.jit_graph(part).and_then(|j| j.profile()) else {
         return;
     };
+    let program = model.jit_graph(part).map(|j| j.program());
+    let kind = |i: usize| program.map_or("?", |p| p.kernels[i].kind());
     let gemm = p.time("gemm").as_secs_f64();
     if gemm > 0.0 {
-        out[format!("{prefix}matmul_gflops")] = (p.gemm_flops / gemm / 1e9).into();
+        // Attention's products are not in the Gemm kernels' time.
+        let flops: f64 = (p.flops_by_kernel.iter().enumerate())
+            .filter(|(i, _)| kind(*i) == "gemm")
+            .map(|(_, f)| f)
+            .sum();
+        out[format!("{prefix}matmul_gflops")] = (flops / gemm / 1e9).into();
         out[format!("{prefix}matmul_share")] = (gemm / p.total().as_secs_f64().max(1e-12)).into();
     }
     let kinds: serde_json::Map<String, serde_json::Value> = p
@@ -271,16 +280,20 @@ fn add_profile(model: &Model, part: usize, out: &mut serde_json::Value, prefix: 
     // The five slowest kernels (see `kiln compile --emit kernels`).
     let mut ks: Vec<(usize, Duration)> = p.by_kernel.iter().copied().enumerate().collect();
     ks.sort_by_key(|k| std::cmp::Reverse(k.1));
-    let program = model.jit_graph(part).map(|j| j.program());
     let top: Vec<serde_json::Value> = ks
         .iter()
         .take(5)
         .map(|(i, d)| {
-            json!({
+            let mut k = json!({
                 "kernel": format!("k{i}"),
-                "kind": program.map_or("?", |p| p.kernels[*i].kind()),
+                "kind": kind(*i),
                 "ms_per_run": ms(*d) / p.runs.max(1) as f64,
-            })
+            });
+            let flops = p.flops_by_kernel.get(*i).copied().unwrap_or(0.0);
+            if flops > 0.0 && !d.is_zero() {
+                k["gflops"] = (flops / d.as_secs_f64() / 1e9).into();
+            }
+            k
         })
         .collect();
     out[format!("{prefix}slowest_kernels")] = top.into();

@@ -66,6 +66,9 @@ pub struct Profile {
     pub by_kernel: Vec<Duration>,
     /// Multiply-add FLOPs of the Gemm kernels (2·m·n·k each).
     pub gemm_flops: f64,
+    /// Multiply-add FLOPs per kernel (Gemm and attention; 0 for the rest),
+    /// indexed like `by_kernel`.
+    pub flops_by_kernel: Vec<f64>,
     /// Number of runs the times are summed over.
     pub runs: usize,
 }
@@ -499,6 +502,12 @@ impl JitGraph {
             .unwrap_or_else(|e| e.into_inner())
             .is_some();
         let mut profile = Profile::default();
+        if profiling {
+            // Indexed by kernel number: kernels a run skips (the cache
+            // copies of an appending run) keep their slot at zero.
+            profile.by_kernel = vec![Duration::ZERO; p.kernels.len()];
+            profile.flops_by_kernel = vec![0.0; p.kernels.len()];
+        }
         for (ki, k) in p.kernels.iter().enumerate() {
             if skip[ki] {
                 continue;
@@ -542,7 +551,7 @@ impl JitGraph {
                     };
                     let computed = g.launch(&ptrs, func, bufs, &sizes);
                     if profiling {
-                        profile.gemm_flops += 2.0 * (computed * g.n * g.k) as f64;
+                        profile.flops_by_kernel[ki] = 2.0 * (computed * g.n * g.k) as f64;
                     }
                 }
                 Kernel::Attention {
@@ -572,7 +581,8 @@ impl JitGraph {
                     a.launch(&ptrs, func, &sizes, self.scratch);
                     if profiling {
                         let nb: usize = a.batch.iter().product();
-                        profile.gemm_flops += 2.0 * (nb * a.m * a.keys * (a.d + a.dv)) as f64;
+                        profile.flops_by_kernel[ki] =
+                            2.0 * (nb * a.m * a.keys * (a.d + a.dv)) as f64;
                     }
                 }
                 Kernel::Gather {
@@ -598,7 +608,7 @@ impl JitGraph {
             }
             if let Some(t) = started {
                 profile.add(k.kind(), t.elapsed());
-                profile.by_kernel.push(t.elapsed());
+                profile.by_kernel[ki] = t.elapsed();
             }
         }
         {
@@ -622,7 +632,12 @@ impl JitGraph {
             for (d, t) in acc.by_kernel.iter_mut().zip(profile.by_kernel) {
                 *d += t;
             }
-            acc.gemm_flops += profile.gemm_flops;
+            acc.flops_by_kernel
+                .resize(profile.flops_by_kernel.len(), 0.0);
+            for (d, f) in acc.flops_by_kernel.iter_mut().zip(&profile.flops_by_kernel) {
+                *d += f;
+            }
+            acc.gemm_flops += profile.flops_by_kernel.iter().sum::<f64>();
             acc.runs += 1;
         }
 
