@@ -49,6 +49,7 @@
 //! assert_eq!(out.bindings()["batch"], 3);
 //! ```
 
+mod cache;
 mod error;
 mod interpreter;
 mod ops;

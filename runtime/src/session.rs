@@ -5,7 +5,8 @@
 //! feeds only the new tokens each step.
 
 use crate::backends::Backend;
-use crate::backends::jit::{AppendStore, JitGraph};
+use crate::backends::jit::JitGraph;
+use crate::cache::{Appender, Cached, KvStores};
 use crate::interpreter::NamedTensor;
 use crate::kernel_exec::{join_rows, split_rows};
 pub use crate::sampling::argmax;
@@ -208,9 +209,11 @@ impl Model {
     }
 
     /// Refuse, with [`RuntimeError::Limit`], any step that would hold more
-    /// than `bytes` besides the weights: the KV cache after the step plus the
-    /// activations the JIT plans at the step's lengths (its arena and
-    /// outputs; the reference interpreter's temporaries are not counted).
+    /// than `bytes` besides the weights: the KV cache (see
+    /// [`Model::step_bytes`]) plus the activations the compiled code plans
+    /// at the step's lengths (its arena and outputs; the reference
+    /// interpreter's temporaries are not counted). An appending cache's
+    /// storage grows by doubling only as far as the budget allows.
     /// A batch too wide or a cache too long is then a clear error before
     /// anything is allocated, never an abort. `None` (the default): no limit.
     pub fn set_memory_budget(&mut self, bytes: Option<usize>) {
@@ -222,8 +225,10 @@ impl Model {
     }
 
     /// Bytes a step of graph `part` (0 encoder, 1 decoder) holds besides the
-    /// weights at these lengths: the KV cache after the step (decoder) and
-    /// the JIT's planned activations.
+    /// weights at these lengths: the KV cache (decoder) and the compiled
+    /// code's planned activations. Where the backend appends to the cache in
+    /// place, the cache is its storage, here at exactly the rows after the
+    /// step; elsewhere the step holds the past cache and the new one.
     pub fn step_bytes(
         &self,
         part: usize,
@@ -232,34 +237,70 @@ impl Model {
         past: usize,
         src: usize,
     ) -> Result<usize> {
-        let mut kv = 0usize;
-        if part == 1
-            && let Some(g) = &self.lowered.decoder
-        {
+        self.step_bytes_holding(part, batch, seq, past, src, past.saturating_add(seq))
+    }
+
+    /// [`Model::step_bytes`] with an appending cache's storage of `rows`
+    /// rows.
+    fn step_bytes_holding(
+        &self,
+        part: usize,
+        batch: usize,
+        seq: usize,
+        past: usize,
+        src: usize,
+        rows: usize,
+    ) -> Result<usize> {
+        let decoder = self.lowered.decoder.as_ref().filter(|_| part == 1);
+        let mut per_row = 0usize;
+        if let Some(g) = decoder {
             for i in 0..count_layers(g) {
                 let (kvh, hd) = cache_dims(g, i)?;
-                kv = kv.saturating_add(
-                    2usize
+                per_row = per_row.saturating_add(
+                    8usize
                         .saturating_mul(batch)
                         .saturating_mul(kvh)
-                        .saturating_mul(past.saturating_add(seq))
-                        .saturating_mul(hd)
-                        .saturating_mul(4),
+                        .saturating_mul(hd),
                 );
             }
         }
-        let act = match self.jit_graph(part) {
-            Some(j) => {
-                let lengths: BTreeMap<String, usize> =
-                    [("batch", batch), ("seq", seq), ("past", past), ("src", src)]
-                        .into_iter()
-                        .map(|(s, v)| (s.to_string(), v))
-                        .collect();
-                j.program().peak_bytes(&lengths)
+        let appending = decoder.is_some_and(|g| self.appending(g).is_some());
+        let cache_rows = if appending {
+            rows
+        } else {
+            // The past passed in and the present coming back.
+            past.saturating_mul(2).saturating_add(seq)
+        };
+        let kv = per_row.saturating_mul(cache_rows);
+        let lengths: BTreeMap<String, usize> =
+            [("batch", batch), ("seq", seq), ("past", past), ("src", src)]
+                .into_iter()
+                .map(|(s, v)| (s.to_string(), v))
+                .collect();
+        let act = match self.program(part) {
+            Some(p) => {
+                // The presents are the cache, counted above.
+                let env = |s: &str| lengths.get(s).copied();
+                let presents: i64 = (p.outputs.iter())
+                    .filter(|(n, _)| n.starts_with("present."))
+                    .map(|(_, id)| p.buffers[*id].bytes().eval(&env).unwrap_or(0))
+                    .sum();
+                p.peak_bytes(&lengths)
+                    .saturating_sub(usize::try_from(presents).unwrap_or(0))
             }
             None => 0,
         };
         Ok(kv.saturating_add(act))
+    }
+
+    /// The kernel program graph `part` runs on this model's backend, if
+    /// compiled.
+    fn program(&self, part: usize) -> Option<&kiln_compiler::kernel::KernelProgram> {
+        #[cfg(feature = "wgpu")]
+        if let Some(w) = self.gpu.get(part).and_then(Option::as_ref) {
+            return Some(w.program());
+        }
+        self.jit_graph(part).map(JitGraph::program)
     }
 
     /// [`RuntimeError::Limit`] when a step is over the memory budget.
@@ -271,10 +312,32 @@ impl Model {
         past: usize,
         src: usize,
     ) -> Result<()> {
+        self.cache_rows_within_budget(part, batch, seq, past, src, past + seq)
+            .map(|_| ())
+    }
+
+    /// The rows, at most `want` and at least the `past + seq` the step
+    /// needs, that an appending cache's storage may grow to within the
+    /// memory budget; [`RuntimeError::Limit`] when not even the rows needed
+    /// fit.
+    fn cache_rows_within_budget(
+        &self,
+        part: usize,
+        batch: usize,
+        seq: usize,
+        past: usize,
+        src: usize,
+        want: usize,
+    ) -> Result<usize> {
         let Some(budget) = self.memory_budget else {
-            return Ok(());
+            return Ok(want);
         };
-        let need = self.step_bytes(part, batch, seq, past, src)?;
+        let need_rows = past + seq;
+        let bytes = |rows| self.step_bytes_holding(part, batch, seq, past, src, rows);
+        if bytes(want)? <= budget {
+            return Ok(want);
+        }
+        let need = bytes(need_rows)?;
         if need > budget {
             let mb = |b: usize| b as f64 / (1 << 20) as f64;
             return Err(RuntimeError::Limit(format!(
@@ -283,23 +346,36 @@ impl Model {
                 mb(budget)
             )));
         }
-        Ok(())
+        // Bytes grow with the rows: the most rows that fit.
+        let (mut lo, mut hi) = (need_rows, want);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if bytes(mid)? <= budget {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
     }
 
-    /// The decoder's JIT code when it appends to every cache in place (so a
-    /// session keeps [`AppendStore`]s, not tensors passed in and out).
-    fn appending_jit(&self, g: &Graph) -> Option<&JitGraph> {
-        #[cfg(feature = "wgpu")]
-        if self.gpu[1].is_some() {
-            return None;
-        }
-        let j = self.jit[1].as_ref()?;
+    /// The decoder's compiled code when it appends to every cache in place
+    /// (so a session keeps stores with spare rows, not tensors passed in and
+    /// out).
+    fn appending(&self, g: &Graph) -> Option<Appender<'_>> {
+        let code = 'code: {
+            #[cfg(feature = "wgpu")]
+            if let Some(w) = &self.gpu[1] {
+                break 'code Appender::Gpu(w);
+            }
+            Appender::Jit(self.jit[1].as_ref()?)
+        };
         let presents = g
             .outputs
             .iter()
             .filter(|(n, _)| n.starts_with("present."))
             .count();
-        (presents > 0 && j.appendable().len() == presents).then_some(j)
+        (presents > 0 && code.caches() == presents).then_some(code)
     }
 
     /// The JIT code of the encoder (0) or decoder (1) graph, if compiled.
@@ -370,7 +446,7 @@ impl Model {
         Session {
             model: self,
             cache: Vec::new(),
-            stores: BTreeMap::new(),
+            stores: KvStores::None,
             past: 0,
             mask: Vec::new(),
             cross: None,
@@ -477,54 +553,15 @@ pub struct Session<'m> {
     model: &'m Model,
     /// `(k, v)` per decoder block, `[batch, kv_heads, past, head_dim]`.
     cache: Vec<(Cached, Cached)>,
-    /// On the JIT, the KV cache instead: by `present` output name, storage
-    /// with spare rows that each step appends to in place.
-    stores: BTreeMap<String, AppendStore>,
+    /// Where the backend appends in place (JIT, wgpu), the KV cache
+    /// instead: by `present` output name, storage with spare rows that each
+    /// step writes only its new rows into.
+    stores: KvStores,
     past: usize,
     /// Per row, 1 for each real cached token and 0 for left padding.
     mask: Vec<Vec<i32>>,
     /// Encoder-decoder: cross K/V per block and the source length.
     cross: Option<(Vec<(Cached, Cached)>, usize)>,
-}
-
-/// A tensor a session keeps between steps (KV cache, cross K/V): in host
-/// memory, or resident on the GPU so a decode step never copies it through
-/// the host.
-#[derive(Debug, Clone)]
-enum Cached {
-    Host(Tensor),
-    #[cfg(feature = "wgpu")]
-    Device(crate::backends::wgpu::DeviceTensor),
-}
-
-impl Cached {
-    /// The host tensor; device state has no host copy.
-    fn host(&self) -> Result<&Tensor> {
-        match self {
-            Cached::Host(t) => Ok(t),
-            #[cfg(feature = "wgpu")]
-            Cached::Device(_) => Err(RuntimeError::Graph(
-                "a device-resident cache tensor reached a host backend".into(),
-            )),
-        }
-    }
-
-    /// A host copy (read back from the device if resident).
-    fn to_host(&self) -> Result<Tensor> {
-        match self {
-            Cached::Host(t) => Ok(t.clone()),
-            #[cfg(feature = "wgpu")]
-            Cached::Device(d) => d.to_host(),
-        }
-    }
-
-    fn on_device(&self) -> bool {
-        match self {
-            Cached::Host(_) => false,
-            #[cfg(feature = "wgpu")]
-            Cached::Device(_) => true,
-        }
-    }
 }
 
 impl<'m> Session<'m> {
@@ -550,15 +587,12 @@ impl<'m> Session<'m> {
         if !self.stores.is_empty() {
             let get = |kv: &str| {
                 let name = format!("present.{layer}.{kv}");
-                self.stores
-                    .get(&name)
-                    .ok_or_else(|| {
-                        RuntimeError::Graph(format!(
-                            "no cache for block {layer} ({} cached tensors)",
-                            self.stores.len()
-                        ))
-                    })?
-                    .to_tensor()
+                self.stores.tensor(&name).unwrap_or_else(|| {
+                    Err(RuntimeError::Graph(format!(
+                        "no cache for block {layer} ({} cached tensors)",
+                        self.stores.len()
+                    )))
+                })
             };
             return Ok((get("k")?, get("v")?));
         }
@@ -571,11 +605,12 @@ impl<'m> Session<'m> {
         Ok((k.to_host()?, v.to_host()?))
     }
 
-    /// Rows of cache storage per block when the JIT appends to the cache in
-    /// place (grown by doubling, up to `max_positions`); `None` when each
-    /// step passes the whole cache in and gets it back (other backends).
+    /// Rows of cache storage per block when the backend appends to the
+    /// cache in place (the JIT, and wgpu in device memory; grown by
+    /// doubling, up to `max_positions`); `None` when each step passes the
+    /// whole cache in and gets it back (the reference interpreter).
     pub fn cache_capacity(&self) -> Option<usize> {
-        self.stores.values().map(AppendStore::capacity).min()
+        self.stores.capacity()
     }
 
     /// Whether the KV cache (and an encoder-decoder's cross K/V) lives in
@@ -583,12 +618,11 @@ impl<'m> Session<'m> {
     /// steps do not copy it through the host.
     pub fn cache_on_device(&self) -> bool {
         let cross = self.cross.as_ref().map_or(&[][..], |(kv, _)| kv);
-        !self.cache.is_empty()
-            && self
-                .cache
-                .iter()
-                .chain(cross)
-                .all(|(k, v)| k.on_device() && v.on_device())
+        let both = |(k, v): &(Cached, Cached)| k.on_device() && v.on_device();
+        if !self.stores.is_empty() {
+            return self.stores.on_device() && cross.iter().all(both);
+        }
+        !self.cache.is_empty() && self.cache.iter().chain(cross).all(both)
     }
 
     fn decoder(&self) -> Result<&'m Graph> {
@@ -633,22 +667,38 @@ impl<'m> Session<'m> {
         }
         let batch = rows.len();
         let src = self.cross.as_ref().map_or(0, |(_, s)| *s);
-        self.model.check_budget(1, batch, n, self.past, src)?;
         let layers = count_layers(g);
-        let appending = self.model.appending_jit(g);
+        let appending = self.model.appending(g);
         let total = self.past + n;
         let max = self.model.lowered.max_positions;
+        // An appending cache's storage after this step: what it holds, or
+        // (from 16 rows) double, up to `max_positions`, cut short by the
+        // memory budget.
+        let room = if self.past == 0 {
+            0
+        } else {
+            self.stores.capacity().unwrap_or(0)
+        };
+        let want = if appending.is_none() || room >= total {
+            room.max(total)
+        } else if room == 0 {
+            total.next_power_of_two().max(16).min(max).max(total)
+        } else {
+            (2 * room).min(max).max(total)
+        };
+        let hold = self
+            .model
+            .cache_rows_within_budget(1, batch, n, self.past, src, want)?;
         if self.past == 0 {
             // The first step fixes the batch (again, if an earlier first
             // step failed).
             self.cache.clear();
-            self.stores.clear();
+            self.stores = KvStores::None;
             self.mask = vec![Vec::new(); batch];
             match appending {
                 Some(j) => {
                     let lengths = BTreeMap::from([("batch".to_string(), batch)]);
-                    let room = total.next_power_of_two().max(16).min(max).max(total);
-                    self.stores = j.empty_stores(&lengths, room)?;
+                    self.stores = j.empty_stores(&lengths, hold)?;
                 }
                 None => {
                     for i in 0..layers {
@@ -702,24 +752,9 @@ impl<'m> Session<'m> {
         if let Some(j) = appending {
             // Growing keeps the rows in use, and a step writes only past
             // them, so a failed step still changes nothing the session sees.
-            let room = self
-                .stores
-                .values()
-                .map(AppendStore::capacity)
-                .min()
-                .unwrap_or(0);
-            if room < total {
-                let grown = (2 * room).min(max).max(total);
-                for st in self.stores.values_mut() {
-                    st.reserve(grown)?;
-                }
-            }
-            let mut pairs: Vec<(&str, &Tensor)> =
-                inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
-            for (name, c) in &state {
-                pairs.push((name, c.host()?));
-            }
-            let out = j.run_appending(&self.model.weights, pairs, &mut self.stores)?;
+            self.stores.reserve(hold)?;
+            let pairs: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            let out = j.run(&self.model.weights, pairs, &state, &mut self.stores)?;
             self.mask = new_mask;
             self.past = total;
             return Ok(out);

@@ -463,6 +463,27 @@ pub struct KernelProgram {
 }
 
 impl KernelProgram {
+    /// The name a runtime knows buffer `id` by: an input's or output's
+    /// declared name, else the buffer's own.
+    pub fn io_name(&self, id: BufId) -> &str {
+        match &self.buffers[id].kind {
+            BufferKind::Input(n) => n,
+            _ => self
+                .outputs
+                .iter()
+                .find(|(_, o)| *o == id)
+                .map_or(&self.buffers[id].name, |(n, _)| n),
+        }
+    }
+
+    /// `(past input, present output)` names of each of [`KernelProgram::appends`].
+    pub fn append_names(&self) -> Vec<(String, String)> {
+        self.appends
+            .iter()
+            .map(|a| (self.io_name(a.past).into(), self.io_name(a.present).into()))
+            .collect()
+    }
+
     /// Planned activation memory at the given lengths: the temporaries' arena
     /// (every slot of the [`BufferPlan`]) plus the output buffers.
     pub fn peak_bytes(&self, lengths: &BTreeMap<String, usize>) -> usize {

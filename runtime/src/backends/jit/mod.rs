@@ -137,21 +137,7 @@ impl JitGraph {
             .map_err(|e| err(format!("`{}`: code generation: {e}", graph.name)))?;
         let t3 = Instant::now();
         let scratch = clif::attention_scratch(&program);
-        let caches = program
-            .appends
-            .iter()
-            .map(|a| {
-                let name = |id: usize| match &program.buffers[id].kind {
-                    BufferKind::Input(n) => n.clone(),
-                    _ => program
-                        .outputs
-                        .iter()
-                        .find(|(_, o)| *o == id)
-                        .map_or_else(|| program.buffers[id].name.clone(), |(n, _)| n.clone()),
-                };
-                (name(a.past), name(a.present))
-            })
-            .collect();
+        let caches = program.append_names();
         let consts = program
             .buffers
             .iter()

@@ -33,12 +33,15 @@ use crate::tensor::{Tensor, TensorData};
 use crate::weights::Weights;
 use kiln_compiler::codegen::wgsl::{self, ELEMENT_BYTES, Resource, WgslProgram};
 use kiln_compiler::ir::{DType, Graph};
-use kiln_compiler::kernel::{BufferKind, KernelProgram, Size, fuse};
+use kiln_compiler::kernel::{BufferKind, CAPACITY, KernelProgram, Size, fuse};
 use kiln_compiler::passes::default_pipeline;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use wgpu::util::DeviceExt;
+
+mod append;
+pub use append::DeviceStore;
 
 fn err(m: impl Into<String>) -> RuntimeError {
     RuntimeError::Graph(m.into())
@@ -169,6 +172,9 @@ pub struct WgpuGraph {
     compile_time: Duration,
     /// Buffers sized per run; one run at a time.
     state: Mutex<RunState>,
+    /// `(past input, present output)` names of each of the program's
+    /// appends, in its order.
+    caches: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -347,7 +353,9 @@ impl WgpuGraph {
             });
         }
         let slots = program.plan.slots.len();
+        let caches = program.append_names();
         Ok(WgpuGraph {
+            caches,
             compile_time,
             state: Mutex::new(RunState {
                 slots: (0..slots).map(|_| None).collect(),
@@ -400,6 +408,21 @@ impl WgpuGraph {
         device: &[(&str, &DeviceTensor)],
         keep: &dyn Fn(&str) -> bool,
     ) -> Result<(Outputs, Vec<(String, DeviceTensor)>)> {
+        self.run_with(host, device, keep, &mut BTreeMap::new())
+    }
+
+    /// [`WgpuGraph::run_resident`], with the [`WgpuGraph::appendable`]
+    /// caches in `stores` (by present output name; every cache or none):
+    /// their past inputs and present outputs are bound to the store's
+    /// buffer, the copies of the past into the present are skipped, so the
+    /// run writes only its new rows; the stores' rows in use then grow.
+    fn run_with(
+        &self,
+        host: &[(&str, &Tensor)],
+        device: &[(&str, &DeviceTensor)],
+        keep: &dyn Fn(&str) -> bool,
+        stores: &mut BTreeMap<String, DeviceStore>,
+    ) -> Result<(Outputs, Vec<(String, DeviceTensor)>)> {
         let p = &self.program;
         let mut meta = metas(host);
         meta.extend(
@@ -407,7 +430,47 @@ impl WgpuGraph {
                 .iter()
                 .map(|&(n, d)| (n, d.dtype, d.shape.as_slice())),
         );
-        let env = bind_meta(p, &meta)?;
+        let mut capacity = None;
+        if !stores.is_empty() {
+            for (past, present) in &self.caches {
+                let st = stores.get(present).ok_or_else(|| {
+                    err(format!("`{}`: no store for the cache `{present}`", p.name))
+                })?;
+                if capacity.is_some_and(|c| c != st.capacity) {
+                    return Err(err(format!(
+                        "`{}`: cache stores of different capacities",
+                        p.name
+                    )));
+                }
+                capacity = Some(st.capacity);
+                meta.push((past.as_str(), DType::F32, st.shape.as_slice()));
+            }
+        }
+        let mut env = bind_meta(p, &meta)?;
+        // The rows every cache holds after the run (bound to the rows in use).
+        let need = env.get(CAPACITY).copied().unwrap_or(0);
+        if let Some(c) = capacity {
+            if c < need {
+                return Err(err(format!(
+                    "`{}`: cache stores hold {c} rows, the run needs {need}; reserve first",
+                    p.name
+                )));
+            }
+            env.insert(CAPACITY.to_string(), c);
+        }
+        // Appends into a store: the copy to skip, the buffers it stands for.
+        let mut skip = vec![false; p.kernels.len()];
+        let mut resident: Vec<Option<wgpu::Buffer>> = vec![None; p.buffers.len()];
+        let mut in_store = vec![false; p.buffers.len()];
+        for (a, (_, name)) in p.appends.iter().zip(&self.caches) {
+            if let Some(st) = stores.get(name) {
+                skip[a.copy] = true;
+                resident[a.past] = Some(st.buf.clone());
+                resident[a.present] = Some(st.buf.clone());
+                in_store[a.present] = true;
+            }
+        }
+        let read_back = |name: &str, id: usize| !keep(name) && !in_store[id];
         let lookup = |s: &str| env.get(s).copied();
         let eval = |s: &Size| {
             s.eval(&lookup)
@@ -433,7 +496,7 @@ impl WgpuGraph {
         // Bytes of every buffer at this run's lengths, within the limit.
         let mut bytes = Vec::with_capacity(p.buffers.len());
         for b in &p.buffers {
-            let n = device_bytes(eval(&b.numel())?);
+            let n = device_bytes(eval(&b.storage_numel())?);
             if n > limit {
                 let id = bytes.len();
                 let what = match &b.kind {
@@ -491,8 +554,10 @@ impl WgpuGraph {
             grow(&mut st.slots[s], need, storage, "slot");
         }
         // Device-resident inputs are bound in place of the input buffers.
-        let mut resident: Vec<Option<wgpu::Buffer>> = vec![None; p.buffers.len()];
         for (id, b) in p.buffers.iter().enumerate() {
+            if resident[id].is_some() {
+                continue;
+            }
             match &b.kind {
                 BufferKind::Input(name) => {
                     if let Some((_, d)) = device.iter().find(|(n, _)| n == name) {
@@ -510,7 +575,7 @@ impl WgpuGraph {
         let mut reads = Vec::with_capacity(p.outputs.len());
         let mut total = 0u64;
         for (name, id) in &p.outputs {
-            if !keep(name) {
+            if read_back(name, *id) {
                 reads.push((*id, total, bytes[*id]));
                 total += bytes[*id];
             }
@@ -556,6 +621,10 @@ impl WgpuGraph {
         // Size tables, bind groups, one pass.
         let mut groups = Vec::with_capacity(self.pipelines.len());
         for (ki, k) in self.shaders.kernels.iter().enumerate() {
+            if skip[ki] {
+                groups.push(None);
+                continue;
+            }
             let n = k
                 .dispatch
                 .groups(&|s| s.eval(&lookup))
@@ -633,7 +702,7 @@ impl WgpuGraph {
         let mut kept = Vec::new();
         let mut taken = vec![false; p.buffers.len()];
         for (name, id) in &p.outputs {
-            if !keep(name) {
+            if !keep(name) || in_store[*id] {
                 continue;
             }
             let b = &p.buffers[*id];
@@ -687,13 +756,18 @@ impl WgpuGraph {
             let view = slice
                 .get_mapped_range()
                 .map_err(|e| err(format!("`{}`: wgpu read-back: {e}", p.name)))?;
-            let read = p.outputs.iter().filter(|(name, _)| !keep(name));
+            let read = p.outputs.iter().filter(|(name, id)| read_back(name, *id));
             for ((name, id), &(_, at, n)) in read.zip(&reads) {
                 let data = download(&view[at as usize..(at + n) as usize], p.buffers[*id].dtype);
                 entries.push((name.clone(), Tensor::new(shape_of(*id)?, data)?));
             }
         }
         staging.unmap();
+        for (a, (_, name)) in p.appends.iter().zip(&self.caches) {
+            if let Some(st) = stores.get_mut(name) {
+                st.shape[a.axis] = need;
+            }
+        }
         Ok((Outputs::from_parts(entries, env), kept))
     }
 }
