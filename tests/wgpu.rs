@@ -12,14 +12,17 @@
 mod common;
 
 use common::inputs::{
-    Lengths, graph_inputs, max_abs_diff_and_scale, max_rel_diff_floored, uses_symbol,
+    Lengths, graph_inputs, max_abs_diff_and_scale, max_normwise_diff, max_rel_diff_floored,
+    uses_symbol,
 };
 use common::random_spec::load_random_spec;
 use common::tiny_specs;
 use kiln_compiler::ir::Graph;
 use kiln_compiler::lower::{Lowered, lower};
 use kiln_compiler::spec;
-use kiln_runtime::backends::wgpu::{WgpuGraph, adapter};
+use kiln_runtime::backends::wgpu::{
+    DeviceWeights, WgpuGraph, WgpuOptions, adapter, gpu as gpu_device,
+};
 use kiln_runtime::{Weights, run};
 
 const REL_TOL: f32 = 1e-4;
@@ -46,11 +49,35 @@ fn have_adapter(test: &str) -> bool {
 /// Compile every graph of `l` for the GPU and compare with the interpreter
 /// at a few lengths; returns the worst relative difference.
 fn check_model(l: &Lowered, seed: u64, what: &str) -> f32 {
+    check_model_with(
+        l,
+        seed,
+        what,
+        WgpuOptions::default(),
+        max_rel_diff_floored,
+        REL_TOL,
+    )
+}
+
+/// How far apart two runs' outputs are.
+type Measure = fn(&kiln_runtime::Outputs, &kiln_runtime::Outputs, &str) -> f32;
+
+/// [`check_model`] compiled with `opts`, within `tol` by `measure`.
+fn check_model_with(
+    l: &Lowered,
+    seed: u64,
+    what: &str,
+    opts: WgpuOptions,
+    measure: Measure,
+    tol: f32,
+) -> f32 {
     let graphs: Vec<&Graph> = l.graphs().collect();
     let weights = Weights::random(&graphs, seed).unwrap_or_else(|e| panic!("{what}: {e}"));
     let mut worst = 0.0f32;
     for g in l.graphs() {
-        let gpu = WgpuGraph::compile(g, &weights).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let gpu = WgpuGraph::compile_with(g, &weights, &mut DeviceWeights::default(), opts)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(gpu.f16_params(), opts.f16_params, "{what}: f16 storage");
         let pasts: &[usize] = if uses_symbol(g, "past") {
             &[0, 3]
         } else {
@@ -73,8 +100,8 @@ fn check_model(l: &Lowered, seed: u64, what: &str) -> f32 {
                 let got = gpu
                     .run(&inputs)
                     .unwrap_or_else(|e| panic!("{at}: wgpu: {e}"));
-                let d = max_rel_diff_floored(&want, &got, &at);
-                assert!(d <= REL_TOL, "{at}: outputs differ by {d:e} (relative)");
+                let d = measure(&want, &got, &at);
+                assert!(d <= tol, "{at}: outputs differ by {d:e} (relative)");
                 worst = worst.max(d);
             }
         }
@@ -96,6 +123,74 @@ fn tiny_models_match_the_interpreter() {
         report += &format!("{name}: worst relative difference {w:e}\n");
     }
     eprintln!("{report}");
+}
+
+/// With f16 weights (where the adapter has SHADER_F16) every tiny model
+/// stays within 1e-2 of the interpreter's f32 outputs (normwise: the
+/// largest difference over the largest value of each output), and really
+/// differs from them (the weights were rounded).
+#[test]
+fn tiny_models_with_f16_weights_are_within_1e_2() {
+    if !have_adapter("tiny_models_with_f16_weights_are_within_1e_2") {
+        return;
+    }
+    if !gpu_device().unwrap().has_f16() {
+        eprintln!(
+            "SKIPPED tiny_models_with_f16_weights_are_within_1e_2: the adapter has no SHADER_F16"
+        );
+        return;
+    }
+    let f16 = WgpuOptions { f16_params: true };
+    let mut report = String::new();
+    for path in tiny_specs() {
+        let rs = spec::load(&path).unwrap_or_else(|e| panic!("{}", e.render()));
+        let lowered = lower(&rs).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        let w = check_model_with(&lowered, 5, &name, f16, max_normwise_diff, 1e-2);
+        // f32 shaders stay within 1e-4 (floored per element, so normwise too).
+        assert!(w > REL_TOL, "{name}: f16 weights changed nothing ({w:e})");
+        report += &format!("{name}: worst relative difference {w:e} (f16 weights)\n");
+    }
+    eprintln!("{report}");
+}
+
+/// A model compiled with f16 weights decodes through its in-place device
+/// cache within 1e-2 of the reference; f16 on a CPU backend is a clear
+/// error.
+#[test]
+fn sessions_with_f16_weights() {
+    use kiln_runtime::session::Model;
+    use kiln_runtime::{Backend, Precision, RuntimeError};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/llama-2-7b.toml");
+    let lowered = lower(&spec::load(&path).unwrap()).unwrap();
+    let e = Model::random(lowered.clone(), 3)
+        .unwrap()
+        .with_precision(Precision::F16)
+        .compile(Backend::Jit)
+        .err()
+        .unwrap();
+    assert!(matches!(e, RuntimeError::Unsupported(_)), "{e:?}");
+    assert!(e.to_string().contains("--precision f32"), "{e}");
+    if !have_adapter("sessions_with_f16_weights") {
+        return;
+    }
+    let reference = Model::random(lowered.clone(), 3).unwrap();
+    let gpu = Model::random(lowered, 3)
+        .unwrap()
+        .with_precision(Precision::F16)
+        .compile(Backend::Wgpu)
+        .unwrap();
+    assert_eq!(gpu.f16_weights(), gpu_device().unwrap().has_f16());
+    let (mut r, mut g) = (reference.session(), gpu.session());
+    let mut feed = vec![1, 2, 3, 4];
+    for step in 0..6 {
+        let want = r.forward(&feed).unwrap();
+        let got = g.forward(&feed).unwrap();
+        let d = max_normwise_diff(&want, &got, "llama f16");
+        assert!(d <= 1e-2, "step {step}: logits differ by {d:e}");
+        feed = vec![step * 5 + 7];
+    }
+    assert!(g.cache_on_device());
 }
 
 #[test]
@@ -301,6 +396,16 @@ fn cli_emits_wgsl() {
     );
     assert!(text.contains("// program \"gpt2-tiny.decoder\""), "{text}");
     assert!(text.matches("@compute @workgroup_size(").count() >= 30);
+    assert!(!text.contains("f16"), "f32 shaders mention f16");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["compile", spec.to_str().unwrap(), "--emit", "wgsl"])
+        .args(["--precision", "f16"])
+        .output()
+        .unwrap();
+    let half = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(half.contains("enable f16;") && half.contains("array<f16>"));
+    assert!(half.contains(" f16\n"), "binding headers name f16 weights");
 }
 
 /// The shaders' elementary functions against the IR's numeric contract

@@ -165,6 +165,11 @@ pub enum RuntimeError {
     /// step over the memory budget. The message says what would fit.
     #[error("{0}")]
     Limit(String),
+
+    /// A valid request this backend or build does not offer (f16 weights
+    /// on the CPU). The message says what does.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// Shorthand used throughout the crate.

@@ -65,7 +65,7 @@ pub mod session;
 pub mod source;
 pub mod tokenizer;
 
-pub use backends::Backend;
+pub use backends::{Backend, Precision};
 pub use error::{Result, RuntimeError};
 pub use interpreter::{Bindings, Interpreter, NamedTensor, Outputs, RunStats, run};
 pub use tensor::{Tensor, TensorData};

@@ -4,8 +4,8 @@
 //! encoder-decoder models, the encoder's cross K/V), so incremental decoding
 //! feeds only the new tokens each step.
 
-use crate::backends::Backend;
 use crate::backends::jit::JitGraph;
+use crate::backends::{Backend, Precision};
 use crate::cache::{Appender, Cached, KvStores};
 use crate::interpreter::NamedTensor;
 use crate::kernel_exec::{join_rows, split_rows};
@@ -34,6 +34,8 @@ pub struct Model {
     /// Bytes one step may hold besides the weights (see
     /// [`Model::set_memory_budget`]); `None` is no limit.
     memory_budget: Option<usize>,
+    /// How the next [`Model::compile`] stores the weights.
+    precision: Precision,
 }
 
 impl Model {
@@ -49,6 +51,7 @@ impl Model {
             gpu: [None, None],
             transposed: BTreeSet::new(),
             memory_budget: None,
+            precision: Precision::F32,
         }
     }
 
@@ -67,6 +70,11 @@ impl Model {
     /// holds those tensors as `[in, out]`, until the model is compiled for
     /// another backend.
     pub fn compile(mut self, backend: Backend) -> Result<Self> {
+        if self.precision == Precision::F16 && backend != Backend::Wgpu {
+            return Err(RuntimeError::Unsupported(format!(
+                "f16 weights are a wgpu option (`--backend wgpu`); the {backend} backend computes in f32: use `--precision f32`"
+            )));
+        }
         // Weights the JIT joined (merged projections) go back to their parts
         // once they are back in their canonical layout.
         let joined: Vec<(String, Vec<(String, usize)>)> = self
@@ -148,16 +156,46 @@ impl Model {
         Ok(self)
     }
 
+    /// How [`Model::compile`] stores the weights: [`Precision::F16`] is a
+    /// wgpu option (kept f32 on an adapter without `SHADER_F16`; see
+    /// [`Model::f16_weights`]); compiling it for another backend is an error.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Whether the compiled weights are stored as f16 (wgpu with
+    /// [`Precision::F16`] on an adapter that has `SHADER_F16`).
+    pub fn f16_weights(&self) -> bool {
+        #[cfg(feature = "wgpu")]
+        if let Some(w) = self.gpu.iter().flatten().next() {
+            return w.f16_params();
+        }
+        false
+    }
+
     /// Build the GPU pipelines of every graph and upload the weights once
     /// (shared by the encoder and decoder).
     #[cfg(feature = "wgpu")]
     fn compile_wgpu(&mut self) -> Result<()> {
-        use crate::backends::wgpu::{DeviceWeights, WgpuGraph};
+        use crate::backends::wgpu::{DeviceWeights, WgpuGraph, WgpuOptions};
         let mut uploaded = DeviceWeights::default();
+        let opts = WgpuOptions {
+            f16_params: self.precision == Precision::F16,
+        };
         let parts = [&self.lowered.encoder, &self.lowered.decoder];
         for (slot, g) in self.gpu.iter_mut().zip(parts) {
             if let Some(g) = g {
-                *slot = Some(WgpuGraph::compile_shared(g, &self.weights, &mut uploaded)?);
+                *slot = Some(WgpuGraph::compile_with(
+                    g,
+                    &self.weights,
+                    &mut uploaded,
+                    opts,
+                )?);
             }
         }
         Ok(())

@@ -4,7 +4,7 @@
 //! config), or a GGUF file. The result is the resolved spec, a runnable model
 //! and, when the source carries one, its tokenizer.
 
-use crate::backends::Backend;
+use crate::backends::{Backend, Precision};
 use crate::checkpoint::{self, CheckpointError};
 use crate::gguf::{GgufError, GgufFile};
 use crate::session::Model;
@@ -69,12 +69,15 @@ pub struct OpenOptions<'a> {
     pub progress: Option<&'a mut dyn FnMut(u64, u64)>,
     /// What runs the model (default: the JIT).
     pub backend: Backend,
+    /// How the backend stores the weights (default: f32; f16 is a wgpu
+    /// option, see [`Precision`]).
+    pub precision: Precision,
 }
 
 /// Open `path`: a `.toml` spec, a HF model folder (or its config.json), or a
 /// `.gguf` file, and compile it for `opts.backend`.
 pub fn open(path: &Path, opts: OpenOptions<'_>) -> Result<LoadedModel, OpenError> {
-    let backend = opts.backend;
+    let (backend, precision) = (opts.backend, opts.precision);
     let LoadedModel {
         spec,
         model,
@@ -83,7 +86,7 @@ pub fn open(path: &Path, opts: OpenOptions<'_>) -> Result<LoadedModel, OpenError
     } = open_uncompiled(path, opts)?;
     Ok(LoadedModel {
         spec,
-        model: model.compile(backend)?,
+        model: model.with_precision(precision).compile(backend)?,
         tokenizer,
         weights_origin,
     })

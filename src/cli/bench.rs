@@ -126,6 +126,7 @@ pub fn run(a: Args) -> Result<(), String> {
     // spec → graphs (lowering) → passes, fusion and code generation.
     let mut args = a.model.clone();
     args.backend = Backend::Reference;
+    args.precision = kiln_runtime::Precision::F32;
     let loaded = open_model(&args)?;
     let t0 = Instant::now();
     let relowered = lower(&loaded.spec).map_err(|e| e.to_string())?;
@@ -134,7 +135,11 @@ pub fn run(a: Args) -> Result<(), String> {
     // Counted before the JIT adds transposed copies of tied weights.
     let params: usize = loaded.model.weights.iter().map(|(_, t)| t.numel()).sum();
     let t1 = Instant::now();
-    let model: Model = loaded.model.compile(backend).map_err(|e| e.to_string())?;
+    let model: Model = (loaded.model.with_precision(a.model.precision))
+        .compile(backend)
+        .map_err(|e| e.to_string())?;
+    super::note_precision(&a.model, &model);
+    let weight_bytes = if model.f16_weights() { 2.0 } else { 4.0 };
     let prepare_time = t1.elapsed();
     // Spec → runnable code: lowering plus each graph's passes, fusion and
     // code generation (weight preparation is reported on its own).
@@ -158,6 +163,7 @@ pub fn run(a: Args) -> Result<(), String> {
     let mut out = json!({
         "model": rs.spec.name,
         "backend": backend.to_string(),
+        "weights": if model.f16_weights() { "f16" } else { "f32" },
         "threads": rayon::current_num_threads(),
         "seq_len": n,
         "parameters": params,
@@ -226,8 +232,8 @@ pub fn run(a: Args) -> Result<(), String> {
             out["decode_tokens"] = steps.into();
             out["decode_tokens_per_s"] = rate.into();
             out["decode_tokens_per_s_max"] = rates[rates.len() - 1].into();
-            // Every decode step reads every weight once (f32).
-            out["decode_weight_gb_per_s"] = (rate * params as f64 * 4.0 / 1e9).into();
+            // Every decode step reads every weight once.
+            out["decode_weight_gb_per_s"] = (rate * params as f64 * weight_bytes / 1e9).into();
             add_profile(&model, part, &mut out, "decode_");
         }
     }

@@ -29,6 +29,10 @@ pub struct Args {
     /// simplify, const-fold, cse, merge-projections, dce; attention, write-through, moe-dispatch, append-cache.
     #[arg(long = "disable-pass", value_name = "NAME")]
     disable_pass: Vec<String>,
+    /// With `--emit wgsl`: the shaders for f32 weights, or for f16 weights
+    /// (`enable f16;`, parameters bound as `array<f16>`).
+    #[arg(long, default_value = "f32")]
+    precision: kiln_runtime::Precision,
 }
 
 pub fn run(a: Args) -> Result<(), String> {
@@ -66,7 +70,10 @@ pub fn run(a: Args) -> Result<(), String> {
         }
         Emit::Wgsl => {
             for p in pipeline::fuse_with(&lowered, &opts, path).map_err(text)? {
-                let w = kiln_compiler::codegen::wgsl::generate(&p)
+                let o = kiln_compiler::codegen::wgsl::Options {
+                    f16_params: a.precision == kiln_runtime::Precision::F16,
+                };
+                let w = kiln_compiler::codegen::wgsl::generate_with(&p, o)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
                 print!("{}", w.to_text());
             }

@@ -95,6 +95,11 @@ pub struct ModelArgs {
     /// or `reference` (the interpreter, the correctness oracle).
     #[arg(long, default_value = "jit")]
     pub backend: kiln_runtime::Backend,
+    /// How the weights are stored: `f32`, or `f16` (wgpu on an adapter with
+    /// SHADER_F16: half the weight memory, f32 arithmetic, outputs within
+    /// about 1e-2 of f32; kept f32 where the adapter lacks it).
+    #[arg(long, default_value = "f32")]
+    pub precision: kiln_runtime::Precision,
 }
 
 /// Open a model, with a progress bar on stderr while a checkpoint loads.
@@ -122,8 +127,19 @@ pub fn open_model(m: &ModelArgs) -> Result<kiln_runtime::source::LoadedModel, St
         seed: m.seed,
         progress: Some(&mut progress),
         backend: m.backend,
+        precision: m.precision,
     };
     let loaded = kiln_runtime::source::open(source, opts).map_err(|e| e.to_string());
     bar.finish_and_clear();
+    if let Ok(l) = &loaded {
+        note_precision(m, &l.model);
+    }
     loaded
+}
+
+/// Say so when f16 weights were asked for but the adapter cannot use them.
+pub fn note_precision(m: &ModelArgs, model: &kiln_runtime::session::Model) {
+    if m.precision == kiln_runtime::Precision::F16 && !model.f16_weights() {
+        eprintln!("note: this wgpu adapter has no SHADER_F16; the weights stay f32");
+    }
 }

@@ -115,6 +115,25 @@ pub fn max_abs_diff_and_scale(want: &[f32], got: &[f32]) -> (f32, f32) {
     (d, scale)
 }
 
+/// Largest normwise relative difference over two runs' outputs: per
+/// output, `max |a - b| / max |a|` (the measure for reduced-precision
+/// storage, whose rounding error scales with the output, not with each
+/// element). Panics if the outputs differ in names, dtypes or shapes.
+#[allow(dead_code)]
+pub fn max_normwise_diff(a: &Outputs, b: &Outputs, what: &str) -> f32 {
+    let names = |o: &Outputs| o.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>();
+    assert_eq!(names(a), names(b), "{what}: output names differ");
+    let mut worst = 0.0f32;
+    for ((name, x), (_, y)) in a.iter().zip(b.iter()) {
+        assert_eq!(x.dtype(), y.dtype(), "{what}: `{name}` dtype");
+        assert_eq!(x.shape(), y.shape(), "{what}: `{name}` shape");
+        let (d, scale) = max_abs_diff_and_scale(&x.to_f32_vec(), &y.to_f32_vec());
+        let rel = d / scale;
+        worst = worst.max(if rel.is_nan() { f32::INFINITY } else { rel });
+    }
+    worst
+}
+
 /// Largest relative difference `|a - b| / max(|a|, |b|)` over two runs'
 /// outputs (0 where both are equal, NaN included). Panics if the outputs
 /// differ in names, dtypes or shapes.

@@ -384,6 +384,7 @@ pub unsafe extern "C" fn kiln_model_open(
             seed,
             progress: None,
             backend,
+            ..OpenOptions::default()
         };
         let loaded = open(&path, opts).map_err(Failure::error)?;
         Ok(Box::new(KilnModel {

@@ -35,6 +35,40 @@ impl fmt::Display for Backend {
     }
 }
 
+/// How weights are stored where a backend offers a choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 weights and arithmetic (every backend; the default).
+    #[default]
+    F32,
+    /// f16 weights, f32 arithmetic: the wgpu backend on an adapter with
+    /// `SHADER_F16` (elsewhere it keeps f32). Half the weight memory and
+    /// bandwidth; outputs within about 1e-2 relative of f32.
+    F16,
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        })
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "f16" => Ok(Precision::F16),
+            other => Err(format!(
+                "unknown precision `{other}`: expected `f32` or `f16`"
+            )),
+        }
+    }
+}
+
 impl FromStr for Backend {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {

@@ -3,8 +3,8 @@
 
 use super::math::{Helper, prelude};
 use super::{
-    ATTENTION_THREADS, Binding, Dispatch, ELEMENT_THREADS, Elem, GEMM_TILE, ROW_THREADS, Resource,
-    WgslKernel, resource_of, value_type,
+    ATTENTION_THREADS, Binding, Dispatch, ELEMENT_THREADS, Elem, GEMM_TILE, Options, ROW_THREADS,
+    Resource, WgslKernel, param_f16, resource_of, value_type,
 };
 use crate::ir::{BinaryOp, DType, Dim, ReduceOp, UnaryOp};
 use crate::kernel::{BufId, Epilogue, Inst, Kernel, KernelProgram, Size, View};
@@ -85,18 +85,19 @@ fn zero(dt: DType) -> &'static str {
 }
 
 impl<'p> Ctx<'p> {
-    fn new(p: &'p KernelProgram, k: &Kernel) -> Ctx<'p> {
+    fn new(p: &'p KernelProgram, k: &Kernel, opts: Options) -> Ctx<'p> {
         let out = k.output();
-        let mut res: Vec<(Resource, Vec<DType>, bool)> = Vec::new();
+        // (resource, dtypes seen, written, stored as f16)
+        let mut res: Vec<(Resource, Vec<DType>, bool, bool)> = Vec::new();
         let mut binding_of = BTreeMap::new();
         for (b, written) in
             std::iter::once((out, true)).chain(k.reads().into_iter().map(|b| (b, false)))
         {
             let r = resource_of(p, b);
-            let i = match res.iter().position(|(x, _, _)| *x == r) {
+            let i = match res.iter().position(|(x, ..)| *x == r) {
                 Some(i) => i,
                 None => {
-                    res.push((r, Vec::new(), false));
+                    res.push((r, Vec::new(), false, param_f16(p, b, opts)));
                     res.len() - 1
                 }
             };
@@ -109,8 +110,9 @@ impl<'p> Ctx<'p> {
         }
         let bindings = res
             .into_iter()
-            .map(|(resource, dts, writable)| {
+            .map(|(resource, dts, writable, f16)| {
                 let elem = match dts.as_slice() {
+                    [DType::F32] if f16 => Elem::F16,
                     [DType::F32] => Elem::F32,
                     [DType::I32] => Elem::I32,
                     _ => Elem::U32,
@@ -180,6 +182,7 @@ impl<'p> Ctx<'p> {
         let e = format!("r{b}[{addr}]");
         match (self.p.buffers[buf].dtype, self.bindings[b].elem) {
             (DType::F32, Elem::F32) | (DType::I32, Elem::I32) => e,
+            (DType::F32, Elem::F16) => format!("f32({e})"),
             (DType::F32, _) => format!("bitcast<f32>({e})"),
             (DType::I32, _) => format!("bitcast<i32>({e})"),
             (DType::Bool, _) => format!("({e} != 0u)"),
@@ -191,6 +194,7 @@ impl<'p> Ctx<'p> {
         let b = self.binding_of[&buf];
         let v = match (self.p.buffers[buf].dtype, self.bindings[b].elem) {
             (DType::F32, Elem::F32) | (DType::I32, Elem::I32) => value.to_string(),
+            (DType::F32, Elem::F16) => format!("f16({value})"),
             (DType::Bool, _) => format!("select(0u, 1u, {value})"),
             _ => format!("bitcast<u32>({value})"),
         };
@@ -353,7 +357,13 @@ impl<'p> Ctx<'p> {
 
     /// The complete shader around `main`'s body.
     fn finish(self, shared: &str, main: &str, threads: u32, dispatch: Dispatch) -> WgslKernel {
-        let mut s = prelude(&self.helpers);
+        // Directives come before every declaration.
+        let mut s = if self.bindings.iter().any(|b| b.elem == Elem::F16) {
+            "enable f16;\n".to_string()
+        } else {
+            String::new()
+        };
+        s.push_str(&prelude(&self.helpers));
         for (i, b) in self.bindings.iter().enumerate() {
             let access = if b.writable { "read_write" } else { "read" };
             let _ = writeln!(
@@ -389,8 +399,8 @@ fn names(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
 }
 
-pub fn kernel(p: &KernelProgram, k: &Kernel) -> R<WgslKernel> {
-    let mut c = Ctx::new(p, k);
+pub fn kernel(p: &KernelProgram, k: &Kernel, opts: Options) -> R<WgslKernel> {
+    let mut c = Ctx::new(p, k, opts);
     match k {
         Kernel::Elementwise {
             out,

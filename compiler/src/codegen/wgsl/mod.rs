@@ -39,7 +39,11 @@
 //!   `⌈dv/64⌉` output accumulators rescaled as the running max grows.
 //!
 //! # Numerics
-//! f32 everywhere (f16 storage/compute is future work). Element semantics
+//! f32 arithmetic everywhere. With [`Options::f16_params`] the f32
+//! parameters (the weights) are stored as f16 (`enable f16;`, which needs
+//! the adapter's `SHADER_F16`) and widened to f32 as they are loaded: half
+//! the memory and bandwidth for weights, rounding each to 11 significant
+//! bits (about 5e-4 relative). Element semantics
 //! follow [`crate::ir::scalar`], with transcendental functions as
 //! polynomials (see `math`). Sums accumulate in f32 (strided partials, then
 //! a tree), so results differ from the f64-accumulating oracle by rounding,
@@ -64,8 +68,25 @@ pub const ATTENTION_THREADS: u32 = 64;
 /// Rows and columns of a Gemm output tile.
 pub const GEMM_TILE: u32 = 64;
 
-/// Bytes per element of every dtype in GPU storage (bool is a `u32`).
+/// Bytes per element of every dtype in GPU storage (bool is a `u32`),
+/// except parameters stored as f16 ([`param_f16`]).
 pub const ELEMENT_BYTES: u64 = 4;
+
+/// Code generation choices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Store every f32 parameter as f16 (see [`param_f16`]); arithmetic
+    /// stays f32.
+    pub f16_params: bool,
+}
+
+/// Whether buffer `b` is stored as f16 on the device under `opts`: an f32
+/// parameter with [`Options::f16_params`]. The runtime uploads exactly
+/// these as f16 (2 bytes per element).
+pub fn param_f16(p: &KernelProgram, b: BufId, opts: Options) -> bool {
+    let buf = &p.buffers[b];
+    opts.f16_params && matches!(buf.kind, BufferKind::Param(_)) && buf.dtype == DType::F32
+}
 
 /// What a binding is bound to at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -89,6 +110,8 @@ pub fn resource_of(p: &KernelProgram, b: BufId) -> Resource {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Elem {
     F32,
+    /// An f32 parameter stored as f16 ([`Options::f16_params`]).
+    F16,
     I32,
     /// bool (0/1), or raw bits of a resource seen with several dtypes.
     U32,
@@ -98,6 +121,7 @@ impl Elem {
     fn wgsl(self) -> &'static str {
         match self {
             Elem::F32 => "f32",
+            Elem::F16 => "f16",
             Elem::I32 => "i32",
             Elem::U32 => "u32",
         }
@@ -176,7 +200,8 @@ impl WgslProgram {
                 };
                 let _ = writeln!(
                     s,
-                    "// binding {b}: {r}{}",
+                    "// binding {b}: {r}{}{}",
+                    if bind.elem == Elem::F16 { " f16" } else { "" },
                     if bind.writable { " (written)" } else { "" }
                 );
             }
@@ -211,14 +236,19 @@ pub struct CodegenError {
     pub msg: String,
 }
 
-/// Generate a shader for every kernel of `p`.
+/// Generate a shader for every kernel of `p` (f32 storage).
 pub fn generate(p: &KernelProgram) -> Result<WgslProgram, CodegenError> {
+    generate_with(p, Options::default())
+}
+
+/// Generate a shader for every kernel of `p` under `opts`.
+pub fn generate_with(p: &KernelProgram, opts: Options) -> Result<WgslProgram, CodegenError> {
     let kernels = p
         .kernels
         .iter()
         .enumerate()
         .map(|(i, k)| {
-            emit::kernel(p, k).map_err(|msg| CodegenError {
+            emit::kernel(p, k, opts).map_err(|msg| CodegenError {
                 kernel: i,
                 kind: k.kind(),
                 msg,

@@ -11,23 +11,24 @@ use crate::passes::default_pipeline;
 use std::path::{Path, PathBuf};
 
 fn validate(what: &str, src: &str) {
+    validate_with(what, src, naga::valid::Capabilities::empty());
+}
+
+fn validate_with(what: &str, src: &str, caps: naga::valid::Capabilities) {
     let module = naga::front::wgsl::parse_str(src).unwrap_or_else(|e| {
         panic!(
             "{what}: WGSL does not parse:\n{}\n{src}",
             e.emit_to_string(src)
         )
     });
-    naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::empty(),
-    )
-    .validate(&module)
-    .unwrap_or_else(|e| {
-        panic!(
-            "{what}: WGSL does not validate:\n{}\n{src}",
-            e.emit_to_string(src)
-        )
-    });
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+        .validate(&module)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{what}: WGSL does not validate:\n{}\n{src}",
+                e.emit_to_string(src)
+            )
+        });
 }
 
 fn tiny_specs() -> Vec<PathBuf> {
@@ -82,6 +83,39 @@ fn every_tiny_model_validates() {
             "no {kind} kernel among the tiny models"
         );
     }
+}
+
+/// With f16 parameters every shader still validates (given the f16
+/// capability), every f32 parameter binding and only those are `f16`, and
+/// a shader enables f16 exactly when it binds one.
+#[test]
+fn f16_parameters_validate() {
+    let opts = Options { f16_params: true };
+    let mut f16_bindings = 0;
+    for path in tiny_specs() {
+        for p in programs(&path) {
+            let w = generate_with(&p, opts).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+            for (i, wk) in w.kernels.iter().enumerate() {
+                let what = format!("{} k{i} ({})", p.name, p.kernels[i].kind());
+                validate_with(&what, &wk.source, naga::valid::Capabilities::SHADER_FLOAT16);
+                let mut any = false;
+                for b in &wk.bindings {
+                    let param = match b.resource {
+                        Resource::Buffer(id) => param_f16(&p, id, opts),
+                        Resource::Slot(_) => false,
+                    };
+                    assert_eq!(b.elem == Elem::F16, param, "{what}: {b:?}");
+                    any |= param;
+                }
+                f16_bindings += usize::from(any);
+                assert_eq!(wk.source.starts_with("enable f16;"), any, "{what}");
+            }
+        }
+    }
+    assert!(
+        f16_bindings > 100,
+        "{f16_bindings} kernels bind f16 weights"
+    );
 }
 
 fn buf(name: &str, dtype: DType, shape: Vec<Dim>, kind: BufferKind) -> Buffer {

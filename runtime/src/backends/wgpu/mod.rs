@@ -80,6 +80,11 @@ impl Gpu {
         &self.limits
     }
 
+    /// Whether shaders may use f16 (`SHADER_F16`).
+    pub fn has_f16(&self) -> bool {
+        self.device.features().contains(wgpu::Features::SHADER_F16)
+    }
+
     /// The largest tensor a shader can bind, in bytes.
     pub fn max_binding_bytes(&self) -> u64 {
         self.limits
@@ -129,9 +134,11 @@ fn init() -> std::result::Result<Arc<Gpu>, String> {
     .map_err(|e| format!("no wgpu adapter ({backends:?}): {e}"))?;
     let limits = adapter.limits();
     let info = adapter.get_info();
+    // Optional features the generated shaders use when present.
+    let features = adapter.features() & wgpu::Features::SHADER_F16;
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some("kiln"),
-        required_features: wgpu::Features::empty(),
+        required_features: features,
         required_limits: limits.clone(),
         experimental_features: wgpu::ExperimentalFeatures::disabled(),
         memory_hints: wgpu::MemoryHints::Performance,
@@ -151,11 +158,20 @@ fn init() -> std::result::Result<Arc<Gpu>, String> {
     }))
 }
 
-/// Parameters uploaded to the device, by name, shared by the graphs of one
-/// model (a tied embedding is uploaded once for the encoder and decoder).
+/// Parameters uploaded to the device, by name and whether stored as f16,
+/// shared by the graphs of one model (a tied embedding is uploaded once for
+/// the encoder and decoder).
 #[derive(Default)]
 pub struct DeviceWeights {
-    bufs: HashMap<String, Arc<wgpu::Buffer>>,
+    bufs: HashMap<(String, bool), Arc<wgpu::Buffer>>,
+}
+
+/// How [`WgpuGraph::compile_with`] compiles.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WgpuOptions {
+    /// Store f32 parameters as f16 where the adapter has `SHADER_F16`
+    /// (ignored elsewhere; [`WgpuGraph::f16_params`] says which).
+    pub f16_params: bool,
 }
 
 /// A compiled graph: pipelines, uploaded parameters and run state.
@@ -163,6 +179,8 @@ pub struct WgpuGraph {
     gpu: Arc<Gpu>,
     program: KernelProgram,
     shaders: WgslProgram,
+    /// What the shaders were generated with.
+    codegen: wgsl::Options,
     pipelines: Vec<wgpu::ComputePipeline>,
     layouts: Vec<wgpu::BindGroupLayout>,
     /// Each kernel's size table (16 bytes per four sizes).
@@ -226,7 +244,20 @@ impl WgpuGraph {
         weights: &Weights,
         shared: &mut DeviceWeights,
     ) -> Result<WgpuGraph> {
+        Self::compile_with(graph, weights, shared, WgpuOptions::default())
+    }
+
+    /// [`WgpuGraph::compile_shared`] with options.
+    pub fn compile_with(
+        graph: &Graph,
+        weights: &Weights,
+        shared: &mut DeviceWeights,
+        opts: WgpuOptions,
+    ) -> Result<WgpuGraph> {
         let gpu = gpu()?;
+        let codegen = wgsl::Options {
+            f16_params: opts.f16_params && gpu.has_f16(),
+        };
         let held = gpu.clone();
         let _serial = held.serialise();
         let t0 = Instant::now();
@@ -235,7 +266,7 @@ impl WgpuGraph {
             .run(&mut g)
             .map_err(|e| err(format!("`{}`: {e}", graph.name)))?;
         let program = fuse(&g).map_err(|e| err(format!("`{}`: {e}", graph.name)))?;
-        let shaders = wgsl::generate(&program)
+        let shaders = wgsl::generate_with(&program, codegen)
             .map_err(|e| err(format!("`{}`: WGSL generation: {e}", graph.name)))?;
         let limit = gpu.max_binding_bytes();
         let dev = &gpu.device;
@@ -321,26 +352,33 @@ impl WgpuGraph {
         // Parameters (checked, uploaded once per name; a joined parameter of
         // merged projections is built from its parts) and literals.
         let mut fixed = Vec::with_capacity(program.buffers.len());
-        for b in &program.buffers {
+        for (id, b) in program.buffers.iter().enumerate() {
             fixed.push(match &b.kind {
                 BufferKind::Param(name) => {
+                    let half = wgsl::param_f16(&program, id, codegen);
                     let t = param_or_join(&program, weights, name, b.dtype, &b.shape)?;
-                    let bytes = device_bytes(t.numel() as i64);
+                    let bytes = t.numel() as u64 * if half { 2 } else { ELEMENT_BYTES };
                     if bytes > limit {
                         return Err(err(format!(
-                            "parameter `{name}` ({}{:?}, {}) is larger than this adapter's \
+                            "parameter `{name}` ({}{:?}{}, {}) is larger than this adapter's \
                              largest storage binding ({}; max_storage_buffer_binding_size)",
                             b.dtype,
                             t.shape(),
+                            if half { " stored as f16" } else { "" },
                             mib(bytes),
                             mib(limit)
                         )));
                     }
-                    let buf = match shared.bufs.get(name) {
+                    let key = (name.clone(), half);
+                    let buf = match shared.bufs.get(&key) {
                         Some(buf) => buf.clone(),
                         None => {
-                            let buf = Arc::new(upload(dev, name, t.data()));
-                            shared.bufs.insert(name.clone(), buf.clone());
+                            let buf = Arc::new(if half {
+                                upload_f16(dev, name, t.data())
+                            } else {
+                                upload(dev, name, t.data())
+                            });
+                            shared.bufs.insert(key, buf.clone());
                             buf
                         }
                     };
@@ -365,6 +403,7 @@ impl WgpuGraph {
             gpu,
             program,
             shaders,
+            codegen,
             pipelines,
             layouts,
             uniforms,
@@ -378,6 +417,11 @@ impl WgpuGraph {
 
     pub fn shaders(&self) -> &WgslProgram {
         &self.shaders
+    }
+
+    /// Whether the parameters are stored as f16 on the device.
+    pub fn f16_params(&self) -> bool {
+        self.codegen.f16_params
     }
 
     pub fn gpu(&self) -> &Gpu {
@@ -495,8 +539,13 @@ impl WgpuGraph {
 
         // Bytes of every buffer at this run's lengths, within the limit.
         let mut bytes = Vec::with_capacity(p.buffers.len());
-        for b in &p.buffers {
-            let n = device_bytes(eval(&b.storage_numel())?);
+        for (id, b) in p.buffers.iter().enumerate() {
+            let elements = eval(&b.storage_numel())?;
+            let n = if wgsl::param_f16(p, id, self.codegen) {
+                elements.max(0) as u64 * 2
+            } else {
+                device_bytes(elements)
+            };
             if n > limit {
                 let id = bytes.len();
                 let what = match &b.kind {
@@ -832,8 +881,23 @@ impl DeviceTensor {
     }
 }
 
+/// An f32 tensor uploaded as f16 (round to nearest even).
+fn upload_f16(dev: &wgpu::Device, label: &str, d: &TensorData) -> wgpu::Buffer {
+    let bytes: Vec<u8> = match d {
+        TensorData::F32(v) => v
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+            .collect(),
+        other => upload_bytes(other),
+    };
+    upload_raw(dev, label, bytes)
+}
+
 fn upload(dev: &wgpu::Device, label: &str, d: &TensorData) -> wgpu::Buffer {
-    let mut bytes = upload_bytes(d);
+    upload_raw(dev, label, upload_bytes(d))
+}
+
+fn upload_raw(dev: &wgpu::Device, label: &str, mut bytes: Vec<u8>) -> wgpu::Buffer {
     // Bindings need at least one element; keep 16-byte multiples.
     let len = bytes.len().max(16).next_multiple_of(16);
     bytes.resize(len, 0);
