@@ -4,7 +4,7 @@
 use super::math::{Helper, prelude};
 use super::{
     ATTENTION_THREADS, Binding, Dispatch, ELEMENT_THREADS, Elem, GEMM_TILE, Options, ROW_THREADS,
-    Resource, WgslKernel, param_f16, resource_of, value_type,
+    Resource, SKINNY_ROWS, Skinny, WgslKernel, param_f16, resource_of, value_type,
 };
 use crate::ir::{BinaryOp, DType, Dim, ReduceOp, UnaryOp};
 use crate::kernel::{BufId, Epilogue, Inst, Kernel, KernelProgram, Size, View};
@@ -391,6 +391,7 @@ impl<'p> Ctx<'p> {
             bindings: self.bindings,
             sizes: self.sizes,
             dispatch,
+            skinny: None,
         }
     }
 }
@@ -401,6 +402,7 @@ fn names(prefix: &str, n: usize) -> Vec<String> {
 
 pub fn kernel(p: &KernelProgram, k: &Kernel, opts: Options) -> R<WgslKernel> {
     let mut c = Ctx::new(p, k, opts);
+    let whole = k;
     match k {
         Kernel::Elementwise {
             out,
@@ -458,16 +460,28 @@ pub fn kernel(p: &KernelProgram, k: &Kernel, opts: Options) -> R<WgslKernel> {
             k,
             epilogue,
             rows,
-        } => gemm(
-            c,
-            out,
-            a,
-            b,
-            batch,
-            [m, n, k],
-            epilogue.as_ref(),
-            rows.as_ref(),
-        ),
+        } => {
+            let mut w = gemm(
+                c,
+                out,
+                a,
+                b,
+                batch,
+                [m, n, k],
+                epilogue.as_ref(),
+                rows.as_ref(),
+            )?;
+            // Few rows (decode): a tile of 64 rows would be mostly idle.
+            if rows.is_none() {
+                let c = Ctx::new(p, whole, opts);
+                let kernel = gemm_skinny(c, out, a, b, batch, [m, n, k], epilogue.as_ref())?;
+                w.skinny = Some(Skinny {
+                    rows: Size::from_dim(m),
+                    kernel: Box::new(kernel),
+                });
+            }
+            Ok(w)
+        }
         Kernel::Attention {
             out,
             q,
@@ -481,6 +495,105 @@ pub fn kernel(p: &KernelProgram, k: &Kernel, opts: Options) -> R<WgslKernel> {
             score,
         } => attention(c, [out, q, kt, v], batch, [m, keys, d, dv], score.as_ref()),
     }
+}
+
+/// A Gemm over at most [`SKINNY_ROWS`] rows, memory-bound: no operand
+/// tiles. With `b` contiguous along `k` (a `[n, k]` weight) 64 invocations
+/// share each output column (coalesced reads of its row of `b`, then a
+/// tree sum), four columns per workgroup; otherwise each invocation owns a
+/// column (reads across invocations are contiguous along `n`), 256 per
+/// workgroup. The epilogue is applied per element, as in the tiled kernel.
+fn gemm_skinny(
+    mut c: Ctx,
+    out: &View,
+    a: &View,
+    b: &View,
+    batch: &[Dim],
+    [m, n, k]: [&Dim; 3],
+    epilogue: Option<&Epilogue>,
+) -> R<WgslKernel> {
+    const W: u32 = 256;
+    const LANES: u32 = 64;
+    let nb = batch.len();
+    let bsize = product(batch);
+    let rows = SKINNY_ROWS;
+    let kb_unit = b.strides[nb].as_const() == Some(1);
+    let cols = if kb_unit { W / LANES } else { W };
+    let mut s = String::new();
+    let (ms, ns, ks, nbs) = (c.dim(m), c.dim(n), c.dim(k), c.size(&bsize));
+    let _ = writeln!(
+        s,
+        "  let M = min({ms}, {rows}i);\n  let N = {ns};\n  let K = {ks};"
+    );
+    let _ = writeln!(s, "  let groups_n = (N + {}i) / {cols}i;", cols - 1);
+    let _ = writeln!(s, "  if (g >= groups_n * {nbs}) {{ return; }}");
+    let _ = writeln!(s, "  let bflat = g / groups_n;\n  let cb = g % groups_n;");
+    let bi = batch_indices(&mut c, &mut s, batch);
+    let a_load = c.load(a, &with(&bi, &["gi", "gk"]));
+    let b_load = c.load(b, &with(&bi, &["gk", "gj"]));
+    let _ = writeln!(s, "  var acc: array<f32, {rows}>;");
+    let mut shared = String::new();
+    let reduce = |s: &mut String, ind: &str| {
+        let _ = writeln!(s, "{ind}for (var gi = 0i; gi < M; gi = gi + 1i) {{");
+        let _ = writeln!(s, "{ind}  acc[gi] = fma({a_load}, y, acc[gi]);");
+        let _ = writeln!(s, "{ind}}}");
+    };
+    if kb_unit {
+        let _ = writeln!(s, "  let lane = lid % {LANES}i;");
+        let _ = writeln!(s, "  let gj = cb * {cols}i + lid / {LANES}i;");
+        let _ = writeln!(s, "  if (gj < N) {{");
+        let _ = writeln!(s, "    for (var gk = lane; gk < K; gk = gk + {LANES}i) {{");
+        let _ = writeln!(s, "      let y = {b_load};");
+        reduce(&mut s, "      ");
+        let _ = writeln!(s, "    }}\n  }}");
+        shared = format!("var<workgroup> red: array<f32, {}>;\n", W * rows as u32);
+        let _ = writeln!(
+            s,
+            "  for (var r = 0i; r < {rows}i; r = r + 1i) {{ red[r * {W}i + lid] = acc[r]; }}"
+        );
+        let _ = writeln!(s, "  workgroupBarrier();");
+        let _ = writeln!(s, "  for (var h = {}i; h > 0i; h = h / 2i) {{", LANES / 2);
+        let _ = writeln!(s, "    if (lane < h) {{");
+        let _ = writeln!(
+            s,
+            "      for (var r = 0i; r < {rows}i; r = r + 1i) {{ red[r * {W}i + lid] = red[r * {W}i + lid] + red[r * {W}i + lid + h]; }}"
+        );
+        let _ = writeln!(s, "    }}\n    workgroupBarrier();\n  }}");
+        let _ = writeln!(s, "  if (lane != 0i || gj >= N) {{ return; }}");
+        let _ = writeln!(s, "  for (var gi = 0i; gi < M; gi = gi + 1i) {{");
+        let _ = writeln!(s, "    let prod = red[gi * {W}i + lid];");
+    } else {
+        let _ = writeln!(s, "  let gj = cb * {cols}i + lid;");
+        let _ = writeln!(s, "  if (gj >= N) {{ return; }}");
+        let _ = writeln!(s, "  for (var gk = 0i; gk < K; gk = gk + 1i) {{");
+        let _ = writeln!(s, "    let y = {b_load};");
+        reduce(&mut s, "    ");
+        let _ = writeln!(s, "  }}");
+        let _ = writeln!(s, "  for (var gi = 0i; gi < M; gi = gi + 1i) {{");
+        let _ = writeln!(s, "    let prod = acc[gi];");
+    }
+    let oidx = with(&bi, &["gi", "gj"]);
+    let v = match epilogue {
+        Some(e) => c.body(
+            &mut s,
+            "    ",
+            &e.body,
+            &e.loads,
+            &oidx,
+            &["prod".to_string()],
+            "",
+        )?,
+        None => "prod".to_string(),
+    };
+    let st = c.store(out, &oidx, &v);
+    let _ = writeln!(s, "    {st}\n  }}");
+    let dispatch = Dispatch::Tiles {
+        batch: bsize,
+        m: Size::one(),
+        n: Size::from_dim(n),
+        tile: cols,
+    };
+    Ok(c.finish(&shared, &s, W, dispatch))
 }
 
 fn threads(count: Size) -> Dispatch {

@@ -176,6 +176,21 @@ pub struct WgslKernel {
     /// The size table (binding `bindings.len()`), in order.
     pub sizes: Vec<Size>,
     pub dispatch: Dispatch,
+    /// A Gemm's variant for few rows, to run instead when they allow.
+    pub skinny: Option<Skinny>,
+}
+
+/// Rows up to which a Gemm runs as its [`Skinny`] variant.
+pub const SKINNY_ROWS: i64 = 4;
+
+/// A Gemm's shader for at most [`SKINNY_ROWS`] rows (decode steps): a
+/// tiled product would leave 60 of every 64 tile rows idle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skinny {
+    /// The kernel's row count: the variant runs when it is at most
+    /// [`SKINNY_ROWS`] (together with the batch, it is bound per run).
+    pub rows: Size,
+    pub kernel: Box<WgslKernel>,
 }
 
 /// Every kernel of a program as WGSL, in the program's order.
@@ -193,38 +208,49 @@ impl WgslProgram {
         let _ = writeln!(s, "// program \"{}\"", self.name);
         for (i, k) in self.kernels.iter().enumerate() {
             let _ = writeln!(s, "\n// ---- k{i}");
-            for (b, bind) in k.bindings.iter().enumerate() {
-                let r = match bind.resource {
-                    Resource::Buffer(id) => format!("b{id}"),
-                    Resource::Slot(sl) => format!("slot {sl}"),
-                };
-                let _ = writeln!(
-                    s,
-                    "// binding {b}: {r}{}{}",
-                    if bind.elem == Elem::F16 { " f16" } else { "" },
-                    if bind.writable { " (written)" } else { "" }
-                );
+            k.write_text(&mut s);
+            if let Some(sk) = &k.skinny {
+                let _ = writeln!(s, "\n// ---- k{i}, when {} <= {SKINNY_ROWS} rows", sk.rows);
+                sk.kernel.write_text(&mut s);
             }
-            let table: Vec<String> = k.sizes.iter().map(|x| x.to_string()).collect();
-            let _ = writeln!(
-                s,
-                "// binding {}: sizes [{}]",
-                k.bindings.len(),
-                table.join(", ")
-            );
-            let d = match &k.dispatch {
-                Dispatch::Threads { count, per_group } => {
-                    format!("{count} invocations, {per_group} per workgroup")
-                }
-                Dispatch::Groups(n) => format!("{n} workgroups"),
-                Dispatch::Tiles { batch, m, n, tile } => {
-                    format!("{batch} x ceil({m}/{tile}) x ceil({n}/{tile}) workgroups")
-                }
-            };
-            let _ = writeln!(s, "// dispatch: {d}");
-            s.push_str(&k.source);
         }
         s
+    }
+}
+
+impl WgslKernel {
+    /// Bindings, size table and dispatch as comments, then the source.
+    fn write_text(&self, s: &mut String) {
+        for (b, bind) in self.bindings.iter().enumerate() {
+            let r = match bind.resource {
+                Resource::Buffer(id) => format!("b{id}"),
+                Resource::Slot(sl) => format!("slot {sl}"),
+            };
+            let _ = writeln!(
+                s,
+                "// binding {b}: {r}{}{}",
+                if bind.elem == Elem::F16 { " f16" } else { "" },
+                if bind.writable { " (written)" } else { "" }
+            );
+        }
+        let table: Vec<String> = self.sizes.iter().map(|x| x.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "// binding {}: sizes [{}]",
+            self.bindings.len(),
+            table.join(", ")
+        );
+        let d = match &self.dispatch {
+            Dispatch::Threads { count, per_group } => {
+                format!("{count} invocations, {per_group} per workgroup")
+            }
+            Dispatch::Groups(n) => format!("{n} workgroups"),
+            Dispatch::Tiles { batch, m, n, tile } => {
+                format!("{batch} x ceil({m}/{tile}) x ceil({n}/{tile}) workgroups")
+            }
+        };
+        let _ = writeln!(s, "// dispatch: {d}");
+        s.push_str(&self.source);
     }
 }
 

@@ -54,6 +54,8 @@ fn every_tiny_model_validates() {
     let specs = tiny_specs();
     assert!(specs.len() >= 16, "models/tiny has {} specs", specs.len());
     let mut kinds = std::collections::BTreeSet::new();
+    // Skinny Gemms over `[n, k]` weights (lanes per column) and `[k, n]` ones.
+    let mut skinny_layouts = std::collections::BTreeSet::new();
     for path in specs {
         for p in programs(&path) {
             let w = generate(&p).unwrap_or_else(|e| panic!("{}: {e}", p.name));
@@ -61,6 +63,13 @@ fn every_tiny_model_validates() {
             for (i, (k, wk)) in p.kernels.iter().zip(&w.kernels).enumerate() {
                 kinds.insert(k.kind());
                 validate(&format!("{} k{i} ({})", p.name, k.kind()), &wk.source);
+                // Every Gemm without row dispatch has a validated variant for few rows.
+                let plain_gemm = matches!(k, Kernel::Gemm { rows: None, .. });
+                assert_eq!(wk.skinny.is_some(), plain_gemm, "{} k{i}", p.name);
+                if let Some(sk) = &wk.skinny {
+                    validate(&format!("{} k{i} (skinny gemm)", p.name), &sk.kernel.source);
+                    skinny_layouts.insert(sk.kernel.source.contains("lane"));
+                }
                 // One binding per resource; the output is among them, writable.
                 let out = resource_of(&p, k.output());
                 assert!(wk.bindings.iter().any(|b| b.resource == out && b.writable));
@@ -76,6 +85,7 @@ fn every_tiny_model_validates() {
             }
         }
     }
+    assert_eq!(skinny_layouts.len(), 2, "both skinny Gemm layouts");
     // Every kernel kind the tiny models produce was generated and validated.
     for kind in ["elementwise", "row_reduce", "gemm", "gather", "attention"] {
         assert!(
@@ -97,7 +107,11 @@ fn f16_parameters_validate() {
             let w = generate_with(&p, opts).unwrap_or_else(|e| panic!("{}: {e}", p.name));
             for (i, wk) in w.kernels.iter().enumerate() {
                 let what = format!("{} k{i} ({})", p.name, p.kernels[i].kind());
-                validate_with(&what, &wk.source, naga::valid::Capabilities::SHADER_FLOAT16);
+                let caps = naga::valid::Capabilities::SHADER_FLOAT16;
+                validate_with(&what, &wk.source, caps);
+                if let Some(sk) = &wk.skinny {
+                    validate_with(&what, &sk.kernel.source, caps);
+                }
                 let mut any = false;
                 for b in &wk.bindings {
                     let param = match b.resource {
@@ -398,6 +412,13 @@ fn gpt2_shaders_snapshot() {
     for (i, (k, wk)) in p.kernels.iter().zip(&w.kernels).enumerate() {
         if seen.insert(k.kind()) {
             text += &format!("// ---- k{i} {}\n{}\n", k.kind(), wk.source);
+            if let Some(sk) = &wk.skinny {
+                text += &format!(
+                    "// ---- k{i} {} (few rows)\n{}\n",
+                    k.kind(),
+                    sk.kernel.source
+                );
+            }
         }
     }
     insta::assert_snapshot!(text);

@@ -174,6 +174,91 @@ pub struct WgpuOptions {
     pub f16_params: bool,
 }
 
+/// One shader ready to dispatch: its pipeline, bind-group layout and size
+/// table uniform (16 bytes per four sizes).
+struct Launch {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+    uniform: wgpu::Buffer,
+}
+
+impl Launch {
+    /// Build `k`'s pipeline with an explicit layout from its bindings;
+    /// shader errors come back as errors about `what`.
+    fn new(gpu: &Gpu, k: &wgsl::WgslKernel, what: &str) -> Result<Launch> {
+        let dev = &gpu.device;
+        let storage = k.bindings.len() as u32;
+        if storage > gpu.limits.max_storage_buffers_per_shader_stage {
+            return Err(err(format!(
+                "{what}: {storage} storage buffers, the adapter allows {}",
+                gpu.limits.max_storage_buffers_per_shader_stage
+            )));
+        }
+        let mut entries: Vec<wgpu::BindGroupLayoutEntry> = k
+            .bindings
+            .iter()
+            .enumerate()
+            .map(|(b, bind)| wgpu::BindGroupLayoutEntry {
+                binding: b as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage {
+                        read_only: !bind.writable,
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        entries.push(wgpu::BindGroupLayoutEntry {
+            binding: storage,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        });
+        let (pipeline, layout) = gpu.checked(what, || {
+            let layout = dev.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: None,
+                entries: &entries,
+            });
+            let pl = dev.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: None,
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+            let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(what),
+                source: wgpu::ShaderSource::Wgsl(k.source.as_str().into()),
+            });
+            let pipeline = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(what),
+                layout: Some(&pl),
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+            (pipeline, layout)
+        })?;
+        let uniform = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: (k.sizes.len().div_ceil(4).max(1) * 16) as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Ok(Launch {
+            pipeline,
+            layout,
+            uniform,
+        })
+    }
+}
+
 /// A compiled graph: pipelines, uploaded parameters and run state.
 pub struct WgpuGraph {
     gpu: Arc<Gpu>,
@@ -181,10 +266,8 @@ pub struct WgpuGraph {
     shaders: WgslProgram,
     /// What the shaders were generated with.
     codegen: wgsl::Options,
-    pipelines: Vec<wgpu::ComputePipeline>,
-    layouts: Vec<wgpu::BindGroupLayout>,
-    /// Each kernel's size table (16 bytes per four sizes).
-    uniforms: Vec<wgpu::Buffer>,
+    /// Per kernel: its pipeline, and a Gemm's for few rows.
+    launches: Vec<(Launch, Option<Launch>)>,
     /// Parameters and literals, by buffer.
     fixed: Vec<Option<Arc<wgpu::Buffer>>>,
     compile_time: Duration,
@@ -271,81 +354,19 @@ impl WgpuGraph {
         let limit = gpu.max_binding_bytes();
         let dev = &gpu.device;
 
-        let mut pipelines = Vec::with_capacity(shaders.kernels.len());
-        let mut layouts = Vec::with_capacity(shaders.kernels.len());
-        let mut uniforms = Vec::with_capacity(shaders.kernels.len());
+        let mut launches = Vec::with_capacity(shaders.kernels.len());
         for (i, k) in shaders.kernels.iter().enumerate() {
-            let storage = k.bindings.len() as u32;
-            if storage > gpu.limits.max_storage_buffers_per_shader_stage {
-                return Err(err(format!(
-                    "`{}` kernel k{i}: {storage} storage buffers, the adapter allows {}",
-                    program.name, gpu.limits.max_storage_buffers_per_shader_stage
-                )));
-            }
-            let mut entries: Vec<wgpu::BindGroupLayoutEntry> = k
-                .bindings
-                .iter()
-                .enumerate()
-                .map(|(b, bind)| wgpu::BindGroupLayoutEntry {
-                    binding: b as u32,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Storage {
-                            read_only: !bind.writable,
-                        },
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
-                    },
-                    count: None,
-                })
-                .collect();
-            entries.push(wgpu::BindGroupLayoutEntry {
-                binding: storage,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Uniform,
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
-                count: None,
-            });
             let what = format!(
                 "`{}` kernel k{i} ({})",
                 program.name,
                 program.kernels[i].kind()
             );
-            let (pipeline, layout) = gpu.checked(&what, || {
-                let layout = dev.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                    label: None,
-                    entries: &entries,
-                });
-                let pl = dev.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                    label: None,
-                    bind_group_layouts: &[Some(&layout)],
-                    immediate_size: 0,
-                });
-                let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(&what),
-                    source: wgpu::ShaderSource::Wgsl(k.source.as_str().into()),
-                });
-                let pipeline = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(&what),
-                    layout: Some(&pl),
-                    module: &module,
-                    entry_point: Some("main"),
-                    compilation_options: Default::default(),
-                    cache: None,
-                });
-                (pipeline, layout)
-            })?;
-            pipelines.push(pipeline);
-            layouts.push(layout);
-            uniforms.push(dev.create_buffer(&wgpu::BufferDescriptor {
-                label: None,
-                size: (k.sizes.len().div_ceil(4).max(1) * 16) as u64,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            }));
+            let main = Launch::new(&gpu, k, &what)?;
+            let skinny = match &k.skinny {
+                Some(sk) => Some(Launch::new(&gpu, &sk.kernel, &format!("{what}, few rows"))?),
+                None => None,
+            };
+            launches.push((main, skinny));
         }
 
         let compile_time = t0.elapsed();
@@ -404,9 +425,7 @@ impl WgpuGraph {
             program,
             shaders,
             codegen,
-            pipelines,
-            layouts,
-            uniforms,
+            launches,
             fixed,
         })
     }
@@ -668,12 +687,19 @@ impl WgpuGraph {
         let resource = |st, r| pick(&self.fixed, &resident, st, r);
 
         // Size tables, bind groups, one pass.
-        let mut groups = Vec::with_capacity(self.pipelines.len());
+        let mut groups = Vec::with_capacity(self.launches.len());
         for (ki, k) in self.shaders.kernels.iter().enumerate() {
             if skip[ki] {
                 groups.push(None);
                 continue;
             }
+            // A Gemm over few rows (decode) runs its skinny variant.
+            let (k, launch) = match (&k.skinny, &self.launches[ki]) {
+                (Some(sk), (_, Some(l))) if eval(&sk.rows)? <= wgsl::SKINNY_ROWS => {
+                    (&*sk.kernel, l)
+                }
+                (_, (l, _)) => (k, l),
+            };
             let n = k
                 .dispatch
                 .groups(&|s| s.eval(&lookup))
@@ -702,7 +728,7 @@ impl WgpuGraph {
                 table.extend(v.to_le_bytes());
             }
             table.resize(k.sizes.len().div_ceil(4).max(1) * 16, 0);
-            gpu.queue.write_buffer(&self.uniforms[ki], 0, &table);
+            gpu.queue.write_buffer(&launch.uniform, 0, &table);
             let mut entries: Vec<wgpu::BindGroupEntry> = k
                 .bindings
                 .iter()
@@ -714,14 +740,14 @@ impl WgpuGraph {
                 .collect();
             entries.push(wgpu::BindGroupEntry {
                 binding: k.bindings.len() as u32,
-                resource: self.uniforms[ki].as_entire_binding(),
+                resource: launch.uniform.as_entire_binding(),
             });
             let bg = dev.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: None,
-                layout: &self.layouts[ki],
+                layout: &launch.layout,
                 entries: &entries,
             });
-            groups.push(Some((bg, x as u32, y as u32)));
+            groups.push(Some((&launch.pipeline, bg, x as u32, y as u32)));
         }
 
         let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -731,12 +757,10 @@ impl WgpuGraph {
                 label: None,
                 timestamp_writes: None,
             });
-            for (ki, g) in groups.iter().enumerate() {
-                if let Some((bg, x, y)) = g {
-                    pass.set_pipeline(&self.pipelines[ki]);
-                    pass.set_bind_group(0, bg, &[]);
-                    pass.dispatch_workgroups(*x, *y, 1);
-                }
+            for (pipeline, bg, x, y) in groups.iter().flatten() {
+                pass.set_pipeline(pipeline);
+                pass.set_bind_group(0, bg, &[]);
+                pass.dispatch_workgroups(*x, *y, 1);
             }
         }
         let staging = st.staging.as_ref().expect("allocated").0.clone();
