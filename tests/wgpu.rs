@@ -552,8 +552,12 @@ fn sessions_append_to_the_device_cache_in_place() {
             .unwrap()
             .compile(Backend::Wgpu)
             .unwrap();
-        let caches = gpu.wgpu_graph(1).unwrap().appendable().len();
-        assert!(caches > 0, "{what}: no appendable cache");
+        let decoder = gpu.wgpu_graph(1).unwrap();
+        assert!(
+            !decoder.appendable().is_empty(),
+            "{what}: no appendable cache"
+        );
+        gpu.enable_profiling(1);
         let (mut r, mut g) = (reference.session(), gpu.session());
         let rows: Vec<&[i32]> = if encdec {
             r.set_source(&[4, 5, 6]).unwrap();
@@ -580,6 +584,20 @@ fn sessions_append_to_the_device_cache_in_place() {
         // 5 + 35 tokens: storage of 16 rows grew to 32, then to 64.
         assert_eq!(g.cache_capacity(), Some(64), "{what}");
         assert_eq!(g.past_len(), r.past_len(), "{what}");
+        // GPU timestamps time every kernel the steps dispatched: not the
+        // skipped cache copies, every other kernel of the program.
+        if gpu_device().unwrap().has_timestamps() {
+            let profile = gpu.profile(1).unwrap();
+            let program = gpu.program(1).unwrap();
+            assert_eq!(profile.runs, 36, "{what}");
+            assert_eq!(profile.by_kernel.len(), program.kernels.len(), "{what}");
+            let copies: std::collections::BTreeSet<usize> =
+                program.appends.iter().map(|a| a.copy).collect();
+            for (ki, t) in profile.by_kernel.iter().enumerate() {
+                assert_eq!(t.is_zero(), copies.contains(&ki), "{what}: k{ki} {t:?}");
+            }
+            assert!(profile.gemm_flops > 0.0, "{what}");
+        }
         for layer in 0..2 {
             let (wk, wv) = r.cached_kv(layer).unwrap();
             let (gk, gv) = g.cached_kv(layer).unwrap();

@@ -331,9 +331,33 @@ impl Model {
         Ok(kv.saturating_add(act))
     }
 
+    /// Start (or restart) profiling graph `part` (0 encoder, 1 decoder) on
+    /// a compiled backend: kernel times on the JIT, GPU timestamps on wgpu.
+    pub fn enable_profiling(&self, part: usize) {
+        #[cfg(feature = "wgpu")]
+        if let Some(w) = self.wgpu_graph(part) {
+            w.enable_profiling();
+        }
+        if let Some(j) = self.jit_graph(part) {
+            j.enable_profiling();
+        }
+    }
+
+    /// The profile of graph `part` since [`Model::enable_profiling`]
+    /// (`None` when not enabled, on the interpreter, or on an adapter that
+    /// cannot time kernels). Kernels are numbered as in
+    /// [`Model::program`].
+    pub fn profile(&self, part: usize) -> Option<crate::backends::profile::Profile> {
+        #[cfg(feature = "wgpu")]
+        if let Some(w) = self.wgpu_graph(part) {
+            return w.profile();
+        }
+        self.jit_graph(part).and_then(JitGraph::profile)
+    }
+
     /// The kernel program graph `part` runs on this model's backend, if
     /// compiled.
-    fn program(&self, part: usize) -> Option<&kiln_compiler::kernel::KernelProgram> {
+    pub fn program(&self, part: usize) -> Option<&kiln_compiler::kernel::KernelProgram> {
         #[cfg(feature = "wgpu")]
         if let Some(w) = self.gpu.get(part).and_then(Option::as_ref) {
             return Some(w.program());

@@ -177,9 +177,7 @@ pub fn run(a: Args) -> Result<(), String> {
         Architecture::Encoder => 0,
         _ => 1,
     };
-    if let Some(j) = model.jit_graph(part) {
-        j.enable_profiling();
-    }
+    model.enable_profiling(part);
     match rs.spec.architecture {
         Architecture::Encoder => {
             let (med, best) = time(a.warmup, a.iters, &mut || {
@@ -217,9 +215,7 @@ pub fn run(a: Args) -> Result<(), String> {
                 let mut next = last_argmax(&o)?;
                 // The decode profile is of the last run's steps alone (a
                 // restart drops the prefill just done and earlier runs).
-                if let Some(j) = model.jit_graph(part) {
-                    j.enable_profiling();
-                }
+                model.enable_profiling(part);
                 let t = Instant::now();
                 for _ in 0..steps {
                     let o = s.forward(&[next]).map_err(|e| e.to_string())?;
@@ -262,10 +258,10 @@ pub fn run(a: Args) -> Result<(), String> {
 /// Matmul throughput and share of time inside the model, from the JIT's
 /// profile of the runs since profiling was (re)started; keys get `prefix`.
 fn add_profile(model: &Model, part: usize, out: &mut serde_json::Value, prefix: &str) {
-    let Some(p) = model.jit_graph(part).and_then(|j| j.profile()) else {
+    let Some(p) = model.profile(part) else {
         return;
     };
-    let program = model.jit_graph(part).map(|j| j.program());
+    let program = model.program(part);
     let kind = |i: usize| program.map_or("?", |p| p.kernels[i].kind());
     let gemm = p.time("gemm").as_secs_f64();
     if gemm > 0.0 {

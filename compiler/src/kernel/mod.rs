@@ -325,6 +325,31 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    /// Multiply-add FLOPs (2 per product term) of a Gemm or attention at the
+    /// lengths `env` binds, every row counted; 0 for other kinds or an
+    /// unbound length.
+    pub fn matmul_flops(&self, env: &dyn Fn(&str) -> Option<usize>) -> f64 {
+        let len = |ds: &mut dyn Iterator<Item = &Dim>| -> Option<f64> {
+            ds.map(|d| d.eval(env).map(|v| v as f64))
+                .product::<Option<f64>>()
+        };
+        let f = match self {
+            Kernel::Gemm { batch, m, n, k, .. } => len(&mut batch.iter().chain([m, n, k])),
+            Kernel::Attention {
+                batch,
+                m,
+                keys,
+                d,
+                dv,
+                ..
+            } => len(&mut batch.iter().chain([m, keys]))
+                .zip(len(&mut [d].into_iter()).zip(len(&mut [dv].into_iter())))
+                .map(|(x, (d, dv))| x * (d + dv)),
+            _ => None,
+        };
+        2.0 * f.unwrap_or(0.0)
+    }
+
     /// Short name of the kernel's kind (`"elementwise"`, `"gemm"`, ...), as used in profiles.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -6,6 +6,7 @@
 
 pub mod jit;
 pub mod machine;
+pub mod profile;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 

@@ -20,6 +20,8 @@ use kiln_compiler::passes::default_pipeline;
 use rayon::prelude::*;
 use std::borrow::Cow;
 
+use super::profile::Profile;
+
 mod attention;
 mod gemm;
 
@@ -55,45 +57,6 @@ pub struct JitGraph {
     /// `(past input, present output)` names of each of the program's
     /// appends, in its order.
     caches: Vec<(String, String)>,
-}
-
-/// Where a run's time went, by kernel kind, summed over runs.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Profile {
-    /// `(kind, time)` in first-seen order.
-    pub by_kind: Vec<(&'static str, Duration)>,
-    /// Time per kernel, indexed like the program's kernels, summed over runs.
-    pub by_kernel: Vec<Duration>,
-    /// Multiply-add FLOPs of the Gemm kernels (2·m·n·k each).
-    pub gemm_flops: f64,
-    /// Multiply-add FLOPs per kernel (Gemm and attention; 0 for the rest),
-    /// indexed like `by_kernel`.
-    pub flops_by_kernel: Vec<f64>,
-    /// Number of runs the times are summed over.
-    pub runs: usize,
-}
-
-impl Profile {
-    fn add(&mut self, kind: &'static str, t: Duration) {
-        match self.by_kind.iter_mut().find(|(k, _)| *k == kind) {
-            Some((_, d)) => *d += t,
-            None => self.by_kind.push((kind, t)),
-        }
-    }
-
-    /// Total time spent in kernels of `kind` (e.g. `"gemm"`), over all runs.
-    pub fn time(&self, kind: &str) -> Duration {
-        self.by_kind
-            .iter()
-            .filter(|(k, _)| *k == kind)
-            .map(|(_, d)| *d)
-            .sum()
-    }
-
-    /// Total time spent in all kernels, over all runs.
-    pub fn total(&self) -> Duration {
-        self.by_kind.iter().map(|(_, d)| *d).sum()
-    }
 }
 
 /// How long each stage of a compile took.
@@ -487,13 +450,10 @@ impl JitGraph {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_some();
-        let mut profile = Profile::default();
-        if profiling {
-            // Indexed by kernel number: kernels a run skips (the cache
-            // copies of an appending run) keep their slot at zero.
-            profile.by_kernel = vec![Duration::ZERO; p.kernels.len()];
-            profile.flops_by_kernel = vec![0.0; p.kernels.len()];
-        }
+        // Indexed by kernel number: kernels a run skips (the cache copies
+        // of an appending run) keep their slot at zero.
+        let mut profile = Profile::for_kernels(if profiling { p.kernels.len() } else { 0 });
+        let mut flops = 0.0;
         for (ki, k) in p.kernels.iter().enumerate() {
             if skip[ki] {
                 continue;
@@ -536,9 +496,7 @@ impl JitGraph {
                         out: eval_view(out, &eval)?,
                     };
                     let computed = g.launch(&ptrs, func, bufs, &sizes);
-                    if profiling {
-                        profile.flops_by_kernel[ki] = 2.0 * (computed * g.n * g.k) as f64;
-                    }
+                    flops = 2.0 * (computed * g.n * g.k) as f64;
                 }
                 Kernel::Attention {
                     out,
@@ -565,11 +523,8 @@ impl JitGraph {
                         out: eval_view(out, &eval)?,
                     };
                     a.launch(&ptrs, func, &sizes, self.scratch);
-                    if profiling {
-                        let nb: usize = a.batch.iter().product();
-                        profile.flops_by_kernel[ki] =
-                            2.0 * (nb * a.m * a.keys * (a.d + a.dv)) as f64;
-                    }
+                    let nb: usize = a.batch.iter().product();
+                    flops = 2.0 * (nb * a.m * a.keys * (a.d + a.dv)) as f64;
                 }
                 Kernel::Gather {
                     out,
@@ -593,8 +548,7 @@ impl JitGraph {
                 }
             }
             if let Some(t) = started {
-                profile.add(k.kind(), t.elapsed());
-                profile.by_kernel[ki] = t.elapsed();
+                profile.record(ki, k.kind(), t.elapsed(), std::mem::take(&mut flops));
             }
         }
         {
@@ -610,21 +564,7 @@ impl JitGraph {
                 .unwrap_or_else(|e| e.into_inner())
                 .as_mut()
         {
-            for (k, t) in profile.by_kind {
-                acc.add(k, t);
-            }
-            acc.by_kernel
-                .resize(profile.by_kernel.len(), Duration::ZERO);
-            for (d, t) in acc.by_kernel.iter_mut().zip(profile.by_kernel) {
-                *d += t;
-            }
-            acc.flops_by_kernel
-                .resize(profile.flops_by_kernel.len(), 0.0);
-            for (d, f) in acc.flops_by_kernel.iter_mut().zip(&profile.flops_by_kernel) {
-                *d += f;
-            }
-            acc.gemm_flops += profile.flops_by_kernel.iter().sum::<f64>();
-            acc.runs += 1;
+            acc.add_run(&profile);
         }
 
         let mut entries = Vec::with_capacity(p.outputs.len());

@@ -26,6 +26,7 @@
 //! - **Errors.** Shader compilation and validation errors are captured in
 //!   error scopes and returned as [`RuntimeError`]s, never panics.
 
+use crate::backends::profile::Profile;
 use crate::error::{Result, RuntimeError};
 use crate::interpreter::{NamedTensor, Outputs, metas};
 use crate::kernel_exec::{bind_meta, const_data, param_or_join};
@@ -78,6 +79,14 @@ impl Gpu {
 
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
+    }
+
+    /// Whether passes can write GPU timestamps (`TIMESTAMP_QUERY`), for
+    /// per-kernel profiles.
+    pub fn has_timestamps(&self) -> bool {
+        self.device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
     /// Whether shaders may use f16 (`SHADER_F16`).
@@ -135,7 +144,8 @@ fn init() -> std::result::Result<Arc<Gpu>, String> {
     let limits = adapter.limits();
     let info = adapter.get_info();
     // Optional features the generated shaders use when present.
-    let features = adapter.features() & wgpu::Features::SHADER_F16;
+    let features =
+        adapter.features() & (wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY);
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some("kiln"),
         required_features: features,
@@ -172,6 +182,74 @@ pub struct WgpuOptions {
     /// Store f32 parameters as f16 where the adapter has `SHADER_F16`
     /// (ignored elsewhere; [`WgpuGraph::f16_params`] says which).
     pub f16_params: bool,
+}
+
+/// GPU timestamps of a profiled run: a query set, the buffer it resolves
+/// into and a mappable copy.
+struct Timer {
+    set: wgpu::QuerySet,
+    resolved: wgpu::Buffer,
+    read: wgpu::Buffer,
+    count: u32,
+}
+
+impl Timer {
+    fn new(dev: &wgpu::Device, count: u32) -> Timer {
+        let bytes = 8 * u64::from(count);
+        let buffer = |usage| {
+            dev.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("kernel timestamps"),
+                size: bytes,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        Timer {
+            set: dev.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("kernel timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count,
+            }),
+            resolved: buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC),
+            read: buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
+            count,
+        }
+    }
+
+    fn resolve(&self, enc: &mut wgpu::CommandEncoder) {
+        enc.resolve_query_set(&self.set, 0..self.count, &self.resolved, 0);
+        enc.copy_buffer_to_buffer(&self.resolved, 0, &self.read, 0, 8 * u64::from(self.count));
+    }
+
+    /// Start mapping the copy (after the submit; completes with the poll).
+    fn map(&self) -> std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.read
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+        rx
+    }
+
+    /// The timestamps, in ticks, once mapped.
+    fn read(
+        &self,
+        rx: std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+    ) -> Result<Vec<u64>> {
+        rx.recv()
+            .map_err(|_| err("wgpu: the timestamp read-back never completed"))?
+            .map_err(|e| err(format!("wgpu timestamp read-back: {e}")))?;
+        let ticks = {
+            let view = (self.read.slice(..).get_mapped_range())
+                .map_err(|e| err(format!("wgpu timestamp read-back: {e}")))?;
+            view.chunks_exact(8)
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect()
+        };
+        self.read.unmap();
+        Ok(ticks)
+    }
 }
 
 /// One shader ready to dispatch: its pipeline, bind-group layout and size
@@ -276,6 +354,8 @@ pub struct WgpuGraph {
     /// `(past input, present output)` names of each of the program's
     /// appends, in its order.
     caches: Vec<(String, String)>,
+    /// Per-kernel GPU times of the runs since profiling was enabled.
+    profile: Mutex<Option<Profile>>,
 }
 
 #[derive(Default)]
@@ -415,6 +495,7 @@ impl WgpuGraph {
         let caches = program.append_names();
         Ok(WgpuGraph {
             caches,
+            profile: Mutex::new(None),
             compile_time,
             state: Mutex::new(RunState {
                 slots: (0..slots).map(|_| None).collect(),
@@ -436,6 +517,25 @@ impl WgpuGraph {
 
     pub fn shaders(&self) -> &WgslProgram {
         &self.shaders
+    }
+
+    /// Start (or restart) collecting a [`Profile`] of every run, from GPU
+    /// timestamps (where the adapter has `TIMESTAMP_QUERY`; runs are then
+    /// encoded one pass per kernel).
+    pub fn enable_profiling(&self) {
+        *self.profile.lock().unwrap_or_else(|e| e.into_inner()) = Some(Profile::default());
+    }
+
+    /// The profile collected since [`WgpuGraph::enable_profiling`]; `None`
+    /// when not enabled or the adapter cannot time kernels.
+    pub fn profile(&self) -> Option<Profile> {
+        if !self.gpu.has_timestamps() {
+            return None;
+        }
+        self.profile
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether the parameters are stored as f16 on the device.
@@ -752,16 +852,52 @@ impl WgpuGraph {
 
         let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut enc = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        // Profiling: one pass per kernel, with GPU timestamps at its ends
+        // (as many kernels as a query set holds; any beyond run untimed).
+        let profiling = gpu.has_timestamps()
+            && self
+                .profile
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some();
+        let timed: Vec<usize> = (groups.iter().enumerate())
+            .filter(|(_, g)| profiling && g.is_some())
+            .map(|(ki, _)| ki)
+            .take(wgpu::QUERY_SET_MAX_QUERIES as usize / 2)
+            .collect();
+        let timer = (!timed.is_empty()).then(|| Timer::new(dev, 2 * timed.len() as u32));
+        let dispatch = |pass: &mut wgpu::ComputePass<'_>, ki: usize| {
+            if let Some((pipeline, bg, x, y)) = &groups[ki] {
+                pass.set_pipeline(pipeline);
+                pass.set_bind_group(0, bg, &[]);
+                pass.dispatch_workgroups(*x, *y, 1);
+            }
+        };
+        if let Some(t) = &timer {
+            for (q, &ki) in timed.iter().enumerate() {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: None,
+                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                        query_set: &t.set,
+                        beginning_of_pass_write_index: Some(2 * q as u32),
+                        end_of_pass_write_index: Some(2 * q as u32 + 1),
+                    }),
+                });
+                dispatch(&mut pass, ki);
+            }
+        }
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: None,
                 timestamp_writes: None,
             });
-            for (pipeline, bg, x, y) in groups.iter().flatten() {
-                pass.set_pipeline(pipeline);
-                pass.set_bind_group(0, bg, &[]);
-                pass.dispatch_workgroups(*x, *y, 1);
+            let after = timed.last().map_or(0, |&ki| ki + 1);
+            for ki in after..groups.len() {
+                dispatch(&mut pass, ki);
             }
+        }
+        if let Some(t) = &timer {
+            t.resolve(&mut enc);
         }
         let staging = st.staging.as_ref().expect("allocated").0.clone();
         for &(id, at, n) in &reads {
@@ -819,11 +955,36 @@ impl WgpuGraph {
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
+        let times = timer.as_ref().map(Timer::map);
         dev.poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| err(format!("`{}`: wgpu: {e}", p.name)))?;
         rx.recv()
             .map_err(|_| err("wgpu: the read-back never completed"))?
             .map_err(|e| err(format!("`{}`: wgpu read-back: {e}", p.name)))?;
+        if let (Some(t), Some(rx)) = (&timer, times) {
+            let ticks = t.read(rx)?;
+            let period = f64::from(gpu.queue.get_timestamp_period());
+            let mut run = Profile::for_kernels(p.kernels.len());
+            let lengths = |s: &str| env.get(s).copied();
+            for (q, &ki) in timed.iter().enumerate() {
+                let ns = ticks[2 * q + 1].saturating_sub(ticks[2 * q]) as f64 * period;
+                let k = &p.kernels[ki];
+                run.record(
+                    ki,
+                    k.kind(),
+                    Duration::from_nanos(ns as u64),
+                    k.matmul_flops(&lengths),
+                );
+            }
+            if let Some(acc) = self
+                .profile
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_mut()
+            {
+                acc.add_run(&run);
+            }
+        }
         let mut entries = Vec::with_capacity(p.outputs.len());
         {
             let view = slice
