@@ -186,6 +186,7 @@ impl Model {
         let mut uploaded = DeviceWeights::default();
         let opts = WgpuOptions {
             f16_params: self.precision == Precision::F16,
+            ..WgpuOptions::default()
         };
         let parts = [&self.lowered.encoder, &self.lowered.decoder];
         for (slot, g) in self.gpu.iter_mut().zip(parts) {

@@ -72,6 +72,7 @@ pub fn run(a: Args) -> Result<(), String> {
             for p in pipeline::fuse_with(&lowered, &opts, path).map_err(text)? {
                 let o = kiln_compiler::codegen::wgsl::Options {
                     f16_params: a.precision == kiln_runtime::Precision::F16,
+                    ..Default::default()
                 };
                 let w = kiln_compiler::codegen::wgsl::generate_with(&p, o)
                     .map_err(|e| format!("{}: {e}", path.display()))?;

@@ -24,6 +24,9 @@ struct Ctx<'p> {
     bindings: Vec<Binding>,
     /// Buffer → its binding.
     binding_of: BTreeMap<BufId, usize>,
+    opts: Options,
+    /// The shader reads the subgroup builtins.
+    subgroups: bool,
 }
 
 fn product(dims: &[Dim]) -> Size {
@@ -130,6 +133,8 @@ impl<'p> Ctx<'p> {
             helpers: BTreeSet::new(),
             bindings,
             binding_of,
+            opts,
+            subgroups: false,
         }
     }
 
@@ -381,8 +386,12 @@ impl<'p> Ctx<'p> {
         s.push_str(shared);
         let _ = writeln!(s, "@compute @workgroup_size({threads})");
         s.push_str(
-            "fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {\n",
+            "fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lidx: u32",
         );
+        if self.subgroups {
+            s.push_str(", @builtin(subgroup_invocation_id) sg_lane: u32, @builtin(subgroup_id) sg_id: u32, @builtin(num_subgroups) n_sg: u32");
+        }
+        s.push_str(") {\n");
         s.push_str("  let g = i32(wid.x + wid.y * nwg.x);\n  let lid = i32(lidx);\n");
         s.push_str(main);
         s.push_str("}\n");
@@ -722,28 +731,44 @@ fn row_reduce(
         let comb = combine(&mut c, st.op, dt, &acc, &v);
         let _ = writeln!(m, "    {acc} = {comb};");
         let _ = writeln!(m, "  }}");
-        let _ = writeln!(m, "  {arr}[lid] = {acc};");
-        let _ = writeln!(m, "  workgroupBarrier();");
-        let _ = writeln!(
-            m,
-            "  for (var w = {}i; w > 0i; w = w / 2i) {{",
-            ROW_THREADS / 2
-        );
-        let comb = combine(
-            &mut c,
-            st.op,
-            dt,
-            &format!("{arr}[lid]"),
-            &format!("{arr}[lid + w]"),
-        );
-        let _ = writeln!(m, "    if (lid < w) {{ {arr}[lid] = {comb}; }}");
-        let _ = writeln!(m, "    workgroupBarrier();");
-        let _ = writeln!(m, "  }}");
         let red = format!("red{s}");
-        let rv = if dt == DType::Bool {
-            format!("{arr}[0] != 0i")
+        let total = if c.opts.subgroups && st.op == ReduceOp::Sum {
+            // One partial per subgroup, then every invocation adds them up
+            // in subgroup order (deterministic for a given subgroup size).
+            c.subgroups = true;
+            let _ = writeln!(m, "  {acc} = subgroupAdd({acc});");
+            let _ = writeln!(m, "  if (sg_lane == 0u) {{ {arr}[sg_id] = {acc}; }}");
+            let _ = writeln!(m, "  workgroupBarrier();");
+            let _ = writeln!(m, "  var tot{s}: {acc_ty} = {ident};");
+            let _ = writeln!(
+                m,
+                "  for (var q = 0i; q < i32(n_sg); q = q + 1i) {{ tot{s} = tot{s} + {arr}[q]; }}"
+            );
+            format!("tot{s}")
         } else {
+            let _ = writeln!(m, "  {arr}[lid] = {acc};");
+            let _ = writeln!(m, "  workgroupBarrier();");
+            let _ = writeln!(
+                m,
+                "  for (var w = {}i; w > 0i; w = w / 2i) {{",
+                ROW_THREADS / 2
+            );
+            let comb = combine(
+                &mut c,
+                st.op,
+                dt,
+                &format!("{arr}[lid]"),
+                &format!("{arr}[lid + w]"),
+            );
+            let _ = writeln!(m, "    if (lid < w) {{ {arr}[lid] = {comb}; }}");
+            let _ = writeln!(m, "    workgroupBarrier();");
+            let _ = writeln!(m, "  }}");
             format!("{arr}[0]")
+        };
+        let rv = if dt == DType::Bool {
+            format!("{total} != 0i")
+        } else {
+            total
         };
         let _ = writeln!(m, "  let {red}: {} = {rv};", value_type(dt));
         let _ = writeln!(m, "  workgroupBarrier();");

@@ -78,6 +78,12 @@ pub struct Options {
     /// Store every f32 parameter as f16 (see [`param_f16`]); arithmetic
     /// stays f32.
     pub f16_params: bool,
+    /// Sum stages of row reductions combine their partials with
+    /// `subgroupAdd` (one partial per subgroup, then one barrier) instead of
+    /// a seven-step shared-memory tree; needs the adapter's `SUBGROUP`.
+    /// Maxima keep the tree: the IR's max propagates NaN, which
+    /// `subgroupMax` does not promise.
+    pub subgroups: bool,
 }
 
 /// Whether buffer `b` is stored as f16 on the device under `opts`: an f32

@@ -15,6 +15,7 @@ fn validate(what: &str, src: &str) {
 }
 
 fn validate_with(what: &str, src: &str, caps: naga::valid::Capabilities) {
+    use naga::valid::{ShaderStages, SubgroupOperationSet};
     let module = naga::front::wgsl::parse_str(src).unwrap_or_else(|e| {
         panic!(
             "{what}: WGSL does not parse:\n{}\n{src}",
@@ -22,6 +23,8 @@ fn validate_with(what: &str, src: &str, caps: naga::valid::Capabilities) {
         )
     });
     naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+        .subgroup_stages(ShaderStages::COMPUTE)
+        .subgroup_operations(SubgroupOperationSet::BASIC | SubgroupOperationSet::ARITHMETIC)
         .validate(&module)
         .unwrap_or_else(|e| {
             panic!(
@@ -100,7 +103,10 @@ fn every_tiny_model_validates() {
 /// a shader enables f16 exactly when it binds one.
 #[test]
 fn f16_parameters_validate() {
-    let opts = Options { f16_params: true };
+    let opts = Options {
+        f16_params: true,
+        ..Options::default()
+    };
     let mut f16_bindings = 0;
     for path in tiny_specs() {
         for p in programs(&path) {
@@ -130,6 +136,33 @@ fn f16_parameters_validate() {
         f16_bindings > 100,
         "{f16_bindings} kernels bind f16 weights"
     );
+}
+
+/// With subgroups every shader validates (given the capability), and a
+/// row reduction uses `subgroupAdd` exactly when it has a sum stage.
+#[test]
+fn subgroup_reductions_validate() {
+    let opts = Options {
+        subgroups: true,
+        ..Options::default()
+    };
+    let caps = naga::valid::Capabilities::SUBGROUP;
+    let mut with_sums = 0;
+    for path in tiny_specs() {
+        for p in programs(&path) {
+            let w = generate_with(&p, opts).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+            for (i, (k, wk)) in p.kernels.iter().zip(&w.kernels).enumerate() {
+                let what = format!("{} k{i} ({})", p.name, k.kind());
+                validate_with(&what, &wk.source, caps);
+                let sums = matches!(k, Kernel::RowReduce { stages, .. }
+                    if stages.iter().any(|s| s.op == crate::ir::ReduceOp::Sum));
+                assert_eq!(wk.source.contains("subgroupAdd("), sums, "{what}");
+                assert_eq!(wk.source.contains("sg_lane"), sums, "{what}");
+                with_sums += usize::from(sums);
+            }
+        }
+    }
+    assert!(with_sums > 50, "{with_sums} reductions with sums");
 }
 
 fn buf(name: &str, dtype: DType, shape: Vec<Dim>, kind: BufferKind) -> Buffer {

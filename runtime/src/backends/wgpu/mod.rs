@@ -89,6 +89,11 @@ impl Gpu {
             .contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
+    /// Whether shaders may use subgroup operations (`SUBGROUP`).
+    pub fn has_subgroups(&self) -> bool {
+        self.device.features().contains(wgpu::Features::SUBGROUP)
+    }
+
     /// Whether shaders may use f16 (`SHADER_F16`).
     pub fn has_f16(&self) -> bool {
         self.device.features().contains(wgpu::Features::SHADER_F16)
@@ -144,8 +149,8 @@ fn init() -> std::result::Result<Arc<Gpu>, String> {
     let limits = adapter.limits();
     let info = adapter.get_info();
     // Optional features the generated shaders use when present.
-    let features =
-        adapter.features() & (wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY);
+    let features = adapter.features()
+        & (wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some("kiln"),
         required_features: features,
@@ -177,11 +182,23 @@ pub struct DeviceWeights {
 }
 
 /// How [`WgpuGraph::compile_with`] compiles.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WgpuOptions {
     /// Store f32 parameters as f16 where the adapter has `SHADER_F16`
     /// (ignored elsewhere; [`WgpuGraph::f16_params`] says which).
     pub f16_params: bool,
+    /// Reduce sums with subgroup operations where the adapter has
+    /// `SUBGROUP` (the default; `false` keeps shared-memory trees).
+    pub subgroups: bool,
+}
+
+impl Default for WgpuOptions {
+    fn default() -> Self {
+        WgpuOptions {
+            f16_params: false,
+            subgroups: true,
+        }
+    }
 }
 
 /// GPU timestamps of a profiled run: a query set, the buffer it resolves
@@ -420,6 +437,7 @@ impl WgpuGraph {
         let gpu = gpu()?;
         let codegen = wgsl::Options {
             f16_params: opts.f16_params && gpu.has_f16(),
+            subgroups: opts.subgroups && gpu.has_subgroups(),
         };
         let held = gpu.clone();
         let _serial = held.serialise();
@@ -541,6 +559,11 @@ impl WgpuGraph {
     /// Whether the parameters are stored as f16 on the device.
     pub fn f16_params(&self) -> bool {
         self.codegen.f16_params
+    }
+
+    /// Whether row reductions sum with subgroup operations.
+    pub fn subgroups(&self) -> bool {
+        self.codegen.subgroups
     }
 
     pub fn gpu(&self) -> &Gpu {
