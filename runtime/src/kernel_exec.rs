@@ -90,6 +90,68 @@ pub(crate) fn bind_meta(p: &KernelProgram, inputs: &[InputMeta<'_>]) -> Result<B
     Ok(env)
 }
 
+/// The shape of an empty store for each of `p`'s appends, in order: the
+/// past input's shape at `lengths` with no rows along the append axis.
+pub(crate) fn empty_store_shapes(p: &KernelProgram, lengths: &Bindings) -> Result<Vec<Vec<usize>>> {
+    p.appends
+        .iter()
+        .map(|a| {
+            let b = &p.buffers[a.past];
+            (b.shape.iter().enumerate())
+                .map(|(i, d)| match i == a.axis {
+                    true => Ok(0),
+                    false => d.eval(&|s: &str| lengths.get(s).copied()).ok_or_else(|| {
+                        err(format!("`{}`: unbound dim {d} of `{}`", p.name, b.name))
+                    }),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Present output name → its store's capacity and shape in use.
+pub(crate) type StoreLookup<'a> = dyn Fn(&str) -> Option<(usize, &'a [usize])> + 'a;
+
+/// [`bind_meta`] for a run that appends to stores kept between runs:
+/// `inputs` omits the caches' past inputs, which are bound from `store`
+/// (present output name → the store's capacity and shape in use) for
+/// every `(past, present)` of `caches`; [`CAPACITY`] is bound to the
+/// stores' common capacity. Also returns the rows every cache holds after
+/// the run (an error if the stores lack room for them).
+pub(crate) fn bind_appending<'a>(
+    p: &KernelProgram,
+    caches: &'a [(String, String)],
+    mut inputs: Vec<InputMeta<'a>>,
+    store: &StoreLookup<'a>,
+) -> Result<(Bindings, usize)> {
+    let mut capacity = None;
+    for (past, present) in caches {
+        let (cap, shape) = store(present)
+            .ok_or_else(|| err(format!("`{}`: no store for the cache `{present}`", p.name)))?;
+        if capacity.is_some_and(|c| c != cap) {
+            return Err(err(format!(
+                "`{}`: cache stores of different capacities",
+                p.name
+            )));
+        }
+        capacity = Some(cap);
+        inputs.push((past.as_str(), DType::F32, shape));
+    }
+    let mut env = bind_meta(p, &inputs)?;
+    // Bound to the rows in use by `bind_meta`: the rows after the run.
+    let need = env.get(CAPACITY).copied().unwrap_or(0);
+    if let Some(c) = capacity {
+        if c < need {
+            return Err(err(format!(
+                "`{}`: cache stores hold {c} rows, the run needs {need}; reserve first",
+                p.name
+            )));
+        }
+        env.insert(CAPACITY.to_string(), c);
+    }
+    Ok((env, need))
+}
+
 /// Give appendable caches exactly the rows in use (row-major storage), for
 /// a run that does not keep them between runs.
 pub(crate) fn bind_capacity(p: &KernelProgram, env: &mut Bindings) -> Result<()> {

@@ -7,6 +7,7 @@
 pub mod inputs;
 pub mod random_spec;
 pub mod rng;
+pub mod sessions;
 
 use std::path::{Path, PathBuf};
 

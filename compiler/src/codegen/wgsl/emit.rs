@@ -582,20 +582,8 @@ fn gemm_skinny(
         let _ = writeln!(s, "    let prod = acc[gi];");
     }
     let oidx = with(&bi, &["gi", "gj"]);
-    let v = match epilogue {
-        Some(e) => c.body(
-            &mut s,
-            "    ",
-            &e.body,
-            &e.loads,
-            &oidx,
-            &["prod".to_string()],
-            "",
-        )?,
-        None => "prod".to_string(),
-    };
-    let st = c.store(out, &oidx, &v);
-    let _ = writeln!(s, "    {st}\n  }}");
+    store_product(&mut c, &mut s, "    ", epilogue, out, &oidx)?;
+    let _ = writeln!(s, "  }}");
     let dispatch = Dispatch::Tiles {
         batch: bsize,
         m: Size::one(),
@@ -603,6 +591,24 @@ fn gemm_skinny(
         tile: cols,
     };
     Ok(c.finish(&shared, &s, W, dispatch))
+}
+
+/// `out[oidx] = epilogue(prod)` (or `prod`), indented by `ind`.
+fn store_product(
+    c: &mut Ctx,
+    s: &mut String,
+    ind: &str,
+    epilogue: Option<&Epilogue>,
+    out: &View,
+    oidx: &[String],
+) -> R<()> {
+    let v = match epilogue {
+        Some(e) => c.body(s, ind, &e.body, &e.loads, oidx, &["prod".to_string()], "")?,
+        None => "prod".to_string(),
+    };
+    let st = c.store(out, oidx, &v);
+    let _ = writeln!(s, "{ind}{st}");
+    Ok(())
 }
 
 fn threads(count: Size) -> Dispatch {
@@ -971,20 +977,7 @@ fn gemm(
         );
     }
     let _ = writeln!(s, "        let prod = acc[r * {PER}i + q];");
-    let v = match epilogue {
-        Some(e) => c.body(
-            &mut s,
-            "        ",
-            &e.body,
-            &e.loads,
-            &oidx,
-            &["prod".to_string()],
-            "",
-        )?,
-        None => "prod".to_string(),
-    };
-    let st = c.store(out, &oidx, &v);
-    let _ = writeln!(s, "        {st}");
+    store_product(&mut c, &mut s, "        ", epilogue, out, &oidx)?;
     let _ = writeln!(s, "      }}\n    }}\n  }}");
     let dispatch = Dispatch::Tiles {
         batch: bsize,

@@ -8,13 +8,13 @@
 
 use crate::error::{Result, RuntimeError};
 use crate::interpreter::{NamedTensor, Outputs};
-use crate::kernel_exec::{bind, bind_meta, const_data, param_or_join};
+use crate::kernel_exec::{bind, bind_appending, const_data, empty_store_shapes, param_or_join};
 use crate::tensor::{Tensor, TensorData};
 use crate::weights::Weights;
 use kiln_compiler::codegen::cranelift::{self as clif, CpuProgram, KernelFn};
 use kiln_compiler::ir::{DType, Dim, Graph};
 use kiln_compiler::kernel::{
-    BufferKind, CAPACITY, FuseOptions, Kernel, KernelProgram, Size, View, fuse_with,
+    BufferKind, FuseOptions, Kernel, KernelProgram, Size, View, fuse_with,
 };
 use kiln_compiler::passes::default_pipeline;
 use rayon::prelude::*;
@@ -277,19 +277,9 @@ impl JitGraph {
         capacity: usize,
     ) -> Result<BTreeMap<String, AppendStore>> {
         let p = &self.program;
+        let shapes = empty_store_shapes(p, lengths)?;
         let mut stores = BTreeMap::new();
-        for (a, (_, name)) in p.appends.iter().zip(&self.caches) {
-            let b = &p.buffers[a.past];
-            let mut shape = Vec::with_capacity(b.shape.len());
-            for (i, d) in b.shape.iter().enumerate() {
-                shape.push(if i == a.axis {
-                    0
-                } else {
-                    d.eval(&|s: &str| lengths.get(s).copied()).ok_or_else(|| {
-                        err(format!("`{}`: unbound dim {d} of `{}`", p.name, b.name))
-                    })?
-                });
-            }
+        for ((a, (_, name)), shape) in p.appends.iter().zip(&self.caches).zip(shapes) {
             stores.insert(name.clone(), AppendStore::new(&shape, a.axis, capacity)?);
         }
         Ok(stores)
@@ -311,36 +301,15 @@ impl JitGraph {
         let inputs: Vec<N> = inputs.into_iter().collect();
         let pairs: Vec<(&str, &Tensor)> = inputs.iter().map(|i| (i.name(), i.tensor())).collect();
         let p = &self.program;
-        let mut metas: Vec<(&str, DType, &[usize])> = pairs
+        let metas = pairs
             .iter()
             .map(|(n, t)| (*n, t.dtype(), t.shape()))
             .collect();
-        let mut capacity = None;
-        for (past, present) in &self.caches {
-            let st = stores
-                .get(present)
-                .ok_or_else(|| err(format!("`{}`: no store for the cache `{present}`", p.name)))?;
-            if capacity.is_some_and(|c| c != st.capacity) {
-                return Err(err(format!(
-                    "`{}`: cache stores of different capacities",
-                    p.name
-                )));
-            }
-            capacity = Some(st.capacity);
-            metas.push((past.as_str(), DType::F32, st.shape.as_slice()));
-        }
-        let mut env = bind_meta(p, &metas)?;
-        // The rows every cache holds after the run (bound to the rows in use).
-        let need = env.get(CAPACITY).copied().unwrap_or(0);
-        if let Some(c) = capacity {
-            if c < need {
-                return Err(err(format!(
-                    "`{}`: cache stores hold {c} rows, the run needs {need}; reserve first",
-                    p.name
-                )));
-            }
-            env.insert(CAPACITY.to_string(), c);
-        }
+        let (env, need) = {
+            let view: &BTreeMap<String, AppendStore> = stores;
+            let store = |name: &str| view.get(name).map(|s| (s.capacity, s.shape.as_slice()));
+            bind_appending(p, &self.caches, metas, &store)?
+        };
         let out = self.execute(weights, &pairs, env, stores)?;
         for (a, (_, name)) in p.appends.iter().zip(&self.caches) {
             if let Some(st) = stores.get_mut(name) {

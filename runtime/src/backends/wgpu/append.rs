@@ -6,6 +6,7 @@
 use super::{DeviceTensor, Gpu, WgpuGraph, device_bytes, err, gpu, mib};
 use crate::error::Result;
 use crate::interpreter::{Bindings, Outputs};
+use crate::kernel_exec::empty_store_shapes;
 use crate::tensor::Tensor;
 use kiln_compiler::ir::DType;
 use std::collections::BTreeMap;
@@ -176,19 +177,9 @@ impl WgpuGraph {
         capacity: usize,
     ) -> Result<BTreeMap<String, DeviceStore>> {
         let p = &self.program;
+        let shapes = empty_store_shapes(p, lengths)?;
         let mut stores = BTreeMap::new();
-        for (a, (_, name)) in p.appends.iter().zip(&self.caches) {
-            let b = &p.buffers[a.past];
-            let mut shape = Vec::with_capacity(b.shape.len());
-            for (i, d) in b.shape.iter().enumerate() {
-                shape.push(if i == a.axis {
-                    0
-                } else {
-                    d.eval(&|s: &str| lengths.get(s).copied()).ok_or_else(|| {
-                        err(format!("`{}`: unbound dim {d} of `{}`", p.name, b.name))
-                    })?
-                });
-            }
+        for ((a, (_, name)), shape) in p.appends.iter().zip(&self.caches).zip(shapes) {
             stores.insert(name.clone(), DeviceStore::new(&shape, a.axis, capacity)?);
         }
         Ok(stores)

@@ -29,7 +29,7 @@
 use crate::backends::profile::Profile;
 use crate::error::{Result, RuntimeError};
 use crate::interpreter::{NamedTensor, Outputs, metas};
-use crate::kernel_exec::{bind_meta, const_data, param_or_join};
+use crate::kernel_exec::{bind_appending, bind_meta, const_data, param_or_join};
 use crate::tensor::{Tensor, TensorData};
 use crate::weights::Weights;
 use kiln_compiler::codegen::wgsl::{self, ELEMENT_BYTES, Resource, WgslProgram};
@@ -616,34 +616,15 @@ impl WgpuGraph {
                 .iter()
                 .map(|&(n, d)| (n, d.dtype, d.shape.as_slice())),
         );
-        let mut capacity = None;
-        if !stores.is_empty() {
-            for (past, present) in &self.caches {
-                let st = stores.get(present).ok_or_else(|| {
-                    err(format!("`{}`: no store for the cache `{present}`", p.name))
-                })?;
-                if capacity.is_some_and(|c| c != st.capacity) {
-                    return Err(err(format!(
-                        "`{}`: cache stores of different capacities",
-                        p.name
-                    )));
-                }
-                capacity = Some(st.capacity);
-                meta.push((past.as_str(), DType::F32, st.shape.as_slice()));
-            }
-        }
-        let mut env = bind_meta(p, &meta)?;
-        // The rows every cache holds after the run (bound to the rows in use).
-        let need = env.get(CAPACITY).copied().unwrap_or(0);
-        if let Some(c) = capacity {
-            if c < need {
-                return Err(err(format!(
-                    "`{}`: cache stores hold {c} rows, the run needs {need}; reserve first",
-                    p.name
-                )));
-            }
-            env.insert(CAPACITY.to_string(), c);
-        }
+        let (env, need) = if stores.is_empty() {
+            let env = bind_meta(p, &meta)?;
+            let need = env.get(CAPACITY).copied().unwrap_or(0);
+            (env, need)
+        } else {
+            let view: &BTreeMap<String, DeviceStore> = stores;
+            let store = |name: &str| view.get(name).map(|s| (s.capacity, s.shape.as_slice()));
+            bind_appending(p, &self.caches, meta, &store)?
+        };
         // Appends into a store: the copy to skip, the buffers it stands for.
         let mut skip = vec![false; p.kernels.len()];
         let mut resident: Vec<Option<wgpu::Buffer>> = vec![None; p.buffers.len()];
