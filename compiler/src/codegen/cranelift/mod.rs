@@ -28,7 +28,8 @@ use cranelift_codegen::ir::{AbiParam, Signature, UserFuncName};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{FuncId, Linkage, Module};
+use cranelift_module::{FuncId, Linkage, Module, ModuleReloc};
+use rayon::prelude::*;
 use std::borrow::Cow;
 use std::fmt;
 
@@ -194,6 +195,9 @@ pub fn compile(p: &KernelProgram, opts: Options) -> Result<CpuProgram, CodegenEr
     let sig = kernel_signature(&module);
     let mut ctx = module.make_context();
     let mut fctx = FunctionBuilderContext::new();
+    // Functions built (sequentially: declaring needs the module), compiled
+    // to machine code in parallel below, then defined in the module.
+    let mut built: Vec<(usize, FuncId, cranelift_codegen::Context)> = Vec::new();
     let mut ids: Vec<Option<FuncId>> = Vec::new();
     let mut tables = Vec::new();
     let mut clif = Vec::new();
@@ -402,19 +406,44 @@ pub fn compile(p: &KernelProgram, opts: Options) -> Result<CpuProgram, CodegenEr
             b.finalize(module.target_config());
         }
         clif.push(opts.emit_clif.then(|| ctx.func.display().to_string()));
-        module.define_function(id, &mut ctx).map_err(|e| {
-            kerr(format!(
-                "{e:?}\n{}",
-                if opts.emit_clif {
-                    String::new()
-                } else {
-                    ctx.func.display().to_string()
-                }
-            ))
-        })?;
-        module.clear_context(&mut ctx);
+        built.push((ki, id, std::mem::replace(&mut ctx, module.make_context())));
         ids.push(Some(id));
         tables.push(table);
+    }
+    let isa = module.isa();
+    let machine: Vec<Result<MachineCode, CodegenError>> = built
+        .par_iter_mut()
+        .map(|(ki, id, ctx)| {
+            let k = &p.kernels[*ki];
+            let failed = |e: String| CodegenError::Kernel {
+                kernel: *ki,
+                kind: k.kind(),
+                msg: e,
+            };
+            let alignment = match ctx.compile(isa, &mut Default::default()) {
+                Ok(res) => u64::from(res.buffer.alignment),
+                Err(e) => {
+                    return Err(failed(format!("{:?}\n{}", e.inner, e.func.display())));
+                }
+            };
+            let code = ctx.compiled_code().expect("just compiled");
+            let relocs = (code.buffer.relocs().iter())
+                .map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, *id))
+                .collect();
+            Ok(MachineCode {
+                bytes: code.code_buffer().to_vec(),
+                alignment: alignment
+                    .max(u64::from(isa.function_alignment().minimum))
+                    .max(isa.symbol_alignment()),
+                relocs,
+            })
+        })
+        .collect();
+    for ((_, id, _), m) in built.iter().zip(machine) {
+        let m = m?;
+        module
+            .define_function_bytes(*id, m.alignment, &m.bytes, &m.relocs)
+            .map_err(backend)?;
     }
     module.finalize_definitions().map_err(backend)?;
     let kernels = ids
@@ -435,6 +464,13 @@ pub fn compile(p: &KernelProgram, opts: Options) -> Result<CpuProgram, CodegenEr
         kernels,
         clif,
     })
+}
+
+/// One kernel's machine code, ready to define in the module.
+struct MachineCode {
+    bytes: Vec<u8>,
+    alignment: u64,
+    relocs: Vec<ModuleReloc>,
 }
 
 /// A rank-0 domain as one row of one column.
