@@ -120,10 +120,12 @@ impl Appender<'_> {
 }
 
 impl KvStores {
+    /// No cache is kept in stores (the session passes [`Cached`] tensors).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// How many caches the stores hold (two per decoder block).
     pub fn len(&self) -> usize {
         match self {
             KvStores::None => 0,

@@ -164,6 +164,7 @@ impl Model {
         self
     }
 
+    /// The precision set by [`Model::with_precision`] (f32 by default).
     pub fn precision(&self) -> Precision {
         self.precision
     }
