@@ -9,7 +9,7 @@ mod common;
 
 use common::inputs::{Lengths, graph_inputs, max_rel_diff_floored, uses_symbol};
 use common::random_spec::load_random_spec;
-use common::sessions::decode_alongside;
+use common::sessions::{assert_copies_skipped, decode_alongside};
 use common::tiny_specs;
 use kiln_compiler::ir::Graph;
 use kiln_compiler::lower::{Lowered, lower};
@@ -406,18 +406,7 @@ fn sessions_append_to_the_cache_in_place() {
         // The profile is indexed by kernel number even though appending
         // runs skip the cache copies: those get no time, every other
         // kernel some.
-        let profile = decoder.profile().unwrap();
-        let kernels = &decoder.program().kernels;
-        assert_eq!(profile.by_kernel.len(), kernels.len(), "{what}");
-        let copies: std::collections::BTreeSet<usize> =
-            decoder.program().appends.iter().map(|a| a.copy).collect();
-        for (ki, t) in profile.by_kernel.iter().enumerate() {
-            assert_eq!(
-                t.is_zero(),
-                copies.contains(&ki),
-                "{what}: k{ki} time {t:?}"
-            );
-        }
+        assert_copies_skipped(&what, &decoder.profile().unwrap(), decoder.program());
         // 5 + 35 tokens: storage of 16 rows grew to 32, then to 64.
         assert_eq!(j.cache_capacity(), Some(64), "{what}");
     }

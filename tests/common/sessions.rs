@@ -1,8 +1,25 @@
 //! The decode check both compiled backends' in-place KV caches must pass.
 
 use super::inputs::max_abs_diff_and_scale;
+use kiln_compiler::kernel::KernelProgram;
+use kiln_runtime::backends::profile::Profile;
 use kiln_runtime::session::Model;
 use kiln_runtime::session::Session;
+
+/// A profile of appending runs is indexed like the program's kernels: the
+/// skipped cache copies have no time, every other kernel some.
+pub fn assert_copies_skipped(what: &str, profile: &Profile, program: &KernelProgram) {
+    assert_eq!(profile.by_kernel.len(), program.kernels.len(), "{what}");
+    let copies: std::collections::BTreeSet<usize> =
+        program.appends.iter().map(|a| a.copy).collect();
+    for (ki, t) in profile.by_kernel.iter().enumerate() {
+        assert_eq!(
+            t.is_zero(),
+            copies.contains(&ki),
+            "{what}: k{ki} time {t:?}"
+        );
+    }
+}
 
 /// Run a reference session and one of `model` side by side: a padded batch
 /// prefill (one row after the same source for encoder-decoder models),

@@ -46,16 +46,14 @@ impl DeviceStore {
         let gpu = gpu()?;
         let mut shape = shape.to_vec();
         shape[axis] = 0;
-        let buf = Self::allocate(&gpu, &shape, axis, 0)?;
-        let mut st = DeviceStore {
+        let buf = Self::allocate(&gpu, &shape, axis, capacity)?;
+        Ok(DeviceStore {
             gpu,
             buf,
             shape,
             axis,
-            capacity: 0,
-        };
-        st.reserve(capacity)?;
-        Ok(st)
+            capacity,
+        })
     }
 
     /// The logical shape (rows in use along the axis).
