@@ -164,6 +164,47 @@ fn is_elementwise(op: &Op) -> bool {
     matches!(op, Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast)
 }
 
+/// The epilogue of product `m`: `m` then the nodes it feeds, in topological
+/// order, up to the last point where the region has a single exit: every
+/// member but the last (the sink) has all its users inside. Members are
+/// `eligible`; a member that must end a region (`ends`: a buffer or a graph
+/// output) can only be the sink. Just `[m]` when nothing joins.
+fn epilogue_region(
+    m: NodeId,
+    topo: &[NodeId],
+    topo_at: &HashMap<NodeId, usize>,
+    users: &dyn Fn(NodeId) -> Vec<NodeId>,
+    eligible: impl Fn(NodeId) -> bool,
+    ends: impl Fn(NodeId) -> bool,
+) -> Vec<NodeId> {
+    // Bounds the body a Gemm's epilogue carries (a GELU is 11 nodes).
+    const MAX_MEMBERS: usize = 48;
+    let mut members = vec![m];
+    let mut inside: BTreeSet<NodeId> = BTreeSet::from([m]);
+    let mut pending: BTreeSet<usize> = users(m).iter().map(|u| topo_at[u]).collect();
+    let mut closed = 1;
+    while let Some(i) = pending.pop_first() {
+        let u = topo[i];
+        if members.len() == MAX_MEMBERS || !eligible(u) {
+            break;
+        }
+        members.push(u);
+        inside.insert(u);
+        pending.extend(users(u).iter().map(|w| topo_at[w]));
+        let single_exit = members[..members.len() - 1]
+            .iter()
+            .all(|&x| users(x).iter().all(|w| inside.contains(w)));
+        if single_exit {
+            closed = members.len();
+        }
+        if ends(u) {
+            break;
+        }
+    }
+    members.truncate(closed);
+    members
+}
+
 /// Input index map of a reshape when every group of axes is kept, split or
 /// a unit axis (an affine map); `None` when axes merge.
 fn reshape_map(input: &[crate::ir::Dim], output: &[crate::ir::Dim], map: &Map) -> Option<Map> {
@@ -369,42 +410,43 @@ impl<'g> Fuser<'g> {
                 _ => {}
             }
         }
-        // Gemm epilogue chains.
+        // Gemm epilogues: the region of elementwise nodes the product feeds
+        // that has one exit (its sink), so a GELU that reads its input four
+        // times is fused as a whole, not cut at its first fan-out.
+        let topo_at: HashMap<NodeId, usize> =
+            topo.iter().enumerate().map(|(i, &n)| (n, i)).collect();
         let mut gemm_of = HashMap::new();
         let mut claimed: BTreeSet<NodeId> = BTreeSet::new();
         for &m in &topo {
-            if !matches!(g.node(m).op, Op::MatMul) || !live.contains(&m) || forced.contains(&m) {
+            if !matches!(g.node(m).op, Op::MatMul)
+                || !live.contains(&m)
+                || forced.contains(&m)
+                || outputs.contains(&m)
+            {
                 continue;
             }
-            let mut cur = m;
-            loop {
-                if cur != m && mat.contains(&cur) {
-                    break;
-                }
-                if outputs.contains(&cur) {
-                    break;
-                }
-                let us = live_users(cur);
-                if us.len() != 1 {
-                    break;
-                }
-                let u = us[0];
-                // The product's buffer holds the chain's end: it must stay
-                // f32 (a comparison or cast ends the chain).
-                if !is_elementwise(&g.node(u).op)
-                    || g.ty(u).shape != g.ty(m).shape
-                    || g.ty(u).dtype != DType::F32
-                    || claimed.contains(&u)
-                {
-                    break;
-                }
-                cur = u;
-                claimed.insert(u);
-            }
-            if cur != m {
+            let members = epilogue_region(
+                m,
+                &topo,
+                &topo_at,
+                &live_users,
+                |u| {
+                    // The product's buffer holds the sink's value: it must stay
+                    // f32 (a comparison or cast ends the region).
+                    is_elementwise(&g.node(u).op)
+                        && g.ty(u).shape == g.ty(m).shape
+                        && g.ty(u).dtype == DType::F32
+                        && !claimed.contains(&u)
+                },
+                |u| mat.contains(&u) || outputs.contains(&u),
+            );
+            if let Some((&sink, inner)) = members.split_last()
+                && !inner.is_empty()
+            {
+                claimed.extend(members[1..].iter().copied());
                 mat.remove(&m);
-                mat.insert(cur);
-                gemm_of.insert(cur, m);
+                mat.insert(sink);
+                gemm_of.insert(sink, m);
             }
         }
         // An inlined value is recomputed by each of its consumers. When it
