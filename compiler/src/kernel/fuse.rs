@@ -438,7 +438,7 @@ impl<'g> Fuser<'g> {
                         && g.ty(u).dtype == DType::F32
                         && !claimed.contains(&u)
                 },
-                |u| mat.contains(&u) || outputs.contains(&u),
+                |u| mat.contains(&u),
             );
             if let Some((&sink, inner)) = members.split_last()
                 && !inner.is_empty()
@@ -1165,5 +1165,71 @@ fn is_view(g: &Graph, mat: &BTreeSet<NodeId>, n: NodeId) -> bool {
             }
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ir::{Builder, DType, Graph, Init, UnaryOp};
+    use crate::kernel::{Kernel, KernelProgram, fuse};
+    use crate::shape;
+
+    /// `y = x·w`, then `y · tanh(y) + y·0.5`: `y` fans out three ways and
+    /// the branches meet again. With `leak`, `y·0.5` is also an output.
+    fn fan_out_graph(leak: bool) -> Graph {
+        let mut g = Graph::new("fan-out");
+        let mut b = Builder::new(&mut g);
+        let x = b.input("x", DType::F32, shape!["seq", 8usize]).unwrap();
+        let w = b.param("w", &[8, 4], Init::Fill(0.0)).unwrap();
+        let y = b.matmul(x, w).unwrap();
+        let t = b.unary(UnaryOp::Tanh, y).unwrap();
+        let yt = b.mul(y, t).unwrap();
+        let half = b.mul_scalar(y, 0.5).unwrap();
+        let out = b.binary(crate::ir::BinaryOp::Add, yt, half).unwrap();
+        g.set_output("out", out);
+        if leak {
+            g.set_output("half", half);
+        }
+        g
+    }
+
+    fn count(p: &KernelProgram, pred: impl Fn(&Kernel) -> bool) -> usize {
+        p.kernels.iter().filter(|k| pred(k)).count()
+    }
+
+    #[test]
+    fn a_fanning_out_epilogue_joins_its_gemm() {
+        let p = fuse(&fan_out_graph(false)).unwrap();
+        let text = p.to_text();
+        assert_eq!(p.kernels.len(), 1, "{text}");
+        assert!(
+            matches!(
+                &p.kernels[0],
+                Kernel::Gemm {
+                    epilogue: Some(_),
+                    ..
+                }
+            ),
+            "{text}"
+        );
+        assert!(text.contains("tanh"), "{text}");
+    }
+
+    #[test]
+    fn a_region_with_a_second_exit_stops_before_it() {
+        // `half` is read outside (an output), so the region cannot hold
+        // it as an inner node: the product stays alone, and the rest runs
+        // as element-wise kernels.
+        let p = fuse(&fan_out_graph(true)).unwrap();
+        let text = p.to_text();
+        assert_eq!(count(&p, |k| matches!(k, Kernel::Gemm { .. })), 1, "{text}");
+        assert!(
+            count(&p, |k| matches!(k, Kernel::Elementwise { .. })) >= 1,
+            "{text}"
+        );
+        let gemm_has_tanh = p.kernels.iter().any(|k| {
+            matches!(k, Kernel::Gemm { epilogue: Some(e), .. } if format!("{e:?}").contains("Tanh"))
+        });
+        assert!(!gemm_has_tanh, "{text}");
     }
 }
