@@ -390,6 +390,8 @@ fn bench_reports_latency_throughput_and_profile() {
         "json",
     ]);
     assert!(v["encode_ms"].as_f64().unwrap() > 0.0);
+    // The encoder's profile comes from profiled runs after the timed ones.
+    assert!(v["kernel_ms_per_run"]["gemm"].as_f64().unwrap() > 0.0);
 }
 
 /// A reader that stops early (`kiln compile … | head`) ends kiln quietly,

@@ -407,6 +407,8 @@ fn sessions_append_to_the_cache_in_place() {
         // runs skip the cache copies: those get no time, every other
         // kernel some.
         assert_copies_skipped(&what, &decoder.profile().unwrap(), decoder.program());
+        jit.disable_profiling(1);
+        assert!(decoder.profile().is_none(), "{what}: still profiling");
         // 5 + 35 tokens: storage of 16 rows grew to 32, then to 64.
         assert_eq!(j.cache_capacity(), Some(64), "{what}");
     }

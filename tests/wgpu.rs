@@ -585,5 +585,8 @@ fn sessions_append_to_the_device_cache_in_place() {
             assert_copies_skipped(&what, &profile, program);
             assert!(profile.gemm_flops > 0.0, "{what}");
         }
+        // `kiln bench` times unprofiled runs: profiling can be switched off.
+        gpu.disable_profiling(1);
+        assert!(gpu.profile(1).is_none(), "{what}: still profiling");
     }
 }

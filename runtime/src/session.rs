@@ -345,6 +345,18 @@ impl Model {
         }
     }
 
+    /// Stop profiling graph `part` (GPU runs go back to one pass for all
+    /// kernels).
+    pub fn disable_profiling(&self, part: usize) {
+        #[cfg(feature = "wgpu")]
+        if let Some(w) = self.wgpu_graph(part) {
+            w.disable_profiling();
+        }
+        if let Some(j) = self.jit_graph(part) {
+            j.disable_profiling();
+        }
+    }
+
     /// The profile of graph `part` since [`Model::enable_profiling`]
     /// (`None` when not enabled, on the interpreter, or on an adapter that
     /// cannot time kernels). Kernels are numbered as in

@@ -177,14 +177,22 @@ pub fn run(a: Args) -> Result<(), String> {
         Architecture::Encoder => 0,
         _ => 1,
     };
-    model.enable_profiling(part);
+    // Timed runs are unprofiled (a profiled GPU run encodes one pass per
+    // kernel and so runs slower); the kernel profile comes from runs of
+    // its own afterwards.
+    let profiled_runs = a.iters.clamp(1, 3);
     match rs.spec.architecture {
         Architecture::Encoder => {
-            let (med, best) = time(a.warmup, a.iters, &mut || {
-                model.encode(&prompt).map(|_| ()).map_err(|e| e.to_string())
-            })?;
+            let mut encode = || model.encode(&prompt).map(|_| ()).map_err(|e| e.to_string());
+            let (med, best) = time(a.warmup, a.iters, &mut encode)?;
             out["encode_ms"] = med.into();
             out["encode_ms_min"] = best.into();
+            model.enable_profiling(part);
+            for _ in 0..profiled_runs {
+                encode()?;
+            }
+            add_profile(&model, part, &mut out, "");
+            model.disable_profiling(part);
         }
         Architecture::Decoder | Architecture::EncoderDecoder => {
             let enc_dec = rs.spec.architecture == Architecture::EncoderDecoder;
@@ -196,32 +204,43 @@ pub fn run(a: Args) -> Result<(), String> {
                 }
                 Ok(s)
             };
-            let (med, best) = time(a.warmup, a.iters, &mut || {
+            let mut prefill = || {
                 new_session()?
                     .forward(&start)
                     .map(|_| ())
                     .map_err(|e| e.to_string())
-            })?;
+            };
+            let (med, best) = time(a.warmup, a.iters, &mut prefill)?;
             out["prefill_ms"] = med.into();
             out["prefill_ms_min"] = best.into();
+            model.enable_profiling(part);
+            for _ in 0..profiled_runs {
+                prefill()?;
+            }
             add_profile(&model, part, &mut out, "");
+            model.disable_profiling(part);
             let steps = a
                 .decode_tokens
                 .min(rs.spec.max_positions.saturating_sub(start.len() + 1));
+            // Decode runs: the first `profiled_runs` timed, then one profiled
+            // (its steps alone: profiling starts after its prefill).
             let mut rates = Vec::new();
-            for _ in 0..a.iters.clamp(1, 3) {
+            for run in 0..=profiled_runs {
+                let profiled = run == profiled_runs;
                 let mut s = new_session()?;
                 let o = s.forward(&start).map_err(|e| e.to_string())?;
                 let mut next = last_argmax(&o)?;
-                // The decode profile is of the last run's steps alone (a
-                // restart drops the prefill just done and earlier runs).
-                model.enable_profiling(part);
+                if profiled {
+                    model.enable_profiling(part);
+                }
                 let t = Instant::now();
                 for _ in 0..steps {
                     let o = s.forward(&[next]).map_err(|e| e.to_string())?;
                     next = last_argmax(&o)?;
                 }
-                rates.push(steps as f64 / t.elapsed().as_secs_f64());
+                if !profiled {
+                    rates.push(steps as f64 / t.elapsed().as_secs_f64());
+                }
             }
             rates.sort_by(f64::total_cmp);
             let rate = rates[rates.len() / 2];
@@ -231,10 +250,8 @@ pub fn run(a: Args) -> Result<(), String> {
             // Every decode step reads every weight once.
             out["decode_weight_gb_per_s"] = (rate * params as f64 * weight_bytes / 1e9).into();
             add_profile(&model, part, &mut out, "decode_");
+            model.disable_profiling(part);
         }
-    }
-    if rs.spec.architecture == Architecture::Encoder {
-        add_profile(&model, part, &mut out, "");
     }
     if !a.no_machine {
         out["gemm_library_gflops_768"] = machine::gemm_gflops(768, 768, 768, 10).into();

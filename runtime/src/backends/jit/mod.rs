@@ -149,6 +149,12 @@ impl JitGraph {
         *self.profile.lock().unwrap_or_else(|e| e.into_inner()) = Some(Profile::default());
     }
 
+    /// Stop profiling (and drop the profile): runs are timed as they run
+    /// unprofiled.
+    pub fn disable_profiling(&self) {
+        *self.profile.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     /// The profile collected since [`JitGraph::enable_profiling`].
     pub fn profile(&self) -> Option<Profile> {
         self.profile

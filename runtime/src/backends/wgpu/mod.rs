@@ -544,6 +544,12 @@ impl WgpuGraph {
         *self.profile.lock().unwrap_or_else(|e| e.into_inner()) = Some(Profile::default());
     }
 
+    /// Stop profiling (and drop the profile): runs are timed as they run
+    /// unprofiled.
+    pub fn disable_profiling(&self) {
+        *self.profile.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     /// The profile collected since [`WgpuGraph::enable_profiling`]; `None`
     /// when not enabled or the adapter cannot time kernels.
     pub fn profile(&self) -> Option<Profile> {
