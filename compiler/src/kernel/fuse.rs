@@ -180,20 +180,24 @@ fn epilogue_region(
     // Bounds the body a Gemm's epilogue carries (a GELU is 11 nodes).
     const MAX_MEMBERS: usize = 48;
     let mut members = vec![m];
+    // Each member's users, looked up once.
+    let mut their_users = vec![users(m)];
     let mut inside: BTreeSet<NodeId> = BTreeSet::from([m]);
-    let mut pending: BTreeSet<usize> = users(m).iter().map(|u| topo_at[u]).collect();
+    let mut pending: BTreeSet<usize> = their_users[0].iter().map(|u| topo_at[u]).collect();
     let mut closed = 1;
     while let Some(i) = pending.pop_first() {
         let u = topo[i];
         if members.len() == MAX_MEMBERS || !eligible(u) {
             break;
         }
+        let us = users(u);
+        pending.extend(us.iter().map(|w| topo_at[w]));
         members.push(u);
         inside.insert(u);
-        pending.extend(users(u).iter().map(|w| topo_at[w]));
-        let single_exit = members[..members.len() - 1]
+        let single_exit = their_users
             .iter()
-            .all(|&x| users(x).iter().all(|w| inside.contains(w)));
+            .all(|ws| ws.iter().all(|w| inside.contains(w)));
+        their_users.push(us);
         if single_exit {
             closed = members.len();
         }
