@@ -114,6 +114,14 @@ fn one_compiled_model_serves_many_threads() {
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(alone, shared);
+    // Called from rayon's own workers, runs stay on them (and their
+    // parallel kernels nest).
+    use rayon::prelude::*;
+    let from_workers: Vec<Vec<i32>> = prompts
+        .par_iter()
+        .map(|p| model.session().generate_greedy(p, 6, None).unwrap())
+        .collect();
+    assert_eq!(alone, from_workers);
 }
 
 #[test]
