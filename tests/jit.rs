@@ -155,6 +155,14 @@ fn leaving_the_jit_restores_the_canonical_weights() {
     let d = declared.1[1];
     assert_eq!(jit.weights.get(qkv).unwrap().shape(), &[d, 3 * d]);
     assert!(jit.weights.get("layers.0.attn.q.weight").is_none());
+    // The tied embedding is gathered by rows and read by the LM head: it is
+    // transposed in place (the gather reads columns), with no second copy.
+    let (vocab, d_model) = (256, 64);
+    assert_eq!(
+        jit.weights.get("embed.tokens").unwrap().shape(),
+        &[d_model, vocab]
+    );
+    assert!(jit.weights.iter().all(|(n, _)| !n.contains("#transposed")));
     let got = jit.session().forward(&[1, 2, 3]).unwrap()["logits"].to_f32_vec();
     let back = jit.compile(Backend::Reference).unwrap();
     let after: Vec<(String, Vec<usize>)> = back
@@ -259,7 +267,8 @@ d_ff = 1536
             assert!(d <= REL_TOL, "{lens:?}: outputs differ by {d:e}");
         }
         // Through a compiled model: transposed weights (row-split
-        // matrix-vector products) and the tied head's transposed copy.
+        // matrix-vector products) and the tied embedding transposed in
+        // place (gathered by columns).
         use kiln_runtime::Backend;
         use kiln_runtime::session::Model;
         let reference = Model::new(lowered.clone(), weights.clone());

@@ -108,16 +108,17 @@ impl Model {
                 }
             }
             self.join_weights()?;
-            // Weights read only as transposed matmul operands are
-            // transposed in place; those also read otherwise (a tied
-            // embedding, gathered by rows) get a transposed copy, unless
-            // it would be large (over a quarter of all weights).
+            // Weights read only as transposed matmul operands or gathered
+            // by rows (a tied embedding: the gather reads columns then)
+            // are transposed in place; those also read otherwise get a
+            // transposed copy, unless it would be large (over a quarter of
+            // all weights).
             let mut reads: BTreeMap<String, (usize, usize)> = BTreeMap::new();
             for j in self.jit.iter().flatten() {
-                for (name, (t, o)) in j.param_reads() {
+                for (name, r) in j.param_reads() {
                     let e = reads.entry(name).or_default();
-                    e.0 += t;
-                    e.1 += o;
+                    e.0 += r.transposed_gemm;
+                    e.1 += r.other;
                 }
             }
             let total: usize = self.weights.iter().map(|(_, t)| t.numel()).sum();

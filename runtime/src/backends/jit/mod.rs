@@ -26,7 +26,7 @@ mod attention;
 mod gemm;
 
 use gemm::{GemmCall, ViewAt, eval_view};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,21 @@ pub struct JitGraph {
     /// `(past input, present output)` names of each of the program's
     /// appends, in its order.
     caches: Vec<(String, String)>,
+    /// Gather kernels whose 2-D table is stored transposed (`[cols, rows]`,
+    /// by [`JitGraph::use_transposed`]): they read a column per index.
+    transposed_gathers: BTreeSet<usize>,
+}
+
+/// How each parameter is read ([`JitGraph::param_reads`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ParamReads {
+    /// As the `b` operand of a product over a contiguous `[n, k]` weight.
+    pub transposed_gemm: usize,
+    /// As the table of a row gather over a 2-D table (an embedding), which
+    /// can read the transposed layout too.
+    pub row_gather: usize,
+    /// Any other read.
+    pub other: usize,
 }
 
 /// How long each stage of a compile took.
@@ -124,6 +139,7 @@ impl JitGraph {
                 arenas: Mutex::new(Vec::new()),
                 scratch,
                 caches,
+                transposed_gathers: BTreeSet::new(),
             },
             times,
         ))
@@ -163,14 +179,25 @@ impl JitGraph {
             .clone()
     }
 
-    /// How each parameter is read: name → `(transposed Gemm reads, other
-    /// reads)`. A transposed Gemm read is the `b` operand of a product over
-    /// a contiguous `[n, k]` weight (every `nn.Linear` weight); the GEMM
-    /// library runs about a third faster on `[k, n]` storage.
-    pub fn param_reads(&self) -> BTreeMap<String, (usize, usize)> {
+    /// How each parameter is read, by name. A transposed Gemm read is the
+    /// `b` operand of a product over a contiguous `[n, k]` weight (every
+    /// `nn.Linear` weight); the GEMM library runs about a third faster on
+    /// `[k, n]` storage.
+    pub fn param_reads(&self) -> BTreeMap<String, ParamReads> {
         let p = &self.program;
-        let mut reads: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        let mut reads: BTreeMap<String, ParamReads> = BTreeMap::new();
         for k in &p.kernels {
+            if let Kernel::Gather { table, indices, .. } = k
+                && row_gather(p, k)
+            {
+                if let BufferKind::Param(name) = &p.buffers[*table].kind {
+                    reads.entry(name.clone()).or_default().row_gather += 1;
+                }
+                if let BufferKind::Param(name) = &p.buffers[indices.buf].kind {
+                    reads.entry(name.clone()).or_default().other += 1;
+                }
+                continue;
+            }
             let transposed_b = match k {
                 Kernel::Gemm { b, n, k: kd, .. } => {
                     transposed_read(&p.buffers[b.buf].shape, b, n, kd).then_some(b.buf)
@@ -182,12 +209,12 @@ impl JitGraph {
                 // The `b` operand itself (listed second by `reads`).
                 rs.remove(1);
                 if let BufferKind::Param(name) = &p.buffers[tb].kind {
-                    reads.entry(name.clone()).or_default().0 += 1;
+                    reads.entry(name.clone()).or_default().transposed_gemm += 1;
                 }
             }
             for r in rs {
                 if let BufferKind::Param(name) = &p.buffers[r].kind {
-                    reads.entry(name.clone()).or_default().1 += 1;
+                    reads.entry(name.clone()).or_default().other += 1;
                 }
             }
         }
@@ -196,7 +223,8 @@ impl JitGraph {
 
     /// Make the transposed Gemm reads of parameter `name` read `[k, n]`
     /// storage under the parameter name `stored_as` (which may be `name`
-    /// itself when nothing else reads it).
+    /// itself when its only other reads are row gathers, which then read
+    /// columns of the transposed table).
     pub fn use_transposed(&mut self, name: &str, stored_as: &str) {
         let p = &mut self.program;
         let Some(src) = p
@@ -209,6 +237,11 @@ impl JitGraph {
         let mut shape = p.buffers[src].shape.clone();
         shape.reverse();
         let target = if stored_as == name {
+            for (ki, k) in p.kernels.iter().enumerate() {
+                if matches!(k, Kernel::Gather { table, .. } if *table == src) && row_gather(p, k) {
+                    self.transposed_gathers.insert(ki);
+                }
+            }
             p.buffers[src].shape = shape.clone();
             src
         } else {
@@ -529,14 +562,12 @@ impl JitGraph {
                     let tshape = dims(&p.buffers[*table].shape)?;
                     let ishape = dims(indices_shape)?;
                     let iv = eval_view(indices, &eval)?;
-                    gather(
-                        &ptrs,
-                        (*out, *table, p.buffers[*table].dtype),
-                        &tshape,
-                        &ishape,
-                        &iv,
-                        *axis,
-                    )
+                    let tables = (*out, *table, p.buffers[*table].dtype);
+                    if self.transposed_gathers.contains(&ki) {
+                        gather_columns(&ptrs, tables, &tshape, &ishape, &iv)
+                    } else {
+                        gather(&ptrs, tables, &tshape, &ishape, &iv, *axis)
+                    }
                     .map_err(|e| err(format!("`{}` kernel k{ki} (gather): {e}", p.name)))?;
                 }
             }
@@ -792,18 +823,19 @@ fn unflatten(mut i: usize, dims: &[usize]) -> Vec<usize> {
 }
 
 /// numpy `take` along `axis` of a contiguous table, into a contiguous output.
-fn gather(
+/// A gather of whole rows from a 2-D table (an embedding lookup): the
+/// kind that can read a table stored transposed.
+fn row_gather(p: &KernelProgram, k: &Kernel) -> bool {
+    matches!(k, Kernel::Gather { table, axis: 0, .. } if p.buffers[*table].shape.len() == 2)
+}
+
+/// The checked flat indices of a gather.
+fn gather_indices(
     ptrs: &[*mut u8],
-    (out, table, dt): (usize, usize, DType),
-    tshape: &[usize],
     ishape: &[usize],
     iv: &ViewAt,
-    axis: usize,
-) -> std::result::Result<(), String> {
-    let pre: usize = tshape[..axis].iter().product();
-    let rows = tshape[axis];
-    let post: usize = tshape[axis + 1..].iter().product();
-    let es = kiln_compiler::kernel::dtype_bytes(dt) as usize;
+    rows: usize,
+) -> std::result::Result<Vec<usize>, String> {
     let count: usize = ishape.iter().product();
     let mut picked = Vec::with_capacity(count);
     for flat in 0..count {
@@ -821,6 +853,52 @@ fn gather(
         }
         picked.push(v as usize);
     }
+    Ok(picked)
+}
+
+/// [`gather`] of rows from a 2-D table stored transposed, `[cols, rows]`:
+/// output row `t` is column `index[t]` of the stored table.
+fn gather_columns(
+    ptrs: &[*mut u8],
+    (out, table, dt): (usize, usize, DType),
+    stored: &[usize],
+    ishape: &[usize],
+    iv: &ViewAt,
+) -> std::result::Result<(), String> {
+    let (cols, rows) = (stored[0], stored[1]);
+    let picked = gather_indices(ptrs, ishape, iv, rows)?;
+    let es = kiln_compiler::kernel::dtype_bytes(dt) as usize;
+    let (src, dst) = (ptrs[table] as *const u8, ptrs[out]);
+    // Row by row of the stored table, so each is read front to back.
+    for c in 0..cols {
+        for (t, &r) in picked.iter().enumerate() {
+            // SAFETY: `c < cols`, `r < rows` (checked) and `t` below the
+            // index count, so both elements lie inside their buffers.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    src.add((c * rows + r) * es),
+                    dst.add((t * cols + c) * es),
+                    es,
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn gather(
+    ptrs: &[*mut u8],
+    (out, table, dt): (usize, usize, DType),
+    tshape: &[usize],
+    ishape: &[usize],
+    iv: &ViewAt,
+    axis: usize,
+) -> std::result::Result<(), String> {
+    let pre: usize = tshape[..axis].iter().product();
+    let rows = tshape[axis];
+    let post: usize = tshape[axis + 1..].iter().product();
+    let es = kiln_compiler::kernel::dtype_bytes(dt) as usize;
+    let picked = gather_indices(ptrs, ishape, iv, rows)?;
     let (src, dst) = (ptrs[table] as *const u8, ptrs[out]);
     let mut o = 0usize;
     for p in 0..pre {
