@@ -4,7 +4,7 @@
 //! encoder-decoder models, the encoder's cross K/V), so incremental decoding
 //! feeds only the new tokens each step.
 
-use crate::backends::jit::JitGraph;
+use crate::backends::jit::{JitGraph, ParamReads};
 use crate::backends::{Backend, Precision};
 use crate::cache::{Appender, Cached, KvStores};
 use crate::interpreter::NamedTensor;
@@ -113,21 +113,19 @@ impl Model {
             // are transposed in place; those also read otherwise get a
             // transposed copy, unless it would be large (over a quarter of
             // all weights).
-            let mut reads: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+            let mut reads: BTreeMap<String, ParamReads> = BTreeMap::new();
             for j in self.jit.iter().flatten() {
                 for (name, r) in j.param_reads() {
-                    let e = reads.entry(name).or_default();
-                    e.0 += r.transposed_gemm;
-                    e.1 += r.other;
+                    *reads.entry(name).or_default() += r;
                 }
             }
             let total: usize = self.weights.iter().map(|(_, t)| t.numel()).sum();
             let mut names = BTreeSet::new();
-            for (name, (t, other)) in reads {
-                if t == 0 {
+            for (name, r) in reads {
+                if r.transposed_gemm == 0 {
                     continue;
                 }
-                let stored_as = if other == 0 {
+                let stored_as = if r.other == 0 {
                     transpose_in_place(&mut self.weights, &name)?;
                     name.clone()
                 } else {

@@ -67,11 +67,16 @@ pub struct JitGraph {
 pub struct ParamReads {
     /// As the `b` operand of a product over a contiguous `[n, k]` weight.
     pub transposed_gemm: usize,
-    /// As the table of a row gather over a 2-D table (an embedding), which
-    /// can read the transposed layout too.
-    pub row_gather: usize,
-    /// Any other read.
+    /// Any other read, except as the table of a row gather over a 2-D
+    /// table (an embedding), which can read the transposed layout too.
     pub other: usize,
+}
+
+impl std::ops::AddAssign for ParamReads {
+    fn add_assign(&mut self, r: ParamReads) {
+        self.transposed_gemm += r.transposed_gemm;
+        self.other += r.other;
+    }
 }
 
 /// How long each stage of a compile took.
@@ -187,12 +192,9 @@ impl JitGraph {
         let p = &self.program;
         let mut reads: BTreeMap<String, ParamReads> = BTreeMap::new();
         for k in &p.kernels {
-            if let Kernel::Gather { table, indices, .. } = k
+            if let Kernel::Gather { indices, .. } = k
                 && row_gather(p, k)
             {
-                if let BufferKind::Param(name) = &p.buffers[*table].kind {
-                    reads.entry(name.clone()).or_default().row_gather += 1;
-                }
                 if let BufferKind::Param(name) = &p.buffers[indices.buf].kind {
                     reads.entry(name.clone()).or_default().other += 1;
                 }
@@ -822,7 +824,6 @@ fn unflatten(mut i: usize, dims: &[usize]) -> Vec<usize> {
     idx
 }
 
-/// numpy `take` along `axis` of a contiguous table, into a contiguous output.
 /// A gather of whole rows from a 2-D table (an embedding lookup): the
 /// kind that can read a table stored transposed.
 fn row_gather(p: &KernelProgram, k: &Kernel) -> bool {
@@ -886,6 +887,7 @@ fn gather_columns(
     Ok(())
 }
 
+/// numpy `take` along `axis` of a contiguous table, into a contiguous output.
 fn gather(
     ptrs: &[*mut u8],
     (out, table, dt): (usize, usize, DType),
