@@ -1,6 +1,8 @@
 //! [`Error`]: why a spec could not be compiled, rendered the way the `kiln`
 //! command prints it.
 
+use kiln_compiler::compile::CompileError;
+use kiln_compiler::ir::IrError;
 use kiln_compiler::spec::SpecError;
 use kiln_runtime::source::OpenError;
 use miette::{Diagnostic, LabeledSpan, SourceCode};
@@ -33,20 +35,26 @@ pub enum Error {
     /// The model source could not be read or understood: a missing file, a
     /// HF `config.json` kiln cannot import, a bad GGUF header.
     Source(Box<OpenError>),
-    /// A stage after the spec failed. The spec was valid, so this is a bug
-    /// in kiln or a combination it does not support yet; the message names
-    /// the node or pass involved.
+    /// Lowering a valid spec failed: a bug in kiln (the message names the
+    /// node's scope).
+    Lower {
+        /// The spec file (or [`crate::STRING_SOURCE`]) being compiled.
+        origin: String,
+        /// The IR's error.
+        source: Box<IrError>,
+    },
+    /// The compiler's passes or fusion failed. An unknown pass name
+    /// ([`CompileError::UnknownPass`]) is the caller's mistake; anything
+    /// else is a bug in kiln or a combination it does not support yet.
     Compile {
         /// The spec file (or [`crate::STRING_SOURCE`]) being compiled.
         origin: String,
-        /// Which stage failed.
-        stage: Stage,
-        /// What went wrong.
-        message: String,
+        /// The compiler's error.
+        source: Box<CompileError>,
     },
 }
 
-/// The stage of the pipeline an [`Error::Compile`] comes from.
+/// The stage of the pipeline an error comes from ([`Error::stage`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Stage {
@@ -73,7 +81,26 @@ impl Error {
                 OpenError::Spec(e) => Some(e),
                 _ => None,
             },
-            Error::Compile { .. } => None,
+            Error::Lower { .. } | Error::Compile { .. } => None,
+        }
+    }
+
+    /// The compiler stage that failed (`None` for spec and source errors).
+    pub fn stage(&self) -> Option<Stage> {
+        match self {
+            Error::Lower { .. } => Some(Stage::Lower),
+            Error::Compile { source, .. } if matches!(**source, CompileError::Fuse(_)) => {
+                Some(Stage::Fuse)
+            }
+            Error::Compile { .. } => Some(Stage::Passes),
+            Error::Spec(_) | Error::Source(_) => None,
+        }
+    }
+
+    pub(crate) fn compile(origin: &std::path::Path, source: CompileError) -> Error {
+        Error::Compile {
+            origin: origin.display().to_string(),
+            source: Box::new(source),
         }
     }
 }
@@ -98,14 +125,10 @@ impl fmt::Display for Error {
         match self {
             Error::Spec(e) => f.write_str(&e.render()),
             Error::Source(e) => write!(f, "{e}"),
-            Error::Compile {
-                origin,
-                stage: Stage::Lower,
-                message,
-            } => write!(f, "{origin}: internal error while lowering: {message}"),
-            Error::Compile {
-                origin, message, ..
-            } => write!(f, "{origin}: {message}"),
+            Error::Lower { origin, source } => {
+                write!(f, "{origin}: internal error while lowering: {source}")
+            }
+            Error::Compile { origin, source } => write!(f, "{origin}: {source}"),
         }
     }
 }
@@ -116,24 +139,25 @@ impl fmt::Debug for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Spec(e) => Some(e.as_ref()),
+            Error::Source(e) => Some(e.as_ref()),
+            Error::Lower { source, .. } => Some(source.as_ref()),
+            Error::Compile { source, .. } => Some(source.as_ref()),
+        }
+    }
+}
 
 impl Diagnostic for Error {
     fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        let code = match self {
-            Error::Spec(_) => "kiln::spec",
-            Error::Source(_) => "kiln::source",
-            Error::Compile {
-                stage: Stage::Lower,
-                ..
-            } => "kiln::lower",
-            Error::Compile {
-                stage: Stage::Passes,
-                ..
-            } => "kiln::passes",
-            Error::Compile {
-                stage: Stage::Fuse, ..
-            } => "kiln::fuse",
+        let code = match self.stage() {
+            None if matches!(self, Error::Spec(_)) => "kiln::spec",
+            None => "kiln::source",
+            Some(Stage::Lower) => "kiln::lower",
+            Some(Stage::Passes) => "kiln::passes",
+            Some(Stage::Fuse) => "kiln::fuse",
         };
         Some(Box::new(code))
     }
@@ -175,12 +199,11 @@ mod tests {
             ..Default::default()
         };
         let err = crate::compile_str_with("extends = \"gpt2\"\nlayers = 1", &opts).unwrap_err();
+        assert_eq!(err.stage(), Some(Stage::Passes));
         assert!(matches!(
-            err,
-            Error::Compile {
-                stage: Stage::Passes,
-                ..
-            }
+            &err,
+            Error::Compile { source, .. }
+                if matches!(&**source, CompileError::UnknownPass { name } if name == "no-such-pass")
         ));
         let text = err.to_string();
         assert!(text.starts_with("<string>: "), "{text}");

@@ -89,8 +89,9 @@ use kiln_compiler::lower::Lowered;
 use kiln_compiler::spec::ResolvedSpec;
 use std::path::Path;
 
-/// How [`compile_str_with`] and [`compile_file_with`] compile: the graph
-/// passes to run (the flags of `kiln compile`).
+/// How [`compile_str_with`] and [`compile_file_with`] compile — and how
+/// every backend's programs are compiled (`--opt-level`, `--disable-pass`):
+/// the compiler's own [`kiln_compiler::compile::CompileOptions`].
 ///
 /// ```
 /// let opts = kiln::Options { opt_level: 0, ..kiln::Options::default() };
@@ -99,26 +100,7 @@ use std::path::Path;
 /// assert_ne!(raw.ir_text(), simplified.ir_text());
 /// # Ok::<(), kiln::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Options {
-    /// 0: the graphs as lowered; 1 (the default): simplified (simplify,
-    /// const-fold, cse, merge-projections, dce), as `kiln compile` and the
-    /// runtime use them.
-    pub opt_level: u8,
-    /// Graph passes (`simplify`, `const-fold`, `cse`, `merge-projections`,
-    /// `dce`) or kernel rewrites (`attention`, `write-through`,
-    /// `moe-dispatch`, `append-cache`) to skip by name, like `kiln compile --disable-pass`.
-    pub disabled_passes: Vec<String>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            opt_level: 1,
-            disabled_passes: Vec::new(),
-        }
-    }
-}
+pub use kiln_compiler::compile::CompileOptions as Options;
 
 /// A spec compiled down to kernels, with stable text forms of each stage.
 ///

@@ -19,12 +19,11 @@
 //! # Ok::<(), kiln::Error>(())
 //! ```
 
-use crate::{Error, Options, Stage};
+use crate::{Error, Options};
+use kiln_compiler::compile;
 use kiln_compiler::ir::{to_dot, to_text};
-use kiln_compiler::kernel::rewrite::REWRITE_NAMES;
-use kiln_compiler::kernel::{FuseOptions, KernelProgram};
+use kiln_compiler::kernel::KernelProgram;
 use kiln_compiler::lower::{Lowered, lower};
-use kiln_compiler::passes::{PassError, pipeline_for};
 use kiln_compiler::spec::{self, ResolvedSpec};
 use std::path::Path;
 
@@ -56,15 +55,15 @@ pub fn load_str(toml: &str, origin: &Path) -> Result<(ResolvedSpec, Lowered), Er
 }
 
 fn lower_spec(rs: ResolvedSpec, origin: &Path) -> Result<(ResolvedSpec, Lowered), Error> {
-    let lowered = lower(&rs).map_err(|e| Error::Compile {
+    let lowered = lower(&rs).map_err(|source| Error::Lower {
         origin: origin.display().to_string(),
-        stage: Stage::Lower,
-        message: e.to_string(),
+        source: Box::new(source),
     })?;
     Ok((rs, lowered))
 }
 
-/// Run the graph passes `opts` selects over every graph of `lowered`.
+/// Run the graph passes `opts` selects over every graph of `lowered`
+/// ([`kiln_compiler::compile::optimise`]).
 ///
 /// ```
 /// let origin = std::path::Path::new("x.toml");
@@ -75,25 +74,7 @@ fn lower_spec(rs: ResolvedSpec, origin: &Path) -> Result<(ResolvedSpec, Lowered)
 /// # Ok::<(), kiln::Error>(())
 /// ```
 pub fn optimise(lowered: &mut Lowered, opts: &Options, origin: &Path) -> Result<(), Error> {
-    // Kernel rewrite names are for `fuse_with`; the rest must be graph passes.
-    let graph_passes: Vec<&String> = opts
-        .disabled_passes
-        .iter()
-        .filter(|n| !REWRITE_NAMES.contains(&n.as_str()))
-        .collect();
-    pipeline_for(opts.opt_level, &graph_passes)
-        .and_then(|p| p.run_lowered(lowered))
-        .map(drop)
-        .map_err(|e| Error::Compile {
-            origin: origin.display().to_string(),
-            stage: Stage::Passes,
-            message: match e {
-                PassError::UnknownPass { .. } => {
-                    format!("{e}; kernel rewrites are: {}", REWRITE_NAMES.join(", "))
-                }
-                e => e.to_string(),
-            },
-        })
+    compile::optimise(lowered, opts).map_err(|e| Error::compile(origin, e))
 }
 
 /// Fuse every graph of `lowered` into a kernel program (encoder, then decoder).
@@ -109,7 +90,8 @@ pub fn fuse(lowered: &Lowered, origin: &Path) -> Result<Vec<KernelProgram>, Erro
 }
 
 /// [`fuse`] without the kernel rewrites `opts.disabled_passes` names
-/// (`attention`, `write-through`, `moe-dispatch`, `append-cache`).
+/// (`attention`, `write-through`, `moe-dispatch`, `append-cache`); the
+/// graphs are taken as already optimised ([`optimise`]).
 ///
 /// ```
 /// let origin = std::path::Path::new("x.toml");
@@ -125,23 +107,9 @@ pub fn fuse_with(
     opts: &Options,
     origin: &Path,
 ) -> Result<Vec<KernelProgram>, Error> {
-    let fo = FuseOptions {
-        disabled: opts
-            .disabled_passes
-            .iter()
-            .filter(|n| REWRITE_NAMES.contains(&n.as_str()))
-            .cloned()
-            .collect(),
-    };
     lowered
         .graphs()
-        .map(|g| {
-            kiln_compiler::kernel::fuse_with(g, &fo).map_err(|e| Error::Compile {
-                origin: origin.display().to_string(),
-                stage: Stage::Fuse,
-                message: e.to_string(),
-            })
-        })
+        .map(|g| compile::fuse_optimised(g, opts).map_err(|e| Error::compile(origin, e)))
         .collect()
 }
 

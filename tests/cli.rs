@@ -286,19 +286,18 @@ fn weights_option_alone_and_check_preflight() {
 
 #[test]
 fn backends_agree_and_unknown_backends_are_rejected() {
-    let run = |backend: &str| {
-        json(&[
+    let run = |extra: &[&str]| {
+        let mut args = vec![
             "run",
             "models/tiny/mistral-7b.toml",
             "--tokens",
             "5,6,7,8",
-            "--backend",
-            backend,
             "--format",
             "json",
-        ])
+        ];
+        args.extend_from_slice(extra);
+        json(&args)
     };
-    let (jit, reference) = (run("jit"), run("reference"));
     let rows = |v: &serde_json::Value| -> Vec<f64> {
         v["logits"]
             .as_array()
@@ -307,11 +306,31 @@ fn backends_agree_and_unknown_backends_are_rejected() {
             .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
             .collect()
     };
-    let (a, b) = (rows(&jit), rows(&reference));
-    assert_eq!(a.len(), b.len());
+    let b = rows(&run(&["--backend", "reference"]));
     let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    for (x, y) in a.iter().zip(&b) {
-        assert!((x - y).abs() <= 1e-4 * scale, "jit {x} vs reference {y}");
+    // Every CPU backend, and the JIT with the compiler's options (what a
+    // bisection of a miscompile runs), gives the reference's logits.
+    for extra in [
+        &["--backend", "jit"][..],
+        &["--backend", "kernel-ir"],
+        &["--backend", "jit", "--opt-level", "0"],
+        &[
+            "--backend",
+            "jit",
+            "--disable-pass",
+            "cse",
+            "--disable-pass",
+            "attention",
+        ],
+    ] {
+        let a = rows(&run(extra));
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert!(
+                (x - y).abs() <= 1e-4 * scale,
+                "{extra:?}: {x} vs reference {y}"
+            );
+        }
     }
     fails_with(
         &[
@@ -322,7 +341,26 @@ fn backends_agree_and_unknown_backends_are_rejected() {
             "--backend",
             "gpu",
         ],
-        &["unknown backend `gpu`", "`jit`, `reference` or `wgpu`"],
+        &[
+            "unknown backend `gpu`",
+            "this build has jit, reference, kernel-ir",
+        ],
+    );
+    // An unknown pass name on `run` is refused like on `compile`.
+    fails_with(
+        &[
+            "run",
+            "models/tiny/gpt2.toml",
+            "--tokens",
+            "1",
+            "--disable-pass",
+            "fusion",
+        ],
+        &[
+            "unknown pass `fusion`",
+            "graph passes are simplify",
+            "kernel rewrites are attention",
+        ],
     );
 }
 

@@ -1,132 +1,33 @@
-//! The Cranelift JIT backend against the oracle: every tiny model and a
-//! batch of random specs give the same outputs on the JIT as on the
-//! reference interpreter: within 1e-4 relative, or 1e-5 of the output's RMS
-//! for values that cancel to nearly zero (torch's `rtol + atol` form; the
-//! JIT sums in f32, in another order than the f64 oracle), prefill and decode (with a cache),
-//! with batch 2 and a padded row; plus the compiled model shared by threads.
+//! What only the JIT does, against the oracle: thread splits past its
+//! parallel thresholds, expert dispatch, its weight layout, the memory
+//! budget it plans. What every backend must do (tiny models, random specs,
+//! sessions, threads) is the shared suite in tests/backends.rs.
 
 mod common;
 
-use common::inputs::{Lengths, graph_inputs, max_rel_diff_floored, uses_symbol};
-use common::random_spec::load_random_spec;
-use common::sessions::{assert_copies_skipped, decode_alongside};
-use common::tiny_specs;
-use kiln_compiler::ir::Graph;
-use kiln_compiler::lower::{Lowered, lower};
+use common::inputs::{Lengths, graph_inputs, max_rel_diff_floored};
+use kiln_compiler::compile::{CompileOptions, compile_graph};
+use kiln_compiler::ir::{Graph, Part};
+use kiln_compiler::lower::lower;
 use kiln_compiler::spec;
-use kiln_runtime::backends::jit::JitGraph;
+use kiln_runtime::backends::jit::{Jit, JitGraph};
 use kiln_runtime::{Weights, run};
 
 const REL_TOL: f32 = 1e-4;
 
-/// Compile every graph of `l` and compare with the interpreter at a few
-/// lengths; returns the worst relative difference.
-fn check_model(l: &Lowered, seed: u64, what: &str) -> f32 {
-    let graphs: Vec<&Graph> = l.graphs().collect();
-    let weights = Weights::random(&graphs, seed).unwrap_or_else(|e| panic!("{what}: {e}"));
-    let mut worst = 0.0f32;
-    for g in l.graphs() {
-        let jit = JitGraph::compile(g).unwrap_or_else(|e| panic!("{what}: {e}"));
-        let pasts: &[usize] = if uses_symbol(g, "past") {
-            &[0, 3]
-        } else {
-            &[0]
-        };
-        for &past in pasts {
-            for (batch, seq) in [(2, 5), (1, 1), (1, 9)] {
-                // Keep clear of learned-position offsets (BART/RoBERTa: +2).
-                if past + seq + 2 > l.max_positions {
-                    continue;
-                }
-                let lens = Lengths {
-                    batch,
-                    seq,
-                    past,
-                    src: 6,
-                };
-                let inputs = graph_inputs(l, g, &lens, seed ^ past as u64 ^ seq as u64);
-                let at = format!("{what}: graph `{}` at {lens:?}", g.name);
-                let want = run(g, &weights, &inputs).unwrap_or_else(|e| panic!("{at}: graph: {e}"));
-                let got = jit
-                    .run(&weights, &inputs)
-                    .unwrap_or_else(|e| panic!("{at}: jit: {e}"));
-                let d = max_rel_diff_floored(&want, &got, &at);
-                assert!(d <= REL_TOL, "{at}: outputs differ by {d:e} (relative)");
-                worst = worst.max(d);
-            }
-        }
-    }
-    worst
+/// `g` through the compiler and the JIT's code generator, as a model's
+/// part would be (weights in their canonical layout).
+fn jit_with(g: &Graph, opts: &CompileOptions) -> JitGraph {
+    let program = compile_graph(g, opts).unwrap();
+    JitGraph::new(program, Default::default()).unwrap()
+}
+
+fn jit(g: &Graph) -> JitGraph {
+    jit_with(g, &CompileOptions::default())
 }
 
 #[test]
-fn tiny_models_match_the_interpreter() {
-    let mut report = String::new();
-    for path in tiny_specs() {
-        let rs = spec::load(&path).unwrap_or_else(|e| panic!("{}", e.render()));
-        let lowered = lower(&rs).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let name = path.file_stem().unwrap().to_string_lossy().to_string();
-        let w = check_model(&lowered, 5, &name);
-        report += &format!("{name}: worst relative difference {w:e}\n");
-    }
-    eprintln!("{report}");
-}
-
-#[test]
-fn random_specs_match_the_interpreter() {
-    // The generator also produces specs the validator rejects; use the
-    // accepted ones.
-    let mut checked = 0;
-    for seed in 0..40u64 {
-        let Ok(rs) = load_random_spec(seed) else {
-            continue;
-        };
-        let lowered = lower(&rs).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-        check_model(&lowered, seed, &format!("random spec {seed}"));
-        checked += 1;
-    }
-    assert!(checked >= 24, "only {checked} random specs were accepted");
-}
-
-#[test]
-fn one_compiled_model_serves_many_threads() {
-    use kiln_runtime::Backend;
-    use kiln_runtime::session::Model;
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/qwen2.5-0.5b.toml");
-    let lowered = lower(&spec::load(&path).unwrap()).unwrap();
-    let model = Model::random(lowered, 9)
-        .unwrap()
-        .compile(Backend::Jit)
-        .unwrap();
-    let prompts: Vec<Vec<i32>> = (0..8)
-        .map(|t| (0..(3 + t)).map(|i| i * 5 + t).collect())
-        .collect();
-    let alone: Vec<Vec<i32>> = prompts
-        .iter()
-        .map(|p| model.session().generate_greedy(p, 6, None).unwrap())
-        .collect();
-    let shared: Vec<Vec<i32>> = std::thread::scope(|s| {
-        let hs: Vec<_> = prompts
-            .iter()
-            .map(|p| s.spawn(|| model.session().generate_greedy(p, 6, None).unwrap()))
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    assert_eq!(alone, shared);
-    // Called from rayon's own workers, runs stay on them (and their
-    // parallel kernels nest).
-    use rayon::prelude::*;
-    let from_workers: Vec<Vec<i32>> = prompts
-        .par_iter()
-        .map(|p| model.session().generate_greedy(p, 6, None).unwrap())
-        .collect();
-    assert_eq!(alone, from_workers);
-}
-
-#[test]
-fn leaving_the_jit_restores_the_canonical_weights() {
-    use kiln_runtime::Backend;
+fn the_jit_keeps_linear_weights_transposed() {
     use kiln_runtime::session::Model;
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/gpt2.toml");
     let lowered = lower(&spec::load(&path).unwrap()).unwrap();
@@ -137,7 +38,7 @@ fn leaving_the_jit_restores_the_canonical_weights() {
         .map(|(n, t)| (n.to_string(), t.shape().to_vec()))
         .collect();
     let want = reference.session().forward(&[1, 2, 3]).unwrap()["logits"].to_f32_vec();
-    let jit = reference.compile(Backend::Jit).unwrap();
+    let jit = reference.compile(&Jit).unwrap();
     // Linear weights are stored [in, out] while on the JIT.
     let o = jit
         .weights
@@ -164,7 +65,7 @@ fn leaving_the_jit_restores_the_canonical_weights() {
     );
     assert!(jit.weights.iter().all(|(n, _)| !n.contains("#transposed")));
     let got = jit.session().forward(&[1, 2, 3]).unwrap()["logits"].to_f32_vec();
-    let back = jit.compile(Backend::Reference).unwrap();
+    let back = jit.compile(kiln_runtime::backends::reference()).unwrap();
     let after: Vec<(String, Vec<usize>)> = back
         .weights
         .iter()
@@ -177,43 +78,6 @@ fn leaving_the_jit_restores_the_canonical_weights() {
     for (a, b) in want.iter().zip(&got) {
         assert!((a - b).abs() <= 1e-4 * scale);
     }
-}
-
-#[test]
-fn a_failed_step_leaves_the_session_usable() {
-    use kiln_runtime::Backend;
-    use kiln_runtime::session::Model;
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    // Encoder-decoder: forward before set_source fails, then works.
-    let lowered = lower(&spec::load(dir.join("models/tiny/t5-small.toml")).unwrap()).unwrap();
-    let model = Model::random(lowered, 2)
-        .unwrap()
-        .compile(Backend::Jit)
-        .unwrap();
-    let mut s = model.session();
-    let e = s.forward(&[0]).unwrap_err().to_string();
-    assert!(e.contains("set_source"), "{e}");
-    s.set_source(&[4, 5, 6]).unwrap();
-    let a = s.forward(&[0]).unwrap()["logits"].to_f32_vec();
-    let mut fresh = model.session();
-    fresh.set_source(&[4, 5, 6]).unwrap();
-    assert_eq!(a, fresh.forward(&[0]).unwrap()["logits"].to_f32_vec());
-    // Decoder: an out-of-vocabulary token mid-way changes nothing.
-    let lowered = lower(&spec::load(dir.join("models/tiny/gpt2.toml")).unwrap()).unwrap();
-    let model = Model::random(lowered, 2)
-        .unwrap()
-        .compile(Backend::Jit)
-        .unwrap();
-    let mut s = model.session();
-    s.forward(&[1, 2]).unwrap();
-    assert!(s.forward(&[1_000_000]).is_err());
-    assert_eq!(s.past_len(), 2);
-    let mut t = model.session();
-    t.forward(&[1, 2]).unwrap();
-    assert_eq!(
-        s.forward(&[3]).unwrap()["logits"].to_f32_vec(),
-        t.forward(&[3]).unwrap()["logits"].to_f32_vec()
-    );
 }
 
 /// Sizes past the JIT's parallel thresholds, which the tiny models never
@@ -250,7 +114,7 @@ d_ff = 1536
     pool.install(|| {
         let g = lowered.decoder.as_ref().unwrap();
         let weights = Weights::random(&[g], 21).unwrap();
-        let jit = JitGraph::compile(g).unwrap();
+        let jit = jit(g);
         // Past 64 keys, attention streams over several key blocks (online
         // softmax rescaling) and several query blocks per head.
         for (batch, seq, past) in [(2, 37, 0), (1, 1, 45), (3, 2, 11), (1, 70, 0), (2, 3, 100)] {
@@ -269,12 +133,9 @@ d_ff = 1536
         // Through a compiled model: transposed weights (row-split
         // matrix-vector products) and the tied embedding transposed in
         // place (gathered by columns).
-        use kiln_runtime::Backend;
         use kiln_runtime::session::Model;
         let reference = Model::new(lowered.clone(), weights.clone());
-        let compiled = Model::new(lowered.clone(), weights)
-            .compile(Backend::Jit)
-            .unwrap();
+        let compiled = Model::new(lowered.clone(), weights).compile(&Jit).unwrap();
         let prompt: Vec<i32> = (0..29).map(|i| i * 1237 % 40000).collect();
         let (mut a, mut b) = (reference.session(), compiled.session());
         let mut steps = vec![prompt.clone()];
@@ -303,7 +164,7 @@ fn a_single_wide_row_is_split_by_columns() {
     let y = b.unary(UnaryOp::Tanh, x).unwrap();
     g.set_output("y", y);
     let weights = Weights::new();
-    let jit = JitGraph::compile(&g).unwrap();
+    let jit = jit(&g);
     let data: Vec<f32> = (0..40_000).map(|i| (i as f32 - 20_000.0) * 1e-3).collect();
     let x = kiln_runtime::Tensor::from_f32(&[1, 40_000], data).unwrap();
     let pool = rayon::ThreadPoolBuilder::new()
@@ -320,8 +181,6 @@ fn a_single_wide_row_is_split_by_columns() {
 /// to it (top-2 of 4 experts: half the rows), with the dense result.
 #[test]
 fn experts_run_only_on_their_tokens() {
-    use kiln_compiler::kernel::FuseOptions;
-    use kiln_runtime::backends::jit::JitOptions;
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/mixtral-8x7b.toml");
     let lowered = lower(&spec::load(&path).unwrap()).unwrap();
@@ -334,14 +193,12 @@ fn experts_run_only_on_their_tokens() {
         src: 1,
     };
     let inputs = graph_inputs(&lowered, g, &lens, 3);
-    let dense_opts = JitOptions {
-        fuse: FuseOptions {
-            disabled: ["moe-dispatch".to_string()].into(),
-        },
+    let dense_opts = CompileOptions {
+        disabled_passes: vec!["moe-dispatch".to_string()],
         ..Default::default()
     };
-    let (dense, _) = JitGraph::compile_with(g, &dense_opts).unwrap();
-    let sparse = JitGraph::compile(g).unwrap();
+    let dense = jit_with(g, &dense_opts);
+    let sparse = jit(g);
     dense.enable_profiling();
     sparse.enable_profiling();
     let want = run(g, &weights, &inputs).unwrap();
@@ -362,18 +219,15 @@ fn experts_run_only_on_their_tokens() {
 /// leaves the session as it was.
 #[test]
 fn steps_over_the_memory_budget_are_refused() {
+    use kiln_runtime::RuntimeError;
     use kiln_runtime::session::Model;
-    use kiln_runtime::{Backend, RuntimeError};
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/gpt2.toml");
     let lowered = lower(&spec::load(&path).unwrap()).unwrap();
-    let mut model = Model::random(lowered, 1)
-        .unwrap()
-        .compile(Backend::Jit)
-        .unwrap();
+    let mut model = Model::random(lowered, 1).unwrap().compile(&Jit).unwrap();
     // The cache grows with every step, so a budget fits 12 cached positions.
-    let budget = model.step_bytes(1, 1, 1, 12, 0).unwrap();
-    assert!(model.step_bytes(1, 1, 1, 13, 0).unwrap() > budget);
-    assert!(model.step_bytes(1, 1, 1, 0, 0).unwrap() <= budget);
+    let budget = model.step_bytes(Part::Decoder, 1, 1, 12, 0).unwrap();
+    assert!(model.step_bytes(Part::Decoder, 1, 1, 13, 0).unwrap() > budget);
+    assert!(model.step_bytes(Part::Decoder, 1, 1, 0, 0).unwrap() <= budget);
     model.set_memory_budget(Some(budget));
     let mut s = model.session();
     s.forward(&[1]).unwrap();
@@ -396,37 +250,4 @@ fn steps_over_the_memory_budget_are_refused() {
     let mut model = model;
     model.set_memory_budget(None);
     model.session().forward_batch(&rows).unwrap();
-}
-
-/// The JIT appends each step's keys and values to the session's cache in
-/// place (growing its storage by doubling). Every tiny decoder, prefill
-/// of a padded batch and then decode steps across two growths, gives the
-/// reference session's logits and, at the end, its cache.
-#[test]
-fn sessions_append_to_the_cache_in_place() {
-    use kiln_runtime::Backend;
-    use kiln_runtime::session::Model;
-    for path in tiny_specs() {
-        let what = path.display().to_string();
-        let lowered = lower(&spec::load(&path).unwrap()).unwrap();
-        if lowered.decoder.is_none() {
-            continue;
-        }
-        let reference = Model::random(lowered.clone(), 5).unwrap();
-        let jit = Model::random(lowered, 5)
-            .unwrap()
-            .compile(Backend::Jit)
-            .unwrap();
-        let decoder = jit.jit_graph(1).unwrap();
-        decoder.enable_profiling();
-        let j = decode_alongside(&what, &reference, &jit, REL_TOL, &|_| {});
-        // The profile is indexed by kernel number even though appending
-        // runs skip the cache copies: those get no time, every other
-        // kernel some.
-        assert_copies_skipped(&what, &decoder.profile().unwrap(), decoder.program());
-        jit.disable_profiling(1);
-        assert!(decoder.profile().is_none(), "{what}: still profiling");
-        // 5 + 35 tokens: storage of 16 rows grew to 32, then to 64.
-        assert_eq!(j.cache_capacity(), Some(64), "{what}");
-    }
 }

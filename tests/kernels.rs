@@ -18,7 +18,7 @@ use kiln_compiler::kernel::{FuseOptions, Kernel, KernelProgram, fuse, fuse_with}
 use kiln_compiler::lower::{Lowered, lower};
 use kiln_compiler::passes::default_pipeline;
 use kiln_compiler::spec;
-use kiln_runtime::kernel_exec::{KernelOutputs, run_program};
+use kiln_runtime::backends::kernel_ir::{KernelOutputs, run_program};
 use kiln_runtime::{Outputs, Weights, run};
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -11,6 +11,7 @@ use kiln_compiler::import::{ImportOptions, import_path};
 use kiln_compiler::lower::lower;
 use kiln_compiler::spec::Architecture;
 use kiln_runtime::Backend;
+use kiln_runtime::backends::{jit::Jit, reference};
 use kiln_runtime::checkpoint::load_safetensors;
 use kiln_runtime::session::Model;
 use safetensors::SafeTensors;
@@ -84,7 +85,7 @@ fn fixtures() -> Vec<PathBuf> {
 }
 
 /// Load a fixture the way `kiln run --weights DIR` does.
-fn open(dir: &Path, backend: Backend) -> (Architecture, Model) {
+fn open(dir: &Path, backend: &'static dyn Backend) -> (Architecture, Model) {
     let imported = import_path(dir, &ImportOptions::default())
         .unwrap_or_else(|e| panic!("{}: import: {e}", dir.display()));
     let lowered = lower(&imported.resolved).unwrap();
@@ -130,15 +131,15 @@ fn check(family: &str, what: &str, got: &[f32], want: &[f32], failures: &mut Vec
 
 #[test]
 fn every_family_matches_transformers() {
-    every_family_on(Backend::Reference);
+    every_family_on(reference());
 }
 
 #[test]
 fn every_family_matches_transformers_on_the_jit() {
-    every_family_on(Backend::Jit);
+    every_family_on(&Jit);
 }
 
-fn every_family_on(backend: Backend) {
+fn every_family_on(backend: &'static dyn Backend) {
     let mut failures = Vec::new();
     let all = fixtures();
     assert!(

@@ -183,7 +183,7 @@ fn smollm2_gguf_continues_the_prompt_like_transformers() {
 /// continuation through the device-resident, in-place KV cache.
 #[test]
 fn smollm2_gguf_on_the_gpu_with_f16_weights() {
-    use kiln_runtime::{Backend, Precision};
+    use kiln_runtime::Precision;
     let Some(file) = smollm2_gguf() else {
         return;
     };
@@ -196,7 +196,7 @@ fn smollm2_gguf_on_the_gpu_with_f16_weights() {
     }
     let r = reference("smollm2_reference.json");
     let opts = OpenOptions {
-        backend: Backend::Wgpu,
+        backend: &kiln_runtime::backends::wgpu::Wgpu,
         precision: Precision::F16,
         ..OpenOptions::default()
     };

@@ -1,9 +1,8 @@
-//! The wgpu backend against the oracle: every tiny model and a batch of
-//! random specs give the same outputs from the generated WGSL shaders as
-//! from the reference interpreter (within 1e-4 relative, or 1e-5 of the
-//! output's RMS for values that cancel to nearly zero, like tests/jit.rs),
-//! prefill and decode with a cache, batch 2 with a padded row; generation
-//! through a compiled model; limits reported with the tensor's name.
+//! What only the wgpu backend does, against the oracle: f16 weight
+//! storage, shared-memory trees instead of subgroup sums, the adapter's
+//! binding limits, the shaders' elementary functions, the device-resident
+//! cache. What every backend must do (tiny models, random specs, sessions)
+//! is the shared suite in tests/backends.rs.
 //!
 //! Without a wgpu adapter (no GPU, no software Vulkan/GL) every test says
 //! it was skipped and passes, unless `KILN_REQUIRE_WGPU=1` (CI), where a
@@ -11,20 +10,26 @@
 
 mod common;
 
-use common::inputs::{
-    Lengths, graph_inputs, max_abs_diff_and_scale, max_normwise_diff, max_rel_diff_floored,
-    uses_symbol,
-};
+use common::inputs::{Lengths, graph_inputs, max_normwise_diff, max_rel_diff_floored, uses_symbol};
 use common::random_spec::load_random_spec;
 use common::sessions::{assert_copies_skipped, decode_alongside};
 use common::tiny_specs;
-use kiln_compiler::ir::Graph;
+use kiln_compiler::compile::{CompileOptions, compile_graph};
+use kiln_compiler::ir::{Graph, Part};
 use kiln_compiler::lower::{Lowered, lower};
 use kiln_compiler::spec;
+use kiln_runtime::backends::jit::Jit;
 use kiln_runtime::backends::wgpu::{
-    DeviceWeights, WgpuGraph, WgpuOptions, adapter, gpu as gpu_device,
+    DeviceWeights, Wgpu, WgpuGraph, WgpuOptions, adapter, gpu as gpu_device,
 };
 use kiln_runtime::{Weights, run};
+
+/// `g` through the compiler and the WGSL generator, with `opts`.
+fn gpu_graph(g: &Graph, weights: &Weights, opts: WgpuOptions) -> WgpuGraph {
+    let program = compile_graph(g, &CompileOptions::default()).unwrap();
+    WgpuGraph::new(program, weights, &mut DeviceWeights::default(), opts)
+        .unwrap_or_else(|e| panic!("`{}`: {e}", g.name))
+}
 
 const REL_TOL: f32 = 1e-4;
 
@@ -47,23 +52,12 @@ fn have_adapter(test: &str) -> bool {
     }
 }
 
-/// Compile every graph of `l` for the GPU and compare with the interpreter
-/// at a few lengths; returns the worst relative difference.
-fn check_model(l: &Lowered, seed: u64, what: &str) -> f32 {
-    check_model_with(
-        l,
-        seed,
-        what,
-        WgpuOptions::default(),
-        max_rel_diff_floored,
-        REL_TOL,
-    )
-}
-
 /// How far apart two runs' outputs are.
 type Measure = fn(&kiln_runtime::Outputs, &kiln_runtime::Outputs, &str) -> f32;
 
-/// [`check_model`] compiled with `opts`, within `tol` by `measure`.
+/// Compile every graph of `l` for the GPU with `opts` and compare with the
+/// interpreter at a few lengths, within `tol` by `measure`; returns the
+/// worst difference.
 fn check_model_with(
     l: &Lowered,
     seed: u64,
@@ -76,8 +70,7 @@ fn check_model_with(
     let weights = Weights::random(&graphs, seed).unwrap_or_else(|e| panic!("{what}: {e}"));
     let mut worst = 0.0f32;
     for g in l.graphs() {
-        let gpu = WgpuGraph::compile_with(g, &weights, &mut DeviceWeights::default(), opts)
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let gpu = gpu_graph(g, &weights, opts);
         assert_eq!(gpu.f16_params(), opts.f16_params, "{what}: f16 storage");
         let sub = opts.subgroups && gpu_device().unwrap().has_subgroups();
         assert_eq!(gpu.subgroups(), sub, "{what}: subgroup sums");
@@ -111,22 +104,6 @@ fn check_model_with(
         }
     }
     worst
-}
-
-#[test]
-fn tiny_models_match_the_interpreter() {
-    if !have_adapter("tiny_models_match_the_interpreter") {
-        return;
-    }
-    let mut report = String::new();
-    for path in tiny_specs() {
-        let rs = spec::load(&path).unwrap_or_else(|e| panic!("{}", e.render()));
-        let lowered = lower(&rs).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let name = path.file_stem().unwrap().to_string_lossy().to_string();
-        let w = check_model(&lowered, 5, &name);
-        report += &format!("{name}: worst relative difference {w:e}\n");
-    }
-    eprintln!("{report}");
 }
 
 /// With f16 weights (where the adapter has SHADER_F16) every tiny model
@@ -167,13 +144,13 @@ fn tiny_models_with_f16_weights_are_within_1e_2() {
 #[test]
 fn sessions_with_f16_weights() {
     use kiln_runtime::session::Model;
-    use kiln_runtime::{Backend, Precision, RuntimeError};
+    use kiln_runtime::{Precision, RuntimeError};
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/llama-2-7b.toml");
     let lowered = lower(&spec::load(&path).unwrap()).unwrap();
     let e = Model::random(lowered.clone(), 3)
         .unwrap()
         .with_precision(Precision::F16)
-        .compile(Backend::Jit)
+        .compile(&Jit)
         .err()
         .unwrap();
     assert!(matches!(e, RuntimeError::Unsupported(_)), "{e:?}");
@@ -185,7 +162,7 @@ fn sessions_with_f16_weights() {
     let gpu = Model::random(lowered, 3)
         .unwrap()
         .with_precision(Precision::F16)
-        .compile(Backend::Wgpu)
+        .compile(&Wgpu)
         .unwrap();
     assert_eq!(gpu.f16_weights(), gpu_device().unwrap().has_f16());
     let (mut r, mut g) = (reference.session(), gpu.session());
@@ -200,9 +177,11 @@ fn sessions_with_f16_weights() {
     assert!(g.cache_on_device());
 }
 
+/// Random specs with shared-memory trees for the row sums (the shared
+/// suite runs the default, subgroup sums where the adapter has them).
 #[test]
-fn random_specs_match_the_interpreter() {
-    if !have_adapter("random_specs_match_the_interpreter") {
+fn random_specs_match_the_interpreter_with_trees() {
+    if !have_adapter("random_specs_match_the_interpreter_with_trees") {
         return;
     }
     let mut checked = 0;
@@ -211,8 +190,6 @@ fn random_specs_match_the_interpreter() {
             continue;
         };
         let lowered = lower(&rs).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-        // Shared-memory trees here (the tiny models take the subgroup sums
-        // where the adapter has them).
         let trees = WgpuOptions {
             subgroups: false,
             ..WgpuOptions::default()
@@ -253,7 +230,7 @@ d_ff = 200
     let lowered = lower(&rs).unwrap();
     let g = lowered.decoder.as_ref().unwrap();
     let weights = Weights::random(&[g], 21).unwrap();
-    let gpu = WgpuGraph::compile(g, &weights).unwrap();
+    let gpu = gpu_graph(g, &weights, WgpuOptions::default());
     for (batch, seq, past) in [(2, 70, 0), (1, 1, 130), (3, 2, 65), (1, 129, 0)] {
         let lens = Lengths {
             batch,
@@ -266,87 +243,6 @@ d_ff = 200
         let got = gpu.run(&inputs).unwrap();
         let d = max_rel_diff_floored(&want, &got, &format!("{lens:?}"));
         assert!(d <= REL_TOL, "{lens:?}: outputs differ by {d:e}");
-    }
-}
-
-/// A compiled model generates the reference's tokens (prefill, then decode
-/// steps with the cache), for a decoder and an encoder-decoder.
-#[test]
-fn sessions_generate_like_the_reference() {
-    use kiln_runtime::Backend;
-    use kiln_runtime::session::Model;
-    if !have_adapter("sessions_generate_like_the_reference") {
-        return;
-    }
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
-    for name in ["gpt2", "llama-2-7b", "t5-small"] {
-        let lowered = lower(&spec::load(dir.join(format!("{name}.toml"))).unwrap()).unwrap();
-        let reference = Model::random(lowered.clone(), 7).unwrap();
-        let gpu = Model::random(lowered, 7)
-            .unwrap()
-            .compile(Backend::Wgpu)
-            .unwrap();
-        assert_eq!(gpu.backend(), Backend::Wgpu);
-        // The decoder really runs on the device (not the interpreter).
-        assert!(gpu.wgpu_graph(1).is_some(), "{name}: no GPU pipelines");
-        let (mut a, mut b) = (reference.session(), gpu.session());
-        if name == "t5-small" {
-            a.set_source(&[4, 5, 6, 7]).unwrap();
-            b.set_source(&[4, 5, 6, 7]).unwrap();
-        }
-        for toks in [vec![1, 2, 3], vec![9], vec![17]] {
-            let (x, y) = (a.forward(&toks).unwrap(), b.forward(&toks).unwrap());
-            let d = max_rel_diff_floored(&x, &y, name);
-            assert!(
-                d <= REL_TOL,
-                "{name}: after {} tokens differ by {d:e}",
-                a.past_len()
-            );
-            // The GPU session's cache (and cross K/V) stays on the device
-            // and holds what the reference session's host cache holds.
-            assert!(b.cache_on_device(), "{name}: cache left the device");
-            assert!(!a.cache_on_device(), "{name}: reference cache on a device");
-            let mut layers = 0;
-            while let Ok((ka, va)) = a.cached_kv(layers) {
-                let (kb, vb) = b.cached_kv(layers).unwrap();
-                for (x, y) in [(ka, kb), (va, vb)] {
-                    assert_eq!(x.shape(), y.shape(), "{name}: block {layers} cache shape");
-                    let (d, scale) = max_abs_diff_and_scale(&x.to_f32_vec(), &y.to_f32_vec());
-                    assert!(
-                        d <= REL_TOL * scale,
-                        "{name}: block {layers} cache differs by {d:e}"
-                    );
-                }
-                layers += 1;
-            }
-            assert!(
-                layers > 0 && b.cached_kv(layers).is_err(),
-                "{name}: block count"
-            );
-        }
-        // A failed step (token outside the vocabulary) leaves the device
-        // cache as it was.
-        let (past, before) = (b.past_len(), b.cached_kv(0).unwrap());
-        assert!(b.forward(&[i32::MAX]).is_err());
-        assert_eq!(b.past_len(), past, "{name}: failed step moved the cache");
-        let after = b.cached_kv(0).unwrap();
-        assert_eq!(
-            before.0.to_f32_vec(),
-            after.0.to_f32_vec(),
-            "{name}: failed step"
-        );
-        let prompt = [5, 6, 7];
-        let mut s = reference.session();
-        let mut t = gpu.session();
-        if name == "t5-small" {
-            s.set_source(&[4, 5, 6, 7]).unwrap();
-            t.set_source(&[4, 5, 6, 7]).unwrap();
-        }
-        assert_eq!(
-            s.generate_greedy(&prompt, 6, None).unwrap(),
-            t.generate_greedy(&prompt, 6, None).unwrap(),
-            "{name}: greedy tokens"
-        );
     }
 }
 
@@ -365,7 +261,7 @@ fn oversized_tensors_are_rejected_by_name() {
     let y = b.input("y", DType::F32, shape![1usize, "seq"]).unwrap();
     let p = b.binary(BinaryOp::Mul, x, y).unwrap();
     g.set_output("product", p);
-    let gpu = WgpuGraph::compile(&g, &Weights::new()).unwrap();
+    let gpu = gpu_graph(&g, &Weights::new(), WgpuOptions::default());
     let limit = gpu.gpu().max_binding_bytes();
     // Small: computed.
     let t = |shape: &[usize], v: Vec<f32>| kiln_runtime::Tensor::from_f32(shape, v).unwrap();
@@ -460,7 +356,7 @@ fn elementary_functions_are_accurate_on_the_device() {
         let x = b.input("x", DType::F32, shape!["seq"]).unwrap();
         let y = b.unary(op, x).unwrap();
         g.set_output("y", y);
-        let gpu = WgpuGraph::compile(&g, &Weights::new()).unwrap();
+        let gpu = gpu_graph(&g, &Weights::new(), WgpuOptions::default());
         let t = kiln_runtime::Tensor::from_f32(&[xs.len()], xs.clone()).unwrap();
         let got = gpu.run([("x", t)]).unwrap()["y"].to_f32_vec();
         let f = scalar::f32_unary(op).unwrap();
@@ -510,7 +406,7 @@ fn elementary_functions_are_accurate_on_the_device() {
     let y = b.input("y", DType::F32, shape!["seq"]).unwrap();
     let p = b.binary(BinaryOp::Pow, x, y).unwrap();
     g.set_output("p", p);
-    let gpu = WgpuGraph::compile(&g, &Weights::new()).unwrap();
+    let gpu = gpu_graph(&g, &Weights::new(), WgpuOptions::default());
     let n = xs.len();
     let tx = kiln_runtime::Tensor::from_f32(&[n], xs.clone()).unwrap();
     let ty = kiln_runtime::Tensor::from_f32(&[n], ys.clone()).unwrap();
@@ -542,51 +438,43 @@ fn elementary_functions_are_accurate_on_the_device() {
     eprintln!("{report}Pow: worst {worst:e}");
 }
 
-/// Decode steps append to the device cache in place: every tiny decoder
-/// gives the reference session's logits and final cache through two
-/// storage growths (`decode_alongside`), with the cache on the device
-/// throughout, and the GPU profile times every dispatched kernel.
+/// Decode steps append to the device cache in place and the cache (and
+/// an encoder-decoder's cross K/V) stays on the device throughout; GPU
+/// timestamps time every kernel the steps dispatched.
 #[test]
-fn sessions_append_to_the_device_cache_in_place() {
-    use kiln_runtime::Backend;
+fn the_cache_stays_on_the_device() {
     use kiln_runtime::session::Model;
-    if !have_adapter("sessions_append_to_the_device_cache_in_place") {
+    if !have_adapter("the_cache_stays_on_the_device") {
         return;
     }
-    for path in tiny_specs() {
-        let what = path.display().to_string();
-        let lowered = lower(&spec::load(&path).unwrap()).unwrap();
-        if lowered.decoder.is_none() {
-            continue;
-        }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+    for name in ["gpt2", "t5-small", "mixtral-8x7b"] {
+        let what = name.to_string();
+        let lowered = lower(&spec::load(dir.join(format!("{name}.toml"))).unwrap()).unwrap();
         let reference = Model::random(lowered.clone(), 5).unwrap();
-        let gpu = Model::random(lowered, 5)
-            .unwrap()
-            .compile(Backend::Wgpu)
-            .unwrap();
-        let decoder = gpu.wgpu_graph(1).unwrap();
+        let gpu = Model::random(lowered, 5).unwrap().compile(&Wgpu).unwrap();
+        let decoder = gpu.part_as::<WgpuGraph>(Part::Decoder).unwrap();
         assert!(
             !decoder.appendable().is_empty(),
             "{what}: no appendable cache"
         );
-        gpu.enable_profiling(1);
+        gpu.enable_profiling(Part::Decoder);
         let on_device = |s: &kiln_runtime::session::Session| {
             assert!(s.cache_on_device(), "{what}: cache left the device");
         };
         let g = decode_alongside(&what, &reference, &gpu, REL_TOL, &on_device);
-        // 5 + 35 tokens: storage of 16 rows grew to 32, then to 64.
         assert_eq!(g.cache_capacity(), Some(64), "{what}");
-        // GPU timestamps time every kernel the steps dispatched: not the
-        // skipped cache copies, every other kernel of the program.
         if gpu_device().unwrap().has_timestamps() {
-            let profile = gpu.profile(1).unwrap();
-            let program = gpu.program(1).unwrap();
+            let profile = gpu.profile(Part::Decoder).unwrap();
+            let program = gpu.program(Part::Decoder).unwrap();
             assert_eq!(profile.runs, 36, "{what}");
             assert_copies_skipped(&what, &profile, program);
             assert!(profile.gemm_flops > 0.0, "{what}");
         }
-        // `kiln bench` times unprofiled runs: profiling can be switched off.
-        gpu.disable_profiling(1);
-        assert!(gpu.profile(1).is_none(), "{what}: still profiling");
+        gpu.disable_profiling(Part::Decoder);
+        assert!(
+            gpu.profile(Part::Decoder).is_none(),
+            "{what}: still profiling"
+        );
     }
 }

@@ -154,17 +154,63 @@ pub enum RuntimeError {
         message: String,
     },
 
-    /// The graph itself is malformed (e.g. an output names a missing node), or
-    /// the interpreter computed a value whose type disagrees with the node's
-    /// declared type. The latter is a bug in the interpreter or the IR.
+    /// A graph built through the IR's API is malformed (a cycle, an output
+    /// naming a missing node).
     #[error("malformed graph: {0}")]
-    Graph(String),
+    MalformedGraph(String),
+
+    /// A kernel failed at run time (an out-of-range gather index, ...).
+    #[error("`{program}` kernel k{kernel} ({kind}): {message}")]
+    Kernel {
+        /// The kernel program.
+        program: String,
+        /// The kernel's number in it.
+        kernel: usize,
+        /// The kernel's kind.
+        kind: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+
+    /// The GPU device failed or refused: no adapter, a tensor over the
+    /// adapter's largest binding, a shader the driver rejects, a lost
+    /// device. The message names the tensor or kernel.
+    #[error("{0}")]
+    Device(String),
 
     /// A request beyond what the model or its configured limits allow: a
     /// token id outside the vocabulary, a sequence past `max_positions`, a
     /// step over the memory budget. The message says what would fit.
     #[error("{0}")]
     Limit(String),
+
+    /// The compiler could not turn a part into its kernel program (an
+    /// unknown pass name is the caller's mistake; the rest are faults).
+    #[error(transparent)]
+    Compile(#[from] kiln_compiler::compile::CompileError),
+
+    /// `--backend` (or an API call) names no backend of this build.
+    #[error("unknown backend `{name}`: this build has {known}")]
+    UnknownBackend {
+        /// The name given.
+        name: String,
+        /// The registered backends, comma-separated.
+        known: String,
+    },
+
+    /// A call the model cannot serve as made: a part it lacks (encoding
+    /// with a decoder-only model), an empty sequence, a session used out of
+    /// order. The message says what to do instead.
+    #[error("{0}")]
+    Request(String),
+
+    /// A fault inside kiln (an invariant of compiled code broken): a bug
+    /// to report, never the caller's input.
+    #[error("internal error: {message}")]
+    Internal {
+        /// What broke.
+        message: String,
+    },
 
     /// A valid request this backend or build does not offer (f16 weights
     /// on the CPU). The message says what does.

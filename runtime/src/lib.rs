@@ -49,24 +49,21 @@
 //! assert_eq!(out.bindings()["batch"], 3);
 //! ```
 
-mod cache;
 mod error;
-mod interpreter;
-mod ops;
 mod tensor;
 mod weights;
 
 pub mod backends;
 pub mod checkpoint;
+pub mod exec;
 pub mod gguf;
-pub mod kernel_exec;
-pub mod sampling;
 pub mod session;
 pub mod source;
 pub mod tokenizer;
 
 pub use backends::{Backend, Precision};
 pub use error::{Result, RuntimeError};
-pub use interpreter::{Bindings, Interpreter, NamedTensor, Outputs, RunStats, run};
+pub use exec::interpreter::{Bindings, Interpreter, NamedTensor, Outputs, RunStats, run};
+pub use session::sampling;
 pub use tensor::{Tensor, TensorData};
 pub use weights::{Weights, parameter_seed};

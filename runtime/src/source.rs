@@ -10,6 +10,7 @@ use crate::gguf::{GgufError, GgufFile};
 use crate::session::Model;
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::{RuntimeError, Weights};
+use kiln_compiler::compile::CompileOptions;
 use kiln_compiler::import::{ImportError, ImportOptions, import_path};
 use kiln_compiler::lower::lower;
 use kiln_compiler::spec::{self, HeadKind, ResolvedSpec, SpecError};
@@ -59,7 +60,6 @@ pub enum OpenError {
 }
 
 /// How to open a model.
-#[derive(Default)]
 pub struct OpenOptions<'a> {
     /// Weights for a spec file: a HF folder / `.safetensors` file, or a `.gguf`.
     pub weights: Option<&'a Path>,
@@ -67,17 +67,33 @@ pub struct OpenOptions<'a> {
     pub seed: u64,
     /// Called with `(bytes done, bytes total)` while a checkpoint loads.
     pub progress: Option<&'a mut dyn FnMut(u64, u64)>,
-    /// What runs the model (default: the JIT).
-    pub backend: Backend,
+    /// What runs the model (default: the JIT; [`crate::backends::get`]
+    /// finds one by name).
+    pub backend: &'static dyn Backend,
+    /// What the compiler does before the backend gets the programs.
+    pub compile: CompileOptions,
     /// How the backend stores the weights (default: f32; f16 is a wgpu
     /// option, see [`Precision`]).
     pub precision: Precision,
 }
 
+impl Default for OpenOptions<'_> {
+    fn default() -> Self {
+        OpenOptions {
+            weights: None,
+            seed: 0,
+            progress: None,
+            backend: crate::backends::default_backend(),
+            compile: CompileOptions::default(),
+            precision: Precision::F32,
+        }
+    }
+}
+
 /// Open `path`: a `.toml` spec, a HF model folder (or its config.json), or a
 /// `.gguf` file, and compile it for `opts.backend`.
 pub fn open(path: &Path, opts: OpenOptions<'_>) -> Result<LoadedModel, OpenError> {
-    let (backend, precision) = (opts.backend, opts.precision);
+    let (backend, precision, compile) = (opts.backend, opts.precision, opts.compile.clone());
     let LoadedModel {
         spec,
         model,
@@ -86,7 +102,7 @@ pub fn open(path: &Path, opts: OpenOptions<'_>) -> Result<LoadedModel, OpenError
     } = open_uncompiled(path, opts)?;
     Ok(LoadedModel {
         spec,
-        model: model.with_precision(precision).compile(backend)?,
+        model: (model.with_precision(precision).with_options(compile)).compile(backend)?,
         tokenizer,
         weights_origin,
     })

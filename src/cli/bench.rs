@@ -4,10 +4,12 @@
 //! the same run.
 
 use super::{Format, ModelArgs, open_model};
+use kiln_compiler::compile;
+use kiln_compiler::ir::Part;
 use kiln_compiler::lower::lower;
 use kiln_compiler::spec::Architecture;
-use kiln_runtime::Backend;
 use kiln_runtime::backends::machine;
+use kiln_runtime::backends::{self, BackendRef};
 use kiln_runtime::session::{Model, argmax};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -76,14 +78,22 @@ fn compile_only(a: &Args) -> Result<(), String> {
     let mut kernels = 0;
     let mut nodes = 0;
     let mut stages = [Duration::ZERO; 3];
+    let opts = a.model.compile_options();
+    let pipeline = opts.pipeline().map_err(|e| e.to_string())?;
     for g in lowered.graphs() {
-        let (j, t) = kiln_runtime::backends::jit::JitGraph::compile_with(g, &Default::default())
+        let t0 = Instant::now();
+        let mut g = g.clone();
+        pipeline.run(&mut g).map_err(|e| e.to_string())?;
+        let t1 = Instant::now();
+        let program = compile::fuse_optimised(&g, &opts).map_err(|e| e.to_string())?;
+        let t2 = Instant::now();
+        kernels += program.kernels.len();
+        nodes += program.graph_nodes;
+        kiln_runtime::backends::jit::JitGraph::new(program, Default::default())
             .map_err(|e| e.to_string())?;
-        kernels += j.program().kernels.len();
-        nodes += j.program().graph_nodes;
-        stages[0] += t.passes;
-        stages[1] += t.fuse;
-        stages[2] += t.codegen;
+        stages[0] += t1 - t0;
+        stages[1] += t2 - t1;
+        stages[2] += t2.elapsed();
     }
     let out = json!({
         "model": rs.spec.name,
@@ -125,7 +135,7 @@ pub fn run(a: Args) -> Result<(), String> {
     // Open on the interpreter first so the compile is timed on its own:
     // spec → graphs (lowering) → passes, fusion and code generation.
     let mut args = a.model.clone();
-    args.backend = Backend::Reference;
+    args.backend = BackendRef(backends::reference());
     args.precision = kiln_runtime::Precision::F32;
     let loaded = open_model(&args)?;
     let t0 = Instant::now();
@@ -136,22 +146,15 @@ pub fn run(a: Args) -> Result<(), String> {
     let params: usize = loaded.model.weights.iter().map(|(_, t)| t.numel()).sum();
     let t1 = Instant::now();
     let model: Model = (loaded.model.with_precision(a.model.precision))
-        .compile(backend)
+        .with_options(a.model.compile_options())
+        .compile(backend.0)
         .map_err(|e| e.to_string())?;
     super::note_precision(&a.model, &model);
     let weight_bytes = if model.f16_weights() { 2.0 } else { 4.0 };
     let prepare_time = t1.elapsed();
     // Spec → runnable code: lowering plus each graph's passes, fusion and
     // code generation (weight preparation is reported on its own).
-    let jit_time: Duration = (0..2)
-        .filter_map(|i| model.jit_graph(i))
-        .map(|j| j.compile_time())
-        .chain(
-            (0..2)
-                .filter_map(|i| model.wgpu_graph(i))
-                .map(|g| g.compile_time()),
-        )
-        .sum();
+    let jit_time = model.compile_time();
     let compile_time = lower_time + jit_time;
     let rs = &loaded.spec;
     let vocab = rs.spec.vocab_size;
@@ -170,12 +173,12 @@ pub fn run(a: Args) -> Result<(), String> {
         "compile_ms": ms(compile_time),
         "prepare_weights_ms": ms(prepare_time.saturating_sub(jit_time)),
     });
-    if let Some(g) = (0..2).find_map(|i| model.wgpu_graph(i)) {
-        out["adapter"] = g.gpu().description().into();
+    if let Some(device) = Part::ALL.iter().find_map(|&p| model.part(p)?.device()) {
+        out["adapter"] = device.into();
     }
     let part = match rs.spec.architecture {
-        Architecture::Encoder => 0,
-        _ => 1,
+        Architecture::Encoder => Part::Encoder,
+        _ => Part::Decoder,
     };
     // Timed runs are unprofiled (a profiled GPU run encodes one pass per
     // kernel and so runs slower); the kernel profile comes from runs of
@@ -274,7 +277,7 @@ pub fn run(a: Args) -> Result<(), String> {
 
 /// Matmul throughput and share of time inside the model, from the JIT's
 /// profile of the runs since profiling was (re)started; keys get `prefix`.
-fn add_profile(model: &Model, part: usize, out: &mut serde_json::Value, prefix: &str) {
+fn add_profile(model: &Model, part: Part, out: &mut serde_json::Value, prefix: &str) {
     let Some(p) = model.profile(part) else {
         return;
     };

@@ -91,10 +91,21 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// What runs the model: `jit` (Cranelift-compiled kernels), `wgpu`
-    /// (WGSL shaders on a GPU; `KILN_WGPU_BACKEND=vulkan|gl` picks the API)
-    /// or `reference` (the interpreter, the correctness oracle).
+    /// (WGSL shaders on a GPU; `KILN_WGPU_BACKEND=vulkan|gl` picks the API),
+    /// `reference` (the graph interpreter, the correctness oracle) or
+    /// `kernel-ir` (the fused kernel programs interpreted: tells a fusion
+    /// bug from a code-generation bug).
     #[arg(long, default_value = "jit")]
-    pub backend: kiln_runtime::Backend,
+    pub backend: kiln_runtime::backends::BackendRef,
+    /// Graph passes before the backend gets the kernel programs: 0 = the
+    /// graphs as lowered, 1 = simplified (see docs/passes.md).
+    #[arg(long, default_value_t = 1)]
+    pub opt_level: u8,
+    /// Skip a graph pass or kernel rewrite by name (repeatable), to bisect
+    /// a miscompile: simplify, const-fold, cse, merge-projections, dce;
+    /// attention, write-through, moe-dispatch, append-cache.
+    #[arg(long = "disable-pass", value_name = "NAME")]
+    pub disable_pass: Vec<String>,
     /// How the weights are stored: `f32`, or `f16` (wgpu on an adapter with
     /// SHADER_F16: half the weight memory, f32 arithmetic, outputs within
     /// about 1e-2 of f32; kept f32 where the adapter lacks it).
@@ -126,7 +137,8 @@ pub fn open_model(m: &ModelArgs) -> Result<kiln_runtime::source::LoadedModel, St
         weights,
         seed: m.seed,
         progress: Some(&mut progress),
-        backend: m.backend,
+        backend: m.backend.0,
+        compile: m.compile_options(),
         precision: m.precision,
     };
     let loaded = kiln_runtime::source::open(source, opts).map_err(|e| e.to_string());
@@ -135,6 +147,16 @@ pub fn open_model(m: &ModelArgs) -> Result<kiln_runtime::source::LoadedModel, St
         note_precision(m, &l.model);
     }
     loaded
+}
+
+impl ModelArgs {
+    /// What `--opt-level` and `--disable-pass` ask of the compiler.
+    pub fn compile_options(&self) -> kiln::Options {
+        kiln::Options {
+            opt_level: self.opt_level,
+            disabled_passes: self.disable_pass.clone(),
+        }
+    }
 }
 
 /// Say so when f16 weights were asked for but the adapter cannot use them.

@@ -4,6 +4,7 @@
 //! `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod backends;
 pub mod inputs;
 pub mod random_spec;
 pub mod rng;

@@ -2,8 +2,8 @@
 //! per component), matmul FLOPs per token, KV-cache and weight bytes. Nothing
 //! runs; the counts are exactly what the compiled graphs hold and compute.
 
+use crate::ir::Module;
 use crate::ir::{Graph, Op};
-use crate::lower::Lowered;
 use crate::spec::ResolvedSpec;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -56,7 +56,7 @@ pub fn component(name: &str) -> &'static str {
 }
 
 /// Parameter counts, per-token FLOPs at `seq_len` and cache sizes of a model.
-pub fn cost(rs: &ResolvedSpec, lowered: &Lowered, seq_len: usize) -> Cost {
+pub fn cost(rs: &ResolvedSpec, lowered: &Module, seq_len: usize) -> Cost {
     let params = lowered.parameters();
     let mut by = BTreeMap::new();
     for (name, n) in &params {

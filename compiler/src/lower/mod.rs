@@ -34,49 +34,9 @@ use stack::{StackKind, cross_kv, padding_mask, stack};
 
 pub use mlp::activation;
 
-/// The graphs a model is made of.
-#[derive(Debug, Clone)]
-pub struct Lowered {
-    /// The spec's model name.
-    pub name: String,
-    /// Encoder, decoder, or encoder-decoder.
-    pub architecture: Architecture,
-    /// Token ids must be below this.
-    pub vocab_size: usize,
-    /// Longest sequence (cached plus new tokens) the spec allows.
-    pub max_positions: usize,
-    /// The encoder graph (encoder and encoder-decoder models).
-    pub encoder: Option<Graph>,
-    /// The decoder step graph (decoder and encoder-decoder models).
-    pub decoder: Option<Graph>,
-}
-
-impl Lowered {
-    /// The encoder, then the decoder, whichever exist.
-    pub fn graphs(&self) -> impl Iterator<Item = &Graph> {
-        self.encoder.iter().chain(self.decoder.iter())
-    }
-
-    /// Distinct parameters over all graphs (shared ones, like the token embedding of
-    /// an encoder-decoder, count once): name → element count.
-    pub fn parameters(&self) -> std::collections::BTreeMap<String, usize> {
-        let mut out = std::collections::BTreeMap::new();
-        for g in self.graphs() {
-            for p in g.parameters() {
-                let n = g.node(p);
-                if let crate::ir::Op::Parameter { name, .. } = &n.op {
-                    out.insert(name.clone(), n.ty.const_numel().unwrap_or(0));
-                }
-            }
-        }
-        out
-    }
-
-    /// Total distinct parameter elements (see [`Lowered::parameters`]).
-    pub fn parameter_count(&self) -> usize {
-        self.parameters().values().sum()
-    }
-}
+/// The graphs a model is made of: the IR's module type, under the name the
+/// lowering has always given it.
+pub type Lowered = crate::ir::Module;
 
 /// Lower a resolved spec into its graphs.
 pub fn lower(rs: &ResolvedSpec) -> Result<Lowered, IrError> {
@@ -91,7 +51,6 @@ pub fn lower(rs: &ResolvedSpec) -> Result<Lowered, IrError> {
     };
     Ok(Lowered {
         name: spec.name.clone(),
-        architecture: spec.architecture,
         vocab_size: spec.vocab_size,
         max_positions: spec.max_positions,
         encoder,

@@ -36,8 +36,8 @@ pub use merge_projections::MergeProjections;
 pub use simplify::Simplify;
 pub use verify::verify;
 
+use crate::ir::Module;
 use crate::ir::{Graph, IrError, Op};
-use crate::lower::Lowered;
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -269,7 +269,7 @@ impl Pipeline {
     }
 
     /// Run over every graph of a lowered model.
-    pub fn run_lowered(&self, l: &mut Lowered) -> Result<Vec<Report>, PassError> {
+    pub fn run_lowered(&self, l: &mut Module) -> Result<Vec<Report>, PassError> {
         let mut out = Vec::new();
         for g in l.encoder.iter_mut().chain(l.decoder.iter_mut()) {
             out.push(self.run(g)?);

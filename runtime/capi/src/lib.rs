@@ -47,7 +47,7 @@
 //! ```
 
 use kiln_compiler::spec::HeadKind;
-use kiln_runtime::Backend;
+
 use kiln_runtime::sampling::SamplingOptions;
 use kiln_runtime::session::{GenerateOptions, Session};
 use kiln_runtime::source::{LoadedModel, OpenOptions, open};
@@ -371,8 +371,8 @@ pub unsafe extern "C" fn kiln_model_open(
             Some(unsafe { c_path(weights, "weights")? })
         };
         let backend = match backend {
-            KILN_BACKEND_JIT => Backend::Jit,
-            KILN_BACKEND_REFERENCE => Backend::Reference,
+            KILN_BACKEND_JIT => kiln_runtime::backends::default_backend(),
+            KILN_BACKEND_REFERENCE => kiln_runtime::backends::reference(),
             b => {
                 return Err(Failure::invalid(format!(
                     "unknown backend {b} (KILN_BACKEND_JIT = 0, KILN_BACKEND_REFERENCE = 1)"

@@ -6,7 +6,7 @@
 //! generated score function (scale, softcap, bias, masks) in place.
 
 use super::gemm::{ViewAt, gemv};
-use super::{PARALLEL_MIN_WORK, unflatten};
+use super::run::{PARALLEL_MIN_WORK, unflatten};
 use kiln_compiler::codegen::cranelift::{ATTENTION_KEY_BLOCK as BK, KernelFn};
 use kiln_compiler::ir::scalar::nan_max;
 use rayon::prelude::*;

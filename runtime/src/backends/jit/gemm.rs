@@ -2,7 +2,7 @@
 //! generated epilogue applied to each tile, and streamed matrix-vector
 //! products for decode.
 
-use super::{PARALLEL_MIN_WORK, Ptrs, unflatten};
+use super::run::{PARALLEL_MIN_WORK, Ptrs, unflatten};
 use crate::error::Result;
 use kiln_compiler::codegen::cranelift::KernelFn;
 use kiln_compiler::kernel::{Size, View};

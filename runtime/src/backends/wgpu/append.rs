@@ -4,11 +4,13 @@
 //! copying the whole cache into a fresh buffer every step.
 
 use super::{DeviceTensor, Gpu, WgpuGraph, device_bytes, err, gpu, mib};
+use crate::backends::KvStore;
 use crate::error::Result;
-use crate::interpreter::{Bindings, Outputs};
-use crate::kernel_exec::empty_store_shapes;
+use crate::exec::interpreter::{Bindings, Outputs};
+use crate::exec::program::empty_store_shapes;
 use crate::tensor::Tensor;
 use kiln_compiler::ir::DType;
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -148,6 +150,40 @@ impl DeviceStore {
             dtype: DType::F32,
         }
         .to_host()
+    }
+}
+
+/// Every cache of one wgpu session, by present output name.
+#[derive(Debug, Default)]
+pub struct DeviceStores(pub BTreeMap<String, DeviceStore>);
+
+impl KvStore for DeviceStores {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn capacity(&self) -> usize {
+        self.0
+            .values()
+            .map(DeviceStore::capacity)
+            .min()
+            .unwrap_or(0)
+    }
+
+    fn reserve(&mut self, rows: usize) -> Result<()> {
+        self.0.values_mut().try_for_each(|st| st.reserve(rows))
+    }
+
+    fn tensor(&self, name: &str) -> Option<Result<Tensor>> {
+        self.0.get(name).map(DeviceStore::to_host)
+    }
+
+    fn on_device(&self) -> bool {
+        true
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
     }
 }
 

@@ -1,11 +1,11 @@
-//! The GPU backend: a graph optimised by the default pass pipeline, fused
-//! into the kernel IR, turned into WGSL by [`kiln_compiler::codegen::wgsl`]
-//! and run through wgpu (Vulkan or GL).
+//! The GPU backend: each part's kernel program (optimised and fused by the
+//! compiler, [`kiln_compiler::compile`]) turned into WGSL by
+//! [`kiln_compiler::codegen::wgsl`] and run through wgpu (Vulkan or GL).
 //!
 //! - **Adapter.** One device per process ([`gpu`]), from the backends named
 //!   by `KILN_WGPU_BACKEND` (`vulkan`, `gl`, or a comma list; default: both,
 //!   high-performance preference), with the adapter's own limits.
-//! - **Compile once.** [`WgpuGraph::compile`] builds one compute pipeline per
+//! - **Compile once.** [`WgpuGraph::new`] builds one compute pipeline per
 //!   kernel, with an explicit bind-group layout from the generator's
 //!   bindings, and uploads every parameter and literal once
 //!   ([`DeviceWeights`] shares them between a model's graphs).
@@ -27,25 +27,72 @@
 //!   error scopes and returned as [`RuntimeError`]s, never panics.
 
 use crate::backends::profile::Profile;
+use crate::backends::{
+    Backend, Cached, Compiled, KvStore, PartSource, Precision, PrepareOptions, Prepared, Resident,
+};
 use crate::error::{Result, RuntimeError};
-use crate::interpreter::{NamedTensor, Outputs, metas};
-use crate::kernel_exec::{bind_appending, bind_meta, const_data, param_or_join};
+use crate::exec::interpreter::{Bindings, NamedTensor, Outputs, metas};
+use crate::exec::program::{bind_appending, bind_meta, const_data, param_or_join};
 use crate::tensor::{Tensor, TensorData};
 use crate::weights::Weights;
 use kiln_compiler::codegen::wgsl::{self, ELEMENT_BYTES, Resource, WgslProgram};
-use kiln_compiler::ir::{DType, Graph};
-use kiln_compiler::kernel::{BufferKind, CAPACITY, KernelProgram, Size, fuse};
-use kiln_compiler::passes::default_pipeline;
+use kiln_compiler::ir::DType;
+use kiln_compiler::kernel::{BufferKind, CAPACITY, KernelProgram, Size};
+use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use wgpu::util::DeviceExt;
 
 mod append;
-pub use append::DeviceStore;
+pub use append::{DeviceStore, DeviceStores};
+
+/// WGSL shaders on a GPU through wgpu (`--backend wgpu`).
+pub struct Wgpu;
+
+impl Backend for Wgpu {
+    fn name(&self) -> &'static str {
+        "wgpu"
+    }
+
+    fn precisions(&self) -> &'static [Precision] {
+        &[Precision::F32, Precision::F16]
+    }
+
+    fn available(&self) -> Result<()> {
+        gpu().map(drop)
+    }
+
+    /// Pipelines for every part, with the weights uploaded once (shared by
+    /// the encoder and decoder).
+    fn prepare(
+        &self,
+        parts: Vec<PartSource<'_>>,
+        weights: &mut Weights,
+        opts: &PrepareOptions,
+    ) -> Result<Prepared> {
+        let mut uploaded = DeviceWeights::default();
+        let wopts = WgpuOptions {
+            f16_params: opts.precision == Precision::F16,
+            ..WgpuOptions::default()
+        };
+        let mut out = Vec::with_capacity(parts.len());
+        for p in parts {
+            let program = p.program.ok_or_else(|| RuntimeError::Internal {
+                message: format!("the {} reached wgpu uncompiled", p.part),
+            })?;
+            let g = WgpuGraph::new(program, weights, &mut uploaded, wopts)?;
+            out.push((p.part, Box::new(g) as Box<dyn Compiled>));
+        }
+        Ok(Prepared {
+            parts: out,
+            layout: None,
+        })
+    }
+}
 
 fn err(m: impl Into<String>) -> RuntimeError {
-    RuntimeError::Graph(m.into())
+    RuntimeError::Device(m.into())
 }
 
 /// The device every [`WgpuGraph`] of this process runs on.
@@ -412,24 +459,11 @@ fn mib(b: u64) -> String {
 }
 
 impl WgpuGraph {
-    /// Optimise (level-1 pipeline), fuse, generate WGSL, build the
-    /// pipelines and upload the parameters `graph` reads from `weights`.
-    pub fn compile(graph: &Graph, weights: &Weights) -> Result<WgpuGraph> {
-        Self::compile_shared(graph, weights, &mut DeviceWeights::default())
-    }
-
-    /// [`WgpuGraph::compile`], reusing (and adding to) uploaded parameters.
-    pub fn compile_shared(
-        graph: &Graph,
-        weights: &Weights,
-        shared: &mut DeviceWeights,
-    ) -> Result<WgpuGraph> {
-        Self::compile_with(graph, weights, shared, WgpuOptions::default())
-    }
-
-    /// [`WgpuGraph::compile_shared`] with options.
-    pub fn compile_with(
-        graph: &Graph,
+    /// Generate WGSL for `program` (already optimised and fused by the
+    /// compiler), build the pipelines and upload the parameters it reads
+    /// from `weights`, reusing (and adding to) those in `shared`.
+    pub fn new(
+        program: KernelProgram,
         weights: &Weights,
         shared: &mut DeviceWeights,
         opts: WgpuOptions,
@@ -442,13 +476,8 @@ impl WgpuGraph {
         let held = gpu.clone();
         let _serial = held.serialise();
         let t0 = Instant::now();
-        let mut g = graph.clone();
-        default_pipeline(1)
-            .run(&mut g)
-            .map_err(|e| err(format!("`{}`: {e}", graph.name)))?;
-        let program = fuse(&g).map_err(|e| err(format!("`{}`: {e}", graph.name)))?;
         let shaders = wgsl::generate_with(&program, codegen)
-            .map_err(|e| err(format!("`{}`: WGSL generation: {e}", graph.name)))?;
+            .map_err(|e| err(format!("`{}`: WGSL generation: {e}", program.name)))?;
         let limit = gpu.max_binding_bytes();
         let dev = &gpu.device;
 
@@ -576,8 +605,7 @@ impl WgpuGraph {
         &self.gpu
     }
 
-    /// Passes, fusion, WGSL generation and pipeline creation (not the
-    /// parameter uploads).
+    /// WGSL generation and pipeline creation (not the parameter uploads).
     pub fn compile_time(&self) -> Duration {
         self.compile_time
     }
@@ -1073,6 +1101,127 @@ impl DeviceTensor {
         };
         staging.unmap();
         Tensor::new(self.shape.clone(), data)
+    }
+}
+
+impl Resident for DeviceTensor {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn to_host(&self) -> Result<Tensor> {
+        DeviceTensor::to_host(self)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// `state` split into host tensors (appended to `host`) and device ones.
+fn split_state<'a>(
+    host: &mut Vec<(&'a str, &'a Tensor)>,
+    state: &[(&'a str, &'a Cached)],
+) -> Result<Vec<(&'a str, &'a DeviceTensor)>> {
+    let mut device = Vec::new();
+    for (n, c) in state {
+        match c {
+            Cached::Host(t) => host.push((n, t)),
+            Cached::Resident(r) => {
+                let d = r.as_any().downcast_ref::<DeviceTensor>().ok_or_else(|| {
+                    RuntimeError::Internal {
+                        message: format!("`{n}` is resident on another backend's device"),
+                    }
+                })?;
+                device.push((*n, d));
+            }
+        }
+    }
+    Ok(device)
+}
+
+impl Compiled for WgpuGraph {
+    fn program(&self) -> Option<&KernelProgram> {
+        Some(&self.program)
+    }
+
+    fn run_host(&self, _weights: &Weights, inputs: &[(&str, &Tensor)]) -> Result<Outputs> {
+        WgpuGraph::run(self, inputs)
+    }
+
+    fn run(
+        &self,
+        _weights: &Weights,
+        host: &[(&str, &Tensor)],
+        state: &[(&str, &Cached)],
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<(Outputs, Vec<(String, Cached)>)> {
+        let mut pairs = host.to_vec();
+        let device = split_state(&mut pairs, state)?;
+        let (out, kept) = self.run_resident(&pairs, &device, keep)?;
+        let kept = (kept.into_iter())
+            .map(|(n, d)| (n, Cached::Resident(Arc::new(d) as Arc<dyn Resident>)))
+            .collect();
+        Ok((out, kept))
+    }
+
+    fn appends(&self) -> &[(String, String)] {
+        &self.caches
+    }
+
+    fn empty_cache(&self, lengths: &Bindings, capacity: usize) -> Result<Box<dyn KvStore>> {
+        Ok(Box::new(DeviceStores(
+            self.empty_stores(lengths, capacity)?,
+        )))
+    }
+
+    fn run_appending(
+        &self,
+        _weights: &Weights,
+        host: &[(&str, &Tensor)],
+        state: &[(&str, &Cached)],
+        cache: &mut dyn KvStore,
+    ) -> Result<Outputs> {
+        let stores = (cache.as_any_mut().downcast_mut::<DeviceStores>()).ok_or_else(|| {
+            RuntimeError::Internal {
+                message: "a KV cache made by another backend reached wgpu".into(),
+            }
+        })?;
+        let mut pairs = host.to_vec();
+        let device = split_state(&mut pairs, state)?;
+        WgpuGraph::run_appending(self, &pairs, &device, &mut stores.0)
+    }
+
+    fn enable_profiling(&self) {
+        WgpuGraph::enable_profiling(self)
+    }
+
+    fn disable_profiling(&self) {
+        WgpuGraph::disable_profiling(self)
+    }
+
+    fn profile(&self) -> Option<Profile> {
+        WgpuGraph::profile(self)
+    }
+
+    fn codegen_time(&self) -> Duration {
+        self.compile_time
+    }
+
+    fn f16_weights(&self) -> bool {
+        self.f16_params()
+    }
+
+    fn device(&self) -> Option<String> {
+        Some(self.gpu.description())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
 

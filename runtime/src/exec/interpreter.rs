@@ -10,7 +10,7 @@
 //! the node that caused it. The numeric contract is in the crate docs.
 
 use crate::error::{Result, RuntimeError};
-use crate::ops;
+use crate::exec::ops;
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 use kiln_compiler::ir::{DType, Dim, Graph, Node, NodeId, Op, TensorType};
@@ -163,7 +163,7 @@ impl<'g> Interpreter<'g> {
     pub fn new(graph: &'g Graph) -> Result<Interpreter<'g>> {
         let topo = graph.topo_order();
         if topo.len() != graph.g.node_count() {
-            return Err(RuntimeError::Graph(format!(
+            return Err(RuntimeError::MalformedGraph(format!(
                 "graph `{}` has a cycle",
                 graph.name
             )));
@@ -178,7 +178,7 @@ impl<'g> Interpreter<'g> {
         let mut live = vec![false; bound];
         for (name, id) in &graph.outputs {
             if !graph.g.contains_node(*id) {
-                return Err(RuntimeError::Graph(format!(
+                return Err(RuntimeError::MalformedGraph(format!(
                     "output `{name}` of graph `{}` names missing node {}",
                     graph.name,
                     id.index()
@@ -418,15 +418,17 @@ impl<'g> Interpreter<'g> {
     fn check_type(&self, id: NodeId, node: &Node, t: &Tensor, env: &Bindings) -> Result<()> {
         let shape = self.shape_of(node, env)?;
         if t.dtype() != node.ty.dtype || t.shape() != shape.as_slice() {
-            return Err(RuntimeError::Graph(format!(
-                "{}: {} (node {}): computed {}{:?} but the node declares {} = {shape:?}",
-                scope_of(node),
-                node.op,
-                id.index(),
-                t.dtype(),
-                t.shape(),
-                node.ty
-            )));
+            return Err(RuntimeError::Internal {
+                message: format!(
+                    "{}: {} (node {}): computed {}{:?} but the node declares {} = {shape:?}",
+                    scope_of(node),
+                    node.op,
+                    id.index(),
+                    t.dtype(),
+                    t.shape(),
+                    node.ty
+                ),
+            });
         }
         Ok(())
     }
