@@ -4,7 +4,7 @@
 use kiln_compiler::compile::CompileError;
 use kiln_compiler::ir::IrError;
 use kiln_compiler::spec::SpecError;
-use kiln_runtime::source::OpenError;
+use kiln_open::source::OpenError;
 use miette::{Diagnostic, LabeledSpan, SourceCode};
 use std::fmt;
 

@@ -4,9 +4,11 @@
 //!
 //! - [`compiler`] is the `kiln-compiler` crate: spec loading, lowering to the
 //!   IR, the graph passes, kernel fusion and the Cranelift code generator.
-//! - [`runtime`] is the `kiln-runtime` crate: opening a model (a spec with
-//!   random weights, a Hugging Face folder or a GGUF file), compiled models
-//!   shared across threads, sessions with a KV cache, generation, embeddings.
+//! - [`runtime`] is the `kiln-runtime` crate: the backends behind one trait,
+//!   compiled models shared across threads, sessions with a KV cache,
+//!   generation, embeddings.
+//! - [`open`] is the `kiln-open` crate: opening a model (a spec with random
+//!   weights, a Hugging Face folder or a GGUF file) for a backend.
 //! - [`compile_str`] / [`compile_file`] run the pipeline of
 //!   `kiln compile` and give its stable text forms ([`Compiled`]).
 //! - [`pipeline`] holds the stages those two run, for tools that stop early
@@ -40,7 +42,7 @@
 //!
 //! ```
 //! use kiln::runtime::session::{GenerateOptions, argmax};
-//! use kiln::runtime::source::{OpenOptions, open};
+//! use kiln::open::source::{OpenOptions, open};
 //! use std::path::Path;
 //!
 //! // A spec file with seeded random weights (or a HF folder, or a .gguf file).
@@ -76,6 +78,7 @@
 //! ```
 
 pub use kiln_compiler as compiler;
+pub use kiln_open as open;
 pub use kiln_runtime as runtime;
 
 mod error;

@@ -38,7 +38,7 @@ use std::path::Path;
 /// # Ok::<(), kiln::Error>(())
 /// ```
 pub fn load(path: &Path) -> Result<(ResolvedSpec, Lowered), Error> {
-    let rs = kiln_runtime::source::open_spec(path)?;
+    let rs = kiln_open::source::open_spec(path)?;
     lower_spec(rs, path)
 }
 

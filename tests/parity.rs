@@ -10,9 +10,9 @@
 use kiln_compiler::import::{ImportOptions, import_path};
 use kiln_compiler::lower::lower;
 use kiln_compiler::spec::Architecture;
+use kiln_open::checkpoint::load_safetensors;
 use kiln_runtime::Backend;
 use kiln_runtime::backends::{jit::Jit, reference};
-use kiln_runtime::checkpoint::load_safetensors;
 use kiln_runtime::session::Model;
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@
 //! When the files are absent the tests say so and pass, unless
 //! `KILN_REQUIRE_REAL=1` (set by .ci/run, which fetches them) makes absence a failure.
 
-use kiln_runtime::source::{OpenOptions, open};
+use kiln_open::source::{OpenOptions, open};
 use std::path::{Path, PathBuf};
 
 fn cache() -> PathBuf {

@@ -54,12 +54,8 @@ mod tensor;
 mod weights;
 
 pub mod backends;
-pub mod checkpoint;
 pub mod exec;
-pub mod gguf;
 pub mod session;
-pub mod source;
-pub mod tokenizer;
 
 pub use backends::{Backend, Precision};
 pub use error::{Result, RuntimeError};

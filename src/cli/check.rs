@@ -27,7 +27,7 @@ pub fn run(a: Args) -> Result<(), String> {
         Some(w) => {
             let graphs: Vec<_> = lowered.graphs().collect();
             let plan =
-                kiln_runtime::checkpoint::preflight(w, &graphs, None).map_err(|e| e.to_string())?;
+                kiln_open::checkpoint::preflight(w, &graphs, None).map_err(|e| e.to_string())?;
             Some(format!(
                 "{}: {} layout, {} parameters mapped, {} bytes to read, {} tensors ignored, {} unused",
                 w.display(),

@@ -1,8 +1,8 @@
 use super::{Format, ModelArgs, open_model};
 use kiln_compiler::spec::Architecture;
+use kiln_open::tokenizer::StreamDecoder;
 use kiln_runtime::sampling::SamplingOptions;
 use kiln_runtime::session::GenerateOptions;
-use kiln_runtime::tokenizer::StreamDecoder;
 use std::io::Write;
 
 #[derive(clap::Args)]

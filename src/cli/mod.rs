@@ -114,7 +114,7 @@ pub struct ModelArgs {
 }
 
 /// Open a model, with a progress bar on stderr while a checkpoint loads.
-pub fn open_model(m: &ModelArgs) -> Result<kiln_runtime::source::LoadedModel, String> {
+pub fn open_model(m: &ModelArgs) -> Result<kiln_open::source::LoadedModel, String> {
     use indicatif::{ProgressBar, ProgressStyle};
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -133,7 +133,7 @@ pub fn open_model(m: &ModelArgs) -> Result<kiln_runtime::source::LoadedModel, St
             return Err("give a spec, a model folder or a .gguf file (or --weights)".into());
         }
     };
-    let opts = kiln_runtime::source::OpenOptions {
+    let opts = kiln_open::source::OpenOptions {
         weights,
         seed: m.seed,
         progress: Some(&mut progress),
@@ -141,7 +141,7 @@ pub fn open_model(m: &ModelArgs) -> Result<kiln_runtime::source::LoadedModel, St
         compile: m.compile_options(),
         precision: m.precision,
     };
-    let loaded = kiln_runtime::source::open(source, opts).map_err(|e| e.to_string());
+    let loaded = kiln_open::source::open(source, opts).map_err(|e| e.to_string());
     bar.finish_and_clear();
     if let Ok(l) = &loaded {
         note_precision(m, &l.model);

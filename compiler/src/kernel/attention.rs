@@ -12,7 +12,7 @@
 //! stream over key blocks with an online softmax.
 
 use super::{Body, BufId, BufferKind, Epilogue, Inst, Kernel, KernelProgram, View};
-use crate::ir::{Dim, ReduceOp};
+use crate::ir::{BinaryOp, Dim, ReduceOp, UnaryOp};
 
 /// Rewrite every attention triple of `p`; returns how many were rewritten.
 /// Buffers left unused are removed (and the rest renumbered).
@@ -74,35 +74,64 @@ fn whole(p: &KernelProgram, v: &View, dims: &[Dim]) -> bool {
         )
 }
 
-/// A canonical expression of value `v` of `b` (for comparing bodies).
-fn expr(b: &Body, v: usize) -> String {
-    let (inst, dt) = &b.insts[v];
-    match inst {
-        Inst::Load(l) => format!("l{l}:{dt}"),
-        Inst::Const(c) => format!("{c:?}:{dt}"),
-        Inst::Index(a) => format!("i{a}"),
-        Inst::Size(s) => format!("({s})"),
-        Inst::Unary(u, x) => format!("{u:?}({}):{dt}", expr(b, *x)),
-        Inst::Binary(o, x, y) => format!("{o:?}({},{}):{dt}", expr(b, *x), expr(b, *y)),
-        Inst::Select(c, x, y) => {
-            format!("sel({},{},{}):{dt}", expr(b, *c), expr(b, *x), expr(b, *y))
+/// Whether value `x` of body `a` and value `y` of body `b` compute the
+/// same expression: the same instructions over the same loads, constants
+/// (bit for bit), sizes and stage results, with the same dtypes.
+fn same_value(a: &Body, x: usize, b: &Body, y: usize) -> bool {
+    let ((ia, da), (ib, db)) = (&a.insts[x], &b.insts[y]);
+    let same = |p: &usize, q: &usize| same_value(a, *p, b, *q);
+    da == db
+        && match (ia, ib) {
+            (Inst::Load(l), Inst::Load(m)) => l == m,
+            (Inst::Const(c), Inst::Const(d)) => c.to_bits() == d.to_bits(),
+            (Inst::Index(i), Inst::Index(j)) => i == j,
+            (Inst::Size(s), Inst::Size(t)) => s == t,
+            (Inst::Unary(u, p), Inst::Unary(v, q)) => u == v && same(p, q),
+            (Inst::Binary(o, p1, p2), Inst::Binary(r, q1, q2)) => {
+                o == r && same(p1, q1) && same(p2, q2)
+            }
+            (Inst::Select(c, p1, p2), Inst::Select(d, q1, q2)) => {
+                same(c, d) && same(p1, q1) && same(p2, q2)
+            }
+            (Inst::Cast(p), Inst::Cast(q)) => same(p, q),
+            (Inst::Reduced(s), Inst::Reduced(t)) => s == t,
+            _ => false,
         }
-        Inst::Cast(x) => format!("cast({}):{dt}", expr(b, *x)),
-        Inst::Reduced(s) => format!("r{s}:{dt}"),
-    }
 }
 
-/// Whether the stages and epilogue are a softmax of stage 0's value `X`.
+/// Whether value `v` of `b` is `exp(X - r0)` in f32, where `X` is the same
+/// expression as value `x` of `xb` and `r0` the first stage's result.
+fn is_shifted_exp(b: &Body, v: usize, xb: &Body, x: usize) -> bool {
+    let f32 = |v: usize| b.insts[v].1 == crate::ir::DType::F32;
+    let Inst::Unary(UnaryOp::Exp, e) = &b.insts[v].0 else {
+        return false;
+    };
+    let Inst::Binary(BinaryOp::Sub, d, r) = &b.insts[*e].0 else {
+        return false;
+    };
+    f32(v) && f32(*e) && f32(*r) && b.insts[*r].0 == Inst::Reduced(0) && same_value(b, *d, xb, x)
+}
+
+/// Whether the stages and epilogue are a softmax of stage 0's value `X`:
+/// `max X`, then `sum exp(X - r0)`, then `exp(X - r0) / r1` per element.
 fn is_softmax(stages: &[super::Stage], epilogue: &Body) -> bool {
     let [s0, s1] = stages else { return false };
     if s0.op != ReduceOp::Max || s1.op != ReduceOp::Sum {
         return false;
     }
-    let x = expr(&s0.body, s0.body.result);
-    let e = format!("Exp(Sub({x},r0:f32):f32):f32");
-    expr(&s1.body, s1.body.result) == e
-        && expr(epilogue, epilogue.result) == format!("Div({e},r1:f32):f32")
-        && s0.body.insts[s0.body.result].1 == crate::ir::DType::F32
+    let x = s0.body.result;
+    if s0.body.insts[x].1 != crate::ir::DType::F32
+        || !is_shifted_exp(&s1.body, s1.body.result, &s0.body, x)
+    {
+        return false;
+    }
+    let out = epilogue.result;
+    let Inst::Binary(BinaryOp::Div, n, d) = &epilogue.insts[out].0 else {
+        return false;
+    };
+    epilogue.insts[out].1 == crate::ir::DType::F32
+        && is_shifted_exp(epilogue, *n, &s0.body, x)
+        && epilogue.insts[*d] == (Inst::Reduced(1), crate::ir::DType::F32)
 }
 
 /// The first attention triple `(i0, i1, i2)` and its replacement.
@@ -303,5 +332,77 @@ pub(super) fn remove_unused_temps(p: &mut KernelProgram) {
     }
     for (_, b) in p.inputs.iter_mut().chain(p.outputs.iter_mut()) {
         *b = new_id[*b];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::DType::F32;
+    use crate::kernel::Stage;
+
+    /// `x * scale` over load 0 (the scores), with `scale` a constant.
+    fn scaled(insts: &mut Vec<(Inst, crate::ir::DType)>, scale: f64) -> usize {
+        insts.push((Inst::Load(0), F32));
+        insts.push((Inst::Const(scale), F32));
+        let n = insts.len();
+        insts.push((Inst::Binary(BinaryOp::Mul, n - 2, n - 1), F32));
+        insts.len() - 1
+    }
+
+    /// `exp(x - r0)` where x is [`scaled`], then `op(that, r1)` if given.
+    fn shifted_exp(scale: f64, then: Option<BinaryOp>) -> Body {
+        let mut insts = Vec::new();
+        let x = scaled(&mut insts, scale);
+        insts.push((Inst::Reduced(0), F32));
+        insts.push((Inst::Binary(BinaryOp::Sub, x, x + 1), F32));
+        insts.push((Inst::Unary(UnaryOp::Exp, x + 2), F32));
+        let mut result = x + 3;
+        if let Some(op) = then {
+            insts.push((Inst::Reduced(1), F32));
+            insts.push((Inst::Binary(op, result, result + 1), F32));
+            result += 2;
+        }
+        Body { insts, result }
+    }
+
+    fn stages(max_scale: f64, sum_scale: f64) -> Vec<Stage> {
+        let mut insts = Vec::new();
+        let result = scaled(&mut insts, max_scale);
+        vec![
+            Stage {
+                op: ReduceOp::Max,
+                body: Body { insts, result },
+            },
+            Stage {
+                op: ReduceOp::Sum,
+                body: shifted_exp(sum_scale, None),
+            },
+        ]
+    }
+
+    #[test]
+    fn softmax_is_recognised_by_structure() {
+        let epilogue = shifted_exp(0.125, Some(BinaryOp::Div));
+        assert!(is_softmax(&stages(0.125, 0.125), &epilogue));
+        // Another X in one place (a different constant), another final op,
+        // or stages in the other order: not a softmax.
+        assert!(!is_softmax(&stages(0.125, 0.25), &epilogue));
+        assert!(!is_softmax(
+            &stages(0.125, 0.125),
+            &shifted_exp(0.5, Some(BinaryOp::Div))
+        ));
+        assert!(!is_softmax(
+            &stages(0.125, 0.125),
+            &shifted_exp(0.125, Some(BinaryOp::Mul))
+        ));
+        let mut swapped = stages(0.125, 0.125);
+        swapped.swap(0, 1);
+        assert!(!is_softmax(&swapped, &epilogue));
+        // -0.0 and 0.0 are different constants.
+        assert!(!is_softmax(
+            &stages(0.0, -0.0),
+            &shifted_exp(0.0, Some(BinaryOp::Div))
+        ));
     }
 }

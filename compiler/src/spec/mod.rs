@@ -56,6 +56,23 @@ pub fn load_str(src: &str, path: &Path) -> Result<ResolvedSpec, SpecError> {
     build(source::load_tree(&mut files, src, path)).map_err(|e| e.into_spec_error(&files))
 }
 
+/// Resolve a spec given as a TOML value built in memory (a GGUF file's
+/// metadata, say) exactly as a file would be: unknown keys rejected,
+/// defaults filled, cross-field rules checked. Errors name the key and
+/// `origin` (there is no text, so no line and column). The table must be
+/// whole: `extends` has no file to be resolved against.
+pub fn load_table(table: &toml::Table, origin: &Path) -> Result<ResolvedSpec, SpecError> {
+    let tree = node::Node::from_value(&toml::Value::Table(table.clone()));
+    let to_error = |e: error::Located| SpecError {
+        file: origin.to_path_buf(),
+        message: e.message,
+        help: e.help,
+        ..SpecError::default()
+    };
+    let spec: Spec = de::from_node(&tree, "", None).map_err(to_error)?;
+    validate::resolve_tree(spec, &tree).map_err(to_error)
+}
+
 /// Load and resolve a shipped spec by name (`"gpt2"`), from the copy
 /// embedded in the binary; errors name it `models/NAME.toml`.
 pub fn load_shipped(name: &str) -> Result<ResolvedSpec, SpecError> {

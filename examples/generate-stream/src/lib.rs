@@ -16,9 +16,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use kiln::open::source::{LoadedModel, OpenError, OpenOptions, open};
+use kiln::open::tokenizer::StreamDecoder;
 use kiln::runtime::session::{GenerateOptions, Model};
-use kiln::runtime::source::{LoadedModel, OpenError, OpenOptions, open};
-use kiln::runtime::tokenizer::StreamDecoder;
 use std::path::{Path, PathBuf};
 
 /// The example's own spec (`tiny-llama.toml`: a small Llama-style decoder),

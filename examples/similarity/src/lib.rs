@@ -9,7 +9,7 @@
 //!
 //! ```
 //! use kiln_example_similarity::{cosine, embed_ids};
-//! use kiln::runtime::source::{OpenOptions, open};
+//! use kiln::open::source::{OpenOptions, open};
 //!
 //! let spec = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
 //!     .join("../../models/tiny/all-minilm-l6-v2.toml");
@@ -19,8 +19,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use kiln::open::source::LoadedModel;
 use kiln::runtime::session::Model;
-use kiln::runtime::source::LoadedModel;
 use std::path::PathBuf;
 
 /// The all-MiniLM-L6-v2 folder named by `KILN_MINILM_DIR`, if set.

@@ -9,7 +9,7 @@
 //! cargo run --release -p kiln-example-similarity -- "$MINILM_DIR" "A cat sits on the mat." "A kitten rests on a rug." "Stocks fell sharply."
 //! ```
 
-use kiln::runtime::source::{OpenOptions, open};
+use kiln::open::source::{OpenOptions, open};
 use kiln_example_similarity::{cosine, embed, minilm_dir, nearest};
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -3,7 +3,7 @@
 //! it they say so and pass, unless `KILN_REQUIRE_REAL=1` makes absence a failure.
 //! The rest run on the tiny MiniLM-shaped spec with random weights.
 
-use kiln::runtime::source::{OpenOptions, open};
+use kiln::open::source::{OpenOptions, open};
 use kiln_example_similarity::{cosine, embed, embed_ids, minilm_dir, nearest};
 use std::path::Path;
 use std::process::Command;

@@ -48,9 +48,9 @@
 
 use kiln_compiler::spec::HeadKind;
 
+use kiln_open::source::{LoadedModel, OpenOptions, open};
 use kiln_runtime::sampling::SamplingOptions;
 use kiln_runtime::session::{GenerateOptions, Session};
-use kiln_runtime::source::{LoadedModel, OpenOptions, open};
 use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};

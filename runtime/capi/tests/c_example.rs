@@ -3,7 +3,7 @@
 //! API's (what `kiln run models/tiny/gpt2.toml --tokens … --seed 0` prints)
 //! to 1e-5, and its streamed tokens match greedy generation.
 
-use kiln_runtime::source::{OpenOptions, open};
+use kiln_open::source::{OpenOptions, open};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -8,8 +8,8 @@
 use kiln_compiler::analysis::cost::cost;
 use kiln_compiler::lower::{Lowered, lower};
 use kiln_compiler::spec::{self, ResolvedSpec};
-use kiln_runtime::checkpoint::Checkpoint;
-use kiln_runtime::gguf::GgufFile;
+use kiln_open::checkpoint::Checkpoint;
+use kiln_open::gguf::GgufFile;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 

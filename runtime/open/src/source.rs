@@ -4,16 +4,16 @@
 //! config), or a GGUF file. The result is the resolved spec, a runnable model
 //! and, when the source carries one, its tokenizer.
 
-use crate::backends::{Backend, Precision};
 use crate::checkpoint::{self, CheckpointError};
 use crate::gguf::{GgufError, GgufFile};
-use crate::session::Model;
 use crate::tokenizer::{Tokenizer, TokenizerError};
-use crate::{RuntimeError, Weights};
 use kiln_compiler::compile::CompileOptions;
 use kiln_compiler::import::{ImportError, ImportOptions, import_path};
 use kiln_compiler::lower::lower;
 use kiln_compiler::spec::{self, HeadKind, ResolvedSpec, SpecError};
+use kiln_runtime::backends::{Backend, Precision};
+use kiln_runtime::session::Model;
+use kiln_runtime::{RuntimeError, Weights};
 use std::path::{Path, PathBuf};
 
 /// A model ready to run.
@@ -67,7 +67,7 @@ pub struct OpenOptions<'a> {
     pub seed: u64,
     /// Called with `(bytes done, bytes total)` while a checkpoint loads.
     pub progress: Option<&'a mut dyn FnMut(u64, u64)>,
-    /// What runs the model (default: the JIT; [`crate::backends::get`]
+    /// What runs the model (default: the JIT; [`kiln_runtime::backends::get`]
     /// finds one by name).
     pub backend: &'static dyn Backend,
     /// What the compiler does before the backend gets the programs.
@@ -83,7 +83,7 @@ impl Default for OpenOptions<'_> {
             weights: None,
             seed: 0,
             progress: None,
-            backend: crate::backends::default_backend(),
+            backend: kiln_runtime::backends::default_backend(),
             compile: CompileOptions::default(),
             precision: Precision::F32,
         }

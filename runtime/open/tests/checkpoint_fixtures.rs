@@ -7,11 +7,11 @@
 //! Header-level only: the logits parity tests live with the fixtures.
 
 use kiln_compiler::{ir::Graph, lower::lower, spec};
-use kiln_runtime::checkpoint::{self, Checkpoint};
+use kiln_open::checkpoint::{self, Checkpoint};
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// (fixture dir, tiny spec it resembles, overrides making the sizes match, expected family)

@@ -4,7 +4,7 @@
 //! file carries.
 //!
 //! ```no_run
-//! use kiln_runtime::gguf::GgufFile;
+//! use kiln_open::gguf::GgufFile;
 //! use kiln_runtime::session::Model;
 //!
 //! let file = GgufFile::open("SmolLM2-135M-Instruct.Q4_1.gguf")?;

@@ -219,7 +219,7 @@ impl Checkpoint {
     /// `name` stands for the file in errors and is [`Checkpoint::path`].
     ///
     /// ```
-    /// use kiln_runtime::checkpoint::Checkpoint;
+    /// use kiln_open::checkpoint::Checkpoint;
     ///
     /// let header = br#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
     /// let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
@@ -227,7 +227,7 @@ impl Checkpoint {
     /// bytes.extend_from_slice(&[0, 0, 128, 63, 0, 0, 0, 64]); // 1.0, 2.0
     /// let ckpt = Checkpoint::from_bytes("in-memory.safetensors", bytes)?;
     /// assert_eq!(ckpt.read_f32("w")?, vec![1.0, 2.0]);
-    /// # Ok::<(), kiln_runtime::checkpoint::CheckpointError>(())
+    /// # Ok::<(), kiln_open::checkpoint::CheckpointError>(())
     /// ```
     pub fn from_bytes(
         name: impl Into<PathBuf>,

@@ -12,8 +12,8 @@
 use kiln_compiler::ir::Graph;
 use kiln_compiler::lower::{Lowered, lower};
 use kiln_compiler::spec;
+use kiln_open::checkpoint::{self, Checkpoint, CheckpointError};
 use kiln_runtime::Weights;
-use kiln_runtime::checkpoint::{self, Checkpoint, CheckpointError};
 use safetensors::Dtype as St;
 use std::path::Path;
 
@@ -22,13 +22,13 @@ use std::path::Path;
 // ---------------------------------------------------------------------------
 
 fn tiny(name: &str) -> Lowered {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../models/tiny/{name}.toml"));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../models/tiny/{name}.toml"));
     lower(&spec::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"))).unwrap()
 }
 
 /// A tiny spec with overrides appended.
 fn tiny_with(name: &str, overrides: &str) -> Lowered {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny");
     let src = format!("extends = \"{name}.toml\"\nname = \"variant\"\n{overrides}");
     lower(&spec::load_str(&src, &dir.join("variant.toml")).unwrap_or_else(|e| panic!("{e}")))
         .unwrap()

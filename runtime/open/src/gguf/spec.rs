@@ -3,11 +3,11 @@
 use super::Result;
 use super::names::{self, ArchFamily, RowOrder};
 use super::reader::{GgufFile, Value};
-use crate::tensor::Tensor;
-use crate::weights::Weights;
 use kiln_compiler::spec::ResolvedSpec;
-use std::fmt::Write as _;
+use kiln_runtime::Tensor;
+use kiln_runtime::Weights;
 use std::path::Path;
+use toml::{Table, Value as TomlValue};
 
 impl GgufFile {
     /// `general.architecture`.
@@ -64,8 +64,8 @@ impl GgufFile {
         }
     }
 
-    /// The kiln spec this file's metadata describes, as TOML text (what
-    /// [`GgufFile::spec`] resolves; save it to get an editable spec).
+    /// The kiln spec this file's metadata describes, as a TOML table (what
+    /// [`GgufFile::spec`] resolves; [`GgufFile::spec_toml`] writes it out).
     ///
     /// Reads `{arch}.embedding_length`, `.block_count`,
     /// `.feed_forward_length`, `.attention.head_count`, `.head_count_kv`,
@@ -74,7 +74,7 @@ impl GgufFile {
     /// `.rope.scaling.*`, `.expert_count`, `.expert_used_count`; the vocabulary
     /// size is `token_embd`'s row count; the head is tied when there is no
     /// `output` tensor; biases are present when the tensors are.
-    pub fn spec_toml(&self) -> Result<String> {
+    pub fn spec_table(&self) -> Result<toml::Table> {
         let family = self.family()?;
         let arch = family.name;
         let d_model = self.arch_usize("embedding_length")?;
@@ -131,56 +131,53 @@ impl GgufFile {
         let out_bias = has("blk.0.attn_output.bias");
         let head_bias = has("output.bias");
 
-        let mut t = String::new();
         let name = self
             .get("general.name")
             .and_then(Value::as_str)
             .map(str::to_owned)
             .unwrap_or_else(|| file_stem(self.path()));
-        let _ = writeln!(
-            t,
-            "# Derived from the metadata of {}",
-            self.path().display()
-        );
-        let _ = writeln!(t, "name = {}", toml_string(&name));
-        let _ = writeln!(t, "architecture = \"decoder\"");
-        let _ = writeln!(t, "vocab_size = {vocab_size}");
-        let _ = writeln!(t, "d_model = {d_model}");
-        let _ = writeln!(t, "layers = {layers}");
-        let _ = writeln!(t, "max_positions = {max_positions}");
+        let mut t = Table::new();
+        set(&mut t, "name", name);
+        set(&mut t, "architecture", "decoder");
+        set(&mut t, "vocab_size", self.int(vocab_size)?);
+        set(&mut t, "d_model", self.int(d_model)?);
+        set(&mut t, "layers", self.int(layers)?);
+        set(&mut t, "max_positions", self.int(max_positions)?);
 
-        let _ = writeln!(t, "\n[attention]");
-        let _ = writeln!(t, "heads = {heads}");
-        let _ = writeln!(t, "kv_heads = {kv_heads}");
+        let mut attention = Table::new();
+        set(&mut attention, "heads", self.int(heads)?);
+        set(&mut attention, "kv_heads", self.int(kv_heads)?);
         if let Some(hd) = head_dim
             && heads > 0
             && hd != d_model / heads
         {
-            let _ = writeln!(t, "head_dim = {hd}");
+            set(&mut attention, "head_dim", self.int(hd)?);
         }
         if qkv_bias {
-            let _ = writeln!(t, "qkv_bias = true");
+            set(&mut attention, "qkv_bias", true);
         }
         if out_bias {
-            let _ = writeln!(t, "out_bias = true");
+            set(&mut attention, "out_bias", true);
         }
         if let Some(w) = self.arch_opt_usize("attention.sliding_window")?
             && w > 0
         {
-            let _ = writeln!(t, "sliding_window = {w}");
+            set(&mut attention, "sliding_window", self.int(w)?);
         }
+        set(&mut t, "attention", attention);
 
-        let _ = writeln!(t, "\n[norm]");
-        let _ = writeln!(t, "kind = \"rmsnorm\"");
-        let _ = writeln!(t, "eps = {}", toml_float(eps));
-        let _ = writeln!(t, "placement = \"pre\"");
-        let _ = writeln!(t, "final_norm = {}", has("output_norm.weight"));
+        let mut norm = Table::new();
+        set(&mut norm, "kind", "rmsnorm");
+        set(&mut norm, "eps", eps);
+        set(&mut norm, "placement", "pre");
+        set(&mut norm, "final_norm", has("output_norm.weight"));
+        set(&mut t, "norm", norm);
 
-        let _ = writeln!(t, "\n[positions]");
-        let _ = writeln!(t, "kind = \"rope\"");
-        let _ = writeln!(t, "theta = {}", toml_float(theta));
+        let mut positions = Table::new();
+        set(&mut positions, "kind", "rope");
+        set(&mut positions, "theta", theta);
         // kiln's half-split layout: llama's Q/K rows are un-permuted on load.
-        let _ = writeln!(t, "layout = \"half\"");
+        set(&mut positions, "layout", "half");
         let hd = head_dim.unwrap_or(d_model.checked_div(heads).unwrap_or(0));
         if let Some(rot) = self.arch_opt_usize("rope.dimension_count")?
             && rot != hd
@@ -190,42 +187,55 @@ impl GgufFile {
                     "{arch}.rope.dimension_count is {rot}, which does not fit a head of width {hd}"
                 )));
             }
-            let _ = writeln!(t, "fraction = {}", toml_float(rot as f64 / hd as f64));
+            set(&mut positions, "fraction", rot as f64 / hd as f64);
         }
-        self.write_rope_scaling(&mut t)?;
+        if let Some(scaling) = self.rope_scaling()? {
+            set(&mut positions, "scaling", scaling);
+        }
+        set(&mut t, "positions", positions);
 
-        let _ = writeln!(t, "\n[mlp]");
-        let _ = writeln!(t, "d_ff = {d_ff}");
-        let _ = writeln!(t, "activation = \"silu\"");
-        let _ = writeln!(t, "gated = true");
+        let mut mlp = Table::new();
+        set(&mut mlp, "d_ff", self.int(d_ff)?);
+        set(&mut mlp, "activation", "silu");
+        set(&mut mlp, "gated", true);
+        set(&mut t, "mlp", mlp);
 
         let experts = self.arch_opt_usize("expert_count")?.unwrap_or(0);
         if experts > 0 {
             let top_k = self.arch_usize("expert_used_count")?;
-            let _ = writeln!(t, "\n[moe]");
-            let _ = writeln!(t, "experts = {experts}");
-            let _ = writeln!(t, "top_k = {top_k}");
+            let mut moe = Table::new();
+            set(&mut moe, "experts", self.int(experts)?);
+            set(&mut moe, "top_k", self.int(top_k)?);
             if let Some(ff) = self.arch_opt_usize("expert_feed_forward_length")?
                 && ff != d_ff
             {
-                let _ = writeln!(t, "d_ff = {ff}");
+                set(&mut moe, "d_ff", self.int(ff)?);
             }
+            set(&mut t, "moe", moe);
         }
 
-        let _ = writeln!(t, "\n[head]");
-        let _ = writeln!(t, "kind = \"lm\"");
-        let _ = writeln!(t, "tied = {tied}");
+        let mut head = Table::new();
+        set(&mut head, "kind", "lm");
+        set(&mut head, "tied", tied);
         if head_bias {
-            let _ = writeln!(t, "bias = true");
+            set(&mut head, "bias", true);
         }
+        set(&mut t, "head", head);
         Ok(t)
     }
 
-    fn write_rope_scaling(&self, t: &mut String) -> Result<()> {
+    /// A size as a TOML integer, or an error past its range.
+    fn int(&self, v: usize) -> Result<i64> {
+        i64::try_from(v)
+            .map_err(|_| self.error(format!("metadata value {v} does not fit a spec integer")))
+    }
+
+    /// `positions.scaling` from `{arch}.rope.scaling.*`, if the file scales RoPE.
+    fn rope_scaling(&self) -> Result<Option<Table>> {
         let arch = self.architecture()?;
         let key = format!("{arch}.rope.scaling.type");
         let Some(kind) = self.get(&key) else {
-            return Ok(());
+            return Ok(None);
         };
         let kind = kind
             .as_str()
@@ -237,31 +247,26 @@ impl GgufFile {
                 ))
             })
         };
+        let mut scaling = Table::new();
         match kind {
-            "none" => {}
+            "none" => return Ok(None),
             "linear" => {
-                let _ = writeln!(
-                    t,
-                    "scaling = {{ kind = \"linear\", factor = {} }}",
-                    toml_float(factor()?)
-                );
+                set(&mut scaling, "kind", "linear");
+                set(&mut scaling, "factor", factor()?);
             }
             "yarn" => {
                 let orig = self.arch_usize("rope.scaling.original_context_length")?;
-                let _ = write!(
-                    t,
-                    "scaling = {{ kind = \"yarn\", factor = {}, original_max_positions = {orig}",
-                    toml_float(factor()?)
-                );
+                set(&mut scaling, "kind", "yarn");
+                set(&mut scaling, "factor", factor()?);
+                set(&mut scaling, "original_max_positions", self.int(orig)?);
                 for (gguf, kiln) in [
                     ("rope.scaling.yarn_beta_fast", "beta_fast"),
                     ("rope.scaling.yarn_beta_slow", "beta_slow"),
                 ] {
                     if let Some(v) = self.arch_opt_f64(gguf)? {
-                        let _ = write!(t, ", {kiln} = {}", toml_float(v));
+                        set(&mut scaling, kiln, v);
                     }
                 }
-                let _ = writeln!(t, " }}");
             }
             other => {
                 return Err(self.error(format!(
@@ -269,19 +274,30 @@ impl GgufFile {
                 )));
             }
         }
-        Ok(())
+        Ok(Some(scaling))
     }
 
-    /// The kiln spec this file's metadata describes ([`GgufFile::spec_toml`],
-    /// resolved by the compiler's spec loader).
+    /// The kiln spec this file's metadata describes ([`GgufFile::spec_table`],
+    /// resolved by the compiler's spec loader like a spec file).
     pub fn spec(&self) -> Result<ResolvedSpec> {
-        let text = self.spec_toml()?;
+        let table = self.spec_table()?;
         let name = Path::new("<gguf>").join(self.path().file_name().unwrap_or_default());
-        kiln_compiler::spec::load_str(&text, &name).map_err(|e| {
+        kiln_compiler::spec::load_table(&table, &name).map_err(|e| {
             self.error(format!(
-                "the spec derived from the metadata does not resolve: {e}\n--- derived spec ---\n{text}"
+                "the spec derived from the metadata does not resolve: {}\n--- derived spec ---\n{table}",
+                e.render()
             ))
         })
+    }
+
+    /// [`GgufFile::spec_table`] as spec text with a header naming the file:
+    /// save it to get an editable spec.
+    pub fn spec_toml(&self) -> Result<String> {
+        let table = self.spec_table()?;
+        Ok(format!(
+            "# Derived from the metadata of {}\n{table}",
+            self.path().display()
+        ))
     }
 
     /// Every tensor dequantised to f32 under kiln's canonical name, with
@@ -338,51 +354,7 @@ fn file_stem(path: &Path) -> String {
         .unwrap_or_else(|| "gguf-model".into())
 }
 
-/// A TOML basic string.
-fn toml_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04X}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// A TOML float (always with a `.` or an exponent; Rust's shortest form).
-fn toml_float(v: f64) -> String {
-    if v.is_nan() {
-        return "nan".into();
-    }
-    if v.is_infinite() {
-        return if v > 0.0 { "inf" } else { "-inf" }.into();
-    }
-    let s = format!("{v:?}");
-    if s.contains(['.', 'e', 'E']) {
-        s
-    } else {
-        format!("{s}.0")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn toml_escaping() {
-        assert_eq!(toml_string("a\"b\\c\n\u{1}é"), "\"a\\\"b\\\\c\\n\\u0001é\"");
-        assert_eq!(toml_float(1e-5), "1e-5");
-        assert_eq!(toml_float(100000.0), "100000.0");
-        assert_eq!(toml_float(0.25), "0.25");
-    }
+/// `table[key] = value`.
+fn set(table: &mut Table, key: &str, value: impl Into<TomlValue>) {
+    table.insert(key.to_string(), value.into());
 }

@@ -1,6 +1,6 @@
 //! Mapping tables: how one checkpoint family's tensor names and layouts map
 //! onto kiln's canonical parameters. The tables are data
-//! (`runtime/mappings/*.toml`, embedded in the binary); this module parses
+//! (`runtime/open/mappings/*.toml`, embedded in the binary); this module parses
 //! and validates them and matches names against their patterns.
 //!
 //! See the [module docs](super) for the table format.

@@ -4,8 +4,8 @@
 use super::error::CheckpointError;
 use super::plan::{Plan, Step, StepOp};
 use super::reader::Checkpoint;
-use crate::tensor::Tensor;
-use crate::weights::Weights;
+use kiln_runtime::Tensor;
+use kiln_runtime::Weights;
 
 impl Checkpoint {
     /// Load the parameters `plan` names (from [`Checkpoint::plan`] on this

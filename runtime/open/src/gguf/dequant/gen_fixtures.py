@@ -3,7 +3,7 @@
 dequantised by gguf-py (llama.cpp's Python package, `pip install gguf`), as an
 independent reference for kiln's dequantisers.
 
-    python3 runtime/src/gguf/dequant/gen_fixtures.py > runtime/src/gguf/dequant/fixtures.rs
+    python3 runtime/open/src/gguf/dequant/gen_fixtures.py > runtime/open/src/gguf/dequant/fixtures.rs
 """
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T

@@ -3,13 +3,13 @@
 //! kiln's lowering names every parameter canonically
 //! (`layers.3.attn.q.weight`, `[out, in]` like an HF `Linear`); each
 //! checkpoint family's names and layouts are mapped onto those names by a
-//! *mapping table*, which is data (`runtime/mappings/FAMILY.toml`, embedded
+//! *mapping table*, which is data (`runtime/open/mappings/FAMILY.toml`, embedded
 //! in the binary): adding a family is adding a table.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use kiln_compiler::{lower::lower, spec};
-//! use kiln_runtime::checkpoint;
+//! use kiln_open::checkpoint;
 //!
 //! let lowered = lower(&spec::load("models/llama-2-7b.toml")?)?;
 //! let graphs: Vec<_> = lowered.graphs().collect();
@@ -123,8 +123,8 @@ pub use plan::Plan;
 pub use reader::{Checkpoint, Dtype, SUPPORTED_DTYPES, TensorInfo};
 pub use table::{Table, families, table, table_source, tables};
 
-use crate::weights::Weights;
 use kiln_compiler::ir::Graph;
+use kiln_runtime::Weights;
 use std::path::Path;
 
 impl Checkpoint {

@@ -12,8 +12,8 @@
 //! `tests/parity/real_reference.py`).
 
 use kiln_compiler::lower::Lowered;
+use kiln_open::gguf::{GgmlType, GgufFile};
 use kiln_runtime::Weights;
-use kiln_runtime::gguf::{GgmlType, GgufFile};
 use kiln_runtime::session::Model;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -66,7 +66,7 @@ macro_rules! require_file {
 }
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 #[test]

@@ -11,7 +11,7 @@
 
 use super::dequant::{self, GgmlType};
 use super::{GgufError, Result};
-use crate::tensor::Tensor;
+use kiln_runtime::Tensor;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
