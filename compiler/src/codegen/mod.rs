@@ -8,3 +8,28 @@
 
 pub mod cranelift;
 pub mod wgsl;
+
+/// Why a code generator could not translate a program (a kiln bug or a
+/// kernel it does not support yet; never the user's input, which the
+/// validator and the IR have checked before).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CodegenError {
+    /// The target's own toolchain rejected the module or could not finish it.
+    #[error("{target}: {message}")]
+    Backend {
+        /// `cranelift` or `wgsl`.
+        target: &'static str,
+        /// What the toolchain said.
+        message: String,
+    },
+    /// A kernel could not be translated.
+    #[error("kernel k{kernel} ({kind}): {message}")]
+    Kernel {
+        /// The kernel's index in the program.
+        kernel: usize,
+        /// The kernel's kind (`Kernel::kind`).
+        kind: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+}

@@ -798,7 +798,10 @@ fn llama_spec_weights_and_unpermutation() {
     assert_eq!(spec.spec.name, "Tiny \"Test\" Model");
     assert_eq!(spec.spec.norm.eps, 1e-6);
     assert_eq!(spec.spec.positions.theta(), 500000.0);
-    assert!(text.starts_with("# Derived from the metadata of "), "{text}");
+    assert!(
+        text.starts_with("# Derived from the metadata of "),
+        "{text}"
+    );
     let want = kiln_compiler::spec::load_str(TINY_LLAMA, "tiny.toml".as_ref()).unwrap();
     let mut got_spec = spec.spec.clone();
     got_spec.name = want.spec.name.clone();

@@ -48,23 +48,7 @@ use std::fmt;
 /// write the same elements.
 pub type KernelFn = unsafe extern "C" fn(*const *mut u8, *const i64, i64, i64, i64, i64);
 
-/// Why native code generation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CodegenError {
-    /// Cranelift itself rejected the module or could not finalize it.
-    #[error("cranelift: {0}")]
-    Backend(String),
-    /// A kernel could not be translated.
-    #[error("kernel k{kernel} ({kind}): {msg}")]
-    Kernel {
-        /// The kernel's index in the program.
-        kernel: usize,
-        /// The kernel's kind (`Kernel::kind`).
-        kind: &'static str,
-        /// What went wrong.
-        msg: String,
-    },
-}
+pub use super::CodegenError;
 
 /// One kernel's generated code. Its `func` points into the owning
 /// [`CpuProgram`]'s code memory: it must not be called after that program
@@ -130,7 +114,10 @@ pub struct Options {
 }
 
 fn backend(e: impl fmt::Display) -> CodegenError {
-    CodegenError::Backend(e.to_string())
+    CodegenError::Backend {
+        target: "cranelift",
+        message: e.to_string(),
+    }
 }
 
 fn new_module() -> Result<JITModule, CodegenError> {
@@ -206,10 +193,10 @@ pub fn compile(p: &KernelProgram, opts: Options) -> Result<CpuProgram, CodegenEr
         vs.iter().map(|v| (v.clone(), dtype(v.buf))).collect()
     };
     for (ki, k) in p.kernels.iter().enumerate() {
-        let kerr = |msg: String| CodegenError::Kernel {
+        let kerr = |message: String| CodegenError::Kernel {
             kernel: ki,
             kind: k.kind(),
-            msg,
+            message,
         };
         let plan = match k {
             Kernel::Elementwise {
@@ -418,7 +405,7 @@ pub fn compile(p: &KernelProgram, opts: Options) -> Result<CpuProgram, CodegenEr
             let failed = |e: String| CodegenError::Kernel {
                 kernel: *ki,
                 kind: k.kind(),
-                msg: e,
+                message: e,
             };
             let alignment = match ctx.compile(isa, &mut Default::default()) {
                 Ok(res) => u64::from(res.buffer.alignment),

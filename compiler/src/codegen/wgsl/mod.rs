@@ -260,13 +260,7 @@ impl WgslKernel {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("kernel k{kernel} ({kind}): {msg}")]
-pub struct CodegenError {
-    pub kernel: usize,
-    pub kind: &'static str,
-    pub msg: String,
-}
+pub use super::CodegenError;
 
 /// Generate a shader for every kernel of `p` (f32 storage).
 pub fn generate(p: &KernelProgram) -> Result<WgslProgram, CodegenError> {
@@ -280,10 +274,10 @@ pub fn generate_with(p: &KernelProgram, opts: Options) -> Result<WgslProgram, Co
         .iter()
         .enumerate()
         .map(|(i, k)| {
-            emit::kernel(p, k, opts).map_err(|msg| CodegenError {
+            emit::kernel(p, k, opts).map_err(|message| CodegenError::Kernel {
                 kernel: i,
                 kind: k.kind(),
-                msg,
+                message,
             })
         })
         .collect::<Result<_, _>>()?;
