@@ -13,6 +13,7 @@ use common::inputs::{Lengths, graph_inputs, uses_symbol};
 use common::random_spec::load_random_spec;
 use common::tiny_specs;
 use kiln_compiler::ir::{Graph, ReduceOp};
+use kiln_compiler::kernel::kinds;
 use kiln_compiler::kernel::rewrite::REWRITE_NAMES;
 use kiln_compiler::kernel::{FuseOptions, Kernel, KernelProgram, fuse, fuse_with};
 use kiln_compiler::lower::{Lowered, lower};
@@ -191,21 +192,19 @@ fn snapshot_kernels_of_every_tiny_model() {
 /// (attention left unfused).
 fn attention_shapes(p: &KernelProgram) -> (usize, usize) {
     let fused = p.kernels.iter().filter(|k| k.kind() == "attention").count();
-    let unfused = p
-        .kernels
-        .iter()
-        .filter(|k| match k {
-            Kernel::RowReduce { out, stages, .. } => {
-                stages.len() == 2
+    let unfused =
+        p.kernels
+            .iter()
+            .filter(|k| match k {
+                Kernel::RowReduce(kinds::RowReduce { out, stages, .. }) => stages.len() == 2
                     && stages[0].op == ReduceOp::Max
                     && stages[1].op == ReduceOp::Sum
-                    && p.kernels
-                        .iter()
-                        .any(|g| matches!(g, Kernel::Gemm { a, .. } if a.buf == out.buf))
-            }
-            _ => false,
-        })
-        .count();
+                    && p.kernels.iter().any(
+                        |g| matches!(g, Kernel::Gemm(kinds::Gemm { a, .. }) if a.buf == out.buf),
+                    ),
+                _ => false,
+            })
+            .count();
     (fused, unfused)
 }
 

@@ -11,6 +11,7 @@
 
 use super::attention::same_on;
 use super::{Append, BufId, BufferKind, Kernel, KernelProgram, Size, View};
+use crate::kernel::kinds;
 
 /// Buffer `buf` from its origin with `strides`.
 fn whole(buf: BufId, strides: Vec<Size>) -> View {
@@ -42,7 +43,7 @@ pub(super) fn find_appends(p: &mut KernelProgram) -> usize {
             .iter()
             .enumerate()
             .filter(|(_, k)| {
-                matches!(k, Kernel::Copy { out, src, .. } if out.buf == present
+                matches!(k, Kernel::Copy(kinds::Copy { out, src, .. }) if out.buf == present
                     && matches!(p.buffers[src.buf].kind, BufferKind::Input(_)))
             })
             .map(|(i, _)| i)
@@ -51,7 +52,7 @@ pub(super) fn find_appends(p: &mut KernelProgram) -> usize {
         let [copy] = copies[..] else {
             continue;
         };
-        let Kernel::Copy { out, domain, src } = &p.kernels[copy] else {
+        let Kernel::Copy(kinds::Copy { out, domain, src }) = &p.kernels[copy] else {
             unreachable!("filtered to copies");
         };
         let past = src.buf;
@@ -85,7 +86,7 @@ pub(super) fn find_appends(p: &mut KernelProgram) -> usize {
 #[cfg(test)]
 mod tests {
     use crate::ir::{Builder, DType, Graph, ReduceOp, UnaryOp};
-    use crate::kernel::{BufferKind, FuseOptions, Kernel, fuse, fuse_with};
+    use crate::kernel::{BufferKind, FuseOptions, Kernel, fuse, fuse_with, kinds};
     use crate::shape;
 
     /// `present = concat(past, x * 2)` along axis 1, plus a row sum of it
@@ -119,7 +120,9 @@ mod tests {
         assert_eq!(p.buffers[a.past].kind, BufferKind::Input("past".into()));
         assert_eq!(p.buffers[a.present].capacity, Some(1));
         assert_eq!(a.axis, 1);
-        assert!(matches!(&p.kernels[a.copy], Kernel::Copy { src, .. } if src.buf == a.past));
+        assert!(
+            matches!(&p.kernels[a.copy], Kernel::Copy(kinds::Copy { src, .. }) if src.buf == a.past)
+        );
         // Every view of `present` steps rows by its storage, not its shape.
         let text = p.to_text();
         assert!(text.contains("in [2, capacity, 4]"), "{text}");

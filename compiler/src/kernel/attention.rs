@@ -13,6 +13,7 @@
 
 use super::{Body, BufId, BufferKind, Epilogue, Inst, Kernel, KernelProgram, View};
 use crate::ir::{BinaryOp, Dim, ReduceOp, UnaryOp};
+use crate::kernel::kinds;
 
 /// Rewrite every attention triple of `p`; returns how many were rewritten.
 /// Buffers left unused are removed (and the rest renumbered).
@@ -141,7 +142,7 @@ fn find(p: &KernelProgram) -> Option<(usize, usize, usize, Kernel)> {
     let private =
         |b: BufId| p.buffers[b].kind == BufferKind::Temp && writes[b] == 1 && reads[b] == 1;
     for (i2, k2) in p.kernels.iter().enumerate() {
-        let Kernel::Gemm {
+        let Kernel::Gemm(kinds::Gemm {
             out,
             a: probs,
             b: v,
@@ -151,7 +152,7 @@ fn find(p: &KernelProgram) -> Option<(usize, usize, usize, Kernel)> {
             k: keys,
             epilogue: None,
             rows: None,
-        } = k2
+        }) = k2
         else {
             continue;
         };
@@ -160,14 +161,14 @@ fn find(p: &KernelProgram) -> Option<(usize, usize, usize, Kernel)> {
             continue;
         }
         let Some(i1) = writer(t2) else { continue };
-        let Kernel::RowReduce {
+        let Kernel::RowReduce(kinds::RowReduce {
             out: rout,
             domain,
             loads,
             stages,
             epilogue,
             per_row: false,
-        } = &p.kernels[i1]
+        }) = &p.kernels[i1]
         else {
             continue;
         };
@@ -183,14 +184,14 @@ fn find(p: &KernelProgram) -> Option<(usize, usize, usize, Kernel)> {
         let Some((lt, t1, i0)) = loads.iter().enumerate().find_map(|(l, view)| {
             let t1 = view.buf;
             let i0 = writer(t1)?;
-            let scores = matches!(p.kernels[i0], Kernel::Gemm { .. })
+            let scores = matches!(p.kernels[i0], Kernel::Gemm(kinds::Gemm { .. }))
                 && private(t1)
                 && whole(p, view, domain);
             scores.then_some((l, t1, i0))
         }) else {
             continue;
         };
-        let Kernel::Gemm {
+        let Kernel::Gemm(kinds::Gemm {
             out: sout,
             a: q,
             b: kt,
@@ -200,7 +201,7 @@ fn find(p: &KernelProgram) -> Option<(usize, usize, usize, Kernel)> {
             k: d,
             epilogue: e1,
             rows: None,
-        } = &p.kernels[i0]
+        }) = &p.kernels[i0]
         else {
             continue;
         };
@@ -212,7 +213,7 @@ fn find(p: &KernelProgram) -> Option<(usize, usize, usize, Kernel)> {
             i0,
             i1,
             i2,
-            Kernel::Attention {
+            Kernel::Attention(kinds::Attention {
                 out: out.clone(),
                 q: q.clone(),
                 kt: kt.clone(),
@@ -223,7 +224,7 @@ fn find(p: &KernelProgram) -> Option<(usize, usize, usize, Kernel)> {
                 d: d.clone(),
                 dv: dv.clone(),
                 score,
-            },
+            }),
         ));
     }
     None

@@ -29,6 +29,7 @@ use super::{
     Stage, ValId, View, row_major,
 };
 use crate::ir::{DType, Graph, NodeId, Op, Shape};
+use crate::kernel::kinds;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Why a graph could not be fused into kernels.
@@ -561,11 +562,11 @@ impl<'g> Fuser<'g> {
                 let nb = self.buffers.len() - 1;
                 let rank = ty.rank();
                 let src = self.view(*id, &Map::identity(rank));
-                self.kernels.push(Kernel::Copy {
+                self.kernels.push(Kernel::Copy(kinds::Copy {
                     out: self.out_view(nb),
                     domain: ty.shape.clone(),
                     src,
-                });
+                }));
                 seen.insert(nb);
                 nb
             };
@@ -934,27 +935,27 @@ impl<'g> Fuser<'g> {
         let v = self.val(&mut kb, &mut bb, n, &Map::identity_of(domain))?;
         let body = bb.finish(v);
         Ok(if !kb.stages.is_empty() {
-            Kernel::RowReduce {
+            Kernel::RowReduce(kinds::RowReduce {
                 out,
                 domain: domain.clone(),
                 loads: kb.loads,
                 stages: kb.stages,
                 epilogue: body,
                 per_row: false,
-            }
+            })
         } else if body.insts.len() == 1 && matches!(body.insts[0].0, Inst::Load(_)) {
-            Kernel::Copy {
+            Kernel::Copy(kinds::Copy {
                 out,
                 domain: domain.clone(),
                 src: kb.loads[0].clone(),
-            }
+            })
         } else {
-            Kernel::Elementwise {
+            Kernel::Elementwise(kinds::Elementwise {
                 out,
                 domain: domain.clone(),
                 loads: kb.loads,
                 body,
-            }
+            })
         })
     }
 
@@ -1012,7 +1013,7 @@ impl<'g> Fuser<'g> {
             };
             let ob = self.buffer(n);
             let ashape = &g.ty(a).shape;
-            self.kernels.push(Kernel::Gemm {
+            self.kernels.push(Kernel::Gemm(kinds::Gemm {
                 out: self.out_view(ob),
                 a: av,
                 b: bv,
@@ -1022,7 +1023,7 @@ impl<'g> Fuser<'g> {
                 k: ashape[ashape.len() - 1].clone(),
                 epilogue,
                 rows: None,
-            });
+            }));
             return Ok(());
         }
         match &node.op {
@@ -1054,7 +1055,7 @@ impl<'g> Fuser<'g> {
                     .iter()
                     .map(|&a| if a == ax { Size::zero() } else { rs[a].clone() })
                     .collect();
-                self.kernels.push(Kernel::RowReduce {
+                self.kernels.push(Kernel::RowReduce(kinds::RowReduce {
                     out: View {
                         buf: ob,
                         offset: Size::zero(),
@@ -1065,7 +1066,7 @@ impl<'g> Fuser<'g> {
                     stages: kb.stages,
                     epilogue: bb.finish(v),
                     per_row: true,
-                });
+                }));
             }
             Op::Gather { axis } => {
                 let (data, idx) = (ins[0], ins[1]);
@@ -1076,13 +1077,13 @@ impl<'g> Fuser<'g> {
                 let is = g.ty(idx).shape.clone();
                 let iv = self.view_of(idx, &Map::identity(is.len()))?;
                 let ob = self.buffer(n);
-                self.kernels.push(Kernel::Gather {
+                self.kernels.push(Kernel::Gather(kinds::Gather {
                     out: ob,
                     table,
                     indices: iv,
                     indices_shape: is,
                     axis: *axis,
-                });
+                }));
             }
             Op::Concat { axis } => {
                 let ob = self.buffer(n);
@@ -1175,7 +1176,7 @@ fn is_view(g: &Graph, mat: &BTreeSet<NodeId>, n: NodeId) -> bool {
 #[cfg(test)]
 mod tests {
     use crate::ir::{Builder, DType, Graph, Init, UnaryOp};
-    use crate::kernel::{Kernel, KernelProgram, fuse};
+    use crate::kernel::{Kernel, KernelProgram, fuse, kinds};
     use crate::shape;
 
     /// `y = x·w`, then `y · tanh(y) + y·0.5`: `y` fans out three ways and
@@ -1209,10 +1210,10 @@ mod tests {
         assert!(
             matches!(
                 &p.kernels[0],
-                Kernel::Gemm {
+                Kernel::Gemm(kinds::Gemm {
                     epilogue: Some(_),
                     ..
-                }
+                })
             ),
             "{text}"
         );
@@ -1226,13 +1227,20 @@ mod tests {
         // as element-wise kernels.
         let p = fuse(&fan_out_graph(true)).unwrap();
         let text = p.to_text();
-        assert_eq!(count(&p, |k| matches!(k, Kernel::Gemm { .. })), 1, "{text}");
+        assert_eq!(
+            count(&p, |k| matches!(k, Kernel::Gemm(kinds::Gemm { .. }))),
+            1,
+            "{text}"
+        );
         assert!(
-            count(&p, |k| matches!(k, Kernel::Elementwise { .. })) >= 1,
+            count(&p, |k| matches!(
+                k,
+                Kernel::Elementwise(kinds::Elementwise { .. })
+            )) >= 1,
             "{text}"
         );
         let gemm_has_tanh = p.kernels.iter().any(|k| {
-            matches!(k, Kernel::Gemm { epilogue: Some(e), .. } if format!("{e:?}").contains("Tanh"))
+            matches!(k, Kernel::Gemm(kinds::Gemm { epilogue: Some(e), .. }) if format!("{e:?}").contains("Tanh"))
         });
         assert!(!gemm_has_tanh, "{text}");
     }

@@ -18,6 +18,7 @@
 mod append;
 mod attention;
 mod fuse;
+pub mod kinds;
 mod moe_dispatch;
 mod plan;
 pub mod rewrite;
@@ -211,82 +212,21 @@ pub struct Epilogue {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Kernel {
     /// One output element per point of `domain`.
-    Elementwise {
-        /// Where each result is written.
-        out: View,
-        /// The iteration space.
-        domain: Shape,
-        /// Inputs, read with [`Inst::Load`].
-        loads: Vec<View>,
-        /// The per-element computation.
-        body: Body,
-    },
+    Elementwise(kinds::Elementwise),
     /// Rows are `domain[..r-1]`, the reduced axis is `domain[r-1]`. Stages run
     /// in order over each row; then the epilogue runs per element of the row,
     /// or once per row when `per_row` (the `out` view's last stride is then 0).
-    RowReduce {
-        /// Where results are written.
-        out: View,
-        /// The iteration space; the last axis is reduced.
-        domain: Shape,
-        /// Inputs, read with [`Inst::Load`].
-        loads: Vec<View>,
-        /// The reductions, in order.
-        stages: Vec<Stage>,
-        /// Computed from the stage results (and loads) per output element.
-        epilogue: Body,
-        /// Whether the epilogue runs once per row rather than per element.
-        per_row: bool,
-    },
+    RowReduce(kinds::RowReduce),
     /// `out[b.., i, j] = epilogue(Σₚ a[b.., i, p]·b[b.., p, j])` with views
     /// over `(batch.., m, k)`, `(batch.., k, n)` and `(batch.., m, n)`;
     /// batch broadcast and transposes are strides. f64 accumulation in the
     /// reference; the epilogue sees the rounded product as `Reduced(0)`.
-    Gemm {
-        /// The `(batch.., m, n)` output.
-        out: View,
-        /// The `(batch.., m, k)` left operand.
-        a: View,
-        /// The `(batch.., k, n)` right operand.
-        b: View,
-        /// Batch dims (may be empty).
-        batch: Shape,
-        /// Rows of the output.
-        m: Dim,
-        /// Columns of the output.
-        n: Dim,
-        /// Contraction length.
-        k: Dim,
-        /// Fused per-element function of the product, if any.
-        epilogue: Option<Epilogue>,
-        /// Row dispatch (mixture of experts): a view over `(batch.., m)` of
-        /// an f32 buffer; a row where it reads 0 is not computed and its
-        /// output row is all 0.
-        rows: Option<View>,
-    },
+    Gemm(kinds::Gemm),
     /// numpy `take` of a contiguous table along `axis` by the i32 `indices`
     /// (a view over the indices' shape), into a contiguous output.
-    Gather {
-        /// The contiguous output buffer.
-        out: BufId,
-        /// The contiguous table buffer.
-        table: BufId,
-        /// Where the i32 indices are read.
-        indices: View,
-        /// Shape of the indices.
-        indices_shape: Shape,
-        /// The table axis indexed.
-        axis: usize,
-    },
+    Gather(kinds::Gather),
     /// A materialised view (a transpose before a merging reshape, a concat piece).
-    Copy {
-        /// Where the copy is written.
-        out: View,
-        /// The iteration space.
-        domain: Shape,
-        /// Where it is read.
-        src: View,
-    },
+    Copy(kinds::Copy),
     /// Scaled-dot-product attention with a streaming softmax. For each point
     /// `(b.., i)` of `batch × m` (the queries):
     ///
@@ -300,28 +240,7 @@ pub enum Kernel {
     /// scaling, softcap, bias and masks are inside the kernel; no
     /// `m × keys` buffer exists. The reference rounds like the unfused
     /// program: each score, then each probability, to f32.
-    Attention {
-        /// The `(batch.., m, dv)` output.
-        out: View,
-        /// Queries, `(batch.., m, d)`.
-        q: View,
-        /// Keys read transposed, `(batch.., d, keys)`.
-        kt: View,
-        /// Values, `(batch.., keys, dv)`.
-        v: View,
-        /// Batch dims (batch, heads, ...).
-        batch: Shape,
-        /// Number of queries.
-        m: Dim,
-        /// Number of keys.
-        keys: Dim,
-        /// Query/key width.
-        d: Dim,
-        /// Value width.
-        dv: Dim,
-        /// Score function of the raw dot product (scale, softcap, bias, mask), if any.
-        score: Option<Epilogue>,
-    },
+    Attention(kinds::Attention),
 }
 
 impl Kernel {
@@ -334,15 +253,17 @@ impl Kernel {
                 .product::<Option<f64>>()
         };
         let f = match self {
-            Kernel::Gemm { batch, m, n, k, .. } => len(&mut batch.iter().chain([m, n, k])),
-            Kernel::Attention {
+            Kernel::Gemm(kinds::Gemm { batch, m, n, k, .. }) => {
+                len(&mut batch.iter().chain([m, n, k]))
+            }
+            Kernel::Attention(kinds::Attention {
                 batch,
                 m,
                 keys,
                 d,
                 dv,
                 ..
-            } => len(&mut batch.iter().chain([m, keys]))
+            }) => len(&mut batch.iter().chain([m, keys]))
                 .zip(len(&mut [d].into_iter()).zip(len(&mut [dv].into_iter())))
                 .map(|(x, (d, dv))| x * (d + dv)),
             _ => None,
@@ -353,12 +274,12 @@ impl Kernel {
     /// Short name of the kernel's kind (`"elementwise"`, `"gemm"`, ...), as used in profiles.
     pub fn kind(&self) -> &'static str {
         match self {
-            Kernel::Elementwise { .. } => "elementwise",
-            Kernel::RowReduce { .. } => "row_reduce",
-            Kernel::Gemm { .. } => "gemm",
-            Kernel::Gather { .. } => "gather",
-            Kernel::Copy { .. } => "copy",
-            Kernel::Attention { .. } => "attention",
+            Kernel::Elementwise(kinds::Elementwise { .. }) => "elementwise",
+            Kernel::RowReduce(kinds::RowReduce { .. }) => "row_reduce",
+            Kernel::Gemm(kinds::Gemm { .. }) => "gemm",
+            Kernel::Gather(kinds::Gather { .. }) => "gather",
+            Kernel::Copy(kinds::Copy { .. }) => "copy",
+            Kernel::Attention(kinds::Attention { .. }) => "attention",
         }
     }
 
@@ -366,17 +287,18 @@ impl Kernel {
     /// retarget buffers (Gather's whole-buffer operands are not views).
     pub fn views_mut(&mut self) -> Vec<&mut View> {
         match self {
-            Kernel::Elementwise { out, loads, .. } | Kernel::RowReduce { out, loads, .. } => {
+            Kernel::Elementwise(kinds::Elementwise { out, loads, .. })
+            | Kernel::RowReduce(kinds::RowReduce { out, loads, .. }) => {
                 std::iter::once(out).chain(loads.iter_mut()).collect()
             }
-            Kernel::Gemm {
+            Kernel::Gemm(kinds::Gemm {
                 out,
                 a,
                 b,
                 epilogue,
                 rows,
                 ..
-            } => {
+            }) => {
                 let mut v = vec![out, a, b];
                 if let Some(e) = epilogue {
                     v.extend(e.loads.iter_mut());
@@ -384,16 +306,16 @@ impl Kernel {
                 v.extend(rows.iter_mut());
                 v
             }
-            Kernel::Gather { indices, .. } => vec![indices],
-            Kernel::Copy { out, src, .. } => vec![out, src],
-            Kernel::Attention {
+            Kernel::Gather(kinds::Gather { indices, .. }) => vec![indices],
+            Kernel::Copy(kinds::Copy { out, src, .. }) => vec![out, src],
+            Kernel::Attention(kinds::Attention {
                 out,
                 q,
                 kt,
                 v,
                 score,
                 ..
-            } => {
+            }) => {
                 let mut vs = vec![out, q, kt, v];
                 if let Some(e) = score {
                     vs.extend(e.loads.iter_mut());
@@ -405,7 +327,7 @@ impl Kernel {
 
     /// Renumber every buffer the kernel names.
     pub fn map_bufs(&mut self, f: &dyn Fn(BufId) -> BufId) {
-        if let Kernel::Gather { out, table, .. } = self {
+        if let Kernel::Gather(kinds::Gather { out, table, .. }) = self {
             *out = f(*out);
             *table = f(*table);
         }
@@ -417,28 +339,29 @@ impl Kernel {
     /// The buffer the kernel writes.
     pub fn output(&self) -> BufId {
         match self {
-            Kernel::Elementwise { out, .. }
-            | Kernel::RowReduce { out, .. }
-            | Kernel::Gemm { out, .. }
-            | Kernel::Copy { out, .. }
-            | Kernel::Attention { out, .. } => out.buf,
-            Kernel::Gather { out, .. } => *out,
+            Kernel::Elementwise(kinds::Elementwise { out, .. })
+            | Kernel::RowReduce(kinds::RowReduce { out, .. })
+            | Kernel::Gemm(kinds::Gemm { out, .. })
+            | Kernel::Copy(kinds::Copy { out, .. })
+            | Kernel::Attention(kinds::Attention { out, .. }) => out.buf,
+            Kernel::Gather(kinds::Gather { out, .. }) => *out,
         }
     }
 
     /// Every buffer the kernel reads (with repetitions).
     pub fn reads(&self) -> Vec<BufId> {
         match self {
-            Kernel::Elementwise { loads, .. } | Kernel::RowReduce { loads, .. } => {
+            Kernel::Elementwise(kinds::Elementwise { loads, .. })
+            | Kernel::RowReduce(kinds::RowReduce { loads, .. }) => {
                 loads.iter().map(|v| v.buf).collect()
             }
-            Kernel::Gemm {
+            Kernel::Gemm(kinds::Gemm {
                 a,
                 b,
                 epilogue,
                 rows,
                 ..
-            } => {
+            }) => {
                 let mut v = vec![a.buf, b.buf];
                 if let Some(e) = epilogue {
                     v.extend(e.loads.iter().map(|l| l.buf));
@@ -446,11 +369,11 @@ impl Kernel {
                 v.extend(rows.iter().map(|r| r.buf));
                 v
             }
-            Kernel::Gather { table, indices, .. } => vec![*table, indices.buf],
-            Kernel::Copy { src, .. } => vec![src.buf],
-            Kernel::Attention {
+            Kernel::Gather(kinds::Gather { table, indices, .. }) => vec![*table, indices.buf],
+            Kernel::Copy(kinds::Copy { src, .. }) => vec![src.buf],
+            Kernel::Attention(kinds::Attention {
                 q, kt, v, score, ..
-            } => {
+            }) => {
                 let mut r = vec![q.buf, kt.buf, v.buf];
                 if let Some(e) = score {
                     r.extend(e.loads.iter().map(|l| l.buf));

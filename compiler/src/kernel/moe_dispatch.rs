@@ -21,6 +21,7 @@ use super::attention::same_on;
 use super::row_major;
 use super::{Body, BufId, Buffer, BufferKind, Epilogue, Inst, Kernel, KernelProgram, Size, View};
 use crate::ir::{BinaryOp, DType, Dim};
+use crate::kernel::kinds;
 use std::collections::BTreeSet;
 
 /// Dispatch every expert Gemm chain; returns how many chains.
@@ -44,13 +45,13 @@ pub(super) fn dispatch(p: &mut KernelProgram) -> usize {
 /// A Gemm over stacked expert weights, not yet dispatched, with an
 /// epilogue `product · X`.
 fn candidate(p: &KernelProgram, i: usize) -> bool {
-    let Kernel::Gemm {
+    let Kernel::Gemm(kinds::Gemm {
         b,
         batch,
         epilogue: Some(_),
         rows: None,
         ..
-    } = &p.kernels[i]
+    }) = &p.kernels[i]
     else {
         return false;
     };
@@ -86,12 +87,12 @@ fn deps(body: &Body, v: usize, out: &mut BTreeSet<usize>) {
 /// inserted, or `None` (nothing changed) when `d`'s epilogue is not
 /// `product · X` with `X` constant along its rows.
 fn rewrite(p: &mut KernelProgram, d: usize) -> Option<usize> {
-    let Kernel::Gemm {
+    let Kernel::Gemm(kinds::Gemm {
         batch,
         m,
         epilogue: Some(e),
         ..
-    } = &p.kernels[d]
+    }) = &p.kernels[d]
     else {
         return None;
     };
@@ -194,7 +195,7 @@ fn rewrite(p: &mut KernelProgram, d: usize) -> Option<usize> {
 
     let mut row_view = gate_view.clone();
     row_view.strides.push(Size::zero());
-    if let Kernel::Gemm { epilogue, .. } = &mut p.kernels[d] {
+    if let Kernel::Gemm(kinds::Gemm { epilogue, .. }) = &mut p.kernels[d] {
         let mut b = Body::default();
         b.insts.push((Inst::Reduced(0), DType::F32));
         b.insts.push((Inst::Load(0), DType::F32));
@@ -208,7 +209,7 @@ fn rewrite(p: &mut KernelProgram, d: usize) -> Option<usize> {
         });
     }
     for &k in &chain {
-        if let Kernel::Gemm { rows, .. } = &mut p.kernels[k] {
+        if let Kernel::Gemm(kinds::Gemm { rows, .. }) = &mut p.kernels[k] {
             *rows = Some(gate_view.clone());
         }
     }
@@ -219,12 +220,12 @@ fn rewrite(p: &mut KernelProgram, d: usize) -> Option<usize> {
     };
     p.kernels.insert(
         at,
-        Kernel::Elementwise {
+        Kernel::Elementwise(kinds::Elementwise {
             out,
             domain,
             loads,
             body: gbody,
-        },
+        }),
     );
     Some(at)
 }
@@ -233,14 +234,14 @@ fn rewrite(p: &mut KernelProgram, d: usize) -> Option<usize> {
 /// temporary that only chain members read, each at its own row: as the
 /// left operand, or through the epilogue, in the temporary's own layout.
 fn feeds_rows_only(p: &KernelProgram, k: usize, chain: &[usize], batch: &[Dim], m: &Dim) -> bool {
-    let Kernel::Gemm {
+    let Kernel::Gemm(kinds::Gemm {
         out,
         batch: kb,
         m: km,
         n: kn,
         rows: None,
         ..
-    } = &p.kernels[k]
+    }) = &p.kernels[k]
     else {
         return false;
     };
@@ -261,13 +262,13 @@ fn feeds_rows_only(p: &KernelProgram, k: usize, chain: &[usize], batch: &[Dim], 
         if !chain.contains(&i) {
             return false;
         }
-        let Kernel::Gemm {
+        let Kernel::Gemm(kinds::Gemm {
             a,
             epilogue,
             n: xn,
             k: xk,
             ..
-        } = x
+        }) = x
         else {
             return false;
         };

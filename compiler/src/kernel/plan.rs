@@ -9,6 +9,7 @@
 
 use super::{BufferKind, Kernel, Size, View};
 use crate::kernel::Buffer;
+use crate::kernel::kinds;
 use std::collections::BTreeMap;
 
 /// Where the `Temp` buffers of a program live: arena slots shared by buffers whose lifetimes do not overlap.
@@ -90,15 +91,15 @@ impl BufferPlan {
 fn in_place(k: &Kernel, t: usize) -> bool {
     let same = |v: &View, out: &View| v.offset == out.offset && v.strides == out.strides;
     match k {
-        Kernel::Elementwise { out, loads, .. } => {
+        Kernel::Elementwise(kinds::Elementwise { out, loads, .. }) => {
             loads.iter().filter(|l| l.buf == t).all(|l| same(l, out))
         }
-        Kernel::RowReduce {
+        Kernel::RowReduce(kinds::RowReduce {
             out,
             loads,
             per_row: false,
             ..
-        } => loads.iter().filter(|l| l.buf == t).all(|l| same(l, out)),
+        }) => loads.iter().filter(|l| l.buf == t).all(|l| same(l, out)),
         _ => false,
     }
 }

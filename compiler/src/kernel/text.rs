@@ -3,6 +3,7 @@
 
 use super::{Body, BufferKind, Inst, Kernel, KernelProgram, View};
 use crate::ir::{Dim, fmt_num};
+use crate::kernel::kinds;
 use std::fmt::Write;
 
 fn shape(s: &[Dim]) -> String {
@@ -90,24 +91,24 @@ pub fn to_text(p: &KernelProgram) -> String {
     }
     for (i, k) in p.kernels.iter().enumerate() {
         match k {
-            Kernel::Elementwise {
+            Kernel::Elementwise(kinds::Elementwise {
                 out: o,
                 domain,
                 loads: ls,
                 body: bd,
-            } => {
+            }) => {
                 let _ = writeln!(out, "k{i} elementwise {} over {}", view(o), shape(domain));
                 loads(&mut out, ls, "    ");
                 body(&mut out, bd, "    ");
             }
-            Kernel::RowReduce {
+            Kernel::RowReduce(kinds::RowReduce {
                 out: o,
                 domain,
                 loads: ls,
                 stages,
                 epilogue,
                 per_row,
-            } => {
+            }) => {
                 let _ = writeln!(
                     out,
                     "k{i} row_reduce {} over {}{}",
@@ -127,7 +128,7 @@ pub fn to_text(p: &KernelProgram) -> String {
                 let _ = writeln!(out, "  epilogue:");
                 body(&mut out, epilogue, "    ");
             }
-            Kernel::Gemm {
+            Kernel::Gemm(kinds::Gemm {
                 out: o,
                 a,
                 b,
@@ -137,7 +138,7 @@ pub fn to_text(p: &KernelProgram) -> String {
                 k: kk,
                 epilogue,
                 rows,
-            } => {
+            }) => {
                 let _ = writeln!(
                     out,
                     "k{i} gemm {} = {} x {} batch={} m={m} n={n} k={kk}{}",
@@ -155,13 +156,13 @@ pub fn to_text(p: &KernelProgram) -> String {
                     body(&mut out, &e.body, "    ");
                 }
             }
-            Kernel::Gather {
+            Kernel::Gather(kinds::Gather {
                 out: o,
                 table,
                 indices,
                 indices_shape,
                 axis,
-            } => {
+            }) => {
                 let _ = writeln!(
                     out,
                     "k{i} gather b{o} = b{table} axis={axis} at {} over {}",
@@ -169,7 +170,7 @@ pub fn to_text(p: &KernelProgram) -> String {
                     shape(indices_shape)
                 );
             }
-            Kernel::Attention {
+            Kernel::Attention(kinds::Attention {
                 out: o,
                 q,
                 kt,
@@ -180,7 +181,7 @@ pub fn to_text(p: &KernelProgram) -> String {
                 d,
                 dv,
                 score,
-            } => {
+            }) => {
                 let _ = writeln!(
                     out,
                     "k{i} attention {} = softmax({} x {}) x {} batch={} m={m} keys={keys} d={d} dv={dv}",
@@ -196,11 +197,11 @@ pub fn to_text(p: &KernelProgram) -> String {
                     body(&mut out, &e.body, "    ");
                 }
             }
-            Kernel::Copy {
+            Kernel::Copy(kinds::Copy {
                 out: o,
                 domain,
                 src,
-            } => {
+            }) => {
                 let _ = writeln!(
                     out,
                     "k{i} copy {} = {} over {}",

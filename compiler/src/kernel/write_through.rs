@@ -9,13 +9,15 @@
 use super::attention::{remove_unused_temps, same_on};
 use super::{BufferKind, Kernel, KernelProgram, Size, View, row_major};
 use crate::ir::Dim;
+use crate::kernel::kinds;
 
 /// Apply every write-through; returns how many copies were removed.
 pub(super) fn write_through(p: &mut KernelProgram) -> usize {
     let mut count = 0;
     while let Some((ci, ki, out)) = find(p) {
         match &mut p.kernels[ki] {
-            Kernel::Elementwise { out: o, .. } | Kernel::Attention { out: o, .. } => *o = out,
+            Kernel::Elementwise(kinds::Elementwise { out: o, .. })
+            | Kernel::Attention(kinds::Attention { out: o, .. }) => *o = out,
             _ => unreachable!("find returns only these kinds"),
         }
         p.kernels.remove(ci);
@@ -39,7 +41,7 @@ fn find(p: &KernelProgram) -> Option<(usize, usize, View)> {
         }
     }
     for (ci, c) in p.kernels.iter().enumerate() {
-        let Kernel::Copy { out, domain, src } = c else {
+        let Kernel::Copy(kinds::Copy { out, domain, src }) = c else {
             continue;
         };
         let t = src.buf;
@@ -50,16 +52,17 @@ fn find(p: &KernelProgram) -> Option<(usize, usize, View)> {
             continue;
         };
         let kdomain: Vec<Dim> = match &p.kernels[ki] {
-            Kernel::Elementwise { domain, .. } => domain.clone(),
-            Kernel::Attention {
+            Kernel::Elementwise(kinds::Elementwise { domain, .. }) => domain.clone(),
+            Kernel::Attention(kinds::Attention {
                 batch, m, dv, out, ..
-            } if out.buf == t => batch.iter().chain([m, dv]).cloned().collect(),
+            }) if out.buf == t => batch.iter().chain([m, dv]).cloned().collect(),
             _ => continue,
         };
         let shape = &p.buffers[t].shape;
         let rs = row_major(shape);
         let kout = match &p.kernels[ki] {
-            Kernel::Elementwise { out, .. } | Kernel::Attention { out, .. } => out,
+            Kernel::Elementwise(kinds::Elementwise { out, .. })
+            | Kernel::Attention(kinds::Attention { out, .. }) => out,
             _ => unreachable!("matched above"),
         };
         let own = View {

@@ -22,6 +22,7 @@ mod math;
 mod support;
 
 use crate::ir::DType;
+use crate::kernel::kinds;
 use crate::kernel::{Body, Inst, Kernel, KernelProgram, Size, View};
 use cranelift_codegen::ir::types::I64;
 use cranelift_codegen::ir::{AbiParam, Signature, UserFuncName};
@@ -199,19 +200,19 @@ pub fn compile(p: &KernelProgram, opts: Options) -> Result<CpuProgram, CodegenEr
             message,
         };
         let plan = match k {
-            Kernel::Elementwise {
+            Kernel::Elementwise(kinds::Elementwise {
                 out,
                 domain,
                 loads,
                 body,
-            } => Plan::Elementwise {
+            }) => Plan::Elementwise {
                 out: Cow::Borrowed(out),
                 out_dtype: dtype(out.buf),
                 domain: domain.clone(),
                 loads: with_dtype(loads),
                 body: body.clone(),
             },
-            Kernel::Copy { out, domain, src } => Plan::Elementwise {
+            Kernel::Copy(kinds::Copy { out, domain, src }) => Plan::Elementwise {
                 out: Cow::Borrowed(out),
                 out_dtype: dtype(out.buf),
                 domain: domain.clone(),
@@ -221,21 +222,21 @@ pub fn compile(p: &KernelProgram, opts: Options) -> Result<CpuProgram, CodegenEr
                     result: 0,
                 },
             },
-            Kernel::Gemm { out, a, b, .. }
+            Kernel::Gemm(kinds::Gemm { out, a, b, .. })
                 if [out.buf, a.buf, b.buf]
                     .iter()
                     .any(|&x| dtype(x) != DType::F32) =>
             {
                 return Err(kerr("matrix products are f32 only".into()));
             }
-            Kernel::Gemm {
+            Kernel::Gemm(kinds::Gemm {
                 out,
                 batch,
                 m,
                 n,
                 epilogue: Some(e),
                 ..
-            } => {
+            }) => {
                 // The product is read back from `out` as the last load.
                 let mut loads = with_dtype(&e.loads);
                 let product = loads.len();
@@ -256,20 +257,20 @@ pub fn compile(p: &KernelProgram, opts: Options) -> Result<CpuProgram, CodegenEr
                     body,
                 }
             }
-            Kernel::Attention { q, kt, v, out, .. }
+            Kernel::Attention(kinds::Attention { q, kt, v, out, .. })
                 if [out.buf, q.buf, kt.buf, v.buf]
                     .iter()
                     .any(|&x| dtype(x) != DType::F32) =>
             {
                 return Err(kerr("attention is f32 only".into()));
             }
-            Kernel::Attention {
+            Kernel::Attention(kinds::Attention {
                 batch,
                 m,
                 keys,
                 score: Some(e),
                 ..
-            } => {
+            }) => {
                 // Scores in, scores out: the scratch block is the product
                 // (the last load) and the output.
                 let mut domain = batch.clone();
@@ -299,8 +300,10 @@ pub fn compile(p: &KernelProgram, opts: Options) -> Result<CpuProgram, CodegenEr
                     body,
                 }
             }
-            Kernel::RowReduce { .. } => Plan::RowReduce(k),
-            Kernel::Gemm { .. } | Kernel::Gather { .. } | Kernel::Attention { .. } => Plan::None,
+            Kernel::RowReduce(kinds::RowReduce { .. }) => Plan::RowReduce(k),
+            Kernel::Gemm(kinds::Gemm { .. })
+            | Kernel::Gather(kinds::Gather { .. })
+            | Kernel::Attention(kinds::Attention { .. }) => Plan::None,
         };
         let (table, views): (Vec<Size>, Vec<&View>) = match &plan {
             Plan::Elementwise {
@@ -317,14 +320,14 @@ pub fn compile(p: &KernelProgram, opts: Options) -> Result<CpuProgram, CodegenEr
                 let t = emit::size_table(views.iter().copied(), &dims, &[body]);
                 (t, views)
             }
-            Plan::RowReduce(Kernel::RowReduce {
+            Plan::RowReduce(Kernel::RowReduce(kinds::RowReduce {
                 out,
                 domain,
                 loads,
                 stages,
                 epilogue,
                 ..
-            }) => {
+            })) => {
                 let views: Vec<&View> = std::iter::once(out).chain(loads.iter()).collect();
                 let mut bodies: Vec<&Body> = stages.iter().map(|s| &s.body).collect();
                 bodies.push(epilogue);
@@ -364,14 +367,14 @@ pub fn compile(p: &KernelProgram, opts: Options) -> Result<CpuProgram, CodegenEr
                     emit::elementwise(&mut g, &out, *out_dtype, &domain, &loads, body)
                         .map_err(kerr)?;
                 }
-                Plan::RowReduce(Kernel::RowReduce {
+                Plan::RowReduce(Kernel::RowReduce(kinds::RowReduce {
                     out,
                     domain,
                     loads,
                     stages,
                     epilogue,
                     per_row,
-                }) => {
+                })) => {
                     if domain.is_empty() {
                         return Err(kerr("a row reduction needs an axis".into()));
                     }

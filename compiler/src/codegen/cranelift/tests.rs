@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::ir::{BinaryOp, DType, Dim, UnaryOp, scalar};
+use crate::kernel::kinds;
 use crate::kernel::{Body, Buffer, BufferKind, BufferPlan, Inst, Kernel, KernelProgram, View};
 
 /// A program `out[i] = body(x[i], y[i])` over `n` elements.
@@ -27,12 +28,12 @@ fn program(n: usize, body: Body, out_dtype: DType, in_dtype: DType) -> KernelPro
             buf("y", in_dtype, BufferKind::Input("y".into())),
             buf("out", out_dtype, BufferKind::Output),
         ],
-        kernels: vec![Kernel::Elementwise {
+        kernels: vec![Kernel::Elementwise(kinds::Elementwise {
             out: view(2),
             domain: vec![Dim::c(n)],
             loads: vec![view(0), view(1)],
             body,
-        }],
+        })],
         inputs: vec![("x".into(), 0), ("y".into(), 1)],
         outputs: vec![("out".into(), 2)],
         plan: BufferPlan::default(),
@@ -259,7 +260,7 @@ fn products_with_a_non_f32_output_are_rejected() {
             buf("w", DType::F32, BufferKind::Param("w".into())),
             buf("out", DType::Bool, BufferKind::Output),
         ],
-        kernels: vec![Kernel::Gemm {
+        kernels: vec![Kernel::Gemm(kinds::Gemm {
             out: view(2),
             a: view(0),
             b: view(1),
@@ -269,7 +270,7 @@ fn products_with_a_non_f32_output_are_rejected() {
             k: Dim::c(2),
             epilogue: None,
             rows: None,
-        }],
+        })],
         inputs: vec![("x".into(), 0)],
         outputs: vec![("out".into(), 2)],
         plan: BufferPlan::default(),

@@ -7,6 +7,7 @@ use super::{
     Resource, SKINNY_ROWS, Skinny, WgslKernel, param_f16, resource_of, value_type,
 };
 use crate::ir::{BinaryOp, DType, Dim, ReduceOp, UnaryOp};
+use crate::kernel::kinds;
 use crate::kernel::{BufId, Epilogue, Inst, Kernel, KernelProgram, Size, View};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -413,12 +414,12 @@ pub fn kernel(p: &KernelProgram, k: &Kernel, opts: Options) -> R<WgslKernel> {
     let mut c = Ctx::new(p, k, opts);
     let whole = k;
     match k {
-        Kernel::Elementwise {
+        Kernel::Elementwise(kinds::Elementwise {
             out,
             domain,
             loads,
             body,
-        } => {
+        }) => {
             let mut m = String::new();
             let total = product(domain);
             let t = c.size(&total);
@@ -431,7 +432,7 @@ pub fn kernel(p: &KernelProgram, k: &Kernel, opts: Options) -> R<WgslKernel> {
             let _ = writeln!(m, "  {st}");
             Ok(c.finish("", &m, ELEMENT_THREADS, threads(total)))
         }
-        Kernel::Copy { out, domain, src } => {
+        Kernel::Copy(kinds::Copy { out, domain, src }) => {
             let mut m = String::new();
             let total = product(domain);
             let t = c.size(&total);
@@ -444,22 +445,22 @@ pub fn kernel(p: &KernelProgram, k: &Kernel, opts: Options) -> R<WgslKernel> {
             let _ = writeln!(m, "  {st}");
             Ok(c.finish("", &m, ELEMENT_THREADS, threads(total)))
         }
-        Kernel::Gather {
+        Kernel::Gather(kinds::Gather {
             out,
             table,
             indices,
             indices_shape,
             axis,
-        } => gather(c, *out, *table, indices, indices_shape, *axis),
-        Kernel::RowReduce {
+        }) => gather(c, *out, *table, indices, indices_shape, *axis),
+        Kernel::RowReduce(kinds::RowReduce {
             out,
             domain,
             loads,
             stages,
             epilogue,
             per_row,
-        } => row_reduce(c, out, domain, loads, stages, epilogue, *per_row),
-        Kernel::Gemm {
+        }) => row_reduce(c, out, domain, loads, stages, epilogue, *per_row),
+        Kernel::Gemm(kinds::Gemm {
             out,
             a,
             b,
@@ -469,7 +470,7 @@ pub fn kernel(p: &KernelProgram, k: &Kernel, opts: Options) -> R<WgslKernel> {
             k,
             epilogue,
             rows,
-        } => {
+        }) => {
             let mut w = gemm(
                 c,
                 out,
@@ -491,7 +492,7 @@ pub fn kernel(p: &KernelProgram, k: &Kernel, opts: Options) -> R<WgslKernel> {
             }
             Ok(w)
         }
-        Kernel::Attention {
+        Kernel::Attention(kinds::Attention {
             out,
             q,
             kt,
@@ -502,7 +503,7 @@ pub fn kernel(p: &KernelProgram, k: &Kernel, opts: Options) -> R<WgslKernel> {
             d,
             dv,
             score,
-        } => attention(c, [out, q, kt, v], batch, [m, keys, d, dv], score.as_ref()),
+        }) => attention(c, [out, q, kt, v], batch, [m, keys, d, dv], score.as_ref()),
     }
 }
 

@@ -5,6 +5,7 @@
 
 use super::*;
 use crate::ir::Dim;
+use crate::kernel::kinds;
 use crate::kernel::{Body, Buffer, BufferPlan, Epilogue, Inst, Kernel, View, fuse};
 use crate::lower::lower;
 use crate::passes::default_pipeline;
@@ -67,7 +68,7 @@ fn every_tiny_model_validates() {
                 kinds.insert(k.kind());
                 validate(&format!("{} k{i} ({})", p.name, k.kind()), &wk.source);
                 // Every Gemm without row dispatch has a validated variant for few rows.
-                let plain_gemm = matches!(k, Kernel::Gemm { rows: None, .. });
+                let plain_gemm = matches!(k, Kernel::Gemm(kinds::Gemm { rows: None, .. }));
                 assert_eq!(wk.skinny.is_some(), plain_gemm, "{} k{i}", p.name);
                 if let Some(sk) = &wk.skinny {
                     validate(&format!("{} k{i} (skinny gemm)", p.name), &sk.kernel.source);
@@ -154,7 +155,7 @@ fn subgroup_reductions_validate() {
             for (i, (k, wk)) in p.kernels.iter().zip(&w.kernels).enumerate() {
                 let what = format!("{} k{i} ({})", p.name, k.kind());
                 validate_with(&what, &wk.source, caps);
-                let sums = matches!(k, Kernel::RowReduce { stages, .. }
+                let sums = matches!(k, Kernel::RowReduce(kinds::RowReduce { stages, .. })
                     if stages.iter().any(|s| s.op == crate::ir::ReduceOp::Sum));
                 assert_eq!(wk.source.contains("subgroupAdd("), sums, "{what}");
                 assert_eq!(wk.source.contains("sg_lane"), sums, "{what}");
@@ -295,13 +296,13 @@ fn hand_built_kernels_validate() {
     let s8 = [Size::c(8), Size::one()];
     let kernels = vec![
         // In place: t (slot 0) is read as f32 and written as ti (slot 0, i32).
-        Kernel::Elementwise {
+        Kernel::Elementwise(kinds::Elementwise {
             out: view(4, &s8),
             domain: vec![seq.clone(), Dim::c(8)],
             loads: vec![view(0, &s8)],
             body: every_op,
-        },
-        Kernel::Elementwise {
+        }),
+        Kernel::Elementwise(kinds::Elementwise {
             out: view(5, &s8),
             domain: vec![seq.clone(), Dim::c(8)],
             loads: vec![view(4, &s8)],
@@ -309,8 +310,8 @@ fn hand_built_kernels_validate() {
                 insts: vec![(Inst::Load(0), DType::F32), (Inst::Cast(0), DType::I32)],
                 result: 1,
             },
-        },
-        Kernel::Copy {
+        }),
+        Kernel::Copy(kinds::Copy {
             out: view(4, &s8),
             domain: vec![seq.clone(), Dim::c(8)],
             src: View {
@@ -318,8 +319,8 @@ fn hand_built_kernels_validate() {
                 offset: Size::c(3),
                 strides: vec![Size::one(), s.clone()],
             },
-        },
-        Kernel::RowReduce {
+        }),
+        Kernel::RowReduce(kinds::RowReduce {
             out: view(6, &[Size::one(), Size::zero()]),
             domain: vec![seq.clone(), Dim::c(8)],
             loads: vec![view(5, &s8)],
@@ -354,8 +355,8 @@ fn hand_built_kernels_validate() {
                 result: 4,
             },
             per_row: true,
-        },
-        Kernel::Elementwise {
+        }),
+        Kernel::Elementwise(kinds::Elementwise {
             out: view(2, &[Size::one()]),
             domain: vec![seq.clone()],
             loads: vec![view(6, &[Size::one()])],
@@ -363,9 +364,9 @@ fn hand_built_kernels_validate() {
                 insts: vec![(Inst::Load(0), DType::Bool), (Inst::Cast(0), DType::F32)],
                 result: 1,
             },
-        },
+        }),
         // y = x · wᵀ for the rows the gate picks, plus a bias-like epilogue.
-        Kernel::Gemm {
+        Kernel::Gemm(kinds::Gemm {
             out: view(3, &[Size::c(16), Size::one()]),
             a: view(0, &s8),
             b: view(1, &[Size::one(), Size::c(8)]),
@@ -385,7 +386,7 @@ fn hand_built_kernels_validate() {
                 },
             }),
             rows: Some(view(2, &[Size::one()])),
-        },
+        }),
     ];
     let slot_of = vec![None, None, Some(1), None, Some(0), Some(0), None];
     // Start from a real program so every field (present and future) is set.

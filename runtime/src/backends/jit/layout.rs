@@ -14,6 +14,7 @@ use crate::exec::program::{join_rows, split_rows};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 use kiln_compiler::ir::Dim;
+use kiln_compiler::kernel::kinds;
 use kiln_compiler::kernel::{BufferKind, Kernel, Size, View};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -183,7 +184,7 @@ impl JitGraph {
         let p = &self.program;
         let mut reads: BTreeMap<String, ParamReads> = BTreeMap::new();
         for k in &p.kernels {
-            if let Kernel::Gather { indices, .. } = k
+            if let Kernel::Gather(kinds::Gather { indices, .. }) = k
                 && row_gather(p, k)
             {
                 if let BufferKind::Param(name) = &p.buffers[indices.buf].kind {
@@ -192,7 +193,7 @@ impl JitGraph {
                 continue;
             }
             let transposed_b = match k {
-                Kernel::Gemm { b, n, k: kd, .. } => {
+                Kernel::Gemm(kinds::Gemm { b, n, k: kd, .. }) => {
                     transposed_read(&p.buffers[b.buf].shape, b, n, kd).then_some(b.buf)
                 }
                 _ => None,
@@ -231,7 +232,9 @@ impl JitGraph {
         shape.reverse();
         let target = if stored_as == name {
             for (ki, k) in p.kernels.iter().enumerate() {
-                if matches!(k, Kernel::Gather { table, .. } if *table == src) && row_gather(p, k) {
+                if matches!(k, Kernel::Gather(kinds::Gather { table, .. }) if *table == src)
+                    && row_gather(p, k)
+                {
                     self.transposed_gathers.insert(ki);
                 }
             }
@@ -258,9 +261,9 @@ impl JitGraph {
         for k in &mut p.kernels {
             // Only the transposed reads move; any other read keeps the
             // original layout (and buffer).
-            if let Kernel::Gemm {
+            if let Kernel::Gemm(kinds::Gemm {
                 b, n: nd, k: kd, ..
-            } = k
+            }) = k
                 && b.buf == src
                 && transposed_read(&original, b, nd, kd)
             {

@@ -14,11 +14,23 @@ use crate::tensor::{Tensor, TensorData};
 use crate::weights::Weights;
 use kiln_compiler::codegen::cranelift::KernelFn;
 use kiln_compiler::ir::{DType, Dim};
+use kiln_compiler::kernel::kinds;
 use kiln_compiler::kernel::{BufferKind, Kernel, KernelProgram, Size};
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Instant;
+
+/// What every kernel launch of one run shares: buffer pointers, the
+/// kernel's evaluated size table and function, the run's lengths.
+struct At<'a> {
+    ptrs: &'a [*mut u8],
+    bufs: Ptrs,
+    sizes: &'a [i64],
+    func: Option<KernelFn>,
+    lookup: &'a dyn Fn(&str) -> Option<usize>,
+    eval: &'a dyn Fn(&Size) -> Result<i64>,
+}
 
 /// Below this many element operations a kernel runs on the calling thread.
 pub(super) const PARALLEL_MIN_WORK: usize = 1 << 15;
@@ -145,7 +157,6 @@ impl JitGraph {
         // Indexed by kernel number: kernels a run skips (the cache copies
         // of an appending run) keep their slot at zero.
         let mut profile = Profile::for_kernels(if profiling { p.kernels.len() } else { 0 });
-        let mut flops = 0.0;
         for (ki, k) in p.kernels.iter().enumerate() {
             if skip[ki] {
                 continue;
@@ -153,92 +164,17 @@ impl JitGraph {
             let started = profiling.then(Instant::now);
             let ck = &self.cpu.kernels[ki];
             let sizes: Vec<i64> = ck.sizes.iter().map(&eval).collect::<Result<_>>()?;
-            let dims = |ds: &[Dim]| dims_of(ds, &lookup);
-            let func = ck.func;
-            match k {
-                Kernel::Elementwise { domain, .. } | Kernel::Copy { domain, .. } => {
-                    let d = dims(domain)?;
-                    let (rows, cols) = split_domain(&d);
-                    launch_rows(func.expect("generated"), bufs, &sizes, rows, cols, true);
-                }
-                Kernel::RowReduce { domain, .. } => {
-                    let d = dims(domain)?;
-                    let (rows, cols) = split_domain(&d);
-                    launch_rows(func.expect("generated"), bufs, &sizes, rows, cols, false);
-                }
-                Kernel::Gemm {
-                    out,
-                    a,
-                    b,
-                    batch,
-                    m,
-                    n,
-                    k: kd,
-                    rows,
-                    ..
-                } => {
-                    let g = GemmCall {
-                        rows: rows.as_ref().map(|r| eval_view(r, &eval)).transpose()?,
-                        batch: dims(batch)?,
-                        m: dims(std::slice::from_ref(m))?[0],
-                        n: dims(std::slice::from_ref(n))?[0],
-                        k: dims(std::slice::from_ref(kd))?[0],
-                        a: eval_view(a, &eval)?,
-                        b: eval_view(b, &eval)?,
-                        out: eval_view(out, &eval)?,
-                    };
-                    let computed = g.launch(&ptrs, func, bufs, &sizes);
-                    flops = 2.0 * (computed * g.n * g.k) as f64;
-                }
-                Kernel::Attention {
-                    out,
-                    q,
-                    kt,
-                    v,
-                    batch,
-                    m,
-                    keys,
-                    d,
-                    dv,
-                    ..
-                } => {
-                    let one = |x: &Dim| dims(std::slice::from_ref(x)).map(|v| v[0]);
-                    let a = attention::AttnCall {
-                        batch: dims(batch)?,
-                        m: one(m)?,
-                        keys: one(keys)?,
-                        d: one(d)?,
-                        dv: one(dv)?,
-                        q: eval_view(q, &eval)?,
-                        kt: eval_view(kt, &eval)?,
-                        v: eval_view(v, &eval)?,
-                        out: eval_view(out, &eval)?,
-                    };
-                    a.launch(&ptrs, func, &sizes, self.scratch);
-                    let nb: usize = a.batch.iter().product();
-                    flops = 2.0 * (nb * a.m * a.keys * (a.d + a.dv)) as f64;
-                }
-                Kernel::Gather {
-                    out,
-                    table,
-                    indices,
-                    indices_shape,
-                    axis,
-                } => {
-                    let tshape = dims(&p.buffers[*table].shape)?;
-                    let ishape = dims(indices_shape)?;
-                    let iv = eval_view(indices, &eval)?;
-                    let tables = (*out, *table, p.buffers[*table].dtype);
-                    if self.transposed_gathers.contains(&ki) {
-                        gather_columns(&ptrs, tables, &tshape, &ishape, &iv)
-                    } else {
-                        gather(&ptrs, tables, &tshape, &ishape, &iv, *axis)
-                    }
-                    .map_err(|e| err(format!("`{}` kernel k{ki} (gather): {e}", p.name)))?;
-                }
-            }
+            let at = At {
+                ptrs: &ptrs,
+                bufs,
+                sizes: &sizes,
+                func: ck.func,
+                lookup: &lookup,
+                eval: &eval,
+            };
+            let flops = self.launch(ki, k, &at)?;
             if let Some(t) = started {
-                profile.record(ki, k.kind(), t.elapsed(), std::mem::take(&mut flops));
+                profile.record(ki, k.kind(), t.elapsed(), flops);
             }
         }
         {
@@ -274,6 +210,100 @@ impl JitGraph {
             entries.push((name.clone(), Tensor::new(shape, data)?));
         }
         Ok(Outputs::from_parts(entries, env))
+    }
+
+    /// Run kernel `ki` once over its whole domain at the run's lengths;
+    /// returns the multiply-add FLOPs it computed (products and attention).
+    fn launch(&self, ki: usize, k: &Kernel, at: &At<'_>) -> Result<f64> {
+        let p = &self.program;
+        let (ptrs, bufs, sizes, func) = (at.ptrs, at.bufs, at.sizes, at.func);
+        let eval = at.eval;
+        let dims = |ds: &[Dim]| dims_of(ds, at.lookup);
+        let mut flops = 0.0;
+        match k {
+            Kernel::Elementwise(kinds::Elementwise { domain, .. })
+            | Kernel::Copy(kinds::Copy { domain, .. }) => {
+                let d = dims(domain)?;
+                let (rows, cols) = split_domain(&d);
+                launch_rows(func.expect("generated"), bufs, sizes, rows, cols, true);
+            }
+            Kernel::RowReduce(kinds::RowReduce { domain, .. }) => {
+                let d = dims(domain)?;
+                let (rows, cols) = split_domain(&d);
+                launch_rows(func.expect("generated"), bufs, sizes, rows, cols, false);
+            }
+            Kernel::Gemm(kinds::Gemm {
+                out,
+                a,
+                b,
+                batch,
+                m,
+                n,
+                k: kd,
+                rows,
+                ..
+            }) => {
+                let g = GemmCall {
+                    rows: rows.as_ref().map(|r| eval_view(r, eval)).transpose()?,
+                    batch: dims(batch)?,
+                    m: dims(std::slice::from_ref(m))?[0],
+                    n: dims(std::slice::from_ref(n))?[0],
+                    k: dims(std::slice::from_ref(kd))?[0],
+                    a: eval_view(a, eval)?,
+                    b: eval_view(b, eval)?,
+                    out: eval_view(out, eval)?,
+                };
+                let computed = g.launch(ptrs, func, bufs, sizes);
+                flops = 2.0 * (computed * g.n * g.k) as f64;
+            }
+            Kernel::Attention(kinds::Attention {
+                out,
+                q,
+                kt,
+                v,
+                batch,
+                m,
+                keys,
+                d,
+                dv,
+                ..
+            }) => {
+                let one = |x: &Dim| dims(std::slice::from_ref(x)).map(|v| v[0]);
+                let a = attention::AttnCall {
+                    batch: dims(batch)?,
+                    m: one(m)?,
+                    keys: one(keys)?,
+                    d: one(d)?,
+                    dv: one(dv)?,
+                    q: eval_view(q, eval)?,
+                    kt: eval_view(kt, eval)?,
+                    v: eval_view(v, eval)?,
+                    out: eval_view(out, eval)?,
+                };
+                a.launch(ptrs, func, sizes, self.scratch);
+                let nb: usize = a.batch.iter().product();
+                flops = 2.0 * (nb * a.m * a.keys * (a.d + a.dv)) as f64;
+            }
+            Kernel::Gather(kinds::Gather {
+                out,
+                table,
+                indices,
+                indices_shape,
+                axis,
+            }) => {
+                let tshape = dims(&p.buffers[*table].shape)?;
+                let ishape = dims(indices_shape)?;
+                let iv = eval_view(indices, eval)?;
+                let tables = (*out, *table, p.buffers[*table].dtype);
+                if self.transposed_gathers.contains(&ki) {
+                    gather_columns(ptrs, tables, &tshape, &ishape, &iv)
+                } else {
+                    gather(ptrs, tables, &tshape, &ishape, &iv, *axis)
+                }
+                .map_err(|e| err(format!("`{}` kernel k{ki} (gather): {e}", p.name)))?;
+            }
+        }
+        Ok(flops)
     }
 }
 
@@ -394,7 +424,7 @@ pub(super) fn unflatten(mut i: usize, dims: &[usize]) -> Vec<usize> {
 /// A gather of whole rows from a 2-D table (an embedding lookup): the
 /// kind that can read a table stored transposed.
 pub(super) fn row_gather(p: &KernelProgram, k: &Kernel) -> bool {
-    matches!(k, Kernel::Gather { table, axis: 0, .. } if p.buffers[*table].shape.len() == 2)
+    matches!(k, Kernel::Gather(kinds::Gather { table, axis: 0, .. }) if p.buffers[*table].shape.len() == 2)
 }
 
 /// The checked flat indices of a gather.

@@ -13,6 +13,7 @@ use crate::tensor::{Tensor, TensorData};
 use crate::weights::Weights;
 use kiln_compiler::ir::scalar::{self, nan_max};
 use kiln_compiler::ir::{BinaryOp, DType, ReduceOp, UnaryOp};
+use kiln_compiler::kernel::kinds;
 use kiln_compiler::kernel::{Body, BufferKind, Inst, Kernel, KernelProgram, Size, View};
 
 /// The named results of a kernel-program run, in the graph's output order.
@@ -275,303 +276,323 @@ impl Exec<'_> {
     }
 
     fn kernel_inner(&mut self, k: &Kernel) -> std::result::Result<(), KErr> {
-        let mut vals = Vec::new();
         match k {
-            Kernel::Elementwise {
-                out,
-                domain,
-                loads,
-                body,
-            } => {
-                let dims = self.dims(domain)?;
-                let o = self.view(out)?;
-                let ls = loads
+            Kernel::Elementwise(x) => self.elementwise(x),
+            Kernel::Copy(x) => self.copy(x),
+            Kernel::RowReduce(x) => self.row_reduce(x),
+            Kernel::Gemm(x) => self.gemm(x),
+            Kernel::Gather(x) => self.gather_kernel(x),
+            Kernel::Attention(x) => self.attention(x),
+        }
+    }
+
+    fn elementwise(&mut self, k: &kinds::Elementwise) -> std::result::Result<(), KErr> {
+        let kinds::Elementwise {
+            out,
+            domain,
+            loads,
+            body,
+        } = k;
+        let mut vals = Vec::new();
+        let dims = self.dims(domain)?;
+        let o = self.view(out)?;
+        let ls = loads
+            .iter()
+            .map(|l| self.view(l))
+            .collect::<Result<Vec<_>>>()?;
+        let sz = self.sizes(body)?;
+        let mut results = Vec::new();
+        for_each(&dims, &mut |idx| {
+            let v = self.eval(body, &ls, idx, &[], &sz, &mut vals)?;
+            results.push((idx.to_vec(), v));
+            Ok(())
+        })?;
+        for (idx, v) in results {
+            self.write(&o, &idx, v)?;
+        }
+        Ok(())
+    }
+
+    fn copy(&mut self, k: &kinds::Copy) -> std::result::Result<(), KErr> {
+        let kinds::Copy { out, domain, src } = k;
+        let dims = self.dims(domain)?;
+        let o = self.view(out)?;
+        let s = self.view(src)?;
+        let mut results = Vec::new();
+        for_each(&dims, &mut |idx| {
+            results.push((idx.to_vec(), self.read(&s, idx)?));
+            Ok(())
+        })?;
+        for (idx, v) in results {
+            self.write(&o, &idx, v)?;
+        }
+        Ok(())
+    }
+
+    fn row_reduce(&mut self, k: &kinds::RowReduce) -> std::result::Result<(), KErr> {
+        let kinds::RowReduce {
+            out,
+            domain,
+            loads,
+            stages,
+            epilogue,
+            per_row,
+        } = k;
+        let mut vals = Vec::new();
+        let dims = self.dims(domain)?;
+        let r = dims.len();
+        let len = dims[r - 1];
+        let o = self.view(out)?;
+        let ls = loads
+            .iter()
+            .map(|l| self.view(l))
+            .collect::<Result<Vec<_>>>()?;
+        let ssz = stages
+            .iter()
+            .map(|s| self.sizes(&s.body))
+            .collect::<Result<Vec<_>>>()?;
+        let esz = self.sizes(epilogue)?;
+        let mut results = Vec::new();
+        for_each(&dims[..r - 1], &mut |row| {
+            let mut idx = row.to_vec();
+            idx.push(0);
+            let mut reduced: Vec<V> = Vec::new();
+            for (s, st) in stages.iter().enumerate() {
+                let dt = st.body.insts[st.body.result].1;
+                let mut acc_f = match st.op {
+                    ReduceOp::Sum => 0.0f64,
+                    ReduceOp::Max => f64::NEG_INFINITY,
+                };
+                let mut acc_i = match st.op {
+                    ReduceOp::Sum => 0i32,
+                    ReduceOp::Max => i32::MIN,
+                };
+                let mut acc_b = false;
+                let mut acc_m = f32::NEG_INFINITY;
+                for j in 0..len {
+                    idx[r - 1] = j;
+                    let v = self.eval(&st.body, &ls, &idx, &reduced, &ssz[s], &mut vals)?;
+                    match (st.op, v) {
+                        (ReduceOp::Sum, V::F(x)) => acc_f += f64::from(x),
+                        (ReduceOp::Sum, V::I(x)) => acc_i = acc_i.wrapping_add(x),
+                        (ReduceOp::Max, V::F(x)) => acc_m = nan_max(acc_m, x),
+                        (ReduceOp::Max, V::I(x)) => acc_i = acc_i.max(x),
+                        (ReduceOp::Max, V::B(x)) => acc_b |= x,
+                        (ReduceOp::Sum, V::B(_)) => {
+                            return Err("sum is not defined on bool".into());
+                        }
+                    }
+                }
+                reduced.push(match (st.op, dt) {
+                    (ReduceOp::Sum, DType::F32) => V::F(acc_f as f32),
+                    (ReduceOp::Max, DType::F32) => V::F(acc_m),
+                    (_, DType::I32) => V::I(acc_i),
+                    (_, DType::Bool) => V::B(acc_b),
+                });
+            }
+            let cols = if *per_row { 1 } else { len };
+            for j in 0..cols {
+                idx[r - 1] = j;
+                let v = self.eval(epilogue, &ls, &idx, &reduced, &esz, &mut vals)?;
+                results.push((idx.clone(), v));
+            }
+            Ok(())
+        })?;
+        for (idx, v) in results {
+            self.write(&o, &idx, v)?;
+        }
+        Ok(())
+    }
+
+    fn gemm(&mut self, k: &kinds::Gemm) -> std::result::Result<(), KErr> {
+        let kinds::Gemm {
+            out,
+            a,
+            b,
+            batch,
+            m,
+            n,
+            k,
+            epilogue,
+            rows,
+        } = k;
+        let mut vals = Vec::new();
+        let bd = self.dims(batch)?;
+        let rv = rows.as_ref().map(|r| self.view(r)).transpose()?;
+        let [m, n, k]: [usize; 3] = self
+            .dims(&[m.clone(), n.clone(), k.clone()])?
+            .try_into()
+            .expect("three dims");
+        let (o, av, bv) = (self.view(out)?, self.view(a)?, self.view(b)?);
+        let (el, ebody, esz) = match epilogue {
+            Some(e) => (
+                e.loads
                     .iter()
                     .map(|l| self.view(l))
-                    .collect::<Result<Vec<_>>>()?;
-                let sz = self.sizes(body)?;
-                let mut results = Vec::new();
-                for_each(&dims, &mut |idx| {
-                    let v = self.eval(body, &ls, idx, &[], &sz, &mut vals)?;
-                    results.push((idx.to_vec(), v));
-                    Ok(())
-                })?;
-                for (idx, v) in results {
-                    self.write(&o, &idx, v)?;
-                }
-            }
-            Kernel::Copy { out, domain, src } => {
-                let dims = self.dims(domain)?;
-                let o = self.view(out)?;
-                let s = self.view(src)?;
-                let mut results = Vec::new();
-                for_each(&dims, &mut |idx| {
-                    results.push((idx.to_vec(), self.read(&s, idx)?));
-                    Ok(())
-                })?;
-                for (idx, v) in results {
-                    self.write(&o, &idx, v)?;
-                }
-            }
-            Kernel::RowReduce {
-                out,
-                domain,
-                loads,
-                stages,
-                epilogue,
-                per_row,
-            } => {
-                let dims = self.dims(domain)?;
-                let r = dims.len();
-                let len = dims[r - 1];
-                let o = self.view(out)?;
-                let ls = loads
-                    .iter()
-                    .map(|l| self.view(l))
-                    .collect::<Result<Vec<_>>>()?;
-                let ssz = stages
-                    .iter()
-                    .map(|s| self.sizes(&s.body))
-                    .collect::<Result<Vec<_>>>()?;
-                let esz = self.sizes(epilogue)?;
-                let mut results = Vec::new();
-                for_each(&dims[..r - 1], &mut |row| {
-                    let mut idx = row.to_vec();
-                    idx.push(0);
-                    let mut reduced: Vec<V> = Vec::new();
-                    for (s, st) in stages.iter().enumerate() {
-                        let dt = st.body.insts[st.body.result].1;
-                        let mut acc_f = match st.op {
-                            ReduceOp::Sum => 0.0f64,
-                            ReduceOp::Max => f64::NEG_INFINITY,
-                        };
-                        let mut acc_i = match st.op {
-                            ReduceOp::Sum => 0i32,
-                            ReduceOp::Max => i32::MIN,
-                        };
-                        let mut acc_b = false;
-                        let mut acc_m = f32::NEG_INFINITY;
-                        for j in 0..len {
-                            idx[r - 1] = j;
-                            let v = self.eval(&st.body, &ls, &idx, &reduced, &ssz[s], &mut vals)?;
-                            match (st.op, v) {
-                                (ReduceOp::Sum, V::F(x)) => acc_f += f64::from(x),
-                                (ReduceOp::Sum, V::I(x)) => acc_i = acc_i.wrapping_add(x),
-                                (ReduceOp::Max, V::F(x)) => acc_m = nan_max(acc_m, x),
-                                (ReduceOp::Max, V::I(x)) => acc_i = acc_i.max(x),
-                                (ReduceOp::Max, V::B(x)) => acc_b |= x,
-                                (ReduceOp::Sum, V::B(_)) => {
-                                    return Err("sum is not defined on bool".into());
-                                }
-                            }
-                        }
-                        reduced.push(match (st.op, dt) {
-                            (ReduceOp::Sum, DType::F32) => V::F(acc_f as f32),
-                            (ReduceOp::Max, DType::F32) => V::F(acc_m),
-                            (_, DType::I32) => V::I(acc_i),
-                            (_, DType::Bool) => V::B(acc_b),
-                        });
-                    }
-                    let cols = if *per_row { 1 } else { len };
-                    for j in 0..cols {
-                        idx[r - 1] = j;
-                        let v = self.eval(epilogue, &ls, &idx, &reduced, &esz, &mut vals)?;
-                        results.push((idx.clone(), v));
-                    }
-                    Ok(())
-                })?;
-                for (idx, v) in results {
-                    self.write(&o, &idx, v)?;
-                }
-            }
-            Kernel::Gemm {
-                out,
-                a,
-                b,
-                batch,
-                m,
-                n,
-                k,
-                epilogue,
-                rows,
-            } => {
-                let bd = self.dims(batch)?;
-                let rv = rows.as_ref().map(|r| self.view(r)).transpose()?;
-                let [m, n, k]: [usize; 3] = self
-                    .dims(&[m.clone(), n.clone(), k.clone()])?
-                    .try_into()
-                    .expect("three dims");
-                let (o, av, bv) = (self.view(out)?, self.view(a)?, self.view(b)?);
-                let (el, ebody, esz) = match epilogue {
-                    Some(e) => (
-                        e.loads
-                            .iter()
-                            .map(|l| self.view(l))
-                            .collect::<Result<Vec<_>>>()?,
-                        Some(&e.body),
-                        self.sizes(&e.body)?,
-                    ),
-                    None => (Vec::new(), None, Vec::new()),
-                };
-                let (TensorData::F32(x), TensorData::F32(y)) =
-                    (&self.data[av.buf], &self.data[bv.buf])
-                else {
-                    return Err("gemm operands must be f32".to_string().into());
-                };
-                let nb = bd.len();
-                let mut results = Vec::new();
-                for_each(&bd, &mut |bi| {
-                    let mut ia = bi.to_vec();
-                    ia.extend([0, 0]);
-                    let mut ib = ia.clone();
-                    for i in 0..m {
-                        if let Some(rv) = &rv {
-                            let mut at = bi.to_vec();
-                            at.push(i);
-                            if self.read(rv, &at)?.f() == 0.0 {
-                                for j in 0..n {
-                                    let mut io = bi.to_vec();
-                                    io.extend([i, j]);
-                                    results.push((io, V::F(0.0)));
-                                }
-                                continue;
-                            }
-                        }
+                    .collect::<Result<Vec<_>>>()?,
+                Some(&e.body),
+                self.sizes(&e.body)?,
+            ),
+            None => (Vec::new(), None, Vec::new()),
+        };
+        let (TensorData::F32(x), TensorData::F32(y)) = (&self.data[av.buf], &self.data[bv.buf])
+        else {
+            return Err("gemm operands must be f32".to_string().into());
+        };
+        let nb = bd.len();
+        let mut results = Vec::new();
+        for_each(&bd, &mut |bi| {
+            let mut ia = bi.to_vec();
+            ia.extend([0, 0]);
+            let mut ib = ia.clone();
+            for i in 0..m {
+                if let Some(rv) = &rv {
+                    let mut at = bi.to_vec();
+                    at.push(i);
+                    if self.read(rv, &at)?.f() == 0.0 {
                         for j in 0..n {
-                            let mut acc = 0.0f64;
-                            for p in 0..k {
-                                ia[nb] = i;
-                                ia[nb + 1] = p;
-                                ib[nb] = p;
-                                ib[nb + 1] = j;
-                                let xa = *x.get(av.at(&ia)).ok_or("gemm a out of bounds")?;
-                                let yb = *y.get(bv.at(&ib)).ok_or("gemm b out of bounds")?;
-                                acc += f64::from(xa) * f64::from(yb);
-                            }
                             let mut io = bi.to_vec();
                             io.extend([i, j]);
-                            let prod = V::F(acc as f32);
-                            let v = match ebody {
-                                Some(body) => {
-                                    self.eval(body, &el, &io, &[prod], &esz, &mut vals)?
-                                }
-                                None => prod,
-                            };
-                            results.push((io, v));
+                            results.push((io, V::F(0.0)));
                         }
+                        continue;
                     }
-                    Ok(())
-                })?;
-                for (idx, v) in results {
-                    self.write(&o, &idx, v)?;
+                }
+                for j in 0..n {
+                    let mut acc = 0.0f64;
+                    for p in 0..k {
+                        ia[nb] = i;
+                        ia[nb + 1] = p;
+                        ib[nb] = p;
+                        ib[nb + 1] = j;
+                        let xa = *x.get(av.at(&ia)).ok_or("gemm a out of bounds")?;
+                        let yb = *y.get(bv.at(&ib)).ok_or("gemm b out of bounds")?;
+                        acc += f64::from(xa) * f64::from(yb);
+                    }
+                    let mut io = bi.to_vec();
+                    io.extend([i, j]);
+                    let prod = V::F(acc as f32);
+                    let v = match ebody {
+                        Some(body) => self.eval(body, &el, &io, &[prod], &esz, &mut vals)?,
+                        None => prod,
+                    };
+                    results.push((io, v));
                 }
             }
-            Kernel::Gather {
-                out,
-                table,
-                indices,
-                indices_shape,
-                axis,
-            } => {
-                return self.gather(*out, *table, indices, indices_shape, *axis);
-            }
-            Kernel::Attention {
-                out,
-                q,
-                kt,
-                v,
-                batch,
-                m,
-                keys,
-                d,
-                dv,
-                score,
-            } => {
-                // The unfused program's arithmetic: f64 dot products rounded
-                // to f32, the score body, a two-pass softmax with an f64 sum
-                // and f32 probabilities, then f64 sums of probability × value.
-                let bd = self.dims(batch)?;
-                let [m, keys, d, dv]: [usize; 4] = self
-                    .dims(&[m.clone(), keys.clone(), d.clone(), dv.clone()])?
-                    .try_into()
-                    .expect("four dims");
-                let (o, qv, kv, vv) = (
-                    self.view(out)?,
-                    self.view(q)?,
-                    self.view(kt)?,
-                    self.view(v)?,
-                );
-                let (sl, sbody, ssz) = match score {
-                    Some(e) => (
-                        e.loads
-                            .iter()
-                            .map(|l| self.view(l))
-                            .collect::<Result<Vec<_>>>()?,
-                        Some(&e.body),
-                        self.sizes(&e.body)?,
-                    ),
-                    None => (Vec::new(), None, Vec::new()),
-                };
-                let f32_of = |b: usize| match &self.data[b] {
-                    TensorData::F32(x) => Ok(x.as_slice()),
-                    _ => Err("attention operands must be f32".to_string()),
-                };
-                let (xq, xk, xv) = (f32_of(qv.buf)?, f32_of(kv.buf)?, f32_of(vv.buf)?);
-                let nb = bd.len();
-                let exp = |x: f32| unary(UnaryOp::Exp, V::F(x)).map(V::f);
-                let mut results = Vec::new();
-                for_each(&bd, &mut |bi| {
-                    let mut idx = bi.to_vec();
-                    idx.extend([0, 0]);
-                    let mut idx2 = idx.clone();
-                    for i in 0..m {
-                        let mut s = Vec::with_capacity(keys);
-                        for j in 0..keys {
-                            let mut acc = 0.0f64;
-                            for p in 0..d {
-                                idx[nb] = i;
-                                idx[nb + 1] = p;
-                                idx2[nb] = p;
-                                idx2[nb + 1] = j;
-                                let a = *xq.get(qv.at(&idx)).ok_or("attention q out of bounds")?;
-                                let b = *xk.get(kv.at(&idx2)).ok_or("attention k out of bounds")?;
-                                acc += f64::from(a) * f64::from(b);
-                            }
-                            idx[nb + 1] = j;
-                            let dot = V::F(acc as f32);
-                            s.push(match sbody {
-                                Some(body) => {
-                                    self.eval(body, &sl, &idx, &[dot], &ssz, &mut vals)?.f()
-                                }
-                                None => dot.f(),
-                            });
-                        }
-                        let max = s.iter().fold(f32::NEG_INFINITY, |a, &x| nan_max(a, x));
-                        let mut sum = 0.0f64;
-                        for x in &mut s {
-                            *x = exp(*x - max)?;
-                            sum += f64::from(*x);
-                        }
-                        let sum = sum as f32;
-                        for c in 0..dv {
-                            let mut acc = 0.0f64;
-                            for (j, e) in s.iter().enumerate() {
-                                idx2[nb] = j;
-                                idx2[nb + 1] = c;
-                                let b = *xv.get(vv.at(&idx2)).ok_or("attention v out of bounds")?;
-                                acc += f64::from(e / sum) * f64::from(b);
-                            }
-                            let mut io = bi.to_vec();
-                            io.extend([i, c]);
-                            results.push((io, V::F(acc as f32)));
-                        }
+            Ok(())
+        })?;
+        for (idx, v) in results {
+            self.write(&o, &idx, v)?;
+        }
+        Ok(())
+    }
+
+    fn gather_kernel(&mut self, k: &kinds::Gather) -> std::result::Result<(), KErr> {
+        let kinds::Gather {
+            out,
+            table,
+            indices,
+            indices_shape,
+            axis,
+        } = k;
+        self.gather(*out, *table, indices, indices_shape, *axis)
+    }
+
+    fn attention(&mut self, k: &kinds::Attention) -> std::result::Result<(), KErr> {
+        let kinds::Attention {
+            out,
+            q,
+            kt,
+            v,
+            batch,
+            m,
+            keys,
+            d,
+            dv,
+            score,
+        } = k;
+        let mut vals = Vec::new();
+        // The unfused program's arithmetic: f64 dot products rounded
+        // to f32, the score body, a two-pass softmax with an f64 sum
+        // and f32 probabilities, then f64 sums of probability × value.
+        let bd = self.dims(batch)?;
+        let [m, keys, d, dv]: [usize; 4] = self
+            .dims(&[m.clone(), keys.clone(), d.clone(), dv.clone()])?
+            .try_into()
+            .expect("four dims");
+        let (o, qv, kv, vv) = (
+            self.view(out)?,
+            self.view(q)?,
+            self.view(kt)?,
+            self.view(v)?,
+        );
+        let (sl, sbody, ssz) = match score {
+            Some(e) => (
+                e.loads
+                    .iter()
+                    .map(|l| self.view(l))
+                    .collect::<Result<Vec<_>>>()?,
+                Some(&e.body),
+                self.sizes(&e.body)?,
+            ),
+            None => (Vec::new(), None, Vec::new()),
+        };
+        let f32_of = |b: usize| match &self.data[b] {
+            TensorData::F32(x) => Ok(x.as_slice()),
+            _ => Err("attention operands must be f32".to_string()),
+        };
+        let (xq, xk, xv) = (f32_of(qv.buf)?, f32_of(kv.buf)?, f32_of(vv.buf)?);
+        let nb = bd.len();
+        let exp = |x: f32| unary(UnaryOp::Exp, V::F(x)).map(V::f);
+        let mut results = Vec::new();
+        for_each(&bd, &mut |bi| {
+            let mut idx = bi.to_vec();
+            idx.extend([0, 0]);
+            let mut idx2 = idx.clone();
+            for i in 0..m {
+                let mut s = Vec::with_capacity(keys);
+                for j in 0..keys {
+                    let mut acc = 0.0f64;
+                    for p in 0..d {
+                        idx[nb] = i;
+                        idx[nb + 1] = p;
+                        idx2[nb] = p;
+                        idx2[nb + 1] = j;
+                        let a = *xq.get(qv.at(&idx)).ok_or("attention q out of bounds")?;
+                        let b = *xk.get(kv.at(&idx2)).ok_or("attention k out of bounds")?;
+                        acc += f64::from(a) * f64::from(b);
                     }
-                    Ok(())
-                })?;
-                for (idx, v) in results {
-                    self.write(&o, &idx, v)?;
+                    idx[nb + 1] = j;
+                    let dot = V::F(acc as f32);
+                    s.push(match sbody {
+                        Some(body) => self.eval(body, &sl, &idx, &[dot], &ssz, &mut vals)?.f(),
+                        None => dot.f(),
+                    });
+                }
+                let max = s.iter().fold(f32::NEG_INFINITY, |a, &x| nan_max(a, x));
+                let mut sum = 0.0f64;
+                for x in &mut s {
+                    *x = exp(*x - max)?;
+                    sum += f64::from(*x);
+                }
+                let sum = sum as f32;
+                for c in 0..dv {
+                    let mut acc = 0.0f64;
+                    for (j, e) in s.iter().enumerate() {
+                        idx2[nb] = j;
+                        idx2[nb + 1] = c;
+                        let b = *xv.get(vv.at(&idx2)).ok_or("attention v out of bounds")?;
+                        acc += f64::from(e / sum) * f64::from(b);
+                    }
+                    let mut io = bi.to_vec();
+                    io.extend([i, c]);
+                    results.push((io, V::F(acc as f32)));
                 }
             }
+            Ok(())
+        })?;
+        for (idx, v) in results {
+            self.write(&o, &idx, v)?;
         }
         Ok(())
     }
