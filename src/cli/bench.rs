@@ -3,6 +3,7 @@
 //! docs/benchmarks.md) and the machine's own GEMM and memory figures from
 //! the same run.
 
+use super::CliError;
 use super::{Format, ModelArgs, open_model};
 use kiln_compiler::compile;
 use kiln_compiler::ir::Part;
@@ -49,8 +50,8 @@ fn ms(d: Duration) -> f64 {
 fn time(
     warmup: usize,
     n: usize,
-    f: &mut dyn FnMut() -> Result<(), String>,
-) -> Result<(f64, f64), String> {
+    f: &mut dyn FnMut() -> Result<(), CliError>,
+) -> Result<(f64, f64), CliError> {
     for _ in 0..warmup {
         f()?;
     }
@@ -65,7 +66,7 @@ fn time(
 }
 
 /// Spec → runnable code for every graph, without weights.
-fn compile_only(a: &Args) -> Result<(), String> {
+fn compile_only(a: &Args) -> Result<(), CliError> {
     let path = a
         .model
         .spec
@@ -79,18 +80,17 @@ fn compile_only(a: &Args) -> Result<(), String> {
     let mut nodes = 0;
     let mut stages = [Duration::ZERO; 3];
     let opts = a.model.compile_options();
-    let pipeline = opts.pipeline().map_err(|e| e.to_string())?;
+    let pipeline = opts.pipeline()?;
     for g in lowered.graphs() {
         let t0 = Instant::now();
         let mut g = g.clone();
-        pipeline.run(&mut g).map_err(|e| e.to_string())?;
+        pipeline.run(&mut g)?;
         let t1 = Instant::now();
-        let program = compile::fuse_optimised(&g, &opts).map_err(|e| e.to_string())?;
+        let program = compile::fuse_optimised(&g, &opts)?;
         let t2 = Instant::now();
         kernels += program.kernels.len();
         nodes += program.graph_nodes;
-        kiln_runtime::backends::jit::JitGraph::new(program, Default::default())
-            .map_err(|e| e.to_string())?;
+        kiln_runtime::backends::jit::JitGraph::new(program, Default::default())?;
         stages[0] += t1 - t0;
         stages[1] += t2 - t1;
         stages[2] += t2.elapsed();
@@ -127,7 +127,7 @@ fn compile_only(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
-pub fn run(a: Args) -> Result<(), String> {
+pub fn run(a: Args) -> Result<(), CliError> {
     if a.compile_only {
         return compile_only(&a);
     }
@@ -139,7 +139,7 @@ pub fn run(a: Args) -> Result<(), String> {
     args.precision = kiln_runtime::Precision::F32;
     let loaded = open_model(&args)?;
     let t0 = Instant::now();
-    let relowered = lower(&loaded.spec).map_err(|e| e.to_string())?;
+    let relowered = lower(&loaded.spec)?;
     let lower_time = t0.elapsed();
     drop(relowered);
     // Counted before the JIT adds transposed copies of tied weights.
@@ -147,8 +147,7 @@ pub fn run(a: Args) -> Result<(), String> {
     let t1 = Instant::now();
     let model: Model = (loaded.model.with_precision(a.model.precision))
         .with_options(a.model.compile_options())
-        .compile(backend.0)
-        .map_err(|e| e.to_string())?;
+        .compile(backend.0)?;
     super::note_precision(&a.model, &model);
     let weight_bytes = if model.f16_weights() { 2.0 } else { 4.0 };
     let prepare_time = t1.elapsed();
@@ -186,7 +185,7 @@ pub fn run(a: Args) -> Result<(), String> {
     let profiled_runs = a.iters.clamp(1, 3);
     match rs.spec.architecture {
         Architecture::Encoder => {
-            let mut encode = || model.encode(&prompt).map(|_| ()).map_err(|e| e.to_string());
+            let mut encode = || model.encode(&prompt).map(|_| ()).map_err(CliError::from);
             let (med, best) = time(a.warmup, a.iters, &mut encode)?;
             out["encode_ms"] = med.into();
             out["encode_ms_min"] = best.into();
@@ -200,10 +199,10 @@ pub fn run(a: Args) -> Result<(), String> {
         Architecture::Decoder | Architecture::EncoderDecoder => {
             let enc_dec = rs.spec.architecture == Architecture::EncoderDecoder;
             let start: Vec<i32> = if enc_dec { vec![0] } else { prompt.clone() };
-            let new_session = || -> Result<kiln_runtime::session::Session<'_>, String> {
+            let new_session = || -> Result<kiln_runtime::session::Session<'_>, CliError> {
                 let mut s = model.session();
                 if enc_dec {
-                    s.set_source(&prompt).map_err(|e| e.to_string())?;
+                    s.set_source(&prompt)?;
                 }
                 Ok(s)
             };
@@ -211,7 +210,7 @@ pub fn run(a: Args) -> Result<(), String> {
                 new_session()?
                     .forward(&start)
                     .map(|_| ())
-                    .map_err(|e| e.to_string())
+                    .map_err(CliError::from)
             };
             let (med, best) = time(a.warmup, a.iters, &mut prefill)?;
             out["prefill_ms"] = med.into();
@@ -231,14 +230,14 @@ pub fn run(a: Args) -> Result<(), String> {
             for run in 0..=profiled_runs {
                 let profiled = run == profiled_runs;
                 let mut s = new_session()?;
-                let o = s.forward(&start).map_err(|e| e.to_string())?;
+                let o = s.forward(&start)?;
                 let mut next = last_argmax(&o)?;
                 if profiled {
                     model.enable_profiling(part);
                 }
                 let t = Instant::now();
                 for _ in 0..steps {
-                    let o = s.forward(&[next]).map_err(|e| e.to_string())?;
+                    let o = s.forward(&[next])?;
                     next = last_argmax(&o)?;
                 }
                 if !profiled {
@@ -321,7 +320,7 @@ fn add_profile(model: &Model, part: Part, out: &mut serde_json::Value, prefix: &
     out[format!("{prefix}slowest_kernels")] = top.into();
 }
 
-fn last_argmax(o: &kiln_runtime::Outputs) -> Result<i32, String> {
+fn last_argmax(o: &kiln_runtime::Outputs) -> Result<i32, CliError> {
     let l = o.get("logits").ok_or("the model produced no logits")?;
     let v = *l.shape().last().unwrap_or(&1);
     let d = l.to_f32_vec();

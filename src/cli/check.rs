@@ -1,3 +1,4 @@
+use super::CliError;
 use super::{Format, SpecArg, load};
 use kiln_compiler::analysis::cost::{Cost, cost};
 
@@ -19,15 +20,14 @@ pub struct Args {
     weights: Option<std::path::PathBuf>,
 }
 
-pub fn run(a: Args) -> Result<(), String> {
+pub fn run(a: Args) -> Result<(), CliError> {
     let (rs, mut lowered) = load(&a.spec.spec)?;
     let c = cost(&rs, &lowered, a.seq_len);
     let peak = peak_activation_bytes(&mut lowered, a.batch, a.seq_len)?;
     let preflight = match &a.weights {
         Some(w) => {
             let graphs: Vec<_> = lowered.graphs().collect();
-            let plan =
-                kiln_open::checkpoint::preflight(w, &graphs, None).map_err(|e| e.to_string())?;
+            let plan = kiln_open::checkpoint::preflight(w, &graphs, None)?;
             Some(format!(
                 "{}: {} layout, {} parameters mapped, {} bytes to read, {} tensors ignored, {} unused",
                 w.display(),
@@ -40,21 +40,18 @@ pub fn run(a: Args) -> Result<(), String> {
         }
         None => None,
     };
-    let resolved = toml::Value::try_from(&rs.spec).map_err(|e| e.to_string())?;
+    let resolved = toml::Value::try_from(&rs.spec)?;
     match a.format {
         Format::Json => {
-            let mut v = serde_json::to_value(&c).map_err(|e| e.to_string())?;
+            let mut v = serde_json::to_value(&c)?;
             v["name"] = rs.spec.name.clone().into();
             v["peak_activation_bytes"] = peak.into();
             v["peak_activation_batch"] = a.batch.into();
-            v["spec"] = serde_json::to_value(&resolved).map_err(|e| e.to_string())?;
+            v["spec"] = serde_json::to_value(&resolved)?;
             if let Some(p) = &preflight {
                 v["weights"] = p.clone().into();
             }
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
-            );
+            println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Format::Text => {
             println!("{}", rs.to_toml());
@@ -81,10 +78,8 @@ fn peak_activation_bytes(
     lowered: &mut kiln_compiler::lower::Lowered,
     batch: usize,
     seq: usize,
-) -> Result<usize, String> {
-    kiln_compiler::passes::default_pipeline(1)
-        .run_lowered(lowered)
-        .map_err(|e| e.to_string())?;
+) -> Result<usize, CliError> {
+    kiln_compiler::passes::default_pipeline(1).run_lowered(lowered)?;
     let lengths = std::collections::BTreeMap::from([
         ("batch".to_string(), batch),
         ("seq".to_string(), seq),
@@ -93,7 +88,10 @@ fn peak_activation_bytes(
     ]);
     let mut peak = 0;
     for g in lowered.graphs() {
-        let p = kiln_compiler::kernel::fuse(g).map_err(|e| format!("{}: {e}", g.name))?;
+        let p = kiln_compiler::kernel::fuse(g).map_err(|source| CliError::Fuse {
+            graph: g.name.clone(),
+            source,
+        })?;
         peak = peak.max(p.peak_bytes(&lengths));
     }
     Ok(peak)

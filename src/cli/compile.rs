@@ -1,3 +1,4 @@
+use super::CliError;
 use super::{SpecArg, load};
 use clap::ValueEnum;
 use kiln::pipeline;
@@ -35,7 +36,7 @@ pub struct Args {
     precision: kiln_runtime::Precision,
 }
 
-pub fn run(a: Args) -> Result<(), String> {
+pub fn run(a: Args) -> Result<(), CliError> {
     let path = a.spec.spec.as_path();
     let (_, mut lowered) = load(path)?;
     let opts = kiln::Options {
@@ -54,8 +55,13 @@ pub fn run(a: Args) -> Result<(), String> {
         Emit::Clif => {
             for p in pipeline::fuse_with(&lowered, &opts, path).map_err(text)? {
                 let opts = kiln_compiler::codegen::cranelift::Options { emit_clif: true };
-                let cpu = kiln_compiler::codegen::cranelift::compile(&p, opts)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let cpu =
+                    kiln_compiler::codegen::cranelift::compile(&p, opts).map_err(|source| {
+                        CliError::Codegen {
+                            origin: path.display().to_string(),
+                            source,
+                        }
+                    })?;
                 for (i, (k, text)) in p.kernels.iter().zip(&cpu.clif).enumerate() {
                     match text {
                         Some(t) => println!("; {} k{i} ({})\n{t}", p.name, k.kind()),
@@ -74,8 +80,12 @@ pub fn run(a: Args) -> Result<(), String> {
                     f16_params: a.precision == kiln_runtime::Precision::F16,
                     ..Default::default()
                 };
-                let w = kiln_compiler::codegen::wgsl::generate_with(&p, o)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let w = kiln_compiler::codegen::wgsl::generate_with(&p, o).map_err(|source| {
+                    CliError::Codegen {
+                        origin: path.display().to_string(),
+                        source,
+                    }
+                })?;
                 print!("{}", w.to_text());
             }
         }

@@ -1,4 +1,4 @@
-use super::{Format, ModelArgs, open_model};
+use super::{CliError, Format, ModelArgs, open_model};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -11,7 +11,7 @@ pub struct Args {
     format: Format,
 }
 
-pub fn run(a: Args) -> Result<(), String> {
+pub fn run(a: Args) -> Result<(), CliError> {
     let loaded = open_model(&a.model)?;
     let tok = loaded
         .tokenizer
@@ -24,13 +24,9 @@ pub fn run(a: Args) -> Result<(), String> {
             tok.encode(s)
                 .map(|v| v.into_iter().map(|t| t as i32).collect())
         })
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
+        .collect::<Result<_, _>>()?;
     let refs: Vec<&[i32]> = ids.iter().map(Vec::as_slice).collect();
-    let out = loaded
-        .model
-        .encode_batch(&refs)
-        .map_err(|e| e.to_string())?;
+    let out = loaded.model.encode_batch(&refs)?;
     let emb = out
         .get("embedding")
         .ok_or("this model has no sentence-embedding head (a sentence-transformers folder with modules.json, or a spec with head.kind = \"mean-pool\")")?;

@@ -1,3 +1,4 @@
+use super::CliError;
 use super::{Format, ModelArgs, open_model};
 use kiln_compiler::spec::Architecture;
 use kiln_open::tokenizer::StreamDecoder;
@@ -38,12 +39,12 @@ pub struct Args {
     format: Format,
 }
 
-pub fn run(a: Args) -> Result<(), String> {
+pub fn run(a: Args) -> Result<(), CliError> {
     if !(0.0..=1.0).contains(&a.top_p) || !a.top_p.is_finite() {
-        return Err(format!("--top-p must be in [0, 1], got {}", a.top_p));
+        return Err(format!("--top-p must be in [0, 1], got {}", a.top_p).into());
     }
     if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
-        return Err(format!("--temperature must be >= 0, got {}", a.temperature));
+        return Err(format!("--temperature must be >= 0, got {}", a.temperature).into());
     }
     let loaded = open_model(&a.model)?;
     let arch = loaded.spec.spec.architecture;
@@ -56,11 +57,7 @@ pub fn run(a: Args) -> Result<(), String> {
     let prompt: Vec<i32> = match (&a.prompt, &a.tokens) {
         (Some(text), _) => {
             let tok = tok.ok_or("--prompt needs a tokenizer: give a HF folder with tokenizer.json or a .gguf file, or pass --tokens")?;
-            tok.encode(text)
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .map(|t| t as i32)
-                .collect()
+            tok.encode(text)?.into_iter().map(|t| t as i32).collect()
         }
         (None, Some(ids)) => ids.clone(),
         (None, None) => return Err("give --prompt TEXT or --tokens IDS".into()),
@@ -84,7 +81,7 @@ pub fn run(a: Args) -> Result<(), String> {
     };
     let mut session = loaded.model.session();
     let feed = if arch == Architecture::EncoderDecoder {
-        session.set_source(&prompt).map_err(|e| e.to_string())?;
+        session.set_source(&prompt)?;
         a.decoder_tokens.clone()
     } else {
         prompt.clone()
@@ -93,39 +90,34 @@ pub fn run(a: Args) -> Result<(), String> {
     let mut decoder = tok.map(StreamDecoder::new);
     let mut stream_err = None;
     let streaming = a.format == Format::Text;
-    let ids = session
-        .generate(&feed, &opts, &mut |id| {
-            if !streaming {
-                return true;
-            }
-            let piece = match decoder.as_mut() {
-                Some(d) => match d.push(id as u32) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        stream_err = Some(e.to_string());
-                        return false;
-                    }
-                },
-                None => Some(format!("{id} ")),
-            };
-            if let Some(p) = piece {
-                let _ = stdout.write_all(p.as_bytes());
-                let _ = stdout.flush();
-            }
-            true
-        })
-        .map_err(|e| e.to_string())?;
+    let ids = session.generate(&feed, &opts, &mut |id| {
+        if !streaming {
+            return true;
+        }
+        let piece = match decoder.as_mut() {
+            Some(d) => match d.push(id as u32) {
+                Ok(p) => p,
+                Err(e) => {
+                    stream_err = Some(e.to_string());
+                    return false;
+                }
+            },
+            None => Some(format!("{id} ")),
+        };
+        if let Some(p) = piece {
+            let _ = stdout.write_all(p.as_bytes());
+            let _ = stdout.flush();
+        }
+        true
+    })?;
     if let Some(e) = stream_err {
-        return Err(e);
+        return Err(e.into());
     }
     match a.format {
         Format::Text => println!(),
         Format::Json => {
             let text = match tok {
-                Some(t) => Some(
-                    t.decode(&ids.iter().map(|&i| i as u32).collect::<Vec<_>>())
-                        .map_err(|e| e.to_string())?,
-                ),
+                Some(t) => Some(t.decode(&ids.iter().map(|&i| i as u32).collect::<Vec<_>>())?),
                 None => None,
             };
             println!(

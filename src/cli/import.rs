@@ -3,6 +3,7 @@
 //! every value resolved, under a header listing the HF class defaults the
 //! import relied on.
 
+use super::CliError;
 use clap::ValueEnum;
 use kiln_compiler::import::{ImportOptions, import_path};
 use kiln_compiler::spec::HeadKind;
@@ -50,21 +51,22 @@ pub struct Args {
     head: Option<Head>,
 }
 
-pub fn run(a: Args) -> Result<(), String> {
+pub fn run(a: Args) -> Result<(), CliError> {
     let opts = ImportOptions {
         name: a.name,
         head: a.head.map(HeadKind::from),
     };
-    let text = import_path(&a.config, &opts)
-        .map_err(|e| e.to_string())?
-        .to_toml();
+    let text = import_path(&a.config, &opts)?.to_toml();
     match &a.output {
         None => {
             print!("{text}");
             Ok(())
         }
-        Some(out) => write_atomically(out, text.as_bytes())
-            .map_err(|e| format!("{}: error: cannot write the spec: {e}", out.display())),
+        Some(out) => write_atomically(out, text.as_bytes()).map_err(|source| CliError::Write {
+            path: out.clone(),
+            message: "cannot write the spec",
+            source,
+        }),
     }
 }
 
@@ -153,8 +155,10 @@ mod tests {
             head: None,
         })
         .unwrap_err();
+        assert!(matches!(e, CliError::Import(_)), "{e:?}");
         assert!(
-            e.contains("config.json: error: `scale_attn_by_inverse_layer_idx` = true"),
+            e.to_string()
+                .contains("config.json: error: `scale_attn_by_inverse_layer_idx` = true"),
             "{e}"
         );
         assert!(!out.exists());

@@ -5,9 +5,12 @@ mod bench;
 mod check;
 mod compile;
 mod embed;
+mod error;
 mod generate;
 mod import;
 mod run;
+
+pub use error::CliError;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kiln_compiler::lower::Lowered;
@@ -50,7 +53,7 @@ pub enum Format {
     Json,
 }
 
-pub fn dispatch(cli: Cli) -> Result<(), String> {
+pub fn dispatch(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Check(a) => check::run(a),
         Command::Compile(a) => compile::run(a),
@@ -64,8 +67,8 @@ pub fn dispatch(cli: Cli) -> Result<(), String> {
 
 /// Load and lower a spec (a `.toml` file, a HF model folder or a `.gguf`
 /// file), rendering any error for the terminal.
-pub fn load(path: &Path) -> Result<(ResolvedSpec, Lowered), String> {
-    kiln::pipeline::load(path).map_err(|e| e.to_string())
+pub fn load(path: &Path) -> Result<(ResolvedSpec, Lowered), CliError> {
+    Ok(kiln::pipeline::load(path)?)
 }
 
 /// The spec argument every subcommand takes.
@@ -114,7 +117,7 @@ pub struct ModelArgs {
 }
 
 /// Open a model, with a progress bar on stderr while a checkpoint loads.
-pub fn open_model(m: &ModelArgs) -> Result<kiln_open::source::LoadedModel, String> {
+pub fn open_model(m: &ModelArgs) -> Result<kiln_open::source::LoadedModel, CliError> {
     use indicatif::{ProgressBar, ProgressStyle};
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -141,7 +144,7 @@ pub fn open_model(m: &ModelArgs) -> Result<kiln_open::source::LoadedModel, Strin
         compile: m.compile_options(),
         precision: m.precision,
     };
-    let loaded = kiln_open::source::open(source, opts).map_err(|e| e.to_string());
+    let loaded = kiln_open::source::open(source, opts).map_err(CliError::from);
     bar.finish_and_clear();
     if let Ok(l) = &loaded {
         note_precision(m, &l.model);

@@ -1,3 +1,4 @@
+use super::CliError;
 use super::{Format, ModelArgs, open_model};
 use kiln_compiler::spec::Architecture;
 use kiln_runtime::session::argmax;
@@ -20,16 +21,16 @@ pub struct Args {
     format: Format,
 }
 
-pub fn run(a: Args) -> Result<(), String> {
+pub fn run(a: Args) -> Result<(), CliError> {
     let loaded = open_model(&a.model)?;
     let rs = &loaded.spec;
     let vocab = rs.spec.vocab_size;
-    let check = |ids: &[i32], what: &str| -> Result<(), String> {
+    let check = |ids: &[i32], what: &str| -> Result<(), CliError> {
         match ids.iter().find(|&&t| t < 0 || t as usize >= vocab) {
-            Some(t) => Err(format!(
-                "{what}: token id {t} is outside the vocabulary (0..{vocab})"
-            )),
-            None if ids.is_empty() => Err(format!("{what}: give at least one token id")),
+            Some(t) => {
+                Err(format!("{what}: token id {t} is outside the vocabulary (0..{vocab})").into())
+            }
+            None if ids.is_empty() => Err(format!("{what}: give at least one token id").into()),
             None => Ok(()),
         }
     };
@@ -43,7 +44,8 @@ pub fn run(a: Args) -> Result<(), String> {
         return Err(format!(
             "{} tokens exceed the model's max_positions = {limit}",
             a.tokens.len() + a.generate.unwrap_or(0)
-        ));
+        )
+        .into());
     }
     let model = &loaded.model;
     let mut session = model.session();
@@ -53,14 +55,12 @@ pub fn run(a: Args) -> Result<(), String> {
             return Err("--generate needs a decoder; this is an encoder-only model".into());
         }
         let prompt = if arch == Architecture::EncoderDecoder {
-            session.set_source(&a.tokens).map_err(|e| e.to_string())?;
+            session.set_source(&a.tokens)?;
             &a.decoder_tokens
         } else {
             &a.tokens
         };
-        let toks = session
-            .generate_greedy(prompt, n, None)
-            .map_err(|e| e.to_string())?;
+        let toks = session.generate_greedy(prompt, n, None)?;
         match a.format {
             Format::Json => println!("{}", serde_json::json!({ "tokens": toks })),
             Format::Text => println!(
@@ -80,8 +80,7 @@ pub fn run(a: Args) -> Result<(), String> {
         Architecture::EncoderDecoder => session
             .set_source(&a.tokens)
             .and_then(|_| session.forward(&a.decoder_tokens)),
-    }
-    .map_err(|e| e.to_string())?;
+    }?;
     // The most specific output the head produced.
     let key = ["logits", "embedding", "pooled", "hidden"]
         .into_iter()

@@ -243,7 +243,7 @@ pub fn import_config(
         ImportError::new(
             path,
             None,
-            format!("the imported spec does not validate: {e}"),
+            format!("the imported spec does not validate: {}", e.summary()),
         )
     })?;
     Ok(Imported {

@@ -59,6 +59,15 @@ impl Snippet {
 }
 
 impl SpecError {
+    /// The message with its help in parentheses, for errors about a spec
+    /// built in memory (no file, line or column to name).
+    pub fn summary(&self) -> String {
+        match &self.help {
+            Some(h) => format!("{} (help: {h})", self.message),
+            None => self.message.clone(),
+        }
+    }
+
     /// `file:line:col: error: message` plus a `help:` line — stable text for tests.
     pub fn render(&self) -> String {
         let mut out = self.file.display().to_string();
@@ -143,14 +152,6 @@ impl Located {
             message: self.message,
             help: self.help,
             snippet,
-        }
-    }
-
-    /// The message and help as one line, for APIs that return `String` errors.
-    pub fn into_string(self) -> String {
-        match self.help {
-            Some(h) => format!("{} (help: {h})", self.message),
-            None => self.message,
         }
     }
 }

@@ -105,15 +105,24 @@ fn build(tree: Result<node::Node, error::Located>) -> Result<ResolvedSpec, error
 /// Validate a spec built in memory, fill derivable defaults and expand
 /// per-layer overrides. `extends` cannot be followed here (there is no file
 /// to resolve it against): use [`load`] for specs that extend another.
-pub fn resolve(spec: Spec) -> Result<ResolvedSpec, String> {
+pub fn resolve(spec: Spec) -> Result<ResolvedSpec, SpecError> {
     if let Some(base) = &spec.extends {
-        return Err(format!(
-            "cannot resolve `extends = \"{base}\"` without a file (help: load the spec with `load`)"
-        ));
+        return Err(SpecError {
+            message: format!("cannot resolve `extends = \"{base}\"` without a file"),
+            help: Some("load the spec with `load`".into()),
+            ..SpecError::default()
+        });
     }
-    let value = toml::Value::try_from(&spec).map_err(|e| e.to_string())?;
+    let value = toml::Value::try_from(&spec).map_err(|e| SpecError {
+        message: e.to_string(),
+        ..SpecError::default()
+    })?;
     let tree = node::Node::from_value(&value);
-    validate::resolve_tree(spec, &tree).map_err(error::Located::into_string)
+    validate::resolve_tree(spec, &tree).map_err(|e| SpecError {
+        message: e.message,
+        help: e.help,
+        ..SpecError::default()
+    })
 }
 
 impl ResolvedSpec {

@@ -293,6 +293,7 @@ fn apply_sentence_transformers(dir: &Path, rs: &mut ResolvedSpec) -> Result<(), 
     s.head.kind = HeadKind::MeanPool;
     s.head.normalize = types.iter().any(|(t, _)| t.ends_with(".Normalize"));
     s.head.tied = false;
-    *rs = spec::resolve(s).map_err(|e| bad(format!("cannot apply the pooling config: {e}")))?;
+    *rs = spec::resolve(s)
+        .map_err(|e| bad(format!("cannot apply the pooling config: {}", e.summary())))?;
     Ok(())
 }

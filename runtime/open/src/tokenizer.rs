@@ -33,6 +33,14 @@ pub enum TokenizerError {
     /// Encoding or decoding failed inside the `tokenizers` crate.
     #[error("tokenizer: {0}")]
     Codec(String),
+    /// A token id outside the vocabulary (or negative) was given to decode.
+    #[error("token id {id} is outside the vocabulary of {vocab} tokens")]
+    UnknownId {
+        /// The id given.
+        id: i64,
+        /// The vocabulary size.
+        vocab: usize,
+    },
 }
 
 impl Tokenizer {

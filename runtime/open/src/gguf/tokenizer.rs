@@ -9,6 +9,7 @@
 
 use super::Result;
 use super::reader::{Array, GgufFile};
+use crate::tokenizer::TokenizerError;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{BPE, Vocab};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -305,38 +306,39 @@ impl GgufTokenizer {
     /// Token ids for `text`: control tokens written in the text (like
     /// `<|im_start|>`) are matched whole; BOS/EOS are added when the file's
     /// `add_bos_token`/`add_eos_token` say so.
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
-        let enc = self
-            .inner
-            .encode(text, true)
-            .map_err(|e| format!("cannot encode {text:?}: {e}"))?;
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let enc = (self.inner.encode(text, true))
+            .map_err(|e| TokenizerError::Codec(format!("cannot encode {text:?}: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// [`GgufTokenizer::encode`] as the i32 ids kiln's sessions take.
-    pub fn encode_i32(&self, text: &str) -> Result<Vec<i32>, String> {
+    pub fn encode_i32(&self, text: &str) -> Result<Vec<i32>, TokenizerError> {
         Ok(self.encode(text)?.into_iter().map(|id| id as i32).collect())
     }
 
     /// The text for `ids` (special tokens included as written). Errors on an
     /// id outside the vocabulary.
-    pub fn decode(&self, ids: &[u32]) -> Result<String, String> {
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
-            return Err(format!(
-                "token id {bad} is outside the vocabulary of {} tokens",
-                self.vocab_size
-            ));
+            return Err(TokenizerError::UnknownId {
+                id: i64::from(bad),
+                vocab: self.vocab_size,
+            });
         }
-        self.inner
-            .decode(ids, false)
-            .map_err(|e| format!("cannot decode {ids:?}: {e}"))
+        (self.inner.decode(ids, false))
+            .map_err(|e| TokenizerError::Codec(format!("cannot decode {ids:?}: {e}")))
     }
 
     /// [`GgufTokenizer::decode`] for kiln's i32 ids (negative ids are errors).
-    pub fn decode_i32(&self, ids: &[i32]) -> Result<String, String> {
-        let ids: Vec<u32> = ids
-            .iter()
-            .map(|&id| u32::try_from(id).map_err(|_| format!("token id {id} is negative")))
+    pub fn decode_i32(&self, ids: &[i32]) -> Result<String, TokenizerError> {
+        let ids: Vec<u32> = (ids.iter())
+            .map(|&id| {
+                u32::try_from(id).map_err(|_| TokenizerError::UnknownId {
+                    id: i64::from(id),
+                    vocab: self.vocab_size,
+                })
+            })
             .collect::<Result<_, _>>()?;
         self.decode(&ids)
     }

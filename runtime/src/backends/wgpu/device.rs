@@ -131,6 +131,6 @@ fn init() -> std::result::Result<Arc<Gpu>, String> {
 }
 
 /// Whether an adapter is available, and which (for tests and reports).
-pub fn adapter() -> std::result::Result<String, String> {
-    gpu().map(|g| g.description()).map_err(|e| e.to_string())
+pub fn adapter() -> Result<String> {
+    gpu().map(|g| g.description())
 }
