@@ -467,3 +467,71 @@ fn causal_mask_hides_future_tokens() {
     assert_eq!(a[..64], b[..64], "positions 0 and 1 cannot see position 2");
     assert_ne!(a[64..], b[64..]);
 }
+
+/// A parallel decoder block of an encoder-decoder model keeps its
+/// cross-attention as a third branch (docs/spec.md, "Parallel blocks with
+/// cross-attention"): the decoder's logits depend on the source, and only
+/// through that branch — with the cross-attention output projections
+/// zeroed, they no longer do. With `shared_norm = false` the branch has its
+/// own `cross_norm`.
+#[test]
+fn parallel_decoder_blocks_keep_cross_attention() {
+    use kiln_compiler::lower::lower;
+    use kiln_runtime::session::Model;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+    for shared in [true, false] {
+        let toml = format!(
+            "extends = \"t5-small.toml\"\nname = \"t5-parallel\"\n[residual]\nparallel = true\nshared_norm = {shared}\n"
+        );
+        let rs = spec::load_str(&toml, &dir.join("t5-parallel.toml"))
+            .unwrap_or_else(|e| panic!("{}", e.render()));
+        let lowered = lower(&rs).unwrap();
+        let dec = lowered.decoder.as_ref().unwrap();
+        let names: Vec<String> = dec
+            .parameters()
+            .into_iter()
+            .filter_map(|p| match &dec.node(p).op {
+                kiln_compiler::ir::Op::Parameter { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        let has = |n: &str| names.iter().any(|x| x == n);
+        assert!(has("decoder.layers.0.cross_attn.q.weight"), "{names:?}");
+        assert_eq!(
+            has("decoder.layers.0.cross_norm.weight"),
+            !shared,
+            "{names:?}"
+        );
+        let logits = |model: &Model, source: &[i32]| {
+            let mut s = model.session();
+            s.set_source(source).unwrap();
+            s.forward(&[0, 5, 9]).unwrap()["logits"].to_f32_vec()
+        };
+        let model = Model::random(lowered.clone(), 3).unwrap();
+        let (a, b) = (
+            logits(&model, &[4, 5, 6]),
+            logits(&model, &[70, 80, 90, 100]),
+        );
+        let moved = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            moved > 1e-3,
+            "shared_norm = {shared}: the source does not reach the decoder"
+        );
+        let mut weights = model.weights.clone();
+        for n in names.iter().filter(|n| n.contains(".cross_attn.o.")) {
+            let t = weights.get(n).unwrap();
+            let zero = Tensor::from_f32(t.shape(), vec![0.0; t.numel()]).unwrap();
+            weights.insert(n.as_str(), zero);
+        }
+        let cut = Model::new(lowered, weights);
+        assert_eq!(
+            logits(&cut, &[4, 5, 6]),
+            logits(&cut, &[70, 80, 90, 100]),
+            "shared_norm = {shared}: the source reaches the decoder outside cross-attention"
+        );
+    }
+}

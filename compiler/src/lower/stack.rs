@@ -329,7 +329,21 @@ fn block(
         }
     };
 
+    // Cross-attention (encoder-decoder decoder blocks) to the source's K/V.
+    let cross_attn = |b: &mut Builder, h: NodeId, ((k, v), mask): ((NodeId, NodeId), NodeId)| {
+        let cctx = AttnContext {
+            mask: Some(mask),
+            bias: None,
+            rope: None,
+        };
+        let kv = KeyValues::Given { k, v };
+        attention(b, &l.attention, &l.norm, d, "cross_attn", h, kv, &cctx).map(|o| o.out)
+    };
+
     if l.residual.parallel {
+        // Every branch reads the block's input: x + attn(n1(x)) + mlp(n2(x))
+        // [+ cross(nc(x))], one norm for all branches when `shared_norm`
+        // (docs/spec.md, "Residual").
         let n1 = norm(b, &l.norm, "attn_norm", x, d)?;
         let n2 = if l.residual.shared_norm {
             n1
@@ -338,32 +352,24 @@ fn block(
         };
         let a = attn(b, n1)?;
         let m = ffn(b, n2)?;
-        let am = b.add2(a, m)?;
+        let mut am = b.add2(a, m)?;
+        if let Some(c) = cross {
+            let nc = if l.residual.shared_norm {
+                n1
+            } else {
+                norm(b, &l.norm, "cross_norm", x, d)?
+            };
+            let ca = cross_attn(b, nc, c)?;
+            am = b.add2(am, ca)?;
+        }
         let y = b.add2(am, x)?;
         return Ok((y, present));
     }
 
     let mut x = sublayer(b, l, "attn_norm", x, &mut attn)?;
-    if let Some(((ck, cv), enc_mask)) = cross {
-        let mut cross_attn = |b: &mut Builder, h: NodeId| -> R {
-            let cctx = AttnContext {
-                mask: Some(enc_mask),
-                bias: None,
-                rope: None,
-            };
-            Ok(attention(
-                b,
-                &l.attention,
-                &l.norm,
-                d,
-                "cross_attn",
-                h,
-                KeyValues::Given { k: ck, v: cv },
-                &cctx,
-            )?
-            .out)
-        };
-        x = sublayer(b, l, "cross_norm", x, &mut cross_attn)?;
+    if let Some(c) = cross {
+        let mut f = |b: &mut Builder, h: NodeId| cross_attn(b, h, c);
+        x = sublayer(b, l, "cross_norm", x, &mut f)?;
     }
     let mut ffn = ffn;
     let x = sublayer(b, l, "mlp_norm", x, &mut ffn)?;
