@@ -455,3 +455,74 @@ fn a_closed_pipe_is_not_a_panic() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Output faults are errors with exit 1 and a message on stderr, never a
+/// panic (exit 101) or a silent success: stdout on a full disk
+/// (`/dev/full`) and stdout closed (`>&-`), for every command that prints.
+#[test]
+fn output_faults_are_errors_not_panics() {
+    let gpt2 = "models/tiny/gpt2.toml";
+    let t5 = "models/tiny/t5-small.toml";
+    let commands: &[&[&str]] = &[
+        &["check", gpt2],
+        &["check", gpt2, "--format", "json"],
+        &["compile", gpt2, "--emit", "kernels"],
+        &["run", gpt2, "--tokens", "1,2,3"],
+        &["run", gpt2, "--tokens", "1,2", "--generate", "3"],
+        &["run", t5, "--tokens", "4,5", "--format", "json"],
+        &["import", "tests/import/gpt2.json"],
+        &["generate", gpt2, "--tokens", "1,2", "--max-tokens", "3"],
+    ];
+    for args in commands {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full");
+        let Ok(full) = full else {
+            eprintln!("SKIPPED output_faults_are_errors_not_panics: no /dev/full");
+            return;
+        };
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(*args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(full)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "kiln {args:?} > /dev/full:\n{err}"
+        );
+        assert!(
+            err.contains("<stdout>: error: cannot write the output"),
+            "kiln {args:?} > /dev/full:\n{err}"
+        );
+        assert!(!err.contains("panicked"), "kiln {args:?}:\n{err}");
+        // Closed stdout: the shell starts kiln without descriptor 1.
+        let line = "exec \"$0\" \"$@\" >&-";
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(line)
+            .arg(env!("CARGO_BIN_EXE_kiln"))
+            .args(*args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "kiln {args:?} >&-:\n{err}");
+        assert!(err.contains("<stdout>: error"), "kiln {args:?} >&-:\n{err}");
+        // Discarding the output on purpose is fine.
+        let line = "exec \"$0\" \"$@\" > /dev/null";
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(line)
+            .arg(env!("CARGO_BIN_EXE_kiln"))
+            .args(*args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kiln {args:?} > /dev/null:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -109,8 +109,8 @@ fn compile_only(a: &Args) -> Result<(), CliError> {
         },
     });
     match a.format {
-        Format::Json => println!("{out}"),
-        Format::Text => println!(
+        Format::Json => outln!("{out}"),
+        Format::Text => outln!(
             "{}: {} layers, {} graph nodes -> {} kernels, compiled in {:.1} ms \
              (load+lower {:.1}, passes {:.1}, fuse {:.1}, codegen {:.1})",
             rs.spec.name,
@@ -260,13 +260,13 @@ pub fn run(a: Args) -> Result<(), CliError> {
         out["memory_read_gb_per_s"] = machine::read_bandwidth_gbs(512 << 20, 5).into();
     }
     match a.format {
-        Format::Json => println!("{out}"),
+        Format::Json => outln!("{out}"),
         Format::Text => {
             let obj = out.as_object().expect("an object");
             for (k, v) in obj {
                 match v.as_f64() {
-                    Some(x) if v.is_f64() => println!("{k:>28}  {x:.2}"),
-                    _ => println!("{k:>28}  {v}"),
+                    Some(x) if v.is_f64() => outln!("{k:>28}  {x:.2}"),
+                    _ => outln!("{k:>28}  {v}"),
                 }
             }
         }

@@ -51,12 +51,12 @@ pub fn run(a: Args) -> Result<(), CliError> {
             if let Some(p) = &preflight {
                 v["weights"] = p.clone().into();
             }
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            outln!("{}", serde_json::to_string_pretty(&v)?);
         }
         Format::Text => {
-            println!("{}", rs.to_toml());
-            print!("{}", table(&c));
-            println!(
+            outln!("{}", rs.to_toml());
+            out!("{}", table(&c));
+            outln!(
                 "{:<38} {:>24}",
                 format!(
                     "peak activations+outputs (b {}, seq {})",
@@ -65,7 +65,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
                 bytes(peak)
             );
             if let Some(p) = &preflight {
-                println!("weights match: {p}");
+                outln!("weights match: {p}");
             }
         }
     }

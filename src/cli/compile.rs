@@ -46,9 +46,9 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let text = |e: kiln::Error| e.to_string();
     pipeline::optimise(&mut lowered, &opts, path).map_err(text)?;
     match a.emit {
-        Emit::Ir => print!("{}", pipeline::ir_text(&lowered)),
-        Emit::Dot => print!("{}", pipeline::dot_text(&lowered)),
-        Emit::Kernels => print!(
+        Emit::Ir => out!("{}", pipeline::ir_text(&lowered)),
+        Emit::Dot => out!("{}", pipeline::dot_text(&lowered)),
+        Emit::Kernels => out!(
             "{}",
             pipeline::kernels_text(&pipeline::fuse_with(&lowered, &opts, path).map_err(text)?)
         ),
@@ -64,8 +64,8 @@ pub fn run(a: Args) -> Result<(), CliError> {
                     })?;
                 for (i, (k, text)) in p.kernels.iter().zip(&cpu.clif).enumerate() {
                     match text {
-                        Some(t) => println!("; {} k{i} ({})\n{t}", p.name, k.kind()),
-                        None => println!(
+                        Some(t) => outln!("; {} k{i} ({})\n{t}", p.name, k.kind()),
+                        None => outln!(
                             "; {} k{i} ({}): run by the runtime (GEMM library / copy)\n",
                             p.name,
                             k.kind()
@@ -86,7 +86,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
                         source,
                     }
                 })?;
-                print!("{}", w.to_text());
+                out!("{}", w.to_text());
             }
         }
     }

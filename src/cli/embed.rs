@@ -46,20 +46,20 @@ pub fn run(a: Args) -> Result<(), CliError> {
         .map(|x| vecs.iter().map(|y| cos(x, y)).collect())
         .collect();
     match a.format {
-        Format::Json => println!(
+        Format::Json => outln!(
             "{}",
             serde_json::json!({ "sentences": a.sentences, "embeddings": vecs, "cosine": sims })
         ),
         Format::Text => {
             for (s, v) in a.sentences.iter().zip(&vecs) {
                 let head: Vec<String> = v.iter().take(5).map(|x| format!("{x:+.4}")).collect();
-                println!("[{} dims] {} …  {s}", v.len(), head.join(" "));
+                outln!("[{} dims] {} …  {s}", v.len(), head.join(" "));
             }
             if vecs.len() > 1 {
-                println!("cosine similarity:");
+                outln!("cosine similarity:");
                 for (i, row) in sims.iter().enumerate() {
                     let r: Vec<String> = row.iter().map(|c| format!("{c:.4}")).collect();
-                    println!("  [{i}] {}", r.join(" "));
+                    outln!("  [{i}] {}", r.join(" "));
                 }
             }
         }

@@ -88,7 +88,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
     };
     let mut stdout = std::io::stdout();
     let mut decoder = tok.map(StreamDecoder::new);
-    let mut stream_err = None;
+    let mut stream_err: Option<CliError> = None;
     let streaming = a.format == Format::Text;
     let ids = session.generate(&feed, &opts, &mut |id| {
         if !streaming {
@@ -98,29 +98,32 @@ pub fn run(a: Args) -> Result<(), CliError> {
             Some(d) => match d.push(id as u32) {
                 Ok(p) => p,
                 Err(e) => {
-                    stream_err = Some(e.to_string());
+                    stream_err = Some(e.into());
                     return false;
                 }
             },
             None => Some(format!("{id} ")),
         };
-        if let Some(p) = piece {
-            let _ = stdout.write_all(p.as_bytes());
-            let _ = stdout.flush();
+        if let Some(p) = piece
+            && let Err(e) = stdout.write_all(p.as_bytes()).and_then(|()| stdout.flush())
+        {
+            // A full disk or a closed reader: stop generating, report it.
+            stream_err = Some(super::stdout_error(e));
+            return false;
         }
         true
     })?;
     if let Some(e) = stream_err {
-        return Err(e.into());
+        return Err(e);
     }
     match a.format {
-        Format::Text => println!(),
+        Format::Text => outln!(),
         Format::Json => {
             let text = match tok {
                 Some(t) => Some(t.decode(&ids.iter().map(|&i| i as u32).collect::<Vec<_>>())?),
                 None => None,
             };
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({ "prompt_tokens": prompt, "tokens": ids, "text": text })
             );

@@ -59,7 +59,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let text = import_path(&a.config, &opts)?.to_toml();
     match &a.output {
         None => {
-            print!("{text}");
+            out!("{text}");
             Ok(())
         }
         Some(out) => write_atomically(out, text.as_bytes()).map_err(|source| CliError::Write {

@@ -1,5 +1,27 @@
 //! Subcommands. Each one loads a spec, lowers it and reports; errors come back
-//! as rendered text so `main` prints them once and exits non-zero.
+//! as a [`CliError`] that `main` prints once before exiting non-zero. Output
+//! goes through [`out!`] / [`outln!`], so a failed write (a full disk, a
+//! closed stdout) is an error too, never a panic or a silent loss.
+
+/// `print!` to stdout, returning a [`CliError::Write`] from the enclosing
+/// function when the write fails.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))?
+    };
+}
+
+/// `println!` to stdout, returning a [`CliError::Write`] from the enclosing
+/// function when the write fails.
+macro_rules! outln {
+    () => {
+        $crate::cli::write_stdout(format_args!("\n"))?
+    };
+    ($($arg:tt)*) => {{
+        $crate::cli::write_stdout(format_args!($($arg)*))?;
+        $crate::cli::write_stdout(format_args!("\n"))?
+    }};
+}
 
 mod bench;
 mod check;
@@ -54,7 +76,8 @@ pub enum Format {
 }
 
 pub fn dispatch(cli: Cli) -> Result<(), CliError> {
-    match cli.command {
+    stdout_is_open()?;
+    let done = match cli.command {
         Command::Check(a) => check::run(a),
         Command::Compile(a) => compile::run(a),
         Command::Run(a) => run::run(a),
@@ -62,7 +85,67 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Generate(a) => generate::run(a),
         Command::Embed(a) => embed::run(a),
         Command::Bench(a) => bench::run(a),
+    };
+    done?;
+    // Line-buffered output still held is written (and its error seen) here.
+    std::io::Write::flush(&mut std::io::stdout()).map_err(stdout_error)
+}
+
+/// Write to stdout, as [`out!`] does.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) -> Result<(), CliError> {
+    std::io::Write::write_fmt(&mut std::io::stdout().lock(), args).map_err(stdout_error)
+}
+
+/// A failed write to stdout.
+pub fn stdout_error(source: std::io::Error) -> CliError {
+    CliError::Write {
+        path: "<stdout>".into(),
+        message: "cannot write the output",
+        source,
     }
+}
+
+/// A command started with its standard output closed (`kiln … >&-`) would
+/// lose everything it prints: Rust's runtime reopens a closed descriptor 1
+/// on `/dev/null` (read-write) before `main`, so writes quietly succeed.
+/// That descriptor is refused up front; `> /dev/null` (write-only, the
+/// shell's) is a choice and is left alone.
+fn stdout_is_open() -> Result<(), CliError> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::BorrowedFd;
+        use std::os::unix::fs::MetadataExt;
+        const F_GETFL: i32 = 3;
+        const O_ACCMODE: i32 = 3;
+        const O_RDWR: i32 = 2;
+        unsafe extern "C" {
+            fn fcntl(fd: i32, cmd: i32, ...) -> i32;
+        }
+        // SAFETY: F_GETFL only reads the descriptor's status flags.
+        let flags = unsafe { fcntl(1, F_GETFL) };
+        if flags < 0 {
+            return Err(stdout_error(std::io::Error::last_os_error()));
+        }
+        // SAFETY: descriptor 1 stays open for the whole process.
+        let fd = unsafe { BorrowedFd::borrow_raw(1) };
+        let null = std::fs::metadata("/dev/null").map(|m| m.rdev()).ok();
+        let ours = fd
+            .try_clone_to_owned()
+            .map(std::fs::File::from)
+            .and_then(|f| f.metadata())
+            .map(|m| m.rdev())
+            .ok();
+        if flags & O_ACCMODE == O_RDWR && null.is_some() && ours == null {
+            return Err(CliError::Write {
+                path: "<stdout>".into(),
+                message: "cannot write the output",
+                source: std::io::Error::other(
+                    "standard output is closed (kiln was started with `>&-`); redirect it to a file or `> /dev/null`",
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Load and lower a spec (a `.toml` file, a HF model folder or a `.gguf`

@@ -62,8 +62,8 @@ pub fn run(a: Args) -> Result<(), CliError> {
         };
         let toks = session.generate_greedy(prompt, n, None)?;
         match a.format {
-            Format::Json => println!("{}", serde_json::json!({ "tokens": toks })),
-            Format::Text => println!(
+            Format::Json => outln!("{}", serde_json::json!({ "tokens": toks })),
+            Format::Text => outln!(
                 "{}",
                 toks.iter()
                     .map(i32::to_string)
@@ -89,12 +89,12 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let t = &out[key];
     let rows = rows(t);
     match a.format {
-        Format::Json => println!("{}", serde_json::json!({ key: rows })),
+        Format::Json => outln!("{}", serde_json::json!({ key: rows })),
         Format::Text => {
-            println!("{key}: shape {:?}", t.shape());
+            outln!("{key}: shape {:?}", t.shape());
             for (i, r) in rows.iter().enumerate() {
                 let head: Vec<String> = r.iter().take(6).map(|x| format!("{x:+.5}")).collect();
-                println!("  [{i}] argmax {:>6}  {} …", argmax(r), head.join(" "));
+                outln!("  [{i}] argmax {:>6}  {} …", argmax(r), head.join(" "));
             }
         }
     }
