@@ -535,3 +535,50 @@ fn parallel_decoder_blocks_keep_cross_attention() {
         );
     }
 }
+
+/// A sliding window in an encoder is two-sided (docs/spec.md): query `i`
+/// sees keys `j` with `|i - j| < window`. With a window of 2 and 2 layers a
+/// position's output depends on exactly its neighbours up to 2 away, on
+/// both sides.
+#[test]
+fn encoder_sliding_windows_are_two_sided() {
+    use kiln_compiler::lower::lower;
+    use kiln_runtime::session::Model;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+    let toml = "extends = \"bert-base-uncased.toml\"\nname = \"bert-local\"\nlayers = 2\n[attention]\nsliding_window = 2\n";
+    let rs = spec::load_str(toml, &dir.join("bert-local.toml"))
+        .unwrap_or_else(|e| panic!("{}", e.render()));
+    let model = Model::random(lower(&rs).unwrap(), 4).unwrap();
+    let base = [11, 12, 13, 14, 15, 16, 17];
+    let hidden = |tokens: &[i32]| model.encode(tokens).unwrap()["hidden"].to_f32_vec();
+    let d = rs.spec.d_model;
+    let want = hidden(&base);
+    // Which positions' outputs move when token `j` changes.
+    let moved = |j: usize| -> Vec<usize> {
+        let mut t = base;
+        t[j] = 40;
+        let got = hidden(&t);
+        (0..base.len())
+            .filter(|&i| {
+                let a = &want[i * d..(i + 1) * d];
+                let b = &got[i * d..(i + 1) * d];
+                a.iter().zip(b).any(|(x, y)| (x - y).abs() > 1e-6)
+            })
+            .collect()
+    };
+    assert_eq!(moved(0), [0, 1, 2]);
+    assert_eq!(moved(3), [1, 2, 3, 4, 5]);
+    assert_eq!(moved(6), [4, 5, 6]);
+    // The fused kernels (the attention kernel's window mask) agree.
+    for name in ["jit", "kernel-ir"] {
+        let compiled = Model::random(lower(&rs).unwrap(), 4)
+            .unwrap()
+            .compile_named(name)
+            .unwrap();
+        let got = compiled.encode(&base).unwrap()["hidden"].to_f32_vec();
+        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+        for (x, y) in want.iter().zip(&got) {
+            assert!((x - y).abs() <= 1e-4 * scale, "{name}: {x} vs {y}");
+        }
+    }
+}

@@ -148,20 +148,28 @@ pub fn stack(
             Some(&m) => m,
             None => {
                 let m = b.scoped(join(kind.prefix, "mask"), |b| -> R {
-                    let Some(c) = causal_mask else {
-                        return Ok(pad_mask);
-                    };
-                    let c = match a.sliding_window {
-                        Some(w) => {
+                    match (causal_mask, a.sliding_window) {
+                        (None, None) => Ok(pad_mask),
+                        (Some(c), None) => b.binary(BinaryOp::And, pad_mask, c),
+                        // Causal: the window looks back, q - k < w.
+                        (Some(c), Some(w)) => {
                             let (qp, kp) = qk_positions(b, q_pos, &keys)?;
                             let wc = b.scalar_i32(w as i32)?;
                             let lo = b.add2(kp, wc)?;
                             let inside = b.binary(BinaryOp::Lt, qp, lo)?; // q - k < w
-                            b.binary(BinaryOp::And, c, inside)?
+                            let c = b.binary(BinaryOp::And, c, inside)?;
+                            b.binary(BinaryOp::And, pad_mask, c)
                         }
-                        None => c,
-                    };
-                    b.binary(BinaryOp::And, pad_mask, c)
+                        // Bidirectional (encoders): both ways, |q - k| < w.
+                        (None, Some(w)) => {
+                            let (qp, kp) = qk_positions(b, q_pos, &keys)?;
+                            let rel = b.sub(kp, qp)?;
+                            let dist = b.unary(UnaryOp::Abs, rel)?;
+                            let wc = b.scalar_i32(w as i32)?;
+                            let inside = b.binary(BinaryOp::Lt, dist, wc)?;
+                            b.binary(BinaryOp::And, pad_mask, inside)
+                        }
+                    }
                 })?;
                 memo.insert(mask_key, m);
                 m
