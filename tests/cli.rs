@@ -526,3 +526,56 @@ fn output_faults_are_errors_not_panics() {
         );
     }
 }
+
+/// Lengths a model cannot take are errors naming the flag and what fits,
+/// never a silently shorter measurement or an empty result.
+#[test]
+fn lengths_beyond_the_model_are_refused_not_clamped() {
+    let gpt2 = "models/tiny/gpt2.toml"; // max_positions = 64
+    fails_with(
+        &["bench", gpt2, "--seq-len", "100", "--iters", "1"],
+        &["--seq-len 100: the model takes 1 to 64 tokens"],
+    );
+    fails_with(
+        &["bench", gpt2, "--seq-len", "0", "--iters", "1"],
+        &["--seq-len 0: the model takes 1 to 64 tokens"],
+    );
+    fails_with(
+        &["bench", gpt2, "--seq-len", "16", "--decode-tokens", "1000"],
+        &[
+            "--decode-tokens 1000 after 16 prefill token(s) exceeds max_positions = 64: use at most 48",
+        ],
+    );
+    fails_with(
+        &["check", gpt2, "--seq-len", "0"],
+        &["--seq-len 0: the model takes 1 to 64 tokens"],
+    );
+    fails_with(
+        &["check", gpt2, "--seq-len", "100000"],
+        &["--seq-len 100000: the model takes 1 to 64 tokens"],
+    );
+    let long: Vec<String> = (0..65).map(|i| (i % 50).to_string()).collect();
+    let long = long.join(",");
+    fails_with(
+        &["generate", gpt2, "--tokens", &long, "--max-tokens", "3"],
+        &["the prompt has 65 token(s), more than the model's max_positions = 64"],
+    );
+    fails_with(
+        &["run", gpt2, "--tokens", &long, "--generate", "3"],
+        &["max_positions = 64"],
+    );
+    // Unasked lengths fit the model and are reported.
+    let v = json(&[
+        "bench",
+        gpt2,
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--no-machine",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(v["seq_len"], 32, "{v}");
+    assert_eq!(v["decode_tokens"], 32, "{v}");
+}

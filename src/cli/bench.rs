@@ -19,12 +19,16 @@ use std::time::{Duration, Instant};
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    /// Tokens per encode / prefill (batch 1).
-    #[arg(long, default_value_t = 128)]
-    seq_len: usize,
-    /// Tokens generated one at a time after a prefill, for decode throughput.
-    #[arg(long, default_value_t = 64)]
-    decode_tokens: usize,
+    /// Tokens per encode / prefill (batch 1). Default: 128, or what the
+    /// model's max_positions leaves room for (reported as `seq_len`); a
+    /// value the model cannot take is an error.
+    #[arg(long)]
+    seq_len: Option<usize>,
+    /// Tokens generated one at a time after a prefill, for decode
+    /// throughput. Default: 64, or what is left of max_positions (reported
+    /// as `decode_tokens`); more than fits is an error.
+    #[arg(long)]
+    decode_tokens: Option<usize>,
     /// Timed repetitions (the median and the best are reported).
     #[arg(long, default_value_t = 10)]
     iters: usize,
@@ -157,10 +161,43 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let compile_time = lower_time + jit_time;
     let rs = &loaded.spec;
     let vocab = rs.spec.vocab_size;
-    let n = a
-        .seq_len
-        .min(rs.spec.max_positions.saturating_sub(2))
-        .max(1);
+    // Measure what was asked or say why not: never a silently shorter run.
+    // Unasked lengths default to what the model has room for.
+    let max = rs.spec.max_positions;
+    let enc_dec = rs.spec.architecture == Architecture::EncoderDecoder;
+    let decodes = rs.spec.architecture != Architecture::Encoder;
+    let n = match a.seq_len {
+        Some(n) if n == 0 || n > max => {
+            return Err(CliError::Usage(format!(
+                "--seq-len {n}: the model takes 1 to {max} tokens (max_positions = {max})"
+            )));
+        }
+        Some(n) => n,
+        // Decoders keep room for the decode steps.
+        None if decodes && !enc_dec => {
+            let room = a.decode_tokens.unwrap_or(64.min(max / 2));
+            128.min(max.saturating_sub(room)).max(1)
+        }
+        None => 128.min(max),
+    };
+    // The decoder's prefill: the prompt, or one start token after an
+    // encoder's source; every decode step after it must fit too.
+    let start = if enc_dec { 1 } else { n };
+    let decode_tokens = match a.decode_tokens {
+        Some(t) if decodes && start + t > max => {
+            return Err(CliError::Usage(format!(
+                "--decode-tokens {t} after {start} prefill token(s) exceeds max_positions = {max}: use at most {}{}",
+                max - start,
+                if enc_dec {
+                    ""
+                } else {
+                    " or a shorter --seq-len"
+                }
+            )));
+        }
+        Some(t) => t,
+        None => 64.min(max.saturating_sub(start)),
+    };
     let prompt: Vec<i32> = (0..n).map(|i| ((i * 7919 + 13) % vocab) as i32).collect();
     let mut out = json!({
         "model": rs.spec.name,
@@ -197,7 +234,6 @@ pub fn run(a: Args) -> Result<(), CliError> {
             model.disable_profiling(part);
         }
         Architecture::Decoder | Architecture::EncoderDecoder => {
-            let enc_dec = rs.spec.architecture == Architecture::EncoderDecoder;
             let start: Vec<i32> = if enc_dec { vec![0] } else { prompt.clone() };
             let new_session = || -> Result<kiln_runtime::session::Session<'_>, CliError> {
                 let mut s = model.session();
@@ -221,9 +257,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
             }
             add_profile(&model, part, &mut out, "");
             model.disable_profiling(part);
-            let steps = a
-                .decode_tokens
-                .min(rs.spec.max_positions.saturating_sub(start.len() + 1));
+            let steps = decode_tokens;
             // Decode runs: the first `profiled_runs` timed, then one profiled
             // (its steps alone: profiling starts after its prefill).
             let mut rates = Vec::new();

@@ -6,9 +6,11 @@ use kiln_compiler::analysis::cost::{Cost, cost};
 pub struct Args {
     #[command(flatten)]
     spec: SpecArg,
-    /// Sequence length at which FLOPs per token and peak activation memory are counted.
-    #[arg(long, default_value_t = 128)]
-    seq_len: usize,
+    /// Sequence length at which FLOPs per token and peak activation memory
+    /// are counted (default: 128, or max_positions if shorter; more than
+    /// the model takes is an error).
+    #[arg(long)]
+    seq_len: Option<usize>,
     /// Batch size for the peak activation memory.
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -22,8 +24,18 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<(), CliError> {
     let (rs, mut lowered) = load(&a.spec.spec)?;
-    let c = cost(&rs, &lowered, a.seq_len);
-    let peak = peak_activation_bytes(&mut lowered, a.batch, a.seq_len)?;
+    let max = rs.spec.max_positions;
+    let seq_len = a.seq_len.unwrap_or(128.min(max));
+    if seq_len == 0 || seq_len > max {
+        return Err(CliError::Usage(format!(
+            "--seq-len {seq_len}: the model takes 1 to {max} tokens (max_positions = {max})"
+        )));
+    }
+    if a.batch == 0 {
+        return Err(CliError::Usage("--batch must be at least 1".into()));
+    }
+    let c = cost(&rs, &lowered, seq_len);
+    let peak = peak_activation_bytes(&mut lowered, a.batch, seq_len)?;
     let preflight = match &a.weights {
         Some(w) => {
             let graphs: Vec<_> = lowered.graphs().collect();
@@ -58,10 +70,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
             out!("{}", table(&c));
             outln!(
                 "{:<38} {:>24}",
-                format!(
-                    "peak activations+outputs (b {}, seq {})",
-                    a.batch, a.seq_len
-                ),
+                format!("peak activations+outputs (b {}, seq {})", a.batch, seq_len),
                 bytes(peak)
             );
             if let Some(p) = &preflight {

@@ -318,6 +318,20 @@ impl<'m> Session<'m> {
         let mut done = vec![false; prompts.len()];
         let mut feed: Vec<Vec<i32>> = prompts.iter().map(|p| p.to_vec()).collect();
         let width = |f: &[Vec<i32>]| f.iter().map(Vec::len).max().unwrap_or(0);
+        let max = self.model.lowered.max_positions;
+        if opts.max_new_tokens > 0 && self.past + width(&feed) > max {
+            // Not one token could be generated: say so instead of an empty result.
+            return Err(RuntimeError::Limit(format!(
+                "the prompt has {} token(s){}, more than the model's max_positions = {max}; shorten it to at most {}",
+                width(&feed),
+                if self.past > 0 {
+                    format!(" after {} cached", self.past)
+                } else {
+                    String::new()
+                },
+                max.saturating_sub(self.past)
+            )));
+        }
         for _ in 0..opts.max_new_tokens {
             if done.iter().all(|d| *d)
                 || self.past + width(&feed) > self.model.lowered.max_positions
