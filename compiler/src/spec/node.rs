@@ -65,7 +65,7 @@ impl Node {
             }
             Located::new(Some(Loc { file, span }), message, syntax_help(e.message()))
         })?;
-        let mut root = from_table(doc.get_ref(), file)?;
+        let mut root = from_table(doc.get_ref(), file, "")?;
         root.loc = Some(Loc { file, span: 0..0 });
         Ok(root)
     }
@@ -178,7 +178,9 @@ pub(crate) fn merge(base: &mut Node, derived: Node) {
     }
 }
 
-fn from_table(t: &DeTable<'_>, file: usize) -> Result<Node, Located> {
+/// `prefix` is the dotted key path of the table (empty at the top), so a
+/// value error can name its key.
+fn from_table(t: &DeTable<'_>, file: usize, prefix: &str) -> Result<Node, Located> {
     let mut entries: Vec<(&Spanned<std::borrow::Cow<'_, str>>, &Spanned<DeValue<'_>>)> =
         t.iter().collect();
     entries.sort_by_key(|(k, _)| k.span().start);
@@ -188,10 +190,16 @@ fn from_table(t: &DeTable<'_>, file: usize) -> Result<Node, Located> {
             file,
             span: k.span(),
         });
+        let key = k.get_ref().to_string();
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
         out.push(Entry {
-            key: k.get_ref().to_string(),
+            value: from_value(v, file, &path)?,
+            key,
             key_loc,
-            value: from_value(v, file)?,
         });
     }
     Ok(Node {
@@ -200,7 +208,7 @@ fn from_table(t: &DeTable<'_>, file: usize) -> Result<Node, Located> {
     })
 }
 
-fn from_value(v: &Spanned<DeValue<'_>>, file: usize) -> Result<Node, Located> {
+fn from_value(v: &Spanned<DeValue<'_>>, file: usize, path: &str) -> Result<Node, Located> {
     let loc = Some(Loc {
         file,
         span: v.span(),
@@ -214,7 +222,7 @@ fn from_value(v: &Spanned<DeValue<'_>>, file: usize) -> Result<Node, Located> {
                 Err(_) => {
                     return Err(Located::new(
                         loc,
-                        format!("integer `{i}` is out of range"),
+                        format!("integer `{i}` for `{path}` is out of range"),
                         Some("integers must fit in 64 bits".into()),
                     ));
                 }
@@ -229,7 +237,7 @@ fn from_value(v: &Spanned<DeValue<'_>>, file: usize) -> Result<Node, Located> {
                 _ => {
                     return Err(Located::new(
                         loc,
-                        format!("float `{text}` is out of range"),
+                        format!("float `{text}` for `{path}` is out of range"),
                         Some("floats must fit in 64 bits".into()),
                     ));
                 }
@@ -239,13 +247,13 @@ fn from_value(v: &Spanned<DeValue<'_>>, file: usize) -> Result<Node, Located> {
         DeValue::Datetime(d) => Kind::Datetime(d.to_string()),
         DeValue::Array(a) => Kind::Array(
             a.iter()
-                .map(|e| from_value(e, file))
+                .map(|e| from_value(e, file, path))
                 .collect::<Result<_, _>>()?,
         ),
         DeValue::Table(t) => {
             return Ok(Node {
                 loc,
-                ..from_table(t, file)?
+                ..from_table(t, file, path)?
             });
         }
     };

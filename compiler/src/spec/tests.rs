@@ -630,3 +630,27 @@ fn parameter_counts_beyond_what_kiln_supports_are_errors() {
     // A large real model is far below the limit.
     assert!(load_shipped("mixtral-8x7b").is_ok());
 }
+
+#[test]
+fn out_of_range_numbers_name_their_key() {
+    let e = err_of("extends = \"gpt2\"\nlayers = 99999999999999999999\n");
+    assert_eq!(
+        e.message,
+        "integer `99999999999999999999` for `layers` is out of range"
+    );
+    assert_eq!((e.line, e.column), (Some(2), Some(10)));
+    let e = err_of("extends = \"gpt2\"\n[attention]\nsoftcap = 1e400\n");
+    assert_eq!(
+        e.message,
+        "float `1e400` for `attention.softcap` is out of range"
+    );
+    let e = err_of(
+        "extends = \"gpt2\"\n[[layer]]\nselect = 0\nattention.sliding_window = 99999999999999999999\n",
+    );
+    assert!(
+        e.message
+            .contains("for `layer.attention.sliding_window` is out of range"),
+        "{}",
+        e.message
+    );
+}

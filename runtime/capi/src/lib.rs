@@ -237,19 +237,41 @@ unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str, Failure> {
         .map_err(|_| Failure::invalid(format!("{what} is not valid UTF-8")))
 }
 
+/// The most ids `kiln_detokenize` reads in one call.
+const DETOKENIZE_LIMIT: usize = 1 << 24;
+
+/// What bounds a token count: the model's context, or a call's own limit.
+#[derive(Clone, Copy)]
+enum TokenLimit {
+    /// The model's `max_positions`.
+    Positions(usize),
+    /// `kiln_detokenize`'s limit per call.
+    Detokenize,
+    /// No bound (stop-token lists are not positions).
+    None,
+}
+
 /// `n` token ids at `p`, after checking `n` against `limit` (so a bad length
 /// is an error before any memory is touched).
-unsafe fn tokens<'a>(p: *const i32, n: usize, limit: usize) -> Result<&'a [i32], Failure> {
+unsafe fn tokens<'a>(p: *const i32, n: usize, limit: TokenLimit) -> Result<&'a [i32], Failure> {
     if n == 0 {
         return Err(Failure::invalid("give at least one token"));
     }
     if p.is_null() {
         return Err(Failure::invalid("tokens is NULL"));
     }
-    if n > limit {
-        return Err(Failure::error(format!(
-            "{n} tokens exceed the model's max_positions = {limit}"
-        )));
+    match limit {
+        TokenLimit::Positions(max) if n > max => {
+            return Err(Failure::error(format!(
+                "{n} tokens exceed the model's max_positions = {max}"
+            )));
+        }
+        TokenLimit::Detokenize if n > DETOKENIZE_LIMIT => {
+            return Err(Failure::error(format!(
+                "{n} ids exceed kiln_detokenize's limit of {DETOKENIZE_LIMIT} per call; detokenize in pieces"
+            )));
+        }
+        _ => {}
     }
     // SAFETY: non-null, n bounded by the model's limit; the caller promises n readable ids.
     Ok(unsafe { std::slice::from_raw_parts(p, n) })
@@ -497,7 +519,7 @@ pub unsafe extern "C" fn kiln_detokenize(
         let ids = if n == 0 {
             &[][..]
         } else {
-            unsafe { tokens(ids, n, 1 << 24)? }
+            unsafe { tokens(ids, n, TokenLimit::Detokenize)? }
         };
         let mut u = Vec::with_capacity(ids.len());
         for &t in ids {
@@ -534,7 +556,13 @@ pub unsafe extern "C" fn kiln_model_embed(
 ) -> KilnStatus {
     status(|| {
         let m = unsafe { model_ref(model)? };
-        let ids = unsafe { self::tokens(tokens, n, m.loaded.spec.spec.max_positions)? };
+        let ids = unsafe {
+            self::tokens(
+                tokens,
+                n,
+                TokenLimit::Positions(m.loaded.spec.spec.max_positions),
+            )?
+        };
         let v = embed(&m.loaded, ids, out, cap, out_len)?;
         unsafe { write_out(&v, out, cap, out_len) }
     })
@@ -642,7 +670,13 @@ pub unsafe extern "C" fn kiln_session_set_source(
 ) -> KilnStatus {
     status(|| {
         let s = unsafe { session_mut(session)? };
-        let ids = unsafe { self::tokens(tokens, n, s.model.spec.spec.max_positions)? };
+        let ids = unsafe {
+            self::tokens(
+                tokens,
+                n,
+                TokenLimit::Positions(s.model.spec.spec.max_positions),
+            )?
+        };
         s.session.set_source(ids).map_err(Failure::error)
     })
 }
@@ -682,7 +716,7 @@ pub unsafe extern "C" fn kiln_session_forward(
         }
         let needed = n.saturating_mul(spec.vocab_size);
         unsafe { set_len(out_len, needed) };
-        let ids = unsafe { self::tokens(tokens, n, spec.max_positions)? };
+        let ids = unsafe { self::tokens(tokens, n, TokenLimit::Positions(spec.max_positions))? };
         check_capacity(needed, logits, cap)?;
         let o = s.session.forward(ids).map_err(Failure::error)?;
         let t = o
@@ -746,7 +780,7 @@ pub unsafe extern "C" fn kiln_session_generate(
     status(|| {
         let s = unsafe { session_mut(session)? };
         let max = s.model.spec.spec.max_positions;
-        let prompt = unsafe { tokens(prompt, n, max)? };
+        let prompt = unsafe { tokens(prompt, n, TokenLimit::Positions(max))? };
         // SAFETY: NULL or a valid options struct.
         let o = unsafe { opts.as_ref() }
             .copied()
@@ -769,7 +803,7 @@ pub unsafe extern "C" fn kiln_session_generate(
             if o.n_stop_tokens > 1 << 20 {
                 return Err(Failure::invalid(format!("{} stop tokens", o.n_stop_tokens)));
             }
-            unsafe { tokens(o.stop_tokens, o.n_stop_tokens, usize::MAX)? }.to_vec()
+            unsafe { tokens(o.stop_tokens, o.n_stop_tokens, TokenLimit::None)? }.to_vec()
         };
         if !out.is_null() && cap < o.max_new_tokens {
             unsafe { set_len(out_len, o.max_new_tokens) };

@@ -435,6 +435,19 @@ fn text_functions_with_minilm() {
             kiln_detokenize(m, bad.as_ptr(), 1, &mut s),
             KilnStatus::Error
         );
+        // Too many ids for one call: refused before the ids are read, and
+        // the message names the call's limit, not the model's context.
+        assert_eq!(
+            kiln_detokenize(m, bad.as_ptr(), (1 << 24) + 1, &mut s),
+            KilnStatus::Error
+        );
+        let msg = std::ffi::CStr::from_ptr(kiln_last_error())
+            .to_str()
+            .unwrap();
+        assert!(
+            msg.contains("kiln_detokenize's limit of 16777216") && !msg.contains("max_positions"),
+            "{msg}"
+        );
         kiln_model_free(m);
     }
 }

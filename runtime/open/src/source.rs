@@ -221,7 +221,11 @@ fn with_gguf(rs: ResolvedSpec, file: &GgufFile) -> Result<LoadedModel, OpenError
     let lowered = lower(&rs).map_err(|e| internal(path, e))?;
     let weights = file.weights()?;
     for g in lowered.graphs() {
-        weights.check(g)?;
+        // The mismatch names the file the tensors came from.
+        weights.check(g).map_err(|e| OpenError::Source {
+            path: path.to_path_buf(),
+            message: format!("the file's tensors do not fit the spec: {e}"),
+        })?;
     }
     let tokenizer = Some(file.tokenizer()?.into_tokenizer());
     Ok(LoadedModel {

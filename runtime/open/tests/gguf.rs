@@ -859,6 +859,44 @@ fn qwen2_biases_tied_head_no_permutation() {
     assert!(loaded.get("layers.1.attn.q.bias").is_some());
 }
 
+/// Sizes everything else derives from are checked first, so the error
+/// names the key at fault (a head count of 0 used to blame
+/// `rope.dimension_count`).
+#[test]
+fn zero_and_indivisible_sizes_name_their_key() {
+    let (g, _, _) = model_file("llama", TINY_LLAMA, true);
+    let with = |key: &str, v: u32| {
+        let mut b = Gguf {
+            kv: g.kv.clone(),
+            tensors: g.tensors.clone(),
+            ..Gguf::new()
+        };
+        for (k, val) in b.kv.iter_mut() {
+            if k == key {
+                *val = W::U32(v);
+            }
+        }
+        b.parse().unwrap().spec().unwrap_err().to_string()
+    };
+    for key in [
+        "llama.attention.head_count",
+        "llama.attention.head_count_kv",
+        "llama.block_count",
+        "llama.embedding_length",
+    ] {
+        let e = with(key, 0);
+        assert_eq!(
+            e,
+            format!("test.gguf: metadata `{key}` is 0; a model needs at least one"),
+        );
+    }
+    let e = with("llama.attention.head_count_kv", 3);
+    assert_eq!(
+        e,
+        "test.gguf: metadata `llama.attention.head_count_kv` = 3 does not divide `llama.attention.head_count` = 4"
+    );
+}
+
 #[test]
 fn model_errors_are_clear() {
     let (g, _, _) = model_file("llama", TINY_LLAMA, true);
@@ -928,7 +966,12 @@ fn model_errors_are_clear() {
         "{e}"
     );
     let e = f5.spec().unwrap_err().to_string();
-    assert!(e.contains("does not resolve"), "{e}");
+    assert!(
+        e.contains(
+            "`llama.attention.head_count_kv` = 2 does not divide `llama.attention.head_count` = 3"
+        ),
+        "{e}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1096,4 +1139,30 @@ fn tokenizer_errors() {
         e.contains("`tokenizer.ggml.tokens` must be an array of strings, found u32"),
         "{e}"
     );
+}
+
+/// A spec given GGUF weights that do not fit it: the error names the file
+/// and lists what does not fit.
+#[test]
+fn a_gguf_that_does_not_fit_the_spec_names_the_file() {
+    use kiln_open::source::{OpenOptions, open};
+    let (g, _, _) = model_file("llama", TINY_LLAMA, true);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("weights.gguf");
+    std::fs::write(&file, g.bytes()).unwrap();
+    let spec = dir.path().join("wider.toml");
+    std::fs::write(&spec, TINY_LLAMA.replace("d_model = 16", "d_model = 32")).unwrap();
+    let opts = OpenOptions {
+        weights: Some(&file),
+        ..OpenOptions::default()
+    };
+    let e = open(&spec, opts).err().expect("a mismatch").to_string();
+    assert!(
+        e.starts_with(&format!(
+            "{}: the file's tensors do not fit the spec",
+            file.display()
+        )),
+        "{e}"
+    );
+    assert!(e.contains("embed.tokens"), "{e}");
 }

@@ -84,6 +84,25 @@ impl GgufFile {
         let kv_heads = self
             .arch_opt_usize("attention.head_count_kv")?
             .unwrap_or(heads);
+        // Sizes the rest is derived from are checked here, so an error names
+        // the key at fault rather than a consequence of it.
+        for (key, v) in [
+            ("embedding_length", d_model),
+            ("block_count", layers),
+            ("attention.head_count", heads),
+            ("attention.head_count_kv", kv_heads),
+        ] {
+            if v == 0 {
+                return Err(self.error(format!(
+                    "metadata `{arch}.{key}` is 0; a model needs at least one"
+                )));
+            }
+        }
+        if !heads.is_multiple_of(kv_heads) {
+            return Err(self.error(format!(
+                "metadata `{arch}.attention.head_count_kv` = {kv_heads} does not divide `{arch}.attention.head_count` = {heads}"
+            )));
+        }
         let head_dim = self.arch_opt_usize("attention.key_length")?;
         if let (Some(k), Some(v)) = (head_dim, self.arch_opt_usize("attention.value_length")?)
             && k != v
