@@ -669,7 +669,7 @@ fn too_many_layers() {
     check(
         &e,
         Some("num_hidden_layers"),
-        &["more than the 65536 blocks"],
+        &["more than the 4096 blocks"],
     );
     // Families without per-layer attention types leave the limit to the resolver.
     let e = err("gpt2.json", json!({"n_layer": 1u64 << 40}));

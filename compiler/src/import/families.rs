@@ -17,9 +17,6 @@ use crate::spec::*;
 // Shared pieces
 // ---------------------------------------------------------------------------
 
-/// The spec resolver's limit on blocks per stack.
-const MAX_LAYERS: usize = 1 << 16;
-
 /// HF activation name → kiln activation; anything else is an error naming `field`.
 pub(crate) fn activation(cfg: &Cfg, field: &str, name: &str) -> Result<Activation> {
     Ok(match name {

@@ -18,17 +18,30 @@ use crate::kernel::kinds;
 /// Rewrite every attention triple of `p`; returns how many were rewritten.
 /// Buffers left unused are removed (and the rest renumbered).
 pub(super) fn fuse_attention(p: &mut KernelProgram) -> usize {
+    // One forward pass, linear in the kernels: the use counts and writers
+    // are taken once (a match only retires its private temporaries, which
+    // nothing else reads), and matched producers are dropped at the end.
+    let (writes, reads) = uses(p);
+    let mut writer = vec![None; p.buffers.len()];
+    for (i, k) in p.kernels.iter().enumerate() {
+        writer[k.output()].get_or_insert(i);
+    }
+    let mut dead = vec![false; p.kernels.len()];
     let mut count = 0;
-    while let Some((i0, i1, i2, k)) = find(p) {
-        // The reads of the first two kernels move to the third's place:
-        // their operands are written before `i0` (buffers are written once
-        // before they are read), so nothing between changes them.
-        p.kernels[i2] = k;
-        p.kernels.remove(i1);
-        p.kernels.remove(i0);
-        count += 1;
+    for i2 in 0..p.kernels.len() {
+        if let Some((i0, i1, k)) = match_at(p, i2, &writes, &reads, &writer) {
+            // The reads of the first two kernels move to the third's place:
+            // their operands are written before `i0` (buffers are written
+            // once before they are read), so nothing between changes them.
+            p.kernels[i2] = k;
+            dead[i0] = true;
+            dead[i1] = true;
+            count += 1;
+        }
     }
     if count > 0 {
+        let mut keep = dead.iter().map(|d| !d);
+        p.kernels.retain(|_| keep.next().unwrap_or(true));
         remove_unused_temps(p);
     }
     count
@@ -135,13 +148,20 @@ fn is_softmax(stages: &[super::Stage], epilogue: &Body) -> bool {
         && epilogue.insts[*d] == (Inst::Reduced(1), crate::ir::DType::F32)
 }
 
-/// The first attention triple `(i0, i1, i2)` and its replacement.
-fn find(p: &KernelProgram) -> Option<(usize, usize, usize, Kernel)> {
-    let (writes, reads) = uses(p);
-    let writer = |b: BufId| p.kernels.iter().position(|k| k.output() == b);
+/// Whether kernel `i2` is the value product of an attention triple
+/// `(i0, i1, i2)`: the producers and the replacement kernel.
+fn match_at(
+    p: &KernelProgram,
+    i2: usize,
+    writes: &[usize],
+    reads: &[usize],
+    writers: &[Option<usize>],
+) -> Option<(usize, usize, Kernel)> {
+    let writer = |b: BufId| writers[b];
     let private =
         |b: BufId| p.buffers[b].kind == BufferKind::Temp && writes[b] == 1 && reads[b] == 1;
-    for (i2, k2) in p.kernels.iter().enumerate() {
+    {
+        let k2 = &p.kernels[i2];
         let Kernel::Gemm(kinds::Gemm {
             out,
             a: probs,
@@ -154,13 +174,13 @@ fn find(p: &KernelProgram) -> Option<(usize, usize, usize, Kernel)> {
             rows: None,
         }) = k2
         else {
-            continue;
+            return None;
         };
         let t2 = probs.buf;
         if !private(t2) {
-            continue;
+            return None;
         }
-        let Some(i1) = writer(t2) else { continue };
+        let Some(i1) = writer(t2) else { return None };
         let Kernel::RowReduce(kinds::RowReduce {
             out: rout,
             domain,
@@ -170,7 +190,7 @@ fn find(p: &KernelProgram) -> Option<(usize, usize, usize, Kernel)> {
             per_row: false,
         }) = &p.kernels[i1]
         else {
-            continue;
+            return None;
         };
         let expected: Vec<Dim> = batch.iter().chain([m, keys]).cloned().collect();
         if *domain != expected
@@ -178,7 +198,7 @@ fn find(p: &KernelProgram) -> Option<(usize, usize, usize, Kernel)> {
             || !same_on(probs, rout, domain)
             || !is_softmax(stages, epilogue)
         {
-            continue;
+            return None;
         }
         // The scores: a load of stage 0 from a private Gemm output.
         let Some((lt, t1, i0)) = loads.iter().enumerate().find_map(|(l, view)| {
@@ -189,7 +209,7 @@ fn find(p: &KernelProgram) -> Option<(usize, usize, usize, Kernel)> {
                 && whole(p, view, domain);
             scores.then_some((l, t1, i0))
         }) else {
-            continue;
+            return None;
         };
         let Kernel::Gemm(kinds::Gemm {
             out: sout,
@@ -203,16 +223,15 @@ fn find(p: &KernelProgram) -> Option<(usize, usize, usize, Kernel)> {
             rows: None,
         }) = &p.kernels[i0]
         else {
-            continue;
+            return None;
         };
         if b1 != batch || m1 != m || n1 != keys || !whole(p, sout, domain) || sout.buf != t1 {
-            continue;
+            return None;
         }
         let score = score_body(e1.as_ref(), &stages[0].body, loads, lt);
-        return Some((
+        Some((
             i0,
             i1,
-            i2,
             Kernel::Attention(kinds::Attention {
                 out: out.clone(),
                 q: q.clone(),
@@ -225,9 +244,8 @@ fn find(p: &KernelProgram) -> Option<(usize, usize, usize, Kernel)> {
                 dv: dv.clone(),
                 score,
             }),
-        ));
+        ))
     }
-    None
 }
 
 /// The score body: the Gemm epilogue (or the bare product), then stage 0's

@@ -11,81 +11,95 @@ use super::{BufferKind, Kernel, KernelProgram, Size, View, row_major};
 use crate::ir::Dim;
 use crate::kernel::kinds;
 
-/// Apply every write-through; returns how many copies were removed.
+/// Apply every write-through; returns how many copies were removed. One
+/// forward pass, linear in the kernels: use counts and writers are taken
+/// once and kept current (a kernel that takes over a copy's output becomes
+/// that buffer's writer, so chains of copies collapse too).
 pub(super) fn write_through(p: &mut KernelProgram) -> usize {
+    let mut writes = vec![0usize; p.buffers.len()];
+    let mut reads = vec![0usize; p.buffers.len()];
+    let mut writer = vec![None; p.buffers.len()];
+    for (i, k) in p.kernels.iter().enumerate() {
+        writes[k.output()] += 1;
+        writer[k.output()].get_or_insert(i);
+        for b in k.reads() {
+            reads[b] += 1;
+        }
+    }
+    let mut dead = vec![false; p.kernels.len()];
     let mut count = 0;
-    while let Some((ci, ki, out)) = find(p) {
+    for ci in 0..p.kernels.len() {
+        let Some((ki, out)) = match_copy(p, ci, &writes, &reads, &writer) else {
+            continue;
+        };
+        let target = out.buf;
         match &mut p.kernels[ki] {
             Kernel::Elementwise(kinds::Elementwise { out: o, .. })
             | Kernel::Attention(kinds::Attention { out: o, .. }) => *o = out,
-            _ => unreachable!("find returns only these kinds"),
+            // match_copy returns only these kinds.
+            _ => continue,
         }
-        p.kernels.remove(ci);
+        dead[ci] = true;
+        writer[target] = Some(ki);
         count += 1;
     }
     if count > 0 {
+        let mut keep = dead.iter().map(|d| !d);
+        p.kernels.retain(|_| keep.next().unwrap_or(true));
         remove_unused_temps(p);
     }
     count
 }
 
-/// A copy `ci` of a temporary written whole by kernel `ki`, and the view
-/// through which `ki` can write the copy's destination directly.
-fn find(p: &KernelProgram) -> Option<(usize, usize, View)> {
-    let mut writes = vec![0usize; p.buffers.len()];
-    let mut reads = vec![0usize; p.buffers.len()];
-    for k in &p.kernels {
-        writes[k.output()] += 1;
-        for b in k.reads() {
-            reads[b] += 1;
-        }
+/// Whether kernel `ci` is a copy of a temporary written whole by kernel
+/// `ki`: `ki` and the view through which it can write the copy's
+/// destination directly.
+fn match_copy(
+    p: &KernelProgram,
+    ci: usize,
+    writes: &[usize],
+    reads: &[usize],
+    writer: &[Option<usize>],
+) -> Option<(usize, View)> {
+    let Kernel::Copy(kinds::Copy { out, domain, src }) = &p.kernels[ci] else {
+        return None;
+    };
+    let t = src.buf;
+    if p.buffers[t].kind != BufferKind::Temp || writes[t] != 1 || reads[t] != 1 {
+        return None;
     }
-    for (ci, c) in p.kernels.iter().enumerate() {
-        let Kernel::Copy(kinds::Copy { out, domain, src }) = c else {
-            continue;
-        };
-        let t = src.buf;
-        if p.buffers[t].kind != BufferKind::Temp || writes[t] != 1 || reads[t] != 1 {
-            continue;
-        }
-        let Some(ki) = p.kernels.iter().position(|k| k.output() == t) else {
-            continue;
-        };
-        let kdomain: Vec<Dim> = match &p.kernels[ki] {
-            Kernel::Elementwise(kinds::Elementwise { domain, .. }) => domain.clone(),
-            Kernel::Attention(kinds::Attention {
-                batch, m, dv, out, ..
-            }) if out.buf == t => batch.iter().chain([m, dv]).cloned().collect(),
-            _ => continue,
-        };
-        let shape = &p.buffers[t].shape;
-        let rs = row_major(shape);
-        let kout = match &p.kernels[ki] {
-            Kernel::Elementwise(kinds::Elementwise { out, .. })
-            | Kernel::Attention(kinds::Attention { out, .. }) => out,
-            _ => unreachable!("matched above"),
-        };
-        let own = View {
-            buf: t,
-            offset: Size::zero(),
-            strides: rs.clone(),
-        };
-        if kdomain != *shape || !same_on(kout, &own, shape) {
-            continue;
-        }
-        if let Some(strides) = compose(shape, &rs, domain, src, &out.strides) {
-            return Some((
-                ci,
-                ki,
-                View {
-                    buf: out.buf,
-                    offset: out.offset.clone(),
-                    strides,
-                },
-            ));
-        }
+    let ki = writer[t]?;
+    let kdomain: Vec<Dim> = match &p.kernels[ki] {
+        Kernel::Elementwise(kinds::Elementwise { domain, .. }) => domain.clone(),
+        Kernel::Attention(kinds::Attention {
+            batch, m, dv, out, ..
+        }) if out.buf == t => batch.iter().chain([m, dv]).cloned().collect(),
+        _ => return None,
+    };
+    let shape = &p.buffers[t].shape;
+    let rs = row_major(shape);
+    let kout = match &p.kernels[ki] {
+        Kernel::Elementwise(kinds::Elementwise { out, .. })
+        | Kernel::Attention(kinds::Attention { out, .. }) => out,
+        _ => return None,
+    };
+    let own = View {
+        buf: t,
+        offset: Size::zero(),
+        strides: rs.clone(),
+    };
+    if kdomain != *shape || !same_on(kout, &own, shape) {
+        return None;
     }
-    None
+    let strides = compose(shape, &rs, domain, src, &out.strides)?;
+    Some((
+        ki,
+        View {
+            buf: out.buf,
+            offset: out.offset.clone(),
+            strides,
+        },
+    ))
 }
 
 /// Strides over the temporary's axes that land each element where the copy

@@ -18,7 +18,7 @@ mod validate;
 pub use error::{Snippet, SpecError};
 pub use schema::*;
 pub use source::{MAX_SPEC_BYTES, read_text_file, shipped_names, shipped_spec};
-pub use validate::{MAX_PARAMETERS, MAX_SIZE};
+pub use validate::{MAX_LAYERS, MAX_PARAMETERS, MAX_SIZE};
 
 use std::path::Path;
 

@@ -621,9 +621,9 @@ fn parameter_counts_beyond_what_kiln_supports_are_errors() {
         "{}",
         e.render()
     );
-    // 65536 layers of a 4096-wide model with a 2^24-wide MLP: also too many.
+    // 4096 layers of a 4096-wide model with a 2^24-wide MLP: also too many.
     let text = TINY
-        .replace("layers = 2", "layers = 65536")
+        .replace("layers = 2", "layers = 4096")
         .replace("d_model = 64", "d_model = 4096")
         .replace("d_ff = 256", "d_ff = 16777216");
     assert!(err_of(&text).message.contains("(2^48) kiln supports"));
