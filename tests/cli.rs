@@ -579,3 +579,58 @@ fn lengths_beyond_the_model_are_refused_not_clamped() {
     assert_eq!(v["seq_len"], 32, "{v}");
     assert_eq!(v["decode_tokens"], 32, "{v}");
 }
+
+/// A model whose weights exceed the memory budget is refused before
+/// anything is allocated, with the need and the budget; steps over what the
+/// weights leave are refused too.
+#[test]
+fn models_over_the_memory_budget_are_refused_up_front() {
+    let gpt2 = "models/tiny/gpt2.toml"; // 87552 parameters: 0.3 MiB of f32
+    fails_with(
+        &["run", gpt2, "--tokens", "1", "--memory-limit", "100K"],
+        &[
+            "the weights need 0.3 MiB (87552 parameters as f32), more than the memory budget of 0.1 MiB (--memory-limit)",
+        ],
+    );
+    // Weights fit in 400 KiB, 60 tokens of KV cache do not.
+    let ids: Vec<String> = (0..60).map(|i| (i % 50).to_string()).collect();
+    fails_with(
+        &[
+            "run",
+            gpt2,
+            "--tokens",
+            &ids.join(","),
+            "--memory-limit",
+            "400K",
+        ],
+        &["over the memory budget"],
+    );
+    let out = kiln(&["run", gpt2, "--tokens", "1,2", "--memory-limit", "400K"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Terabytes of weights against this machine's available memory.
+    if std::path::Path::new("/proc/meminfo").exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let huge = dir.path().join("huge.toml");
+        std::fs::write(
+            &huge,
+            "extends = \"llama-2-7b\"\nvocab_size = 16777216\nd_model = 16384\n[attention]\nheads = 128\n",
+        )
+        .unwrap();
+        fails_with(
+            &["run", huge.to_str().unwrap(), "--tokens", "1"],
+            &[
+                "the weights need",
+                "TiB",
+                "the memory available on this machine",
+            ],
+        );
+    }
+    fails_with(
+        &["run", gpt2, "--tokens", "1", "--memory-limit", "12Q"],
+        &["`12Q`: give bytes, or a number with K, M, G or T"],
+    );
+}

@@ -197,6 +197,38 @@ pub struct ModelArgs {
     /// about 1e-2 of f32; kept f32 where the adapter lacks it).
     #[arg(long, default_value = "f32")]
     pub precision: kiln_runtime::Precision,
+    /// Memory the model may hold (weights, then each step's KV cache and
+    /// activations), e.g. `8G`, `512M`, `1500000000`; more is refused up
+    /// front. Default: the memory available on this machine.
+    #[arg(long, value_parser = parse_bytes)]
+    pub memory_limit: Option<u64>,
+}
+
+/// `8G`, `512M`, `64K`, `1.5G` or plain bytes (binary units: K = 1024).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&t[..i], &t[i..]),
+        None => (t, ""),
+    };
+    let upper = unit.to_ascii_uppercase();
+    let scale: f64 = match upper.trim_end_matches("IB").trim_end_matches('B') {
+        "" => 1.0,
+        "K" => 1024.0,
+        "M" => 1024.0 * 1024.0,
+        "G" => 1024.0 * 1024.0 * 1024.0,
+        "T" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("`{s}`: give bytes, or a number with K, M, G or T")),
+    };
+    let n: f64 = (num.trim().parse())
+        .map_err(|_| format!("`{s}`: give bytes, or a number with K, M, G or T"))?;
+    let bytes = n * scale;
+    if !(bytes.is_finite() && (1.0..1.8e19).contains(&bytes)) {
+        return Err(format!(
+            "`{s}`: the limit must be at least one byte and below 16 EiB"
+        ));
+    }
+    Ok(bytes as u64)
 }
 
 /// Open a model, with a progress bar on stderr while a checkpoint loads.
@@ -226,6 +258,7 @@ pub fn open_model(m: &ModelArgs) -> Result<kiln_open::source::LoadedModel, CliEr
         backend: m.backend.0,
         compile: m.compile_options(),
         precision: m.precision,
+        memory_limit: m.memory_limit,
     };
     let loaded = kiln_open::source::open(source, opts).map_err(CliError::from);
     bar.finish_and_clear();

@@ -89,6 +89,24 @@ fn open_errors_are_messages_and_null() {
             "{e}"
         );
         assert!(e.contains("did you mean `layers`?"), "{e}");
+        // Weights beyond the machine's memory: the same up-front error as
+        // the Rust API and the CLI, never an allocation abort.
+        if std::path::Path::new("/proc/meminfo").exists() {
+            let huge = dir.join("huge.toml");
+            std::fs::write(
+                &huge,
+                "extends = \"llama-2-7b\"\nvocab_size = 16777216\nd_model = 16384\n[attention]\nheads = 128\n",
+            )
+            .unwrap();
+            let p = CString::new(huge.to_str().unwrap()).unwrap();
+            assert!(kiln_model_open(p.as_ptr(), null(), 0, KILN_BACKEND_JIT).is_null());
+            let e = last_error();
+            assert!(
+                e.contains("the weights need")
+                    && e.contains("the memory available on this machine"),
+                "{e}"
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
         // NULL handles are errors everywhere, and free functions ignore them.
         let mut i = KilnModelInfo::default();

@@ -9,7 +9,7 @@ use crate::gguf::{GgufError, GgufFile};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use kiln_compiler::compile::CompileOptions;
 use kiln_compiler::import::{ImportError, ImportOptions, import_path};
-use kiln_compiler::lower::lower;
+use kiln_compiler::lower::{Lowered, lower};
 use kiln_compiler::spec::{self, HeadKind, ResolvedSpec, SpecError};
 use kiln_runtime::backends::{Backend, Precision};
 use kiln_runtime::session::Model;
@@ -49,6 +49,24 @@ pub enum OpenError {
     /// Compiling or loading weights into the model failed.
     #[error("{0}")]
     Runtime(#[from] RuntimeError),
+    /// The model does not fit the memory budget: refused before anything
+    /// is allocated.
+    #[error(
+        "{}: the weights need {} ({} parameters as f32), more than the memory budget of {} ({}); use a smaller spec (models/tiny/ has test-sized ones), or raise the budget with --memory-limit",
+        path.display(), gib(*need), parameters, gib(*budget), origin
+    )]
+    Memory {
+        /// The model source.
+        path: PathBuf,
+        /// Bytes the weights need.
+        need: u64,
+        /// Their parameter count.
+        parameters: usize,
+        /// The budget in bytes.
+        budget: u64,
+        /// Where the budget came from (`available memory`, `--memory-limit`).
+        origin: &'static str,
+    },
     /// The path itself is unusable (missing, unrecognised kind of file, ...).
     #[error("{path}: {message}")]
     Source {
@@ -75,6 +93,10 @@ pub struct OpenOptions<'a> {
     /// How the backend stores the weights (default: f32; f16 is a wgpu
     /// option, see [`Precision`]).
     pub precision: Precision,
+    /// Bytes the model may hold: its weights, then each step's KV cache and
+    /// activations ([`Model::set_memory_budget`]). `None`: the memory this
+    /// machine has available (Linux `MemAvailable`; no limit elsewhere).
+    pub memory_limit: Option<u64>,
 }
 
 impl Default for OpenOptions<'_> {
@@ -86,6 +108,7 @@ impl Default for OpenOptions<'_> {
             backend: kiln_runtime::backends::default_backend(),
             compile: CompileOptions::default(),
             precision: Precision::F32,
+            memory_limit: None,
         }
     }
 }
@@ -94,27 +117,101 @@ impl Default for OpenOptions<'_> {
 /// `.gguf` file, and compile it for `opts.backend`.
 pub fn open(path: &Path, opts: OpenOptions<'_>) -> Result<LoadedModel, OpenError> {
     let (backend, precision, compile) = (opts.backend, opts.precision, opts.compile.clone());
+    let budget = Budget::of(&opts);
     let LoadedModel {
         spec,
         model,
         tokenizer,
         weights_origin,
-    } = open_uncompiled(path, opts)?;
+    } = open_uncompiled(path, opts, budget)?;
+    let mut model = (model.with_precision(precision).with_options(compile)).compile(backend)?;
+    if let Some(b) = budget {
+        // What is left after the weights bounds every step.
+        let weights: u64 = (model.weights.iter())
+            .map(|(_, t)| t.numel() as u64 * 4)
+            .sum();
+        let left = b.bytes.saturating_sub(weights);
+        model.set_memory_budget(Some(usize::try_from(left).unwrap_or(usize::MAX)));
+    }
     Ok(LoadedModel {
         spec,
-        model: (model.with_precision(precision).with_options(compile)).compile(backend)?,
+        model,
         tokenizer,
         weights_origin,
     })
 }
 
-fn open_uncompiled(path: &Path, opts: OpenOptions<'_>) -> Result<LoadedModel, OpenError> {
+/// The memory a model may hold, and where that figure came from.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    bytes: u64,
+    origin: &'static str,
+}
+
+impl Budget {
+    fn of(opts: &OpenOptions<'_>) -> Option<Budget> {
+        match opts.memory_limit {
+            Some(bytes) => Some(Budget {
+                bytes,
+                origin: "--memory-limit",
+            }),
+            None => available_memory().map(|bytes| Budget {
+                bytes,
+                origin: "the memory available on this machine",
+            }),
+        }
+    }
+
+    /// Refuse weights for `lowered` that would not fit, before allocating.
+    fn check(budget: Option<Budget>, path: &Path, lowered: &Lowered) -> Result<(), OpenError> {
+        let Some(b) = budget else {
+            return Ok(());
+        };
+        let parameters = lowered.parameter_count();
+        let need = (parameters as u64).saturating_mul(4);
+        if need > b.bytes {
+            return Err(OpenError::Memory {
+                path: path.to_path_buf(),
+                need,
+                parameters,
+                budget: b.bytes,
+                origin: b.origin,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of memory available to a new allocation (Linux: `MemAvailable`
+/// from /proc/meminfo); `None` where unknown.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+fn gib(bytes: u64) -> String {
+    if bytes >= 1 << 40 {
+        format!("{:.1} TiB", bytes as f64 / (1u64 << 40) as f64)
+    } else if bytes >= 1 << 30 {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
+}
+
+fn open_uncompiled(
+    path: &Path,
+    opts: OpenOptions<'_>,
+    budget: Option<Budget>,
+) -> Result<LoadedModel, OpenError> {
     let is_gguf = |p: &Path| {
         p.extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
     };
     if is_gguf(path) {
-        return open_gguf(path);
+        return open_gguf(path, budget);
     }
     let hf_dir = if path.is_dir() {
         Some(path.to_path_buf())
@@ -132,14 +229,15 @@ fn open_uncompiled(path: &Path, opts: OpenOptions<'_>) -> Result<LoadedModel, Op
         }
         let mut imported = import_path(&dir, &ImportOptions::default())?.resolved;
         apply_sentence_transformers(&dir, &mut imported)?;
-        return with_checkpoint(imported, &dir, opts.progress);
+        return with_checkpoint(imported, &dir, opts.progress, budget);
     }
     let rs = spec::load(path).map_err(Box::new)?;
     match opts.weights {
-        Some(w) if is_gguf(w) => with_gguf(rs, &GgufFile::open(w)?),
-        Some(w) => with_checkpoint(rs, w, opts.progress),
+        Some(w) if is_gguf(w) => with_gguf(rs, &GgufFile::open(w)?, budget),
+        Some(w) => with_checkpoint(rs, w, opts.progress, budget),
         None => {
             let lowered = lower(&rs).map_err(|e| internal(path, e))?;
+            Budget::check(budget, path, &lowered)?;
             let model = Model::random(lowered, opts.seed)?;
             Ok(LoadedModel {
                 spec: rs,
@@ -184,8 +282,10 @@ fn with_checkpoint(
     rs: ResolvedSpec,
     weights: &Path,
     progress: Option<&mut dyn FnMut(u64, u64)>,
+    budget: Option<Budget>,
 ) -> Result<LoadedModel, OpenError> {
     let lowered = lower(&rs).map_err(|e| internal(weights, e))?;
+    Budget::check(budget, weights, &lowered)?;
     let graphs: Vec<_> = lowered.graphs().collect();
     let w: Weights = match progress {
         Some(p) => checkpoint::load_safetensors_with_progress(weights, &graphs, None, p)?,
@@ -210,15 +310,20 @@ fn with_checkpoint(
     })
 }
 
-fn open_gguf(path: &Path) -> Result<LoadedModel, OpenError> {
+fn open_gguf(path: &Path, budget: Option<Budget>) -> Result<LoadedModel, OpenError> {
     let file = GgufFile::open(path)?;
-    with_gguf(file.spec()?, &file)
+    with_gguf(file.spec()?, &file, budget)
 }
 
 /// `rs` run with the weights and tokenizer of a GGUF file.
-fn with_gguf(rs: ResolvedSpec, file: &GgufFile) -> Result<LoadedModel, OpenError> {
+fn with_gguf(
+    rs: ResolvedSpec,
+    file: &GgufFile,
+    budget: Option<Budget>,
+) -> Result<LoadedModel, OpenError> {
     let path = file.path();
     let lowered = lower(&rs).map_err(|e| internal(path, e))?;
+    Budget::check(budget, path, &lowered)?;
     let weights = file.weights()?;
     for g in lowered.graphs() {
         // The mismatch names the file the tensors came from.
