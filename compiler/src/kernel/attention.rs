@@ -180,7 +180,7 @@ fn match_at(
         if !private(t2) {
             return None;
         }
-        let Some(i1) = writer(t2) else { return None };
+        let i1 = writer(t2)?;
         let Kernel::RowReduce(kinds::RowReduce {
             out: rout,
             domain,
@@ -201,16 +201,14 @@ fn match_at(
             return None;
         }
         // The scores: a load of stage 0 from a private Gemm output.
-        let Some((lt, t1, i0)) = loads.iter().enumerate().find_map(|(l, view)| {
+        let (lt, t1, i0) = loads.iter().enumerate().find_map(|(l, view)| {
             let t1 = view.buf;
             let i0 = writer(t1)?;
             let scores = matches!(p.kernels[i0], Kernel::Gemm(kinds::Gemm { .. }))
                 && private(t1)
                 && whole(p, view, domain);
             scores.then_some((l, t1, i0))
-        }) else {
-            return None;
-        };
+        })?;
         let Kernel::Gemm(kinds::Gemm {
             out: sout,
             a: q,

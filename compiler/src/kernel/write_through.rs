@@ -28,7 +28,7 @@ pub(super) fn write_through(p: &mut KernelProgram) -> usize {
     }
     let mut dead = vec![false; p.kernels.len()];
     let mut count = 0;
-    for ci in 0..p.kernels.len() {
+    for (ci, is_dead) in dead.iter_mut().enumerate() {
         let Some((ki, out)) = match_copy(p, ci, &writes, &reads, &writer) else {
             continue;
         };
@@ -39,7 +39,7 @@ pub(super) fn write_through(p: &mut KernelProgram) -> usize {
             // match_copy returns only these kinds.
             _ => continue,
         }
-        dead[ci] = true;
+        *is_dead = true;
         writer[target] = Some(ki);
         count += 1;
     }
