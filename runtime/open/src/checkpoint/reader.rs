@@ -659,7 +659,78 @@ pub(crate) fn parse_header(
             },
         ));
     }
+    check_layout(path, &out, data_start, buf.len())?;
     Ok(out)
+}
+
+/// The data section is exactly the tensors, back to back (the format has no
+/// holes and no shared bytes): overlapping or gapped byte ranges are errors
+/// naming both tensors, so one tensor can never alias another's bytes.
+fn check_layout(
+    path: &Path,
+    tensors: &[(String, TensorInfo)],
+    data_start: usize,
+    file_len: usize,
+) -> Result<(), CheckpointError> {
+    let mut spans: Vec<(usize, usize, &str)> = (tensors.iter())
+        .filter(|(_, t)| t.end > t.start)
+        .map(|(n, t)| (t.start, t.end, n.as_str()))
+        .collect();
+    spans.sort_unstable();
+    let rel = |x: usize| x - data_start;
+    let bad = |tensor: &str, message: String| CheckpointError::Tensor {
+        path: path.to_path_buf(),
+        tensor: tensor.to_string(),
+        message,
+    };
+    let mut at = data_start;
+    let mut prev: Option<(usize, usize, &str)> = None;
+    for &(start, end, name) in &spans {
+        if start < at {
+            let (ps, pe, pn) = prev.expect("a span ends past the start only after one");
+            return Err(bad(
+                name,
+                format!(
+                    "data_offsets [{}, {}] overlap tensor `{pn}` at [{}, {}]: each byte belongs to one tensor (corrupt or forged header)",
+                    rel(start),
+                    rel(end),
+                    rel(ps),
+                    rel(pe)
+                ),
+            ));
+        }
+        if start > at {
+            let after = match prev {
+                Some((_, _, pn)) => format!("after tensor `{pn}`"),
+                None => "at the start of the data".into(),
+            };
+            return Err(bad(
+                name,
+                format!(
+                    "data_offsets [{}, {}] leave a gap of {} bytes {after}: the data section has no holes (corrupt header?)",
+                    rel(start),
+                    rel(end),
+                    start - at
+                ),
+            ));
+        }
+        at = end;
+        prev = Some((start, end, name));
+    }
+    if at < file_len {
+        let tail = match prev {
+            Some((_, _, pn)) => format!("after tensor `{pn}`"),
+            None => "and no tensor uses them".into(),
+        };
+        return Err(CheckpointError::Header {
+            path: path.to_path_buf(),
+            message: format!(
+                "{} bytes at the end of the data section {tail} belong to no tensor (corrupt or appended file?)",
+                file_len - at
+            ),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -689,6 +760,54 @@ mod tests {
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].1.shape, vec![2]);
         assert_eq!(t[0].1.dtype, Dtype::F16);
+    }
+
+    #[test]
+    fn overlapping_gapped_or_trailing_bytes_are_errors_naming_the_tensors() {
+        // `b` reads half of `a`'s bytes.
+        let overlap = file(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+            &[0; 12],
+        );
+        assert_eq!(
+            err(&overlap),
+            "x.safetensors: tensor `b`: data_offsets [4, 12] overlap tensor `a` at [0, 8]: each byte belongs to one tensor (corrupt or forged header)"
+        );
+        // Two tensors over the very same bytes.
+        let alias = file(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+            &[0; 8],
+        );
+        assert!(
+            err(&alias).contains("overlap tensor `a`"),
+            "{}",
+            err(&alias)
+        );
+        let gap = file(
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#,
+            &[0; 12],
+        );
+        assert_eq!(
+            err(&gap),
+            "x.safetensors: tensor `b`: data_offsets [8, 12] leave a gap of 4 bytes after tensor `a`: the data section has no holes (corrupt header?)"
+        );
+        let trailing = file(
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+            &[0; 6],
+        );
+        assert!(
+            err(&trailing).contains(
+                "2 bytes at the end of the data section after tensor `a` belong to no tensor"
+            ),
+            "{}",
+            err(&trailing)
+        );
+        // Back to back, in any header order, with an empty tensor: fine.
+        let ok = file(
+            r#"{"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},"e":{"dtype":"F32","shape":[0],"data_offsets":[8,8]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+            &[0; 8],
+        );
+        assert_eq!(parse_header(Path::new("x"), &ok, 0).unwrap().len(), 3);
     }
 
     #[test]
