@@ -28,6 +28,7 @@ mod check;
 mod compile;
 mod embed;
 mod error;
+mod export;
 mod generate;
 mod import;
 mod run;
@@ -66,6 +67,10 @@ enum Command {
     Embed(embed::Args),
     /// Time encode / prefill / decode of a model, with the JIT's kernel profile.
     Bench(bench::Args),
+    /// Write a model's weights (random, a HF folder or a GGUF file) as a
+    /// safetensors file under kiln's canonical names, loadable for the same
+    /// spec with --weights.
+    Export(export::Args),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -85,6 +90,7 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Generate(a) => generate::run(a),
         Command::Embed(a) => embed::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Export(a) => export::run(a),
     };
     done?;
     // Line-buffered output still held is written (and its error seen) here.

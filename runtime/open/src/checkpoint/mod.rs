@@ -117,11 +117,14 @@ mod load;
 mod plan;
 mod reader;
 mod table;
+mod write;
 
 pub use error::CheckpointError;
+pub use plan::CANONICAL;
 pub use plan::Plan;
 pub use reader::{Checkpoint, Dtype, SUPPORTED_DTYPES, TensorInfo};
 pub use table::{Table, families, table, table_source, tables};
+pub use write::{CANONICAL_FORMAT, safetensors_bytes, write_safetensors};
 
 use kiln_compiler::ir::Graph;
 use kiln_runtime::Weights;

@@ -655,6 +655,14 @@ pub(crate) fn choose(
         let (plan, problems) = build(ckpt, t, model);
         return finish(path, plan, problems);
     }
+    // kiln's own names (`kiln export`): every tensor is a parameter of the
+    // model under its canonical name.
+    if mostly_canonical(ckpt, model)
+        && let Some(t) = canonical_table(model)
+    {
+        let (plan, problems) = build(ckpt, &t, model);
+        return finish(path, plan, problems);
+    }
     let all = tables()?;
     if let Some(mt) = ckpt.model_type()
         && let Some(t) = all.iter().find(|t| t.model_types.iter().any(|m| m == mt))
@@ -665,6 +673,33 @@ pub(crate) fn choose(
     auto_detect(ckpt, model, all)
 }
 
+/// The family name of checkpoints saved under kiln's canonical parameter
+/// names (`kiln export`).
+pub const CANONICAL: &str = "kiln";
+
+/// Whether most tensors of `ckpt` are named like the model's parameters
+/// (then the canonical table's pre-flight names any stray tensor).
+fn mostly_canonical(ckpt: &Checkpoint, model: &ModelParams) -> bool {
+    let names = ckpt.tensors();
+    let known = names
+        .keys()
+        .filter(|n| model.shapes.contains_key(*n))
+        .count();
+    known > 0 && 2 * known > names.len()
+}
+
+/// An identity table over the model's parameters: kiln's own names.
+fn canonical_table(model: &ModelParams) -> Option<Table> {
+    let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
+    let mut src = format!(
+        "family = \"{CANONICAL}\"\ndescription = \"kiln's canonical parameter names (kiln export)\"\n[rename]\n"
+    );
+    for n in model.shapes.keys() {
+        src.push_str(&format!("{} = {}\n", quote(n), quote(n)));
+    }
+    super::table::parse_table(CANONICAL, &src, &[]).ok()
+}
+
 /// Try every table; use the one that fits (or several that map identically).
 fn auto_detect(
     ckpt: &Checkpoint,
@@ -672,7 +707,7 @@ fn auto_detect(
     all: &[Table],
 ) -> Result<Plan, CheckpointError> {
     let path = ckpt.path();
-    let results: Vec<(Plan, Vec<String>)> = all.iter().map(|t| build(ckpt, t, model)).collect();
+    let mut results: Vec<(Plan, Vec<String>)> = all.iter().map(|t| build(ckpt, t, model)).collect();
     let fits: Vec<&Plan> = results
         .iter()
         .filter(|(_, p)| p.is_empty())
@@ -680,6 +715,11 @@ fn auto_detect(
         .collect();
     match fits.as_slice() {
         [] => {
+            // kiln's own names compete too, so a canonical checkpoint for
+            // another spec lists its real differences.
+            if let Some(t) = canonical_table(model) {
+                results.push(build(ckpt, &t, model));
+            }
             let (plan, problems) = results
                 .into_iter()
                 .min_by_key(|(_, p)| p.len())
