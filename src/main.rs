@@ -30,7 +30,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");
-            ExitCode::FAILURE
+            match e {
+                // 128 + SIGINT, as shells report an interrupted command.
+                cli::CliError::Interrupted { .. } => ExitCode::from(130),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

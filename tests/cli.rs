@@ -709,3 +709,68 @@ fn exported_weights_round_trip() {
         ],
     );
 }
+
+/// SIGINT (or SIGTERM) during generation stops it after the current token:
+/// text mode ends its line, JSON mode writes a whole document with what was
+/// generated and `"stopped": "interrupted"`; the exit status is 130.
+#[test]
+#[cfg(unix)]
+fn interrupted_generation_ends_cleanly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("slow.toml");
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/gpt2.toml");
+    // Wide and long enough that 4000 tokens take many seconds.
+    std::fs::write(
+        &spec,
+        format!(
+            "extends = {:?}\nname = \"gpt2-slow\"\nd_model = 512\nlayers = 4\nmax_positions = 4096\n[attention]\nheads = 8\n[mlp]\nd_ff = 2048\n",
+            tiny.display().to_string()
+        ),
+    )
+    .unwrap();
+    for (signal, format) in [("-INT", "text"), ("-TERM", "json")] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["generate", spec.to_str().unwrap(), "--tokens", "1,2"])
+            .args(["--max-tokens", "4000", "--format", format])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut out = Vec::new();
+        if format == "text" {
+            // Tokens are streaming: interrupt mid-stream.
+            let mut first = [0u8; 8];
+            let n = stdout.read(&mut first).unwrap();
+            out.extend_from_slice(&first[..n]);
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+        }
+        let killed = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        stdout.read_to_end(&mut out).unwrap();
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(status.code(), Some(130), "{format}: {err}");
+        assert!(err.contains("interrupted after"), "{format}: {err}");
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with('\n'), "{format}: {text:?}");
+        if format == "json" {
+            let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+            assert_eq!(v["stopped"], "interrupted", "{v}");
+            let n = v["tokens"].as_array().unwrap().len();
+            assert!(n > 0 && n < 4000, "{n} tokens");
+        }
+    }
+}

@@ -64,6 +64,13 @@ pub enum CliError {
     /// Serialising a report (a kiln bug).
     #[error("cannot serialise the report: {0}")]
     Report(String),
+    /// Generation was interrupted (SIGINT / SIGTERM); what was generated
+    /// has been printed. Exit status 130.
+    #[error("interrupted after {generated} generated token(s)")]
+    Interrupted {
+        /// Tokens generated before the interrupt.
+        generated: usize,
+    },
     /// The command line asks for something impossible; the message says
     /// what to give instead.
     #[error("{0}")]

@@ -5,6 +5,8 @@ use kiln_open::tokenizer::StreamDecoder;
 use kiln_runtime::sampling::SamplingOptions;
 use kiln_runtime::session::GenerateOptions;
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -90,9 +92,20 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let mut decoder = tok.map(StreamDecoder::new);
     let mut stream_err: Option<CliError> = None;
     let streaming = a.format == Format::Text;
+    // SIGINT / SIGTERM stop generation after the current token: what was
+    // generated is still printed whole (exit 130).
+    let interrupt = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, interrupt.clone())
+            .map_err(|e| CliError::Usage(format!("cannot handle interrupts: {e}")))?;
+    }
+    let mut interrupted = false;
     let ids = session.generate(&feed, &opts, &mut |id| {
+        if interrupt.load(Ordering::Relaxed) {
+            interrupted = true;
+        }
         if !streaming {
-            return true;
+            return !interrupted;
         }
         let piece = match decoder.as_mut() {
             Some(d) => match d.push(id as u32) {
@@ -111,11 +124,20 @@ pub fn run(a: Args) -> Result<(), CliError> {
             stream_err = Some(super::stdout_error(e));
             return false;
         }
-        true
+        !interrupted
     })?;
     if let Some(e) = stream_err {
         return Err(e);
     }
+    let stopped = if interrupted {
+        "interrupted"
+    } else if ids.last().is_some_and(|t| opts.stop_tokens.contains(t)) {
+        "stop_token"
+    } else if ids.len() >= opts.max_new_tokens {
+        "max_tokens"
+    } else {
+        "context"
+    };
     match a.format {
         Format::Text => outln!(),
         Format::Json => {
@@ -125,9 +147,19 @@ pub fn run(a: Args) -> Result<(), CliError> {
             };
             outln!(
                 "{}",
-                serde_json::json!({ "prompt_tokens": prompt, "tokens": ids, "text": text })
+                serde_json::json!({
+                    "prompt_tokens": prompt,
+                    "tokens": ids,
+                    "text": text,
+                    "stopped": stopped,
+                })
             );
         }
+    }
+    if interrupted {
+        return Err(CliError::Interrupted {
+            generated: ids.len(),
+        });
     }
     Ok(())
 }
