@@ -774,3 +774,36 @@ fn interrupted_generation_ends_cleanly() {
         }
     }
 }
+
+/// NaN or infinite weights are a warning naming the tensor (an error under
+/// `--strict`), and NaN outputs are reported.
+#[test]
+fn non_finite_weights_and_outputs_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w.safetensors");
+    let f = file.to_str().unwrap();
+    let spec = "models/tiny/gpt2.toml";
+    assert!(kiln(&["export", spec, "-o", f]).status.success());
+    // Poison one value of the final norm's scale.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let at = header["final_norm.weight"]["data_offsets"][0]
+        .as_u64()
+        .unwrap() as usize;
+    bytes[8 + n + at..8 + n + at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&file, bytes).unwrap();
+    let out = kiln(&["run", spec, "--weights", f, "--tokens", "1,2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: ")
+            && err.contains("NaN or infinite weights in 1 tensor(s): `final_norm.weight` (1)"),
+        "{err}"
+    );
+    assert!(err.contains("logits are NaN or infinite"), "{err}");
+    fails_with(
+        &["run", spec, "--weights", f, "--tokens", "1,2", "--strict"],
+        &["NaN or infinite weights in 1 tensor(s): `final_norm.weight` (1)"],
+    );
+}

@@ -30,6 +30,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let emb = out
         .get("embedding")
         .ok_or("this model has no sentence-embedding head (a sentence-transformers folder with modules.json, or a spec with head.kind = \"mean-pool\")")?;
+    super::check_finite(&a.model, "embedding values", &emb.to_f32_vec())?;
     let d = *emb.shape().last().unwrap_or(&1);
     let vecs: Vec<Vec<f32>> = emb
         .to_f32_vec()

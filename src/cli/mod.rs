@@ -208,6 +208,9 @@ pub struct ModelArgs {
     /// front. Default: the memory available on this machine.
     #[arg(long, value_parser = parse_bytes)]
     pub memory_limit: Option<u64>,
+    /// Refuse NaN or infinite weights (and outputs) instead of warning.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// `8G`, `512M`, `64K`, `1.5G` or plain bytes (binary units: K = 1024).
@@ -265,13 +268,35 @@ pub fn open_model(m: &ModelArgs) -> Result<kiln_open::source::LoadedModel, CliEr
         compile: m.compile_options(),
         precision: m.precision,
         memory_limit: m.memory_limit,
+        strict: m.strict,
     };
     let loaded = kiln_open::source::open(source, opts).map_err(CliError::from);
     bar.finish_and_clear();
     if let Ok(l) = &loaded {
         note_precision(m, &l.model);
+        for w in &l.warnings {
+            eprintln!("warning: {w}");
+        }
     }
     loaded
+}
+
+/// Say so when outputs hold NaN or infinite values (an error under
+/// `--strict`): they mean broken weights or an overflow, never results.
+pub fn check_finite(m: &ModelArgs, what: &str, values: &[f32]) -> Result<(), CliError> {
+    let bad = values.iter().filter(|x| !x.is_finite()).count();
+    if bad == 0 {
+        return Ok(());
+    }
+    let text = format!(
+        "{bad} of {} {what} are NaN or infinite (broken weights or an overflow)",
+        values.len()
+    );
+    if m.strict {
+        return Err(CliError::Usage(format!("{text}; refused under --strict")));
+    }
+    eprintln!("warning: {text}");
+    Ok(())
 }
 
 impl ModelArgs {

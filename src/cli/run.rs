@@ -87,6 +87,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
         .find(|k| out.get(k).is_some())
         .ok_or("the model produced no output")?;
     let t = &out[key];
+    super::check_finite(&a.model, key, &t.to_f32_vec())?;
     let rows = rows(t);
     match a.format {
         Format::Json => outln!("{}", serde_json::json!({ key: rows })),

@@ -26,6 +26,9 @@ pub struct LoadedModel {
     pub tokenizer: Option<Tokenizer>,
     /// Where the weights came from: a path, or `random (seed N)`.
     pub weights_origin: String,
+    /// Things worth saying that did not stop the model from opening (NaN or
+    /// infinite weights, each naming the tensor).
+    pub warnings: Vec<String>,
 }
 
 /// Why [`open`] failed, wrapping the error of the stage that failed.
@@ -67,6 +70,15 @@ pub enum OpenError {
         /// Where the budget came from (`available memory`, `--memory-limit`).
         origin: &'static str,
     },
+    /// Weights hold NaN or infinite values and [`OpenOptions::strict`] is
+    /// set (otherwise a warning in [`LoadedModel::warnings`]).
+    #[error("{}: {}", path.display(), non_finite_text(tensors))]
+    NonFinite {
+        /// Where the weights came from.
+        path: PathBuf,
+        /// `(tensor, how many values)` of each tensor with NaN or infinities.
+        tensors: Vec<(String, usize)>,
+    },
     /// The path itself is unusable (missing, unrecognised kind of file, ...).
     #[error("{path}: {message}")]
     Source {
@@ -97,6 +109,8 @@ pub struct OpenOptions<'a> {
     /// activations ([`Model::set_memory_budget`]). `None`: the memory this
     /// machine has available (Linux `MemAvailable`; no limit elsewhere).
     pub memory_limit: Option<u64>,
+    /// Refuse weights with NaN or infinite values instead of warning.
+    pub strict: bool,
 }
 
 impl Default for OpenOptions<'_> {
@@ -109,6 +123,7 @@ impl Default for OpenOptions<'_> {
             compile: CompileOptions::default(),
             precision: Precision::F32,
             memory_limit: None,
+            strict: false,
         }
     }
 }
@@ -118,12 +133,27 @@ impl Default for OpenOptions<'_> {
 pub fn open(path: &Path, opts: OpenOptions<'_>) -> Result<LoadedModel, OpenError> {
     let (backend, precision, compile) = (opts.backend, opts.precision, opts.compile.clone());
     let budget = Budget::of(&opts);
+    let strict = opts.strict;
     let LoadedModel {
         spec,
         model,
         tokenizer,
         weights_origin,
+        mut warnings,
     } = open_uncompiled(path, opts, budget)?;
+    let bad = non_finite(&model.weights);
+    if !bad.is_empty() {
+        if strict {
+            return Err(OpenError::NonFinite {
+                path: PathBuf::from(&weights_origin),
+                tensors: bad,
+            });
+        }
+        warnings.push(format!(
+            "{weights_origin}: {} (--strict refuses them)",
+            non_finite_text(&bad)
+        ));
+    }
     let mut model = (model.with_precision(precision).with_options(compile)).compile(backend)?;
     if let Some(b) = budget {
         // What is left after the weights bounds every step.
@@ -138,7 +168,37 @@ pub fn open(path: &Path, opts: OpenOptions<'_>) -> Result<LoadedModel, OpenError
         model,
         tokenizer,
         weights_origin,
+        warnings,
     })
+}
+
+/// `(tensor, count)` of every weight holding NaN or infinite values.
+fn non_finite(weights: &Weights) -> Vec<(String, usize)> {
+    let mut bad: Vec<(String, usize)> = (weights.iter())
+        .filter_map(|(name, t)| {
+            let n = t.as_f32()?.iter().filter(|x| !x.is_finite()).count();
+            (n > 0).then(|| (name.to_string(), n))
+        })
+        .collect();
+    bad.sort();
+    bad
+}
+
+fn non_finite_text(tensors: &[(String, usize)]) -> String {
+    let shown: Vec<String> = (tensors.iter().take(8))
+        .map(|(t, n)| format!("`{t}` ({n})"))
+        .collect();
+    let more = tensors.len().saturating_sub(8);
+    format!(
+        "NaN or infinite weights in {} tensor(s): {}{}",
+        tensors.len(),
+        shown.join(", "),
+        if more > 0 {
+            format!(", and {more} more")
+        } else {
+            String::new()
+        }
+    )
 }
 
 /// The memory a model may hold, and where that figure came from.
@@ -244,6 +304,7 @@ fn open_uncompiled(
                 model,
                 tokenizer: None,
                 weights_origin: format!("random (seed {})", opts.seed),
+                warnings: Vec::new(),
             })
         }
     }
@@ -307,6 +368,7 @@ fn with_checkpoint(
         model: Model::new(lowered, w),
         tokenizer,
         weights_origin: weights.display().to_string(),
+        warnings: Vec::new(),
     })
 }
 
@@ -338,6 +400,7 @@ fn with_gguf(
         model: Model::new(lowered, weights),
         tokenizer,
         weights_origin: path.display().to_string(),
+        warnings: Vec::new(),
     })
 }
 
