@@ -25,9 +25,17 @@ fn whole(buf: BufId, strides: Vec<Size>) -> View {
 /// Record every appendable cache in `p.appends`; returns how many.
 pub(super) fn find_appends(p: &mut KernelProgram) -> usize {
     let mut reads = vec![0usize; p.buffers.len()];
-    for k in &p.kernels {
+    // Copies from a graph input, by destination buffer (one pass, so the
+    // search stays linear in the kernels).
+    let mut copies_into: Vec<Vec<usize>> = vec![Vec::new(); p.buffers.len()];
+    for (i, k) in p.kernels.iter().enumerate() {
         for b in k.reads() {
             reads[b] += 1;
+        }
+        if let Kernel::Copy(kinds::Copy { out, src, .. }) = k
+            && matches!(p.buffers[src.buf].kind, BufferKind::Input(_))
+        {
+            copies_into[out.buf].push(i);
         }
     }
     let mut found = Vec::new();
@@ -38,22 +46,12 @@ pub(super) fn find_appends(p: &mut KernelProgram) -> usize {
         if buf.kind != BufferKind::Output {
             continue;
         }
-        let copies: Vec<usize> = p
-            .kernels
-            .iter()
-            .enumerate()
-            .filter(|(_, k)| {
-                matches!(k, Kernel::Copy(kinds::Copy { out, src, .. }) if out.buf == present
-                    && matches!(p.buffers[src.buf].kind, BufferKind::Input(_)))
-            })
-            .map(|(i, _)| i)
-            .collect();
         // The new rows may be copied in too (a permuted projection).
-        let [copy] = copies[..] else {
+        let [copy] = copies_into[present][..] else {
             continue;
         };
         let Kernel::Copy(kinds::Copy { out, domain, src }) = &p.kernels[copy] else {
-            unreachable!("filtered to copies");
+            continue;
         };
         let past = src.buf;
         let pb = &p.buffers[past];
