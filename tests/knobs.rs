@@ -582,3 +582,60 @@ fn encoder_sliding_windows_are_two_sided() {
         }
     }
 }
+
+/// Routed experts carry biases when `mlp.bias` does (docs/spec.md: each
+/// expert is an `[mlp]`): with every expert chosen and renormalised gates,
+/// adding `c` to every expert's down-projection bias moves the MoE output,
+/// and so the (pre-norm, un-normed) hidden state, by exactly `c`. The JIT
+/// agrees with the interpreter on the biased experts.
+#[test]
+fn experts_carry_their_biases() {
+    use kiln_compiler::lower::lower;
+    use kiln_runtime::session::Model;
+    let toml = r#"
+name = "moe-bias"
+architecture = "decoder"
+vocab_size = 30
+d_model = 8
+layers = 1
+max_positions = 16
+[attention]
+heads = 2
+[norm]
+final_norm = false
+[positions]
+kind = "rope"
+[mlp]
+d_ff = 12
+activation = "silu"
+gated = true
+bias = true
+[moe]
+experts = 3
+top_k = 3
+[head]
+kind = "none"
+"#;
+    let rs =
+        spec::load_str(toml, "moe-bias.toml".as_ref()).unwrap_or_else(|e| panic!("{}", e.render()));
+    let lowered = lower(&rs).unwrap();
+    let model = Model::random(lowered.clone(), 2).unwrap();
+    let name = "layers.0.moe.experts.down.bias";
+    assert_eq!(model.weights.get(name).unwrap().shape(), &[3, 8]);
+    assert!(model.weights.get("layers.0.moe.experts.up.bias").is_some());
+    let hidden = |m: &Model| m.session().forward(&[3, 4, 5]).unwrap()["hidden"].to_f32_vec();
+    let base = hidden(&model);
+    let mut w = model.weights.clone();
+    let t = w.get(name).unwrap();
+    let shifted: Vec<f32> = t.to_f32_vec().iter().map(|x| x + 0.5).collect();
+    w.insert(name, Tensor::from_f32(t.shape(), shifted).unwrap());
+    let moved = hidden(&Model::new(lowered.clone(), w.clone()));
+    for (a, b) in base.iter().zip(&moved) {
+        assert!((b - a - 0.5).abs() < 1e-5, "{a} -> {b}");
+    }
+    let jit = Model::new(lowered, w).compile_named("jit").unwrap();
+    let got = hidden(&jit);
+    for (a, b) in moved.iter().zip(&got) {
+        assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "{a} vs jit {b}");
+    }
+}

@@ -103,6 +103,8 @@ pub fn moe(b: &mut Builder, moe: &Moe, m: &Mlp, scope: &str, x: NodeId, d: usize
         // Experts: [E, d_ff, d] weights, x as [b, 1, s, d] -> [b, E, s, *].
         let xe = b.reshape(x, vec![batch.clone(), Dim::c(1), seq.clone(), Dim::c(d)])?;
         let routed = b.scoped("experts", |b| {
+            // Each expert is an `[mlp]`: its projections carry biases when
+            // `mlp.bias` does (docs/spec.md), one row per expert.
             let proj = |b: &mut Builder, name: &str, input: NodeId, d_in: usize, d_out: usize| {
                 b.scoped(name, |b| {
                     let w = b.param(
@@ -111,7 +113,13 @@ pub fn moe(b: &mut Builder, moe: &Moe, m: &Mlp, scope: &str, x: NodeId, d: usize
                         Init::Normal { std: WEIGHT_STD },
                     )?;
                     let wt = b.transpose_last(w)?;
-                    b.matmul(input, wt)
+                    let y = b.matmul(input, wt)?;
+                    if !m.bias {
+                        return Ok(y);
+                    }
+                    let bias = b.param("bias", &[e, d_out], Init::Fill(0.0))?;
+                    let bias = b.reshape(bias, vec![Dim::c(e), Dim::c(1), Dim::c(d_out)])?;
+                    b.add2(y, bias)
                 })
             };
             let h = if m.gated {

@@ -1,0 +1,292 @@
+"""A second implementation of kiln's spec language, written from docs/spec.md
+alone (not from the lowering): float64 NumPy, one function per section of the
+document. It runs a resolved spec (the `spec` object `kiln check --format json`
+prints) on weights under kiln's canonical names.
+
+Covered so far: decoder-only and encoder-only models with every `[attention]` knob (GQA,
+head_dim, biases, qk-norm per-head/full, scale, softcap, sliding window),
+`[norm]` (layernorm/rmsnorm, bias, affine, weight_offset, pre/post/sandwich,
+embedding and final norms), `[residual]` (parallel, shared_norm), `[positions]`
+learned (offset), sinusoidal (both layouts), rope (half/interleaved,
+fraction, theta; no scaling yet), alibi and none, `[mlp]` (all activations,
+gated, bias), `[moe]` on every layer (top-k, renormalize, shared expert and
+its gate), `[embeddings]` (scale, token types), and the `lm`, `mlm`, `pooler`,
+`mean-pool` and `none` heads. Not yet: T5 relative positions, RoPE scaling,
+per-layer overrides and MoE layer selectors, encoder-decoders.
+"""
+
+import math
+
+import numpy as np
+
+
+def scale_value(v, d):
+    if v == "sqrt-d-model":
+        return math.sqrt(d)
+    if v == "inv-sqrt-d-model":
+        return 1.0 / math.sqrt(d)
+    return float(v)
+
+
+def activation(name, x):
+    if name == "relu":
+        return np.maximum(x, 0.0)
+    if name == "gelu":
+        erf = np.vectorize(math.erf)
+        return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+    if name == "gelu-tanh":
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    if name == "silu":
+        return x / (1.0 + np.exp(-x))
+    raise ValueError(f"activation {name}")
+
+
+def norm(n, w, prefix, x):
+    """`[norm]` over the last axis; parameters `{prefix}.weight` / `.bias`."""
+    eps = n["eps"]
+    if n["kind"] == "layernorm":
+        mu = x.mean(-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        y = (x - mu) / np.sqrt(var + eps)
+    else:
+        y = x / np.sqrt((x**2).mean(-1, keepdims=True) + eps)
+    if n["affine"]:
+        y = y * (n["weight_offset"] + w[f"{prefix}.weight"])
+        if n["kind"] == "layernorm" and n["bias"]:
+            y = y + w[f"{prefix}.bias"]
+    return y
+
+
+def linear(w, prefix, x, bias):
+    y = x @ w[f"{prefix}.weight"].T
+    if bias:
+        y = y + w[f"{prefix}.bias"]
+    return y
+
+
+def rotary_dims(p, hd):
+    r = int(round(hd * p.get("fraction", 1.0)))
+    return r - r % 2
+
+
+def rope(p, x, pos):
+    """x: [seq, heads, hd]; rotates the first `rotary_dims` channels."""
+    hd = x.shape[-1]
+    r = rotary_dims(p, hd)
+    if r == 0:
+        return x
+    theta = p.get("theta", 10000.0)
+    half = r // 2
+    inv = theta ** (-2.0 * np.arange(half) / r)
+    ang = pos[:, None] * inv[None, :]  # [seq, half]
+    cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+    out = x.copy()
+    rot = x[..., :r]
+    if p.get("layout", "half") == "half":
+        a, b = rot[..., :half], rot[..., half:]
+        out[..., :half] = a * cos - b * sin
+        out[..., half:r] = b * cos + a * sin
+    else:
+        a, b = rot[..., 0::2], rot[..., 1::2]
+        out[..., 0:r:2] = a * cos - b * sin
+        out[..., 1:r:2] = b * cos + a * sin
+    return out
+
+
+def alibi_slopes(n):
+    c = 1 << int(math.floor(math.log2(n)))
+    s = [2.0 ** (-8.0 * k / c) for k in range(1, c + 1)]
+    s += [2.0 ** (-8.0 * k / (2 * c)) for k in range(1, 2 * (n - c), 2)]
+    return np.array(s[:n])
+
+
+def sinusoidal(p, d, pos):
+    half = d // 2
+    theta = p.get("theta", 10000.0)
+    inv = 1.0 / theta ** (2.0 * np.arange(half) / d)
+    a = pos[:, None] * inv[None, :]
+    if p.get("layout", "interleaved") == "half":
+        return np.concatenate([np.sin(a), np.cos(a)], -1)
+    out = np.zeros((len(pos), d))
+    out[:, 0 : 2 * half : 2] = np.sin(a)
+    out[:, 1 : 2 * half : 2] = np.cos(a)
+    return out
+
+
+def attention(spec, w, i, x, pos, causal=True):
+    a, n, p = spec["attention"], spec["norm"], spec["positions"]
+    seq = x.shape[0]
+    h, kvh, hd = a["heads"], a["kv_heads"], a["head_dim"]
+    pre = f"layers.{i}.attn"
+    q = linear(w, f"{pre}.q", x, a["qkv_bias"])
+    k = linear(w, f"{pre}.k", x, a["qkv_bias"])
+    v = linear(w, f"{pre}.v", x, a["qkv_bias"]).reshape(seq, kvh, hd)
+    qk = a.get("qk_norm", "none")
+    if qk == "full":
+        q, k = norm(n, w, f"{pre}.q_norm", q), norm(n, w, f"{pre}.k_norm", k)
+    q, k = q.reshape(seq, h, hd), k.reshape(seq, kvh, hd)
+    if qk == "per-head":
+        q, k = norm(n, w, f"{pre}.q_norm", q), norm(n, w, f"{pre}.k_norm", k)
+    if p["kind"] == "rope":
+        q, k = rope(p, q, pos), rope(p, k, pos)
+    group = h // kvh
+    out = np.zeros((seq, h, hd))
+    qi, kj = np.arange(seq)[:, None], np.arange(seq)[None, :]
+    mask = kj <= qi if causal else np.ones((seq, seq), dtype=bool)
+    if a.get("sliding_window"):
+        if causal:
+            mask &= (qi - kj) < a["sliding_window"]
+        else:
+            mask &= np.abs(qi - kj) < a["sliding_window"]
+    slopes = alibi_slopes(h) if p["kind"] == "alibi" else None
+    for hh in range(h):
+        g = hh // group
+        s = a["scale"] * (q[:, hh, :] @ k[:, g, :].T)
+        if a.get("softcap"):
+            s = a["softcap"] * np.tanh(s / a["softcap"])
+        if slopes is not None:
+            s = s + (slopes[hh] * (kj - qi) if causal else -slopes[hh] * np.abs(kj - qi))
+        s = np.where(mask, s, np.finfo(np.float32).min)
+        s = s - s.max(-1, keepdims=True)
+        e = np.exp(s)
+        prob = e / e.sum(-1, keepdims=True)
+        out[:, hh, :] = prob @ v[:, g, :]
+    return linear(w, f"{pre}.o", out.reshape(seq, h * hd), a["out_bias"])
+
+
+def ffn(m, w, pre, x):
+    """`[mlp]` with weights under `pre` (`up`, `gate`, `down`)."""
+    up = linear(w, f"{pre}.up", x, m["bias"])
+    if m["gated"]:
+        hidden = activation(m["activation"], linear(w, f"{pre}.gate", x, m["bias"])) * up
+    else:
+        hidden = activation(m["activation"], up)
+    return linear(w, f"{pre}.down", hidden, m["bias"])
+
+
+def moe(spec, w, i, x):
+    """`[moe]`: softmax router, the top-k experts per token, weighted sum."""
+    m, e = spec["mlp"], spec["moe"]
+    pre = f"layers.{i}.moe"
+    probs = x @ w[f"{pre}.router.weight"].T
+    probs = np.exp(probs - probs.max(-1, keepdims=True))
+    probs = probs / probs.sum(-1, keepdims=True)
+    out = np.zeros_like(x)
+    for t in range(x.shape[0]):
+        # Highest probability first; ties go to the lower expert index.
+        top = sorted(range(e["experts"]), key=lambda j: (-probs[t, j], j))[: e["top_k"]]
+        weights = probs[t, top]
+        if e["renormalize"]:
+            weights = weights / weights.sum()
+        for j, g in zip(top, weights):
+            # Expert j: row j of each stacked `experts.*` parameter.
+            ew = {f"x.{k[len(pre) + 9:]}": v[j] for k, v in w.items() if k.startswith(f"{pre}.experts.")}
+            out[t] += g * ffn(m, ew, "x", x[t : t + 1])[0]
+    sh = e.get("shared_expert")
+    if sh:
+        s = ffn(m, w, f"{pre}.shared", x)
+        if sh.get("gate"):
+            s = s / (1.0 + np.exp(-(x @ w[f"{pre}.shared_gate.weight"].T)))
+        out = out + s
+    return out
+
+
+def mlp(spec, w, i, x):
+    if spec.get("moe"):
+        return moe(spec, w, i, x)
+    return ffn(spec["mlp"], w, f"layers.{i}.mlp", x)
+
+
+def block(spec, w, i, x, pos, causal=True):
+    n, r = spec["norm"], spec["residual"]
+    pre = f"layers.{i}"
+    attn = lambda h: attention(spec, w, i, h, pos, causal)  # noqa: E731
+    ffn = lambda h: mlp(spec, w, i, h)  # noqa: E731
+    if r["parallel"]:
+        n1 = norm(n, w, f"{pre}.attn_norm", x)
+        n2 = n1 if r["shared_norm"] else norm(n, w, f"{pre}.mlp_norm", x)
+        return x + (attn(n1) + ffn(n2))
+    for name, f in (("attn", attn), ("mlp", ffn)):
+        if n["placement"] == "pre":
+            x = x + f(norm(n, w, f"{pre}.{name}_norm", x))
+        elif n["placement"] == "post":
+            x = norm(n, w, f"{pre}.{name}_norm", x + f(x))
+        else:  # sandwich
+            y = f(norm(n, w, f"{pre}.{name}_norm", x))
+            x = x + norm(n, w, f"{pre}.{name}_post_norm", y)
+    return x
+
+
+def stack(spec, w, tokens, causal):
+    """Embeddings, the blocks and the final norm: hidden states [seq, d]."""
+    d, n, p = spec["d_model"], spec["norm"], spec["positions"]
+    tokens = np.asarray(tokens)
+    pos = np.arange(len(tokens), dtype=np.float64)
+    x = w["embed.tokens"][tokens] * scale_value(spec["embeddings"]["scale"], d)
+    if spec["embeddings"].get("token_types", 0) > 0:
+        x = x + w["embed.token_types"][0]  # one segment: type 0
+    if p["kind"] == "learned":
+        x = x + w["embed.positions"][np.arange(len(tokens)) + p.get("offset", 0)]
+    elif p["kind"] == "sinusoidal":
+        x = x + sinusoidal(p, d, pos)
+    if n["embedding_norm"]:
+        x = norm(n, w, "embed.norm", x)
+    for i in range(spec["layers"]):
+        x = block(spec, w, i, x, pos, causal)
+    if n["final_norm"]:
+        x = norm(n, w, "final_norm", x)
+    return x
+
+
+def vocab_logits(spec, w, x):
+    hd = spec["head"]
+    table = w["embed.tokens"] if hd["tied"] else w["head.weight"]
+    logits = x @ table.T
+    if hd["bias"]:
+        logits = logits + w["head.bias"]
+    if hd.get("softcap"):
+        logits = hd["softcap"] * np.tanh(logits / hd["softcap"])
+    return logits
+
+
+def head(spec, w, x):
+    """`[head]`: `(output name, values)` as the model returns its main output."""
+    hd, d = spec["head"], spec["d_model"]
+    kind = hd["kind"]
+    if kind == "lm":
+        return "logits", vocab_logits(spec, w, x * scale_value(hd["input_scale"], d))
+    if kind == "mlm":
+        t = activation(spec["mlp"]["activation"], linear(w, "head.transform.dense", x, True))
+        t = norm(spec["norm"], w, "head.transform.norm", t)
+        return "logits", vocab_logits(spec, w, t * scale_value(hd["input_scale"], d))
+    if kind == "pooler":
+        return "pooled", np.tanh(linear(w, "head.pooler.dense", x[:1], True))
+    if kind == "mean-pool":
+        v = x.mean(0, keepdims=True)
+        if hd.get("normalize"):
+            v = v / np.linalg.norm(v)
+        return "embedding", v
+    return "hidden", x
+
+
+def outputs(spec, w, tokens):
+    """The main output of a decoder-only or encoder-only spec for one
+    unpadded sequence: `(name, [rows, width])`."""
+    causal = spec["architecture"] == "decoder"
+    return head(spec, w, stack(spec, w, tokens, causal))
+
+
+def decoder_logits(spec, w, tokens):
+    """Logits [seq, vocab] of a decoder-only spec for one unpadded sequence."""
+    return outputs(spec, w, tokens)[1]
+
+
+def greedy(spec, w, prompt, steps):
+    """Greedy continuation, recomputing the whole sequence each step."""
+    toks = list(prompt)
+    out = []
+    for _ in range(steps):
+        nxt = int(np.argmax(decoder_logits(spec, w, toks)[-1]))
+        out.append(nxt)
+        toks.append(nxt)
+    return out
