@@ -639,3 +639,38 @@ kind = "none"
         assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "{a} vs jit {b}");
     }
 }
+
+/// qk-norm applies to cross-attention's keys as to its queries: with
+/// `qk_norm = "full"` the keys (projected from the encoder) are normalised
+/// over all their channels, by a `k_norm` the decoder's logits depend on.
+/// (They were left unnormalised while the queries were normalised.)
+#[test]
+fn cross_attention_keys_get_the_full_qk_norm() {
+    use kiln_compiler::lower::lower;
+    use kiln_runtime::session::Model;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+    let toml = "extends = \"t5-small.toml\"\nname = \"t5-qk\"\n[attention]\nqk_norm = \"full\"\n";
+    let rs =
+        spec::load_str(toml, &dir.join("t5-qk.toml")).unwrap_or_else(|e| panic!("{}", e.render()));
+    let lowered = lower(&rs).unwrap();
+    let model = Model::random(lowered.clone(), 1).unwrap();
+    let name = "decoder.layers.0.cross_attn.k_norm.weight";
+    let (kvh, hd) = (
+        rs.spec.attention.kv_heads.unwrap(),
+        rs.spec.attention.head_dim.unwrap(),
+    );
+    assert_eq!(
+        model.weights.get(name).map(|t| t.shape().to_vec()),
+        Some(vec![kvh * hd])
+    );
+    let logits = |m: &Model| {
+        let mut s = m.session();
+        s.set_source(&[4, 5, 6]).unwrap();
+        s.forward(&[0, 7]).unwrap()["logits"].to_f32_vec()
+    };
+    let mut w = model.weights.clone();
+    let t = w.get(name).unwrap();
+    let scaled: Vec<f32> = (0..t.numel()).map(|i| 1.0 + 0.5 * (i % 3) as f32).collect();
+    w.insert(name, Tensor::from_f32(t.shape(), scaled).unwrap());
+    assert_ne!(logits(&model), logits(&Model::new(lowered, w)));
+}

@@ -29,8 +29,8 @@ PARAM = re.compile(r'param "([^"]+)" : f32\[([0-9, ]*)\]')
 
 
 def random_spec(r):
-    """A random decoder-only or encoder-only spec over the knobs oracle.py covers."""
-    arch = r.choice(["decoder", "decoder", "encoder"])
+    """A random spec of any architecture over the knobs oracle.py covers."""
+    arch = r.choice(["decoder", "decoder", "encoder", "encoder-decoder"])
     heads = r.choice([1, 2, 3, 4, 6])
     kv = r.choice([h for h in range(1, heads + 1) if heads % h == 0])
     hd = r.choice([4, 6, 8])
@@ -44,6 +44,7 @@ def random_spec(r):
         f"vocab_size = {r.choice([37, 64, 101])}",
         f"d_model = {d}",
         f"layers = {r.choice([1, 2, 3])}",
+        *([f"decoder_layers = {r.choice([1, 2])}"] if arch == "encoder-decoder" else []),
         "max_positions = 48",
         "[attention]",
         f"heads = {heads}",
@@ -104,7 +105,7 @@ def random_spec(r):
         emb.append(f"token_types = {r.choice([1, 2])}")
     if emb:
         lines += ["[embeddings]", *emb]
-    kind = "lm" if arch == "decoder" else r.choice(["lm", "mlm", "pooler", "mean-pool", "none"])
+    kind = "lm" if arch != "encoder" else r.choice(["lm", "mlm", "pooler", "mean-pool", "none"])
     lines += ["[head]", f'kind = "{kind}"']
     if kind in ("lm", "mlm"):
         lines.append(f"tied = {str(r.random() < 0.5).lower()}")
@@ -194,11 +195,13 @@ def main():
             w64 = {k: v.astype(np.float64) for k, v in w.items()}
             n = r.randint(1, 12)
             toks = [r.randrange(resolved["vocab_size"]) for _ in range(n)]
-            key, want = oracle.outputs(resolved, w64, toks)
+            dec = [r.randrange(resolved["vocab_size"]) for _ in range(r.randint(1, 6))]
+            key, want = oracle.outputs(resolved, w64, toks, dec)
+            extra = ["--decoder-tokens", ",".join(map(str, dec))] if resolved["architecture"] == "encoder-decoder" else []
             problems = []
             for backend in ("jit", "reference"):
                 got = json.loads(kiln(a.kiln, "run", spec_path, "--weights", wpath, "--backend", backend,
-                                      "--tokens", ",".join(map(str, toks)), "--format", "json"))
+                                      "--tokens", ",".join(map(str, toks)), *extra, "--format", "json"))
                 if key not in got:
                     problems.append(f"{backend}: no `{key}` output (got {sorted(got)})")
                     continue

@@ -11,8 +11,9 @@ learned (offset), sinusoidal (both layouts), rope (half/interleaved,
 fraction, theta; no scaling yet), alibi and none, `[mlp]` (all activations,
 gated, bias), `[moe]` on every layer (top-k, renormalize, shared expert and
 its gate), `[embeddings]` (scale, token types), and the `lm`, `mlm`, `pooler`,
-`mean-pool` and `none` heads. Not yet: T5 relative positions, RoPE scaling,
-per-layer overrides and MoE layer selectors, encoder-decoders.
+`mean-pool` and `none` heads. Encoder-decoders too (cross-attention, sequential and parallel).
+Not yet: T5 relative positions, RoPE scaling, per-layer overrides and MoE
+layer selectors.
 """
 
 import math
@@ -113,32 +114,37 @@ def sinusoidal(p, d, pos):
     return out
 
 
-def attention(spec, w, i, x, pos, causal=True):
+def attention(spec, w, pre, x, pos, causal=True, source=None):
+    """Self-attention of `x`, or with `source` (the encoder's output)
+    cross-attention: keys and values from it, no positions, no window."""
     a, n, p = spec["attention"], spec["norm"], spec["positions"]
     seq = x.shape[0]
     h, kvh, hd = a["heads"], a["kv_heads"], a["head_dim"]
-    pre = f"layers.{i}.attn"
+    kv_in = x if source is None else source
+    keys = kv_in.shape[0]
     q = linear(w, f"{pre}.q", x, a["qkv_bias"])
-    k = linear(w, f"{pre}.k", x, a["qkv_bias"])
-    v = linear(w, f"{pre}.v", x, a["qkv_bias"]).reshape(seq, kvh, hd)
+    k = linear(w, f"{pre}.k", kv_in, a["qkv_bias"])
+    v = linear(w, f"{pre}.v", kv_in, a["qkv_bias"]).reshape(keys, kvh, hd)
     qk = a.get("qk_norm", "none")
     if qk == "full":
         q, k = norm(n, w, f"{pre}.q_norm", q), norm(n, w, f"{pre}.k_norm", k)
-    q, k = q.reshape(seq, h, hd), k.reshape(seq, kvh, hd)
+    q, k = q.reshape(seq, h, hd), k.reshape(keys, kvh, hd)
     if qk == "per-head":
         q, k = norm(n, w, f"{pre}.q_norm", q), norm(n, w, f"{pre}.k_norm", k)
-    if p["kind"] == "rope":
+    if p["kind"] == "rope" and source is None:
         q, k = rope(p, q, pos), rope(p, k, pos)
     group = h // kvh
     out = np.zeros((seq, h, hd))
-    qi, kj = np.arange(seq)[:, None], np.arange(seq)[None, :]
-    mask = kj <= qi if causal else np.ones((seq, seq), dtype=bool)
-    if a.get("sliding_window"):
+    qi, kj = np.arange(seq)[:, None], np.arange(keys)[None, :]
+    mask = kj <= qi if causal else np.ones((seq, keys), dtype=bool)
+    if source is not None:
+        mask = np.ones((seq, keys), dtype=bool)
+    elif a.get("sliding_window"):
         if causal:
             mask &= (qi - kj) < a["sliding_window"]
         else:
             mask &= np.abs(qi - kj) < a["sliding_window"]
-    slopes = alibi_slopes(h) if p["kind"] == "alibi" else None
+    slopes = alibi_slopes(h) if p["kind"] == "alibi" and source is None else None
     for hh in range(h):
         g = hh // group
         s = a["scale"] * (q[:, hh, :] @ k[:, g, :].T)
@@ -164,10 +170,9 @@ def ffn(m, w, pre, x):
     return linear(w, f"{pre}.down", hidden, m["bias"])
 
 
-def moe(spec, w, i, x):
+def moe(spec, w, pre, x):
     """`[moe]`: softmax router, the top-k experts per token, weighted sum."""
     m, e = spec["mlp"], spec["moe"]
-    pre = f"layers.{i}.moe"
     probs = x @ w[f"{pre}.router.weight"].T
     probs = np.exp(probs - probs.max(-1, keepdims=True))
     probs = probs / probs.sum(-1, keepdims=True)
@@ -191,22 +196,29 @@ def moe(spec, w, i, x):
     return out
 
 
-def mlp(spec, w, i, x):
+def mlp(spec, w, pre, x):
     if spec.get("moe"):
-        return moe(spec, w, i, x)
-    return ffn(spec["mlp"], w, f"layers.{i}.mlp", x)
+        return moe(spec, w, f"{pre}.moe", x)
+    return ffn(spec["mlp"], w, f"{pre}.mlp", x)
 
 
-def block(spec, w, i, x, pos, causal=True):
+def block(spec, w, pre, x, pos, causal=True, source=None):
+    """One block under parameter prefix `pre` (`layers.3`, `decoder.layers.0`);
+    with `source`, a decoder block of an encoder-decoder (cross-attention)."""
     n, r = spec["norm"], spec["residual"]
-    pre = f"layers.{i}"
-    attn = lambda h: attention(spec, w, i, h, pos, causal)  # noqa: E731
-    ffn = lambda h: mlp(spec, w, i, h)  # noqa: E731
+    attn = lambda h: attention(spec, w, f"{pre}.attn", h, pos, causal)  # noqa: E731
+    cross = lambda h: attention(spec, w, f"{pre}.cross_attn", h, pos, False, source)  # noqa: E731
+    ffn_ = lambda h: mlp(spec, w, pre, h)  # noqa: E731
     if r["parallel"]:
         n1 = norm(n, w, f"{pre}.attn_norm", x)
         n2 = n1 if r["shared_norm"] else norm(n, w, f"{pre}.mlp_norm", x)
-        return x + (attn(n1) + ffn(n2))
-    for name, f in (("attn", attn), ("mlp", ffn)):
+        y = attn(n1) + ffn_(n2)
+        if source is not None:
+            nc = n1 if r["shared_norm"] else norm(n, w, f"{pre}.cross_norm", x)
+            y = y + cross(nc)
+        return x + y
+    subs = [("attn", attn)] + ([("cross", cross)] if source is not None else []) + [("mlp", ffn_)]
+    for name, f in subs:
         if n["placement"] == "pre":
             x = x + f(norm(n, w, f"{pre}.{name}_norm", x))
         elif n["placement"] == "post":
@@ -217,8 +229,10 @@ def block(spec, w, i, x, pos, causal=True):
     return x
 
 
-def stack(spec, w, tokens, causal):
-    """Embeddings, the blocks and the final norm: hidden states [seq, d]."""
+def stack(spec, w, tokens, causal, prefix="", layers=None, source=None):
+    """Embeddings, the blocks and the final norm: hidden states [seq, d].
+    `prefix` is `encoder.` / `decoder.` for the stacks of an
+    encoder-decoder (the token embedding is shared, unprefixed)."""
     d, n, p = spec["d_model"], spec["norm"], spec["positions"]
     tokens = np.asarray(tokens)
     pos = np.arange(len(tokens), dtype=np.float64)
@@ -226,15 +240,15 @@ def stack(spec, w, tokens, causal):
     if spec["embeddings"].get("token_types", 0) > 0:
         x = x + w["embed.token_types"][0]  # one segment: type 0
     if p["kind"] == "learned":
-        x = x + w["embed.positions"][np.arange(len(tokens)) + p.get("offset", 0)]
+        x = x + w[f"{prefix}embed.positions"][np.arange(len(tokens)) + p.get("offset", 0)]
     elif p["kind"] == "sinusoidal":
         x = x + sinusoidal(p, d, pos)
     if n["embedding_norm"]:
-        x = norm(n, w, "embed.norm", x)
-    for i in range(spec["layers"]):
-        x = block(spec, w, i, x, pos, causal)
+        x = norm(n, w, f"{prefix}embed.norm", x)
+    for i in range(spec["layers"] if layers is None else layers):
+        x = block(spec, w, f"{prefix}layers.{i}", x, pos, causal, source)
     if n["final_norm"]:
-        x = norm(n, w, "final_norm", x)
+        x = norm(n, w, f"{prefix}final_norm", x)
     return x
 
 
@@ -269,11 +283,16 @@ def head(spec, w, x):
     return "hidden", x
 
 
-def outputs(spec, w, tokens):
-    """The main output of a decoder-only or encoder-only spec for one
-    unpadded sequence: `(name, [rows, width])`."""
-    causal = spec["architecture"] == "decoder"
-    return head(spec, w, stack(spec, w, tokens, causal))
+def outputs(spec, w, tokens, decoder_tokens=None):
+    """The main output for one unpadded sequence: `(name, [rows, width])`.
+    Encoder-decoders encode `tokens` and decode `decoder_tokens`."""
+    arch = spec["architecture"]
+    if arch == "encoder-decoder":
+        src = stack(spec, w, tokens, False, "encoder.")
+        layers = spec.get("decoder_layers") or spec["layers"]
+        x = stack(spec, w, decoder_tokens, True, "decoder.", layers, src)
+        return head(spec, w, x)
+    return head(spec, w, stack(spec, w, tokens, arch == "decoder"))
 
 
 def decoder_logits(spec, w, tokens):

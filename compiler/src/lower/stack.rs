@@ -428,6 +428,14 @@ pub fn cross_kv(
     let (kvh, hd) = (a.kv_heads(), a.head_dim(d));
     b.scoped(format!("decoder.layers.{i}.cross_attn"), |b| {
         let k = linear(b, "k", enc, d, kvh * hd, a.qkv_bias)?;
+        // The keys get the same qk-norm as self-attention's (the queries get
+        // theirs in the decoder): over all channels before the heads split,
+        // or per head after.
+        let k = if a.qk_norm == crate::spec::QkNorm::Full {
+            norm(b, &l.norm, "k_norm", k, kvh * hd)?
+        } else {
+            k
+        };
         let v = linear(b, "v", enc, d, kvh * hd, a.qkv_bias)?;
         let k = split_heads(b, k, kvh, hd)?;
         let v = split_heads(b, v, kvh, hd)?;
