@@ -37,7 +37,7 @@ def random_spec(r):
     d = r.choice([heads * hd, 16, 24, 32])
     placement = r.choice(["pre", "pre", "post", "sandwich"])
     kind = r.choice(["layernorm", "rmsnorm"])
-    pos = r.choice(["learned", "sinusoidal", "rope", "rope", "alibi", "none"])
+    pos = r.choice(["learned", "sinusoidal", "rope", "rope", "alibi", "relative", "none"])
     lines = [
         'name = "oracle"',
         f'architecture = "{arch}"',
@@ -82,6 +82,23 @@ def random_spec(r):
         lines.append(f"theta = {r.choice([100.0, 10000.0])}")
     if pos == "rope" and r.random() < 0.4:
         lines.append(f"fraction = {r.choice([0.25, 0.5, 0.75])}")
+    if pos == "relative":
+        lines += [f"buckets = {r.choice([4, 8, 16])}", f"max_distance = {r.choice([8, 20, 64])}"]
+    if pos == "rope" and r.random() < 0.4:
+        kind = r.choice(["linear", "llama3", "yarn"])
+        if kind == "linear":
+            lines.append(f'scaling = {{ kind = "linear", factor = {r.choice([2.0, 4.0])} }}')
+        elif kind == "llama3":
+            lines.append(
+                f'scaling = {{ kind = "llama3", factor = {r.choice([2.0, 8.0])}, low_freq_factor = 1.0, '
+                f'high_freq_factor = 4.0, original_max_positions = {r.choice([8, 16, 32])} }}'
+            )
+        else:
+            extra = f", attention_factor = {r.choice([1.0, 1.2])}" if r.random() < 0.3 else ""
+            lines.append(
+                f'scaling = {{ kind = "yarn", factor = {r.choice([2.0, 4.0])}, '
+                f'original_max_positions = {r.choice([8, 16, 32])}{extra} }}'
+            )
     lines += [
         "[mlp]",
         f"d_ff = {r.choice([8, 20, 40])}",

@@ -8,12 +8,12 @@ head_dim, biases, qk-norm per-head/full, scale, softcap, sliding window),
 `[norm]` (layernorm/rmsnorm, bias, affine, weight_offset, pre/post/sandwich,
 embedding and final norms), `[residual]` (parallel, shared_norm), `[positions]`
 learned (offset), sinusoidal (both layouts), rope (half/interleaved,
-fraction, theta; no scaling yet), alibi and none, `[mlp]` (all activations,
+fraction, theta, scaling), alibi, relative and none, `[mlp]` (all activations,
 gated, bias), `[moe]` on every layer (top-k, renormalize, shared expert and
 its gate), `[embeddings]` (scale, token types), and the `lm`, `mlm`, `pooler`,
 `mean-pool` and `none` heads. Encoder-decoders too (cross-attention, sequential and parallel).
-Not yet: T5 relative positions, RoPE scaling, per-layer overrides and MoE
-layer selectors.
+T5 relative buckets and RoPE scaling (linear, llama3, yarn) too. Not yet:
+per-layer overrides and MoE layer selectors.
 """
 
 import math
@@ -78,9 +78,10 @@ def rope(p, x, pos):
         return x
     theta = p.get("theta", 10000.0)
     half = r // 2
-    inv = theta ** (-2.0 * np.arange(half) / r)
+    inv, mscale = rope_scaling(p.get("scaling"), theta ** (-2.0 * np.arange(half) / r), r, theta)
     ang = pos[:, None] * inv[None, :]  # [seq, half]
-    cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+    cos = mscale * np.cos(ang)[:, None, :]
+    sin = mscale * np.sin(ang)[:, None, :]
     out = x.copy()
     rot = x[..., :r]
     if p.get("layout", "half") == "half":
@@ -92,6 +93,61 @@ def rope(p, x, pos):
         out[..., 0:r:2] = a * cos - b * sin
         out[..., 1:r:2] = b * cos + a * sin
     return out
+
+
+def rope_scaling(sc, f, r, theta):
+    """`[positions.scaling]`: the scaled frequencies and the cos/sin factor."""
+    if not sc:
+        return f, 1.0
+    kind, factor = sc["kind"], sc["factor"]
+    if kind == "linear":
+        return f / factor, 1.0
+    orig = sc["original_max_positions"]
+    if kind == "llama3":
+        lo, hi = sc["low_freq_factor"], sc["high_freq_factor"]
+        wavelen = 2 * math.pi / f
+        smooth = (orig / wavelen - lo) / (hi - lo)
+        blended = (1 - smooth) * f / factor + smooth * f
+        out = np.where(wavelen < orig / hi, f, np.where(wavelen > orig / lo, f / factor, blended))
+        return out, 1.0
+    # yarn
+    corr = lambda b: r * math.log(orig / (b * 2 * math.pi)) / (2 * math.log(theta))  # noqa: E731
+    low = max(math.floor(corr(sc.get("beta_fast", 32.0))), 0)
+    high = min(math.ceil(corr(sc.get("beta_slow", 1.0))), r - 1)
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(len(f)) - low) / (high - low), 0.0, 1.0)
+    out = f * (1 - ramp) + (f / factor) * ramp
+    m = sc.get("attention_factor")
+    if m is None:
+        m = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+    return out, m
+
+
+def t5_bucket(rel, bidirectional, buckets, max_distance):
+    """T5's relative-position bucket of `rel = key - query` (transformers'
+    `_relative_position_bucket`, its logarithm taken in float32 like torch)."""
+    nb, ret = buckets, 0
+    if bidirectional:
+        nb //= 2
+        ret = nb if rel > 0 else 0
+        n = abs(rel)
+    else:
+        n = max(-rel, 0)
+    exact = nb // 2
+    if n < exact:
+        return ret + n
+    f32 = np.float32
+    large = exact + int(f32(np.log(f32(n) / f32(exact)) / np.log(f32(max_distance) / f32(exact)) * f32(nb - exact)))
+    return ret + min(large, nb - 1)
+
+
+def relative_bias(p, w, prefix, seq, keys, causal):
+    """`relative`: the learned bias of each head `[heads, seq, keys]`."""
+    table = w[f"{prefix}positions.relative_bias"]  # [buckets, heads]
+    b = np.array([[t5_bucket(j - i, not causal, p["buckets"], p["max_distance"]) for j in range(keys)]
+                  for i in range(seq)])
+    return np.transpose(table[b], (2, 0, 1))
 
 
 def alibi_slopes(n):
@@ -114,7 +170,7 @@ def sinusoidal(p, d, pos):
     return out
 
 
-def attention(spec, w, pre, x, pos, causal=True, source=None):
+def attention(spec, w, pre, x, pos, causal=True, source=None, prefix=""):
     """Self-attention of `x`, or with `source` (the encoder's output)
     cross-attention: keys and values from it, no positions, no window."""
     a, n, p = spec["attention"], spec["norm"], spec["positions"]
@@ -145,6 +201,7 @@ def attention(spec, w, pre, x, pos, causal=True, source=None):
         else:
             mask &= np.abs(qi - kj) < a["sliding_window"]
     slopes = alibi_slopes(h) if p["kind"] == "alibi" and source is None else None
+    rel = relative_bias(p, w, prefix, seq, keys, causal) if p["kind"] == "relative" and source is None else None
     for hh in range(h):
         g = hh // group
         s = a["scale"] * (q[:, hh, :] @ k[:, g, :].T)
@@ -152,6 +209,8 @@ def attention(spec, w, pre, x, pos, causal=True, source=None):
             s = a["softcap"] * np.tanh(s / a["softcap"])
         if slopes is not None:
             s = s + (slopes[hh] * (kj - qi) if causal else -slopes[hh] * np.abs(kj - qi))
+        if rel is not None:
+            s = s + rel[hh]
         s = np.where(mask, s, np.finfo(np.float32).min)
         s = s - s.max(-1, keepdims=True)
         e = np.exp(s)
@@ -202,11 +261,11 @@ def mlp(spec, w, pre, x):
     return ffn(spec["mlp"], w, f"{pre}.mlp", x)
 
 
-def block(spec, w, pre, x, pos, causal=True, source=None):
+def block(spec, w, pre, x, pos, causal=True, source=None, prefix=""):
     """One block under parameter prefix `pre` (`layers.3`, `decoder.layers.0`);
     with `source`, a decoder block of an encoder-decoder (cross-attention)."""
     n, r = spec["norm"], spec["residual"]
-    attn = lambda h: attention(spec, w, f"{pre}.attn", h, pos, causal)  # noqa: E731
+    attn = lambda h: attention(spec, w, f"{pre}.attn", h, pos, causal, prefix=prefix)  # noqa: E731
     cross = lambda h: attention(spec, w, f"{pre}.cross_attn", h, pos, False, source)  # noqa: E731
     ffn_ = lambda h: mlp(spec, w, pre, h)  # noqa: E731
     if r["parallel"]:
@@ -246,7 +305,7 @@ def stack(spec, w, tokens, causal, prefix="", layers=None, source=None):
     if n["embedding_norm"]:
         x = norm(n, w, f"{prefix}embed.norm", x)
     for i in range(spec["layers"] if layers is None else layers):
-        x = block(spec, w, f"{prefix}layers.{i}", x, pos, causal, source)
+        x = block(spec, w, f"{prefix}layers.{i}", x, pos, causal, source, prefix)
     if n["final_norm"]:
         x = norm(n, w, f"{prefix}final_norm", x)
     return x
