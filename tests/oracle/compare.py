@@ -122,6 +122,9 @@ def random_spec(r):
         emb.append(f"token_types = {r.choice([1, 2])}")
     if emb:
         lines += ["[embeddings]", *emb]
+    if "[moe]" in lines and r.random() < 0.4:
+        at = lines.index("[moe]") + 1
+        lines.insert(at, f'layers = "{r.choice(["even", "odd", "1..", "0..1", "every 2 from 1"])}"')
     kind = "lm" if arch != "encoder" else r.choice(["lm", "mlm", "pooler", "mean-pool", "none"])
     lines += ["[head]", f'kind = "{kind}"']
     if kind in ("lm", "mlm"):
@@ -136,6 +139,23 @@ def random_spec(r):
         lines.append("tied = false")
     if kind == "mean-pool" and r.random() < 0.5:
         lines.append("normalize = true")
+    # Per-layer overrides of knobs with no derived defaults.
+    for _ in range(r.choice([0, 0, 1, 2])):
+        sel = r.choice(['"even"', '"odd"', '"1.."', '"0"', "[0, 2]", '"every 2 from 1"'])
+        lines += ["[[layer]]", f"select = {sel}"]
+        if arch == "encoder-decoder" and r.random() < 0.5:
+            lines.append(f'stack = "{r.choice(["encoder", "decoder"])}"')
+        choice = r.choice(["window", "softcap", "mlp", "eps", "bias"])
+        if choice == "window":
+            lines.append(f"attention = {{ sliding_window = {r.choice([1, 2, 4])} }}")
+        elif choice == "softcap":
+            lines.append(f"attention = {{ softcap = {r.choice([1.0, 4.0])} }}")
+        elif choice == "mlp":
+            lines.append(f'mlp = {{ d_ff = {r.choice([6, 18])}, activation = "{r.choice(["relu", "silu", "gelu"])}" }}')
+        elif choice == "eps":
+            lines.append(f"norm = {{ eps = {r.choice([1e-2, 1e-4])} }}")
+        else:
+            lines.append(f"attention = {{ qkv_bias = {str(r.random() < 0.5).lower()}, out_bias = true }}")
     return "\n".join(lines) + "\n"
 
 

@@ -12,13 +12,58 @@ fraction, theta, scaling), alibi, relative and none, `[mlp]` (all activations,
 gated, bias), `[moe]` on every layer (top-k, renormalize, shared expert and
 its gate), `[embeddings]` (scale, token types), and the `lm`, `mlm`, `pooler`,
 `mean-pool` and `none` heads. Encoder-decoders too (cross-attention, sequential and parallel).
-T5 relative buckets and RoPE scaling (linear, llama3, yarn) too. Not yet:
-per-layer overrides and MoE layer selectors.
+T5 relative buckets, RoPE scaling (linear, llama3, yarn), `[[layer]]`
+overrides and `moe.layers` selectors too.
 """
 
 import math
 
 import numpy as np
+
+
+def selects(sel, i, n):
+    """docs/spec.md "Selectors": whether selector `sel` picks layer `i` of `n`."""
+    if isinstance(sel, list):
+        return i in sel
+    s = sel.strip()
+    if s == "all":
+        return True
+    if s == "even":
+        return i % 2 == 0
+    if s == "odd":
+        return i % 2 == 1
+    if s.startswith("every "):
+        parts = s.split()
+        step, start = int(parts[1]), int(parts[3]) if len(parts) == 4 else 0
+        return i >= start and (i - start) % step == 0
+    if ".." in s:
+        a, b = s.split("..")
+        return int(a) <= i < (int(b) if b else n)
+    return i == int(s)
+
+
+def merged(base, over):
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merged(out.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+def layer_spec(spec, i, stack_name, n):
+    """The spec layer `i` of a stack sees: `[[layer]]` entries that select it
+    (in file order) deep-merged over the model-wide sections, and `[moe]`
+    only where `moe.layers` picks it."""
+    out = dict(spec)
+    for entry in spec.get("layer") or []:
+        if entry.get("stack", stack_name) != stack_name or not selects(entry["select"], i, n):
+            continue
+        for section in ("attention", "mlp", "norm", "residual"):
+            if section in entry:
+                out[section] = merged(out[section], entry[section])
+    moe = spec.get("moe")
+    if moe and moe.get("layers") is not None and not selects(moe["layers"], i, n):
+        out["moe"] = None
+    return out
 
 
 def scale_value(v, d):
@@ -304,8 +349,11 @@ def stack(spec, w, tokens, causal, prefix="", layers=None, source=None):
         x = x + sinusoidal(p, d, pos)
     if n["embedding_norm"]:
         x = norm(n, w, f"{prefix}embed.norm", x)
-    for i in range(spec["layers"] if layers is None else layers):
-        x = block(spec, w, f"{prefix}layers.{i}", x, pos, causal, source, prefix)
+    n_layers = spec["layers"] if layers is None else layers
+    stack_name = "decoder" if prefix == "decoder." else "encoder"
+    for i in range(n_layers):
+        ls = layer_spec(spec, i, stack_name, n_layers)
+        x = block(ls, w, f"{prefix}layers.{i}", x, pos, causal, source, prefix)
     if n["final_norm"]:
         x = norm(n, w, f"{prefix}final_norm", x)
     return x
