@@ -12,9 +12,7 @@
 mod common;
 
 use common::backends::under_test;
-use common::inputs::{
-    Lengths, graph_inputs, max_abs_diff_and_scale, max_rel_diff_floored, uses_symbol,
-};
+use common::inputs::{graph_inputs, max_abs_diff_and_scale, max_rel_diff_floored, test_lengths};
 use common::random_spec::load_random_spec;
 use common::sessions::{assert_copies_skipped, decode_alongside};
 use common::tiny_specs;
@@ -44,36 +42,17 @@ fn check_model(backend: &'static dyn Backend, l: &Lowered, seed: u64, what: &str
     let mut worst = 0.0f32;
     for (part, g) in l.parts() {
         let compiled = model.part(part).expect("compiled");
-        let pasts: &[usize] = if uses_symbol(g, "past") {
-            &[0, 3]
-        } else {
-            &[0]
-        };
-        for &past in pasts {
-            // (2, 3) and (1, 1): products over few rows (decode shapes).
-            for (batch, seq) in [(2, 5), (1, 1), (2, 3), (1, 9)] {
-                // Keep clear of learned-position offsets (BART/RoBERTa: +2).
-                if past + seq + 2 > l.max_positions {
-                    continue;
-                }
-                let lens = Lengths {
-                    batch,
-                    seq,
-                    past,
-                    src: 6,
-                };
-                let inputs = graph_inputs(l, g, &lens, seed ^ past as u64 ^ seq as u64);
-                let at = format!("{what} on {backend}: graph `{}` at {lens:?}", g.name);
-                let want = run(g, &weights, &inputs).unwrap_or_else(|e| panic!("{at}: graph: {e}"));
-                let pairs: Vec<(&str, &Tensor)> =
-                    inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
-                let got = compiled
-                    .run_host(&model.weights, &pairs)
-                    .unwrap_or_else(|e| panic!("{at}: {e}"));
-                let d = max_rel_diff_floored(&want, &got, &at);
-                assert!(d <= REL_TOL, "{at}: outputs differ by {d:e} (relative)");
-                worst = worst.max(d);
-            }
+        for lens in test_lengths(l, g) {
+            let inputs = graph_inputs(l, g, &lens, seed ^ lens.past as u64 ^ lens.seq as u64);
+            let at = format!("{what} on {backend}: graph `{}` at {lens:?}", g.name);
+            let want = run(g, &weights, &inputs).unwrap_or_else(|e| panic!("{at}: graph: {e}"));
+            let pairs: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            let got = compiled
+                .run_host(&model.weights, &pairs)
+                .unwrap_or_else(|e| panic!("{at}: {e}"));
+            let d = max_rel_diff_floored(&want, &got, &at);
+            assert!(d <= REL_TOL, "{at}: outputs differ by {d:e} (relative)");
+            worst = worst.max(d);
         }
     }
     worst

@@ -10,7 +10,9 @@
 
 mod common;
 
-use common::inputs::{Lengths, graph_inputs, max_normwise_diff, max_rel_diff_floored, uses_symbol};
+use common::inputs::{
+    Lengths, graph_inputs, max_normwise_diff, max_rel_diff_floored, test_lengths,
+};
 use common::random_spec::load_random_spec;
 use common::sessions::{assert_copies_skipped, decode_alongside};
 use common::tiny_specs;
@@ -74,33 +76,16 @@ fn check_model_with(
         assert_eq!(gpu.f16_params(), opts.f16_params, "{what}: f16 storage");
         let sub = opts.subgroups && gpu_device().unwrap().has_subgroups();
         assert_eq!(gpu.subgroups(), sub, "{what}: subgroup sums");
-        let pasts: &[usize] = if uses_symbol(g, "past") {
-            &[0, 3]
-        } else {
-            &[0]
-        };
-        for &past in pasts {
-            // (2, 3) and (1, 1): Gemms over few rows take the skinny shader.
-            for (batch, seq) in [(2, 5), (1, 1), (2, 3), (1, 9)] {
-                if past + seq + 2 > l.max_positions {
-                    continue;
-                }
-                let lens = Lengths {
-                    batch,
-                    seq,
-                    past,
-                    src: 6,
-                };
-                let inputs = graph_inputs(l, g, &lens, seed ^ past as u64 ^ seq as u64);
-                let at = format!("{what}: graph `{}` at {lens:?}", g.name);
-                let want = run(g, &weights, &inputs).unwrap_or_else(|e| panic!("{at}: graph: {e}"));
-                let got = gpu
-                    .run(&inputs)
-                    .unwrap_or_else(|e| panic!("{at}: wgpu: {e}"));
-                let d = measure(&want, &got, &at);
-                assert!(d <= tol, "{at}: outputs differ by {d:e} (relative)");
-                worst = worst.max(d);
-            }
+        for lens in test_lengths(l, g) {
+            let inputs = graph_inputs(l, g, &lens, seed ^ lens.past as u64 ^ lens.seq as u64);
+            let at = format!("{what}: graph `{}` at {lens:?}", g.name);
+            let want = run(g, &weights, &inputs).unwrap_or_else(|e| panic!("{at}: graph: {e}"));
+            let got = gpu
+                .run(&inputs)
+                .unwrap_or_else(|e| panic!("{at}: wgpu: {e}"));
+            let d = measure(&want, &got, &at);
+            assert!(d <= tol, "{at}: outputs differ by {d:e} (relative)");
+            worst = worst.max(d);
         }
     }
     worst

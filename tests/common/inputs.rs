@@ -186,3 +186,29 @@ pub fn max_rel_diff_floored(a: &Outputs, b: &Outputs, what: &str) -> f32 {
     }
     worst
 }
+
+/// The lengths every backend check runs a graph at: batch 2 with a padded
+/// row, single tokens and few rows (decode shapes), and, for graphs with a
+/// cache, the same after 3 cached positions; lengths past the model's
+/// positions (less a learned offset of up to 2) are left out.
+pub fn test_lengths(l: &Lowered, g: &Graph) -> Vec<Lengths> {
+    let pasts: &[usize] = if uses_symbol(g, "past") {
+        &[0, 3]
+    } else {
+        &[0]
+    };
+    let mut out = Vec::new();
+    for &past in pasts {
+        for (batch, seq) in [(2, 5), (1, 1), (2, 3), (1, 9)] {
+            if past + seq + 2 <= l.max_positions {
+                out.push(Lengths {
+                    batch,
+                    seq,
+                    past,
+                    src: 6,
+                });
+            }
+        }
+    }
+    out
+}
