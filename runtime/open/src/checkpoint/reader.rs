@@ -686,8 +686,9 @@ fn check_layout(
     let mut at = data_start;
     let mut prev: Option<(usize, usize, &str)> = None;
     for &(start, end, name) in &spans {
-        if start < at {
-            let (ps, pe, pn) = prev.expect("a span ends past the start only after one");
+        if let Some((ps, pe, pn)) = prev
+            && start < at
+        {
             return Err(bad(
                 name,
                 format!(
