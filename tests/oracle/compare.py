@@ -145,8 +145,12 @@ def random_spec(r):
         lines += ["[[layer]]", f"select = {sel}"]
         if arch == "encoder-decoder" and r.random() < 0.5:
             lines.append(f'stack = "{r.choice(["encoder", "decoder"])}"')
-        choice = r.choice(["window", "softcap", "mlp", "eps", "bias"])
-        if choice == "window":
+        choice = r.choice(["window", "softcap", "mlp", "eps", "bias", "heads"])
+        if choice == "heads":
+            # Per-layer head counts (head_dim is explicit, so nothing derived changes).
+            h = r.choice([1, 2, 4])
+            lines.append(f"attention = {{ heads = {h}, kv_heads = {r.choice([k for k in (1, 2) if h % k == 0])} }}")
+        elif choice == "window":
             lines.append(f"attention = {{ sliding_window = {r.choice([1, 2, 4])} }}")
         elif choice == "softcap":
             lines.append(f"attention = {{ softcap = {r.choice([1.0, 4.0])} }}")
