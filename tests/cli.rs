@@ -746,7 +746,8 @@ fn interrupted_generation_ends_cleanly() {
             let n = stdout.read(&mut first).unwrap();
             out.extend_from_slice(&first[..n]);
         } else {
-            std::thread::sleep(std::time::Duration::from_millis(1500));
+            // Handlers are registered first thing, so any moment after start-up works.
+            std::thread::sleep(std::time::Duration::from_millis(500));
         }
         let killed = Command::new("kill")
             .args([signal, &child.id().to_string()])

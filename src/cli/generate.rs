@@ -42,6 +42,14 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
+    // SIGINT / SIGTERM stop generation after the current token: what was
+    // generated is still printed whole (exit 130). Registered first, so an
+    // interrupt while the model loads stops generation at its first token.
+    let interrupt = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, interrupt.clone())
+            .map_err(|e| CliError::Usage(format!("cannot handle interrupts: {e}")))?;
+    }
     if !(0.0..=1.0).contains(&a.top_p) || !a.top_p.is_finite() {
         return Err(format!("--top-p must be in [0, 1], got {}", a.top_p).into());
     }
@@ -92,13 +100,6 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let mut decoder = tok.map(StreamDecoder::new);
     let mut stream_err: Option<CliError> = None;
     let streaming = a.format == Format::Text;
-    // SIGINT / SIGTERM stop generation after the current token: what was
-    // generated is still printed whole (exit 130).
-    let interrupt = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, interrupt.clone())
-            .map_err(|e| CliError::Usage(format!("cannot handle interrupts: {e}")))?;
-    }
     let mut interrupted = false;
     let ids = session.generate(&feed, &opts, &mut |id| {
         if interrupt.load(Ordering::Relaxed) {
