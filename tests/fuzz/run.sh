@@ -26,7 +26,7 @@ cd "$root"
 fuzz=tests/fuzz
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(spec hf_config safetensors gguf)
+    targets=(spec hf_config safetensors gguf jit)
 fi
 # A target directory of its own: nightly + sanitizer builds share nothing
 # with the workspace's.
@@ -55,6 +55,7 @@ seed_repo_files() {
             done
             ;;
         gguf) ;; # no small real GGUF in the repository: the seeds are hand-made
+        jit) ;; # 8 bytes of random-spec seed, then token ids: the seeds are hand-made
     esac
 }
 

@@ -130,3 +130,88 @@ pub fn gguf(bytes: &[u8]) {
     }
     let _ = file.weights();
 }
+
+// The random spec generator of the integration tests (tests/common), so
+// the compiler target explores the same knob space they do.
+#[allow(dead_code)]
+#[path = "../../common/random_spec.rs"]
+pub mod random_spec;
+#[path = "../../common/rng.rs"]
+pub mod rng;
+
+/// The passes, fusion and the Cranelift code generator, fed with random
+/// valid specs: the first 8 bytes pick a spec (tests/common's generator), the
+/// rest are the token ids. The JIT's logits (or encoder outputs) must match
+/// the reference interpreter's to 1e-4 relative (1e-5 of the RMS near zero),
+/// as the conformance suite holds them; a difference aborts, so libFuzzer
+/// keeps the input.
+pub fn jit_against_interpreter(data: &[u8]) {
+    use kiln_runtime::session::Model;
+    if data.len() < 9 {
+        return;
+    }
+    let seed = u64::from_le_bytes(data[..8].try_into().expect("8 bytes"));
+    let Ok(rs) = random_spec::load_random_spec(seed) else {
+        return;
+    };
+    let Ok(lowered) = lower(&rs) else {
+        return;
+    };
+    let vocab = lowered.vocab_size as i32;
+    let n = (data.len() - 8)
+        .min(lowered.max_positions.saturating_sub(2))
+        .max(1);
+    let tokens: Vec<i32> = data[8..]
+        .iter()
+        .take(n)
+        .map(|&b| i32::from(b) % vocab)
+        .collect();
+    let Ok(reference) = Model::random(lowered.clone(), seed) else {
+        return;
+    };
+    let jit = match Model::random(lowered, seed).and_then(|m| m.compile_named("jit")) {
+        Ok(m) => m,
+        Err(e) => panic!("seed {seed}: the JIT cannot compile a valid spec: {e}"),
+    };
+    let outputs = |m: &Model| -> Option<Vec<f32>> {
+        let out = if m.lowered.decoder.is_some() {
+            let mut s = m.session();
+            if m.lowered.encoder.is_some() {
+                s.set_source(&tokens).ok()?;
+                s.forward(&[0]).ok()?
+            } else {
+                s.forward(&tokens).ok()?
+            }
+        } else {
+            m.encode(&tokens).ok()?
+        };
+        let key = ["logits", "embedding", "pooled", "hidden"]
+            .into_iter()
+            .find(|k| out.get(k).is_some())?;
+        Some(out[key].to_f32_vec())
+    };
+    let (Some(want), Some(got)) = (outputs(&reference), outputs(&jit)) else {
+        return;
+    };
+    let rms = (want.iter().map(|x| x * x).sum::<f32>() / want.len().max(1) as f32).sqrt();
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        let tol = 1e-4 * w.abs() + 1e-5 * rms;
+        if !((w - g).abs() <= tol || (w.is_nan() && g.is_nan())) {
+            panic!("seed {seed}: output {i}: JIT {g} vs interpreter {w} (tokens {tokens:?})");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A short deterministic run of the compiler target over the first
+    /// seeds, without libFuzzer (`cargo +nightly test --release` here).
+    #[test]
+    fn jit_target_agrees_on_the_first_seeds() {
+        for seed in 0u64..300 {
+            let mut data = seed.to_le_bytes().to_vec();
+            data.extend((0..(seed % 11 + 1)).map(|i| (seed * 31 + i * 7) as u8));
+            super::jit_against_interpreter(&data);
+        }
+    }
+}
