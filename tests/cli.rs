@@ -808,3 +808,161 @@ fn non_finite_weights_and_outputs_are_reported() {
         &["NaN or infinite weights in 1 tensor(s): `final_norm.weight` (1)"],
     );
 }
+
+/// A family added as a file, without touching kiln's Rust: a made-up
+/// `model_type` with its own config field names, given with `--family FILE`
+/// or found in the family folder (`KILN_FAMILY_PATH`), runs the llama
+/// fixture's weights to the same logits as the shipped llama family.
+#[test]
+fn a_family_added_as_a_file_runs_without_rust_changes() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fixture = root.join("tests/parity/fixtures/llama");
+    let model = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixture.join("model.safetensors"),
+        model.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("config.json")).unwrap())
+            .unwrap();
+    let acme = serde_json::json!({
+        "model_type": "acme_lm",
+        "architectures": ["AcmeForCausalLM"],
+        "vocab": cfg["vocab_size"], "width": cfg["hidden_size"], "depth": cfg["num_hidden_layers"],
+        "heads": cfg["num_attention_heads"], "groups": cfg["num_key_value_heads"],
+        "ffn": cfg["intermediate_size"], "context": cfg["max_position_embeddings"],
+        "eps": cfg["rms_norm_eps"], "base": 10000.0,
+    });
+    std::fs::write(model.path().join("config.json"), acme.to_string()).unwrap();
+    let families = tempfile::tempdir().unwrap();
+    let family = families.path().join("acme.toml");
+    std::fs::write(
+        &family,
+        r#"
+family = "acme"
+description = "Acme LM (a made-up family, for the test)"
+model_types = ["acme_lm"]
+
+[fields]
+vocab = 32000
+width = { default = 512, min = 1 }
+depth = 8
+heads = { default = 8, min = 1 }
+groups = { type = "int", nullable = true, null = "heads" }
+ffn = 2048
+context = 2048
+eps = 1e-6
+base = 10000.0
+
+[let]
+head_dim = "=width // heads"
+
+[[check]]
+field = "heads"
+require = "width % heads == 0"
+message = "= {heads} does not divide width = {width}"
+
+[heads]
+default = "lm"
+
+[head.lm]
+tied = false
+
+[spec]
+architecture = "decoder"
+vocab_size = "=vocab"
+d_model = "=width"
+layers = "=depth"
+max_positions = "=context"
+
+[spec.attention]
+heads = "=heads"
+kv_heads = "=groups"
+
+[spec.norm]
+kind = "rmsnorm"
+eps = "=eps"
+
+[spec.positions]
+kind = "rope"
+theta = "=base"
+
+[spec.mlp]
+d_ff = "=ffn"
+activation = "silu"
+gated = true
+
+[tensors]
+prefixes = ["model."]
+
+[tensors.rename]
+"embed_tokens.weight" = "embed.tokens"
+"layers.{i}.input_layernorm.weight" = "layers.{i}.attn_norm.weight"
+"layers.{i}.self_attn.q_proj.weight" = "layers.{i}.attn.q.weight"
+"layers.{i}.self_attn.k_proj.weight" = "layers.{i}.attn.k.weight"
+"layers.{i}.self_attn.v_proj.weight" = "layers.{i}.attn.v.weight"
+"layers.{i}.self_attn.o_proj.weight" = "layers.{i}.attn.o.weight"
+"layers.{i}.post_attention_layernorm.weight" = "layers.{i}.mlp_norm.weight"
+"layers.{i}.mlp.gate_proj.weight" = "layers.{i}.mlp.gate.weight"
+"layers.{i}.mlp.up_proj.weight" = "layers.{i}.mlp.up.weight"
+"layers.{i}.mlp.down_proj.weight" = "layers.{i}.mlp.down.weight"
+"norm.weight" = "final_norm.weight"
+"lm_head.weight" = "head.weight"
+"#,
+    )
+    .unwrap();
+    let m = model.path().to_str().unwrap();
+    let f = family.to_str().unwrap();
+    let run = |extra: &[&str], env: Option<&Path>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        c.args(["run", m, "--tokens", "1,2,3", "--format", "json"])
+            .args(extra)
+            .current_dir(root)
+            .env("KILN_FAMILY_PATH", env.unwrap_or(Path::new("")));
+        c.output().expect("run kiln")
+    };
+    let logits = |out: Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["logits"].clone()
+    };
+    let want = logits(
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "run",
+                fixture.to_str().unwrap(),
+                "--tokens",
+                "1,2,3",
+                "--format",
+                "json",
+            ])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(logits(run(&["--family", f], None)), want);
+    assert_eq!(logits(run(&[], Some(families.path()))), want);
+    let out = run(&[], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("\"acme_lm\" is not supported") && err.contains("family file"),
+        "{err}"
+    );
+    // The import says which family read it.
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["import", m, "--family", f])
+        .env("KILN_FAMILY_PATH", "")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("read by the family file {f}")),
+        "{text}"
+    );
+    assert!(text.contains("d_model = 64"), "{text}");
+}

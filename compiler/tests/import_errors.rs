@@ -102,7 +102,12 @@ fn unknown_model_type_lists_supported() {
     check(
         &e,
         Some("model_type"),
-        &["\"gptj\" is not supported", "bert, roberta", "bart"],
+        &[
+            "\"gptj\" is not supported",
+            "bart, bert",
+            "roberta",
+            "a family file can add it",
+        ],
     );
     let e = err("llama-2-7b.json", json!({"model_type": "lama"}));
     check(&e, Some("model_type"), &["did you mean \"llama\"?"]);
@@ -582,7 +587,7 @@ fn gemma_activation_spellings_disagree() {
     check(
         &e,
         Some("hidden_activation"),
-        &["disagrees with hidden_act", "ambiguous"],
+        &["its alias `hidden_act` is \"gelu\"", "ambiguous"],
     );
 }
 
@@ -702,6 +707,7 @@ fn head_not_available_for_family() {
         &ImportOptions {
             name: None,
             head: Some(HeadKind::Pooler),
+            tensors: None,
         },
     );
     check(
@@ -718,6 +724,7 @@ fn head_not_available_for_family() {
         &ImportOptions {
             name: None,
             head: Some(HeadKind::Pooler),
+            tensors: None,
         },
     );
     check(&e, None, &["none, mlm, mean-pool"]);
@@ -731,6 +738,7 @@ fn roberta_mlm_head_needs_exact_gelu() {
         &ImportOptions {
             name: None,
             head: Some(HeadKind::Mlm),
+            tensors: None,
         },
     );
     check(&e, Some("hidden_act"), &["always applies exact gelu"]);

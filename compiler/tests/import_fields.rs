@@ -536,6 +536,7 @@ fn encoder_heads() {
     let opts = |h| ImportOptions {
         name: None,
         head: Some(h),
+        tensors: None,
     };
     let mlm = imp_with(
         "bert-base-uncased.json",
@@ -549,7 +550,13 @@ fn encoder_heads() {
         (HeadKind::Mlm, true, true)
     );
     // BertForMaskedLM: embeddings + blocks + transform (d*d + d, LN 2d) + decoder bias; no pooler.
-    let base = rs("bert-base-uncased.json", json!({}));
+    let base = imp_with(
+        "bert-base-uncased.json",
+        json!({}),
+        &[],
+        &opts(HeadKind::Pooler),
+    )
+    .resolved;
     assert_eq!(
         params(&mlm),
         params(&base) - (768 * 768 + 768) + (768 * 768 + 768) + 2 * 768 + 30522
@@ -643,7 +650,8 @@ fn names() {
             "x/config.json",
             &ImportOptions {
                 name: Some("mine".into()),
-                head: None
+                head: None,
+                tensors: None,
             }
         ),
         "mine"
@@ -667,7 +675,7 @@ fn directory_import_and_from_hf_config() {
 fn header_lists_source_defaults_and_notes() {
     let i = imp("t5-small.json", json!({}));
     let text = i.to_toml();
-    assert!(text.starts_with("# Imported by `kiln import` from x/config.json\n# model_type = \"t5\"; architectures = T5ForConditionalGeneration\n"), "{text}");
+    assert!(text.starts_with("# Imported by `kiln import` from x/config.json\n# model_type = \"t5\", read by the family file models/families/t5.toml; architectures = T5ForConditionalGeneration\n"), "{text}");
     assert!(
         text.contains("#   relative_attention_max_distance = 128\n"),
         "{text}"

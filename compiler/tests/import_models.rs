@@ -25,9 +25,16 @@ fn params(rs: &ResolvedSpec) -> usize {
 /// The import of `tests/import/{file}` equals `models/{shipped}.toml` resolved
 /// (every knob, every per-layer block) and has the same parameter count.
 fn same_as_shipped(file: &str, shipped: &str) {
+    same_as_shipped_with(file, shipped, None)
+}
+
+/// [`same_as_shipped`] with the head given (the shipped encoder specs are
+/// the base models, while the published configs name their MLM classes).
+fn same_as_shipped_with(file: &str, shipped: &str, head: Option<HeadKind>) {
     let opts = ImportOptions {
         name: Some(shipped.to_string()),
-        head: None,
+        head,
+        tensors: None,
     };
     let imported = import(&format!("tests/import/{file}"), &opts);
     let reference = spec::load_shipped(shipped).unwrap_or_else(|e| panic!("{}", e.render()));
@@ -124,17 +131,40 @@ fn bart_base_matches_shipped() {
 
 #[test]
 fn bert_matches_shipped() {
-    same_as_shipped("bert-base-uncased.json", "bert-base-uncased");
+    same_as_shipped_with(
+        "bert-base-uncased.json",
+        "bert-base-uncased",
+        Some(HeadKind::Pooler),
+    );
+    // Without --head, the head is the one the config's `architectures` names (…ForMaskedLM).
+    let default = import(
+        "tests/import/bert-base-uncased.json",
+        &ImportOptions::default(),
+    );
+    assert_eq!(default.resolved.spec.head.kind, HeadKind::Mlm);
 }
 
 #[test]
 fn roberta_matches_shipped() {
-    same_as_shipped("roberta-base.json", "roberta-base");
+    same_as_shipped_with("roberta-base.json", "roberta-base", Some(HeadKind::Pooler));
+    // Without --head, the head is the one the config's `architectures` names (…ForMaskedLM).
+    let default = import("tests/import/roberta-base.json", &ImportOptions::default());
+    assert_eq!(default.resolved.spec.head.kind, HeadKind::Mlm);
 }
 
 #[test]
 fn distilbert_matches_shipped() {
-    same_as_shipped("distilbert-base-uncased.json", "distilbert-base-uncased");
+    same_as_shipped_with(
+        "distilbert-base-uncased.json",
+        "distilbert-base-uncased",
+        Some(HeadKind::None),
+    );
+    // Without --head, the head is the one the config's `architectures` names (…ForMaskedLM).
+    let default = import(
+        "tests/import/distilbert-base-uncased.json",
+        &ImportOptions::default(),
+    );
+    assert_eq!(default.resolved.spec.head.kind, HeadKind::Mlm);
 }
 
 /// Element counts of the tensors HF saved (`tensors.txt`: `name dtype [d0, d1, ...]`).

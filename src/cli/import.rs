@@ -39,24 +39,40 @@ impl From<Head> for HeadKind {
 #[derive(clap::Args)]
 pub struct Args {
     /// A transformers config.json, or a directory containing one.
-    config: PathBuf,
+    #[arg(required_unless_present = "list")]
+    config: Option<PathBuf>,
+    /// List the families kiln reads (shipped, from the family folder, and
+    /// given with --family): their model_types, heads and files.
+    #[arg(long)]
+    list: bool,
     /// Write the spec to this file (atomically) instead of standard output.
     #[arg(short, long)]
     output: Option<PathBuf>,
     /// The spec's name (default: the checkpoint directory's name, else the file's stem).
     #[arg(long)]
     name: Option<String>,
-    /// The head (default: the pooler for BERT/RoBERTa, none for DistilBERT, the LM head otherwise).
+    /// The head (default: the one the config's `architectures` entry names,
+    /// else the family's default: the pooler for BERT/RoBERTa, none for
+    /// DistilBERT, the LM head otherwise).
     #[arg(long, value_enum)]
     head: Option<Head>,
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
+    if a.list {
+        return list();
+    }
+    let Some(config) = a.config else {
+        return Err(CliError::Usage(
+            "give a config.json (or its folder), or --list".into(),
+        ));
+    };
     let opts = ImportOptions {
         name: a.name,
         head: a.head.map(HeadKind::from),
+        tensors: None,
     };
-    let text = import_path(&a.config, &opts)?.to_toml();
+    let text = import_path(&config, &opts)?.to_toml();
     match &a.output {
         None => {
             out!("{text}");
@@ -68,6 +84,44 @@ pub fn run(a: Args) -> Result<(), CliError> {
             source,
         }),
     }
+}
+
+/// `kiln import --list`: one line per family (the last one of a name wins).
+fn list() -> Result<(), CliError> {
+    let all = kiln_compiler::import::all_families()?;
+    let mut shown: Vec<&str> = Vec::new();
+    out!(
+        "{:<12} {:<34} {:<28} file\n",
+        "family",
+        "model_types",
+        "heads"
+    );
+    for f in all.iter().rev() {
+        if shown.contains(&f.name.as_str()) {
+            continue;
+        }
+        shown.push(&f.name);
+    }
+    shown.reverse();
+    for name in shown {
+        let f = all.iter().rev().find(|f| f.name == name).expect("listed");
+        out!(
+            "{:<12} {:<34} {:<28} {}\n",
+            f.name,
+            f.model_types.join(", "),
+            f.head_kinds().join(", "),
+            f.origin.display()
+        );
+    }
+    out!(
+        "\nfamily folders: {}\n",
+        kiln_compiler::import::family_search_dirs()
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
+    );
+    Ok(())
 }
 
 /// Write `bytes` to `out` through a temporary file in the same directory and
@@ -149,7 +203,8 @@ mod tests {
         .expect("write");
         let out = d.join("out.toml");
         let e = run(Args {
-            config: d.clone(),
+            config: Some(d.clone()),
+            list: false,
             output: Some(out.clone()),
             name: None,
             head: None,
@@ -171,7 +226,8 @@ mod tests {
         std::fs::copy(root.join("tests/import/gpt2.json"), d.join("config.json")).expect("copy");
         let out = d.join("gpt2.toml");
         run(Args {
-            config: d.clone(),
+            config: Some(d.clone()),
+            list: false,
             output: Some(out.clone()),
             name: Some("gpt2".into()),
             head: Some(Head::Lm),

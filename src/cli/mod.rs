@@ -49,6 +49,12 @@ use std::path::{Path, PathBuf};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// A family file (how a Hugging Face model_type's config.json and tensor
+    /// names map onto a spec; docs/spec.md, "Families") to use besides the
+    /// shipped ones and those in the family folder ($KILN_FAMILY_PATH, else
+    /// ~/.config/kiln/families); repeatable, later files win.
+    #[arg(long = "family", value_name = "FILE", global = true)]
+    families: Vec<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -82,6 +88,9 @@ pub enum Format {
 
 pub fn dispatch(cli: Cli) -> Result<(), CliError> {
     stdout_is_open()?;
+    for f in &cli.families {
+        kiln_compiler::import::register_family_file(f)?;
+    }
     let done = match cli.command {
         Command::Check(a) => check::run(a),
         Command::Compile(a) => compile::run(a),

@@ -125,70 +125,9 @@ impl<'a> Cfg<'a> {
 
     // ---- top-level getters ----
 
-    /// Integer field: absent → `default` (recorded); `null` → error.
-    pub fn usize_or(&mut self, key: &str, default: usize) -> Result<usize> {
-        match self.raw(key) {
-            None => {
-                self.used_default(key, default.to_string());
-                Ok(default)
-            }
-            Some(Value::Null) => Err(self.null_error(key, "a non-negative integer")),
-            Some(v) => self.as_usize(key, v),
-        }
-    }
-
     /// Nullable integer field: absent or `null` → `None`.
     pub fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
         self.present(key).map(|v| self.as_usize(key, v)).transpose()
-    }
-
-    /// Nullable integer field whose class default is `default` (absent → default, recorded;
-    /// `null` → `None`, as HF reads it).
-    pub fn usize_nullable_or(
-        &mut self,
-        key: &str,
-        default: Option<usize>,
-    ) -> Result<Option<usize>> {
-        match self.raw(key) {
-            None => {
-                self.used_default(key, default.map_or("null".into(), |d| d.to_string()));
-                Ok(default)
-            }
-            Some(Value::Null) => Ok(None),
-            Some(v) => self.as_usize(key, v).map(Some),
-        }
-    }
-
-    /// Integer field spelled several ways (HF `attribute_map` aliases): the
-    /// first present wins; two present with different values are an error.
-    pub fn usize_alias_or(&mut self, keys: &[&str], default: usize) -> Result<usize> {
-        let mut found: Option<(&str, usize)> = None;
-        for &k in keys {
-            match self.raw(k) {
-                None => {}
-                Some(Value::Null) => return Err(self.null_error(k, "a non-negative integer")),
-                Some(v) => {
-                    let x = self.as_usize(k, v)?;
-                    match found {
-                        None => found = Some((k, x)),
-                        Some((k0, x0)) if x0 != x => {
-                            return Err(self.err(
-                                k,
-                                format!("is {x} but its alias `{k0}` is {x0}; they name the same setting"),
-                            ));
-                        }
-                        Some(_) => {}
-                    }
-                }
-            }
-        }
-        match found {
-            Some((_, x)) => Ok(x),
-            None => {
-                self.used_default(keys[0], default.to_string());
-                Ok(default)
-            }
-        }
     }
 
     /// Float field: absent → `default` (recorded); `null` → error.
@@ -203,68 +142,9 @@ impl<'a> Cfg<'a> {
         }
     }
 
-    /// Nullable float field with class default `default` (absent → default, recorded; `null` → `None`).
-    pub fn f64_nullable_or(&mut self, key: &str, default: Option<f64>) -> Result<Option<f64>> {
-        match self.raw(key) {
-            None => {
-                self.used_default(key, default.map_or("null".into(), fmt_f64));
-                Ok(default)
-            }
-            Some(Value::Null) => Ok(None),
-            Some(v) => self.as_f64(key, v).map(Some),
-        }
-    }
-
     /// Nullable float field without a default (absent or `null` → `None`).
     pub fn f64_opt(&self, key: &str) -> Result<Option<f64>> {
         self.present(key).map(|v| self.as_f64(key, v)).transpose()
-    }
-
-    /// Boolean field: absent → `default` (recorded); `null` → error.
-    pub fn bool_or(&mut self, key: &str, default: bool) -> Result<bool> {
-        match self.raw(key) {
-            None => {
-                self.used_default(key, default.to_string());
-                Ok(default)
-            }
-            Some(Value::Null) => Err(self.null_error(key, "true or false")),
-            Some(v) => self.as_bool(key, v),
-        }
-    }
-
-    /// Boolean field HF declares `bool | None` and tests for truth: absent → `default`
-    /// (recorded), `null` → false.
-    pub fn bool_nullable_or(&mut self, key: &str, default: bool) -> Result<bool> {
-        match self.raw(key) {
-            None => {
-                self.used_default(key, default.to_string());
-                Ok(default)
-            }
-            Some(Value::Null) => Ok(false),
-            Some(v) => self.as_bool(key, v),
-        }
-    }
-
-    /// Boolean field read only to reject a value: absent or `null` → `None`.
-    pub fn bool_opt(&self, key: &str) -> Result<Option<bool>> {
-        self.present(key).map(|v| self.as_bool(key, v)).transpose()
-    }
-
-    /// String field: absent → `default` (recorded); `null` → error.
-    pub fn str_or(&mut self, key: &str, default: &'a str) -> Result<&'a str> {
-        match self.raw(key) {
-            None => {
-                self.used_default(key, format!("{default:?}"));
-                Ok(default)
-            }
-            Some(Value::Null) => Err(self.null_error(key, "a string")),
-            Some(v) => self.as_str(key, v),
-        }
-    }
-
-    /// Nullable string field without a default.
-    pub fn str_opt(&self, key: &str) -> Result<Option<&'a str>> {
-        self.present(key).map(|v| self.as_str(key, v)).transpose()
     }
 }
 

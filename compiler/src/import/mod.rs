@@ -23,6 +23,8 @@
 
 mod cfg;
 mod families;
+pub mod family;
+mod generic;
 mod rope;
 
 use std::fmt;
@@ -30,24 +32,28 @@ use std::path::{Path, PathBuf};
 
 use crate::spec::{self, HeadKind, ResolvedSpec};
 use cfg::{Cfg, show};
+pub use family::{
+    Family, families as all_families, register_file as register_family_file,
+    search_dirs as family_search_dirs,
+};
 
-/// The HF `model_type`s `kiln import` understands.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
-    "bert",
-    "roberta",
-    "distilbert",
-    "gpt2",
-    "gpt_neox",
-    "llama",
-    "mistral",
-    "mixtral",
-    "qwen2",
-    "gemma",
-    "gemma2",
-    "phi",
-    "t5",
-    "bart",
-];
+/// The head kinds a family file may offer (`[head.KIND]`).
+pub const HEAD_KINDS: &[&str] = &["lm", "mlm", "pooler", "mean-pool", "none"];
+
+pub(crate) fn head_name(k: HeadKind) -> &'static str {
+    match k {
+        HeadKind::Lm => "lm",
+        HeadKind::Mlm => "mlm",
+        HeadKind::Pooler => "pooler",
+        HeadKind::MeanPool => "mean-pool",
+        HeadKind::None => "none",
+    }
+}
+
+/// The `model_type`s `kiln import` understands (every family's, sorted).
+pub fn supported_model_types() -> Vec<String> {
+    family::model_types().unwrap_or_default()
+}
 
 /// The largest `config.json` kiln reads (real ones are a few kilobytes).
 pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
@@ -97,8 +103,12 @@ pub struct ImportOptions {
     /// The spec's `name`; default: the directory holding `config.json`, else
     /// the file's stem (`gpt2.json` → `gpt2`), else `_name_or_path`, else the `model_type`.
     pub name: Option<String>,
-    /// The head; default per family (see the module docs).
+    /// The head; default: the one the config's `architectures` entry names
+    /// (per the family file), else the family's default.
     pub head: Option<HeadKind>,
+    /// The checkpoint's tensor names, when known: family files may choose
+    /// the head by what is present (`has_tensor`).
+    pub tensors: Option<Vec<String>>,
 }
 
 /// An imported config: the resolved spec plus what the import assumed.
@@ -108,6 +118,10 @@ pub struct Imported {
     pub resolved: ResolvedSpec,
     /// `model_type` from the config.
     pub model_type: String,
+    /// The family that read it, and its file.
+    pub family: String,
+    /// The family file (`models/families/NAME.toml` for shipped ones).
+    pub family_file: PathBuf,
     /// The config file imported.
     pub source: PathBuf,
     /// `architectures` from the file (informational: it does not pick the head).
@@ -125,9 +139,10 @@ impl Imported {
     /// text with [`spec::load_str`] gives back [`Imported::resolved`].
     pub fn to_toml(&self) -> String {
         let mut out = format!(
-            "# Imported by `kiln import` from {}\n# model_type = {:?}",
+            "# Imported by `kiln import` from {}\n# model_type = {:?}, read by the family file {}",
             self.source.display(),
-            self.model_type
+            self.model_type,
+            self.family_file.display()
         );
         if !self.architectures.is_empty() {
             out += &format!("; architectures = {}", self.architectures.join(", "));
@@ -188,19 +203,20 @@ pub fn import_config(
         ));
     };
     let mut cfg = Cfg::new(map, path);
+    let supported = || supported_model_types().join(", ");
     let model_type = match cfg.raw("model_type") {
         None | Some(serde_json::Value::Null) => {
             return Err(cfg.err(
                 "model_type",
                 format!(
                     "is missing; it says which architecture the config describes (supported: {})",
-                    SUPPORTED_MODEL_TYPES.join(", ")
+                    supported()
                 ),
             ));
         }
         Some(v) => cfg.as_str("model_type", v)?.to_string(),
     };
-    let architectures = match cfg.present("architectures") {
+    let architectures: Vec<String> = match cfg.present("architectures") {
         Some(serde_json::Value::Array(a)) => a
             .iter()
             .map(|v| v.as_str().map_or_else(|| show(v), str::to_string))
@@ -209,37 +225,31 @@ pub fn import_config(
         None => Vec::new(),
     };
     families::common_checks(&cfg)?;
-    let head = opts.head;
-    let mut spec = match model_type.as_str() {
-        "bert" | "roberta" => families::bert_like(&mut cfg, &model_type, head)?,
-        "distilbert" => families::distilbert(&mut cfg, head)?,
-        "gpt2" => families::gpt2(&mut cfg, head)?,
-        "gpt_neox" => families::gpt_neox(&mut cfg, head)?,
-        "llama" | "mistral" | "mixtral" | "qwen2" => {
-            families::llama_like(&mut cfg, &model_type, head)?
+    let Some(fam) = family::for_model_type(&model_type)? else {
+        let known = supported_model_types();
+        let mut msg = format!(
+            "= {model_type:?} is not supported (supported: {}); a family file can add it (docs/spec.md, \"Families\")",
+            known.join(", ")
+        );
+        if let Some(s) = known
+            .iter()
+            .filter(|s| strsim::levenshtein(s, &model_type) <= 2)
+            .min_by_key(|s| strsim::levenshtein(s, &model_type))
+        {
+            msg += &format!("; did you mean {s:?}?");
         }
-        "gemma" => families::gemma(&mut cfg, head)?,
-        "gemma2" => families::gemma2(&mut cfg, head)?,
-        "phi" => families::phi(&mut cfg, head)?,
-        "t5" => families::t5(&mut cfg, head)?,
-        "bart" => families::bart(&mut cfg, head)?,
-        other => {
-            let mut msg = format!(
-                "= {other:?} is not supported (supported: {})",
-                SUPPORTED_MODEL_TYPES.join(", ")
-            );
-            if let Some(s) = SUPPORTED_MODEL_TYPES
-                .iter()
-                .filter(|s| strsim::levenshtein(s, other) <= 2)
-                .min_by_key(|s| strsim::levenshtein(s, other))
-            {
-                msg += &format!("; did you mean {s:?}?");
-            }
-            return Err(cfg.err("model_type", msg));
-        }
+        return Err(cfg.err("model_type", msg));
     };
-    spec.name = spec_name(opts, path, &cfg, &model_type);
-    let resolved = spec::resolve(spec).map_err(|e| {
+    let built = {
+        let mut ctx = generic::Ctx::new(&fam, &mut cfg, opts.tensors.as_deref());
+        generic::import(&mut ctx, &architectures, opts.head, &model_type)?
+    };
+    let mut table = built.table;
+    table.insert(
+        "name".into(),
+        toml::Value::String(spec_name(opts, path, &cfg, &model_type)),
+    );
+    let resolved = spec::load_table(&table, path).map_err(|e| {
         ImportError::new(
             path,
             None,
@@ -249,6 +259,8 @@ pub fn import_config(
     Ok(Imported {
         resolved,
         model_type,
+        family: fam.name.clone(),
+        family_file: fam.origin.clone(),
         source: path.to_path_buf(),
         architectures,
         defaults: cfg.defaults,

@@ -30,16 +30,6 @@ pub(crate) struct RopeKeys<'k> {
     pub ignored_partial: &'k [&'k str],
 }
 
-/// The usual layout: `rope_theta` / `partial_rotary_factor` at the top level.
-pub(crate) const STANDARD: RopeKeys<'static> = RopeKeys {
-    theta: &["rope_theta"],
-    default_theta: 10000.0,
-    partial: &["partial_rotary_factor"],
-    default_partial: None,
-    ignored_theta: &[],
-    ignored_partial: &[],
-};
-
 const COMMON_KEYS: &[&str] = &["rope_type", "type", "rope_theta", "partial_rotary_factor"];
 
 /// Read the RoPE settings; `head_dim` checks the rotated channel count,

@@ -287,7 +287,7 @@ fn open_uncompiled(
                 message: "a model folder needs a config.json (a HF checkpoint folder) — or pass a .toml spec or a .gguf file".into(),
             });
         }
-        let mut imported = import_path(&dir, &ImportOptions::default())?.resolved;
+        let mut imported = import_path(&dir, &hf_import_options(&dir))?.resolved;
         apply_sentence_transformers(&dir, &mut imported)?;
         return with_checkpoint(imported, &dir, opts.progress, budget);
     }
@@ -325,11 +325,23 @@ pub fn open_spec(path: &Path) -> Result<ResolvedSpec, OpenError> {
         } else {
             path.parent().unwrap_or(Path::new(".")).to_path_buf()
         };
-        let mut rs = import_path(&dir, &ImportOptions::default())?.resolved;
+        let mut rs = import_path(&dir, &hf_import_options(&dir))?.resolved;
         apply_sentence_transformers(&dir, &mut rs)?;
         return Ok(rs);
     }
     Ok(spec::load(path).map_err(Box::new)?)
+}
+
+/// Import options for a HF folder: the checkpoint's tensor names (from its
+/// header, when it has one), so the family can pick the head by what is
+/// stored (a `BertModel` saved without its pooler).
+fn hf_import_options(dir: &Path) -> ImportOptions {
+    ImportOptions {
+        tensors: checkpoint::Checkpoint::open(dir)
+            .ok()
+            .map(|c| c.tensors().keys().cloned().collect()),
+        ..ImportOptions::default()
+    }
 }
 
 fn internal(path: &Path, e: impl std::fmt::Display) -> OpenError {

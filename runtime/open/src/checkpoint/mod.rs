@@ -3,8 +3,9 @@
 //! kiln's lowering names every parameter canonically
 //! (`layers.3.attn.q.weight`, `[out, in]` like an HF `Linear`); each
 //! checkpoint family's names and layouts are mapped onto those names by a
-//! *mapping table*, which is data (`runtime/open/mappings/FAMILY.toml`, embedded
-//! in the binary): adding a family is adding a table.
+//! *mapping table*, which is data (the `[tensors]` section of the family file
+//! `models/families/FAMILY.toml`, embedded in the binary, or a user's):
+//! adding a family is adding a file.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -59,27 +60,27 @@
 //!
 //! # Mapping tables
 //!
+//! A family file's `[tensors]` section (its family name, description and
+//! `model_types` are the family's):
+//!
 //! ```toml
-//! family = "gpt2"                       # must match the file name
-//! description = "GPT-2 (HF GPT2Model / GPT2LMHeadModel)"
-//! model_types = ["gpt2"]                # config.json model_type values it is chosen for
 //! prefixes = ["transformer."]           # names are accepted with or without one of these
-//! # extends = "llama"                   # start from another table's rules; own rules
+//! # extends = "llama"                   # start from another family's rules; own rules
 //!                                       # replace the parent's for the same `from`
 //!
-//! [rename]                              # checkpoint pattern = canonical pattern
+//! [tensors.rename]                           # checkpoint pattern = canonical pattern
 //! "h.{i}.ln_1.weight" = "layers.{i}.attn_norm.weight"
 //!
-//! [optional]                            # renames used only when the model declares the
+//! [tensors.optional]                         # renames used only when the model declares the
 //! "pooler.dense.weight" = "head.pooler.dense.weight"   # target; otherwise reported unused
 //!
-//! [tied]                                # copies of a parameter: checked equal, not loaded
+//! [tensors.tied]                             # copies of a parameter: checked equal, not loaded
 //! "encoder.embed_tokens.weight" = "embed.tokens"
 //!
-//! [ignore]                              # pattern = why kiln does not need it
+//! [tensors.ignore]                           # pattern = why kiln does not need it
 //! "h.{i}.attn.bias" = "causal-mask buffer; kiln builds its own masks"
 //!
-//! [[rule]]                              # anything with a transform
+//! [[tensors.rule]]                           # anything with a transform
 //! from = "h.{i}.attn.c_attn.weight"
 //! transpose = true                      # swap the last two axes first (Conv1D is [in, out])
 //! split = { axis = 0, into = ["layers.{i}.attn.q.weight", "layers.{i}.attn.k.weight",
@@ -123,7 +124,7 @@ pub use error::CheckpointError;
 pub use plan::CANONICAL;
 pub use plan::Plan;
 pub use reader::{Checkpoint, Dtype, SUPPORTED_DTYPES, TensorInfo};
-pub use table::{Table, families, table, table_source, tables};
+pub use table::{Table, families, table, tables};
 pub use write::{CANONICAL_FORMAT, safetensors_bytes, write_safetensors};
 
 use kiln_compiler::ir::Graph;

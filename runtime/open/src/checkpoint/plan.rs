@@ -652,7 +652,7 @@ pub(crate) fn choose(
     let path = ckpt.path();
     if let Some(f) = family {
         let t = table(f)?;
-        let (plan, problems) = build(ckpt, t, model);
+        let (plan, problems) = build(ckpt, &t, model);
         return finish(path, plan, problems);
     }
     // kiln's own names (`kiln export`): every tensor is a parameter of the
@@ -670,7 +670,7 @@ pub(crate) fn choose(
         let (plan, problems) = build(ckpt, t, model);
         return finish(path, plan, problems);
     }
-    auto_detect(ckpt, model, all)
+    auto_detect(ckpt, model, &all)
 }
 
 /// The family name of checkpoints saved under kiln's canonical parameter

@@ -1,40 +1,21 @@
 //! Mapping tables: how one checkpoint family's tensor names and layouts map
-//! onto kiln's canonical parameters. The tables are data
-//! (`runtime/open/mappings/*.toml`, embedded in the binary); this module parses
-//! and validates them and matches names against their patterns.
+//! onto kiln's canonical parameters. The tables are data: the `[tensors]`
+//! section of each family file (`models/families/*.toml`, embedded in the
+//! binary, plus the user's, see `kiln_compiler::import::family`); this
+//! module parses and validates them and matches names against their patterns.
 //!
 //! See the [module docs](super) for the table format.
 
 use super::error::CheckpointError;
+use kiln_compiler::import;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex};
 
-/// The embedded tables, in auto-detection order (a table that extends
-/// another comes after it).
-const SOURCES: &[(&str, &str)] = &[
-    ("bert", include_str!("../../mappings/bert.toml")),
-    ("roberta", include_str!("../../mappings/roberta.toml")),
-    ("distilbert", include_str!("../../mappings/distilbert.toml")),
-    ("gpt2", include_str!("../../mappings/gpt2.toml")),
-    ("gpt-neox", include_str!("../../mappings/gpt-neox.toml")),
-    ("llama", include_str!("../../mappings/llama.toml")),
-    ("gemma", include_str!("../../mappings/gemma.toml")),
-    ("gemma2", include_str!("../../mappings/gemma2.toml")),
-    ("mixtral", include_str!("../../mappings/mixtral.toml")),
-    ("phi", include_str!("../../mappings/phi.toml")),
-    ("t5", include_str!("../../mappings/t5.toml")),
-    ("bart", include_str!("../../mappings/bart.toml")),
-];
-
-/// The family names of the embedded tables, in auto-detection order.
-pub fn families() -> Vec<&'static str> {
-    SOURCES.iter().map(|(f, _)| *f).collect()
-}
-
-/// The TOML text of a family's table (as shipped; `extends` unresolved).
-pub fn table_source(family: &str) -> Option<&'static str> {
-    SOURCES.iter().find(|(f, _)| *f == family).map(|(_, s)| *s)
+/// The family names that have a table, in auto-detection order (a table
+/// that extends another comes after it).
+pub fn families() -> Result<Vec<String>, CheckpointError> {
+    Ok(tables()?.iter().map(|t| t.family.clone()).collect())
 }
 
 // ---------------------------------------------------------------------------
@@ -338,36 +319,116 @@ impl Table {
     }
 }
 
-/// All embedded tables, parsed and resolved (once).
-pub fn tables() -> Result<&'static [Table], CheckpointError> {
-    // Err: (family, message) of the first bad table.
-    static TABLES: OnceLock<Result<Vec<Table>, (String, String)>> = OnceLock::new();
-    let result = TABLES.get_or_init(|| {
-        let mut out: Vec<Table> = Vec::new();
-        for (family, src) in SOURCES {
-            let t = parse_table(family, src, &out).map_err(|m| (family.to_string(), m))?;
-            out.push(t);
+/// Every family's table, parsed and resolved (again only when a family
+/// file was registered since the last call).
+pub fn tables() -> Result<Arc<Vec<Table>>, CheckpointError> {
+    static CACHE: Mutex<Option<(usize, Arc<Vec<Table>>)>> = Mutex::new(None);
+    let fams = import::all_families().map_err(|e| CheckpointError::Table {
+        family: "(family files)".into(),
+        message: e.to_string(),
+    })?;
+    if let Ok(c) = CACHE.lock()
+        && let Some((n, t)) = &*c
+        && *n == fams.len()
+    {
+        return Ok(t.clone());
+    }
+    // One family per name: the last registered (a user's file replacing a shipped one).
+    let mut latest: Vec<Arc<import::Family>> = Vec::new();
+    for f in &fams {
+        match latest.iter().position(|l| l.name == f.name) {
+            Some(i) => latest[i] = f.clone(),
+            None => latest.push(f.clone()),
         }
-        Ok(out)
-    });
-    result
-        .as_deref()
-        .map_err(|(family, message)| CheckpointError::Table {
-            family: family.clone(),
-            message: message.clone(),
-        })
+    }
+    let mut out: Vec<Table> = Vec::new();
+    for f in &latest {
+        resolve(f, &latest, &mut out, 0)?;
+    }
+    let out = Arc::new(out);
+    if let Ok(mut c) = CACHE.lock() {
+        *c = Some((fams.len(), out.clone()));
+    }
+    Ok(out)
+}
+
+/// Parse `fam`'s table (and first the tables it builds on) into `out`,
+/// unless it is there already. A family without `[tensors]` uses its
+/// parent's rules under its own name and model types.
+fn resolve(
+    fam: &import::Family,
+    all: &[Arc<import::Family>],
+    out: &mut Vec<Table>,
+    depth: usize,
+) -> Result<(), CheckpointError> {
+    let bad = |m: String| CheckpointError::Table {
+        family: fam.name.clone(),
+        message: format!("{}: {m}", fam.origin.display()),
+    };
+    if depth > 32 {
+        return Err(bad("the families extend each other in a cycle".into()));
+    }
+    if out.iter().any(|t| t.family == fam.name) {
+        return Ok(());
+    }
+    let by_name = |n: &str| find(all, n);
+    let mut src = match &fam.tensors {
+        Some(t) => t.clone(),
+        None => {
+            let Some(parent) = fam.parent.as_deref().and_then(by_name) else {
+                return Ok(()); // no tensor names: the family imports configs only
+            };
+            let mut t = toml::Table::new();
+            t.insert("extends".into(), toml::Value::String(parent.name.clone()));
+            t
+        }
+    };
+    if let Some(toml::Value::String(p)) = src.get("extends") {
+        let p = p.clone();
+        let parent =
+            by_name(&p).ok_or_else(|| bad(format!("[tensors] extends unknown family `{p}`")))?;
+        resolve(&parent, all, out, depth + 1)?;
+    }
+    src.insert("family".into(), toml::Value::String(fam.name.clone()));
+    src.insert(
+        "description".into(),
+        toml::Value::String(fam.description.clone()),
+    );
+    src.insert(
+        "model_types".into(),
+        toml::Value::Array(
+            fam.model_types
+                .iter()
+                .cloned()
+                .map(toml::Value::String)
+                .collect(),
+        ),
+    );
+    let file: TableFile = toml::Value::Table(src)
+        .try_into()
+        .map_err(|e: toml::de::Error| bad(format!("[tensors]: {}", e.message())))?;
+    let t = parse_file(file, out).map_err(|m| bad(format!("[tensors]: {m}")))?;
+    out.push(t);
+    Ok(())
+}
+
+fn find(all: &[Arc<import::Family>], name: &str) -> Option<Arc<import::Family>> {
+    all.iter().rev().find(|f| f.name == name).cloned()
 }
 
 /// The table named `family` (a family name or one of a table's
 /// `model_types`).
-pub fn table(family: &str) -> Result<&'static Table, CheckpointError> {
+pub fn table(family: &str) -> Result<Table, CheckpointError> {
     let all = tables()?;
     all.iter()
+        .rev()
         .find(|t| t.family == family)
         .or_else(|| {
             all.iter()
+                .rev()
                 .find(|t| t.model_types.iter().any(|m| m == family))
         })
+        .cloned()
         .ok_or_else(|| CheckpointError::UnknownFamily {
             family: family.to_string(),
             known: all.iter().map(|t| t.family.clone()).collect(),
@@ -380,6 +441,10 @@ pub(crate) fn parse_table(family: &str, src: &str, earlier: &[Table]) -> Result<
     if file.family != family {
         return Err(format!("declares family `{}`", file.family));
     }
+    parse_file(file, earlier)
+}
+
+fn parse_file(file: TableFile, earlier: &[Table]) -> Result<Table, String> {
     let mut rules = Vec::new();
     let pat = |s: &str| Pattern::parse(s);
     for (from, to) in &file.rename {
@@ -607,8 +672,12 @@ mod tests {
     #[test]
     fn every_embedded_table_parses() {
         let all = tables().unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(all.len(), SOURCES.len());
-        for t in all {
+        // Every shipped family has a table (its own [tensors] or its parent's).
+        assert_eq!(
+            all.len(),
+            kiln_compiler::import::family::shipped_sources().len()
+        );
+        for t in all.iter() {
             assert!(!t.description.is_empty(), "{} has no description", t.family);
         }
     }
