@@ -120,8 +120,9 @@ fn rmsnorm_and_gemma_offset() {
 #[test]
 fn activations_match_reference_values() {
     let x = [-1.0, 0.0, 1.0, 2.5];
-    let cases: [(Activation, [f64; 4]); 4] = [
+    let cases: [(Activation, [f64; 4]); 5] = [
         (Activation::Relu, [0.0, 0.0, 1.0, 2.5]),
+        (Activation::Relu2, [0.0, 0.0, 1.0, 6.25]),
         // x * Phi(x)
         (
             Activation::Gelu,
@@ -455,6 +456,130 @@ fn sliding_window_includes_the_current_token() {
         last_logits(&one, &[1, 2, 3, 4]),
         last_logits(&one, &[5, 6, 7, 4])
     );
+}
+
+/// A one-layer RMSNorm decoder with `extra` lines after `[norm]`.
+fn tiny_decoder_with(extra: &str) -> spec::ResolvedSpec {
+    let src = format!(
+        r#"
+name = "knob-test"
+architecture = "decoder"
+vocab_size = 32
+d_model = 16
+layers = 1
+max_positions = 32
+[attention]
+heads = 2
+[positions]
+kind = "rope"
+[mlp]
+d_ff = 32
+activation = "silu"
+gated = true
+[norm]
+kind = "rmsnorm"
+{extra}
+"#
+    );
+    spec::load_str(&src, std::path::Path::new("knob-test.toml"))
+        .unwrap_or_else(|e| panic!("{}", e.render()))
+}
+
+fn parameter_names(g: &kiln_compiler::ir::Graph) -> Vec<String> {
+    g.parameters()
+        .into_iter()
+        .filter_map(|p| match &g.node(p).op {
+            kiln_compiler::ir::Op::Parameter { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `residual.scale = s` adds `s * f(..)`: the same as the unscaled model
+/// with each branch's last projection (o, down) multiplied by `s`.
+#[test]
+fn residual_scale_multiplies_each_branch() {
+    use kiln_compiler::lower::lower;
+    use kiln_runtime::session::Model;
+    let s = 0.25f32;
+    let plain = Model::random(lower(&tiny_decoder_with("")).unwrap(), 5).unwrap();
+    let mut weights = plain.weights.clone();
+    for n in ["layers.0.attn.o.weight", "layers.0.mlp.down.weight"] {
+        let t = weights.get(n).unwrap();
+        let v: Vec<f32> = t.to_f32_vec().iter().map(|x| x * s).collect();
+        weights.insert(n, Tensor::from_f32(t.shape(), v).unwrap());
+    }
+    let folded = Model::new(lower(&tiny_decoder_with("")).unwrap(), weights);
+    let scaled = Model::new(
+        lower(&tiny_decoder_with("[residual]\nscale = 0.25")).unwrap(),
+        plain.weights.clone(),
+    );
+    let tokens = [3, 1, 4, 1, 5];
+    let want = folded.session().forward(&tokens).unwrap()["logits"].to_f32_vec();
+    let got = scaled.session().forward(&tokens).unwrap()["logits"].to_f32_vec();
+    let unscaled = plain.session().forward(&tokens).unwrap()["logits"].to_f32_vec();
+    let diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    assert!(diff(&got, &want) < 1e-5, "{}", diff(&got, &want));
+    assert!(diff(&got, &unscaled) > 1e-2, "the scale changes nothing");
+}
+
+/// `placement = "output"` normalises each branch's output (its own
+/// `*_post_norm`), never the block's input: the branch sees the raw stream,
+/// and scaling a branch's output projection leaves the logits unchanged
+/// (an RMSNorm is scale-invariant) where pre-norm would change them.
+#[test]
+fn output_placement_normalises_only_the_branch() {
+    use kiln_compiler::lower::lower;
+    use kiln_runtime::session::Model;
+    let rs = tiny_decoder_with("placement = \"output\"\neps = 1e-12");
+    let lowered = lower(&rs).unwrap();
+    let names = parameter_names(lowered.decoder.as_ref().unwrap());
+    let has = |n: &str| names.iter().any(|x| x == n);
+    assert!(has("layers.0.attn_post_norm.weight"), "{names:?}");
+    assert!(has("layers.0.mlp_post_norm.weight"), "{names:?}");
+    assert!(!has("layers.0.attn_norm.weight"), "{names:?}");
+    assert!(!has("layers.0.mlp_norm.weight"), "{names:?}");
+    let model = Model::random(lowered.clone(), 9).unwrap();
+    let tokens = [2, 7, 1, 8];
+    let base = model.session().forward(&tokens).unwrap()["logits"].to_f32_vec();
+    let mut weights = model.weights.clone();
+    let t = weights.get("layers.0.attn.o.weight").unwrap();
+    let v: Vec<f32> = t.to_f32_vec().iter().map(|x| x * 8.0).collect();
+    weights.insert(
+        "layers.0.attn.o.weight",
+        Tensor::from_f32(t.shape(), v).unwrap(),
+    );
+    let louder = Model::new(lowered, weights);
+    let got = louder.session().forward(&tokens).unwrap()["logits"].to_f32_vec();
+    let d = base
+        .iter()
+        .zip(&got)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(d < 1e-3, "the attention output is not normalised: {d}");
+    // Control: under pre-norm the same change moves the logits.
+    let pre = lower(&tiny_decoder_with("eps = 1e-12")).unwrap();
+    let model = Model::random(pre.clone(), 9).unwrap();
+    let base = model.session().forward(&tokens).unwrap()["logits"].to_f32_vec();
+    let mut weights = model.weights.clone();
+    let t = weights.get("layers.0.attn.o.weight").unwrap();
+    let v: Vec<f32> = t.to_f32_vec().iter().map(|x| x * 8.0).collect();
+    weights.insert(
+        "layers.0.attn.o.weight",
+        Tensor::from_f32(t.shape(), v).unwrap(),
+    );
+    let got = Model::new(pre, weights).session().forward(&tokens).unwrap()["logits"].to_f32_vec();
+    let d = base
+        .iter()
+        .zip(&got)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(d > 1e-3, "pre-norm control: {d}");
 }
 
 #[test]

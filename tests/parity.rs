@@ -85,19 +85,18 @@ fn fixtures() -> Vec<PathBuf> {
 }
 
 /// Load a fixture the way `kiln run --weights DIR` does.
-fn open(dir: &Path, backend: &'static dyn Backend) -> (Architecture, Model) {
-    let imported = import_path(dir, &ImportOptions::default())
-        .unwrap_or_else(|e| panic!("{}: import: {e}", dir.display()));
-    let lowered = lower(&imported.resolved).unwrap();
+fn open(dir: &Path, backend: &'static dyn Backend) -> Result<(Architecture, Model), String> {
+    let imported =
+        import_path(dir, &ImportOptions::default()).map_err(|e| format!("import: {e}"))?;
+    let lowered = lower(&imported.resolved).map_err(|e| format!("lower: {e}"))?;
     let graphs: Vec<_> = lowered.graphs().collect();
-    let weights = load_safetensors(dir, &graphs, None)
-        .unwrap_or_else(|e| panic!("{}: load: {e}", dir.display()));
-    (
+    let weights = load_safetensors(dir, &graphs, None).map_err(|e| format!("load: {e}"))?;
+    Ok((
         imported.resolved.spec.architecture,
         Model::new(lowered, weights)
             .compile(backend)
-            .unwrap_or_else(|e| panic!("{}: compile: {e}", dir.display())),
-    )
+            .map_err(|e| format!("compile: {e}"))?,
+    ))
 }
 
 /// Logits fed `prefix` tokens at once, then the rest one at a time through the KV cache.
@@ -143,14 +142,29 @@ fn every_family_on(backend: &'static dyn Backend) {
     let mut failures = Vec::new();
     let all = fixtures();
     assert!(
-        all.len() >= 14,
-        "expected the fixtures of 14 families, found {}",
+        all.len() >= 46,
+        "expected the fixtures of 46 families, found {}",
         all.len()
     );
+    // KILN_PARITY_ONLY=a,b runs only those fixtures (while working on a family).
+    let only = std::env::var("KILN_PARITY_ONLY").ok();
     for dir in all {
         let family = dir.file_name().unwrap().to_string_lossy().to_string();
+        if let Some(o) = &only
+            && !o.split(',').any(|f| f == family)
+        {
+            continue;
+        }
         let exp = Expected::open(&dir);
-        let (arch, model) = open(&dir, backend);
+        let (arch, model) = match open(&dir, backend) {
+            Ok(m) => m,
+            Err(e) => {
+                let line = format!("{family:<11} {e}");
+                println!("{line}");
+                failures.push(line);
+                continue;
+            }
+        };
         let ids = exp.ids("input_ids");
         match arch {
             Architecture::Encoder => {
@@ -162,6 +176,16 @@ fn every_family_on(backend: &'static dyn Backend) {
                     &exp.f32("last_hidden_state"),
                     &mut failures,
                 );
+                // Encoders saved through their MaskedLM head: the head's logits.
+                if exp.has("logits") {
+                    check(
+                        &family,
+                        "logits (MLM head)",
+                        &out["logits"].to_f32_vec(),
+                        &exp.f32("logits"),
+                        &mut failures,
+                    );
+                }
                 if exp.has("pooler_output") {
                     check(
                         &family,
@@ -192,6 +216,21 @@ fn every_family_on(backend: &'static dyn Backend) {
                         &rows(&want, &shape, b, n),
                         &mut failures,
                     );
+                }
+                if exp.has("logits_batch2") {
+                    let want = exp.f32("logits_batch2");
+                    let shape = exp.shape("logits_batch2");
+                    let got = out["logits"].to_f32_vec();
+                    let gshape = out["logits"].shape().to_vec();
+                    for (b, &n) in lens.iter().enumerate() {
+                        check(
+                            &family,
+                            &format!("MLM logits row {b} ({n} tokens)"),
+                            &rows(&got, &gshape, b, n),
+                            &rows(&want, &shape, b, n),
+                            &mut failures,
+                        );
+                    }
                 }
                 if exp.has("pooler_output_batch2") {
                     check(

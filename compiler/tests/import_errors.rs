@@ -98,12 +98,12 @@ fn model_type_must_be_a_string() {
 
 #[test]
 fn unknown_model_type_lists_supported() {
-    let e = err("gpt2.json", json!({"model_type": "gptj"}));
+    let e = err("gpt2.json", json!({"model_type": "mamba"}));
     check(
         &e,
         Some("model_type"),
         &[
-            "\"gptj\" is not supported",
+            "\"mamba\" is not supported",
             "bart, bert",
             "roberta",
             "a family file can add it",
@@ -521,7 +521,11 @@ fn bart_fields_hf_ignores_but_contradict_it() {
         ("static_position_embeddings", true),
     ] {
         let e = err("bart-base.json", json!({ k: v }));
-        check(&e, Some(k), &["HF's BART ignores this field"]);
+        check(
+            &e,
+            Some(k),
+            &["HF ignores this field and always builds post-norm blocks"],
+        );
     }
     let e = err("bart-base.json", json!({"extra_pos_embeddings": 3}));
     check(

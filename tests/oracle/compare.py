@@ -35,7 +35,7 @@ def random_spec(r):
     kv = r.choice([h for h in range(1, heads + 1) if heads % h == 0])
     hd = r.choice([4, 6, 8])
     d = r.choice([heads * hd, 16, 24, 32])
-    placement = r.choice(["pre", "pre", "post", "sandwich"])
+    placement = r.choice(["pre", "pre", "post", "sandwich", "output"])
     kind = r.choice(["layernorm", "rmsnorm"])
     pos = r.choice(["learned", "sinusoidal", "rope", "rope", "alibi", "relative", "none"])
     lines = [
@@ -72,8 +72,13 @@ def random_spec(r):
         lines.append("weight_offset = 1.0")
     if kind == "layernorm" and r.random() < 0.3:
         lines.append("bias = false")
+    residual = []
     if placement == "pre" and r.random() < 0.3:
-        lines += ["[residual]", "parallel = true", f"shared_norm = {str(r.random() < 0.5).lower()}"]
+        residual += ["parallel = true", f"shared_norm = {str(r.random() < 0.5).lower()}"]
+    if r.random() < 0.2:
+        residual.append(f"scale = {r.choice([0.25, 0.5, 2.0])}")
+    if residual:
+        lines += ["[residual]", *residual]
     lines += ["[positions]", f'kind = "{pos}"']
     if pos == "learned" and r.random() < 0.3:
         lines.append("offset = 2")
@@ -102,7 +107,7 @@ def random_spec(r):
     lines += [
         "[mlp]",
         f"d_ff = {r.choice([8, 20, 40])}",
-        f'activation = "{r.choice(["relu", "gelu", "gelu-tanh", "silu"])}"',
+        f'activation = "{r.choice(["relu", "relu2", "gelu", "gelu-tanh", "silu"])}"',
         f"gated = {str(r.random() < 0.5).lower()}",
         f"bias = {str(r.random() < 0.5).lower()}",
     ]

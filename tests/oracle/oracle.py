@@ -6,7 +6,7 @@ prints) on weights under kiln's canonical names.
 Covered so far: decoder-only and encoder-only models with every `[attention]` knob (GQA,
 head_dim, biases, qk-norm per-head/full, scale, softcap, sliding window),
 `[norm]` (layernorm/rmsnorm, bias, affine, weight_offset, pre/post/sandwich,
-embedding and final norms), `[residual]` (parallel, shared_norm), `[positions]`
+embedding and final norms; `output` placement), `[residual]` (parallel, shared_norm, scale), `[positions]`
 learned (offset), sinusoidal (both layouts), rope (half/interleaved,
 fraction, theta, scaling), alibi, relative and none, `[mlp]` (all activations,
 gated, bias), `[moe]` on every layer (top-k, renormalize, shared expert and
@@ -77,6 +77,8 @@ def scale_value(v, d):
 def activation(name, x):
     if name == "relu":
         return np.maximum(x, 0.0)
+    if name == "relu2":
+        return np.maximum(x, 0.0) ** 2
     if name == "gelu":
         erf = np.vectorize(math.erf)
         return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
@@ -313,6 +315,7 @@ def block(spec, w, pre, x, pos, causal=True, source=None, prefix=""):
     attn = lambda h: attention(spec, w, f"{pre}.attn", h, pos, causal, prefix=prefix)  # noqa: E731
     cross = lambda h: attention(spec, w, f"{pre}.cross_attn", h, pos, False, source)  # noqa: E731
     ffn_ = lambda h: mlp(spec, w, pre, h)  # noqa: E731
+    sc = r.get("scale", 1.0)
     if r["parallel"]:
         n1 = norm(n, w, f"{pre}.attn_norm", x)
         n2 = n1 if r["shared_norm"] else norm(n, w, f"{pre}.mlp_norm", x)
@@ -320,16 +323,18 @@ def block(spec, w, pre, x, pos, causal=True, source=None, prefix=""):
         if source is not None:
             nc = n1 if r["shared_norm"] else norm(n, w, f"{pre}.cross_norm", x)
             y = y + cross(nc)
-        return x + y
+        return x + sc * y
     subs = [("attn", attn)] + ([("cross", cross)] if source is not None else []) + [("mlp", ffn_)]
     for name, f in subs:
         if n["placement"] == "pre":
-            x = x + f(norm(n, w, f"{pre}.{name}_norm", x))
+            x = x + sc * f(norm(n, w, f"{pre}.{name}_norm", x))
         elif n["placement"] == "post":
-            x = norm(n, w, f"{pre}.{name}_norm", x + f(x))
+            x = norm(n, w, f"{pre}.{name}_norm", x + sc * f(x))
+        elif n["placement"] == "output":
+            x = x + sc * norm(n, w, f"{pre}.{name}_post_norm", f(x))
         else:  # sandwich
             y = f(norm(n, w, f"{pre}.{name}_norm", x))
-            x = x + norm(n, w, f"{pre}.{name}_post_norm", y)
+            x = x + sc * norm(n, w, f"{pre}.{name}_post_norm", y)
     return x
 
 

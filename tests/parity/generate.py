@@ -217,6 +217,295 @@ def fam_bart():
     return transformers.BartForConditionalGeneration, cfg, "seq2seq", {"tied_lm_head": True}
 
 
+# ---- families added with the data-file importer (issue 16): odd sizes on purpose -----------------
+# Decoders: d 48, 6 query heads (not a power of two), GQA where the family has it, head_dim decoupled
+# where the config allows it, untied heads where the family allows them.
+
+def _enc_kw(**kw):
+    base = dict(vocab_size=256, hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
+                intermediate_size=80, max_position_embeddings=64, hidden_act="gelu",
+                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    base.update(kw)
+    return base
+
+
+def fam_bert_mlm():
+    cfg = transformers.BertConfig(**_enc_kw(type_vocab_size=2, layer_norm_eps=1e-12, pad_token_id=0))
+    return transformers.BertForMaskedLM, cfg, "mlm", {}
+
+
+def fam_roberta_mlm_untied():
+    # untied: lm_head.decoder.weight / lm_head.decoder.bias are saved and differ from the embedding /
+    # lm_head.bias (transformers uses the decoder's own bias then)
+    cfg = transformers.RobertaConfig(**_enc_kw(max_position_embeddings=66, type_vocab_size=1, layer_norm_eps=1e-5,
+                                               pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                                               tie_word_embeddings=False))
+    return transformers.RobertaForMaskedLM, cfg, "mlm", {}
+
+
+def fam_xlm_roberta():
+    cfg = transformers.XLMRobertaConfig(**_enc_kw(max_position_embeddings=66, type_vocab_size=1, layer_norm_eps=1e-5,
+                                                  pad_token_id=1, bos_token_id=0, eos_token_id=2))
+    return transformers.XLMRobertaForMaskedLM, cfg, "mlm", {}
+
+
+def fam_camembert():
+    cfg = transformers.CamembertConfig(**_enc_kw(max_position_embeddings=66, type_vocab_size=1, layer_norm_eps=1e-5,
+                                                 pad_token_id=1, bos_token_id=5, eos_token_id=6))
+    return transformers.CamembertForMaskedLM, cfg, "mlm", {}
+
+
+def fam_distilbert_mlm():
+    cfg = transformers.DistilBertConfig(
+        vocab_size=256, dim=48, n_layers=2, n_heads=3, hidden_dim=80, max_position_embeddings=64,
+        activation="gelu", sinusoidal_pos_embds=False, pad_token_id=0, dropout=0.0, attention_dropout=0.0,
+    )
+    return transformers.DistilBertForMaskedLM, cfg, "mlm", {}
+
+
+def fam_megatron_bert():
+    cfg = transformers.MegatronBertConfig(**_enc_kw(type_vocab_size=2, layer_norm_eps=1e-12, pad_token_id=0))
+    return transformers.MegatronBertForMaskedLM, cfg, "mlm", {}
+
+
+def fam_roberta_prelayernorm():
+    cfg = transformers.RobertaPreLayerNormConfig(**_enc_kw(max_position_embeddings=66, type_vocab_size=2,
+                                                           layer_norm_eps=1e-5, pad_token_id=1,
+                                                           bos_token_id=0, eos_token_id=2))
+    return transformers.RobertaPreLayerNormForMaskedLM, cfg, "mlm", {}
+
+
+def _dec_kw(**kw):
+    base = dict(vocab_size=256, hidden_size=48, num_hidden_layers=2, num_attention_heads=6,
+                num_key_value_heads=2, intermediate_size=80, max_position_embeddings=64,
+                hidden_act="silu", tie_word_embeddings=False)
+    base.update(kw)
+    return base
+
+
+def fam_qwen3():
+    cfg = transformers.Qwen3Config(**_dec_kw(head_dim=10, rms_norm_eps=1e-6, rope_theta=1e6,
+                                             attention_bias=False, use_sliding_window=False))
+    return transformers.Qwen3ForCausalLM, cfg, "decoder", {"rot_dims": 10}
+
+
+def fam_ministral():
+    cfg = transformers.MinistralConfig(**_dec_kw(num_hidden_layers=3, head_dim=8, rms_norm_eps=1e-5, rope_theta=1e4,
+                                                 sliding_window=4,
+                                                 layer_types=["sliding_attention", "full_attention", "sliding_attention"]))
+    return transformers.MinistralForCausalLM, cfg, "decoder", {"rot_dims": 8}
+
+
+def fam_seed_oss():
+    cfg = transformers.SeedOssConfig(**_dec_kw(head_dim=10, rms_norm_eps=1e-6, rope_theta=1e4,
+                                               attention_bias=True, attention_out_bias=False, mlp_bias=False,
+                                               attention_dropout=0.0, residual_dropout=0.0,
+                                               pad_token_id=1, bos_token_id=0, eos_token_id=2))
+    return transformers.SeedOssForCausalLM, cfg, "decoder", {"rot_dims": 10}
+
+
+def fam_qwen2_moe():
+    # layer 0 dense (mlp_only_layers), layer 1 MoE: 4 experts top-2, NOT renormalised, sigmoid-gated shared expert
+    cfg = transformers.Qwen2MoeConfig(**_dec_kw(rms_norm_eps=1e-6, rope_theta=1e6, use_sliding_window=False,
+                                                num_experts=4, num_experts_per_tok=2, moe_intermediate_size=40,
+                                                shared_expert_intermediate_size=56, norm_topk_prob=False,
+                                                decoder_sparse_step=1, mlp_only_layers=[0],
+                                                router_jitter_noise=0.0))
+    return transformers.Qwen2MoeForCausalLM, cfg, "decoder", {"rot_dims": 8, "moe": True}
+
+
+def fam_qwen3_moe():
+    cfg = transformers.Qwen3MoeConfig(**_dec_kw(head_dim=10, rms_norm_eps=1e-6, rope_theta=1e6,
+                                                num_experts=5, num_experts_per_tok=2, moe_intermediate_size=40,
+                                                norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[]))
+    return transformers.Qwen3MoeForCausalLM, cfg, "decoder", {"rot_dims": 10, "moe": True}
+
+
+def fam_olmo():
+    cfg = transformers.OlmoConfig(**_dec_kw(num_key_value_heads=6, rope_theta=1e4, attention_bias=False,
+                                            clip_qkv=None, pad_token_id=1, eos_token_id=2))
+    return transformers.OlmoForCausalLM, cfg, "decoder", {"rot_dims": 8}
+
+
+def fam_stablelm():
+    # head_dim 8, partial 0.5 -> 4 rotary dims; q/k/v biases; sequential residual
+    cfg = transformers.StableLmConfig(**_dec_kw(layer_norm_eps=1e-5, use_qkv_bias=True, qk_layernorm=False,
+                                                use_parallel_residual=False, hidden_dropout=0.0,
+                                                rope_parameters={"rope_type": "default", "rope_theta": 1e4,
+                                                                 "partial_rotary_factor": 0.5}))
+    return transformers.StableLmForCausalLM, cfg, "decoder", {"rot_dims": 4}
+
+
+def fam_starcoder2():
+    cfg = transformers.Starcoder2Config(**_dec_kw(hidden_act="gelu_pytorch_tanh", norm_epsilon=1e-5,
+                                                  rope_theta=1e4, sliding_window=4, use_bias=True,
+                                                  residual_dropout=0.0, embedding_dropout=0.0,
+                                                  bos_token_id=0, eos_token_id=0))
+    return transformers.Starcoder2ForCausalLM, cfg, "decoder", {"rot_dims": 8}
+
+
+def fam_helium():
+    cfg = transformers.HeliumConfig(**_dec_kw(head_dim=8, rms_norm_eps=1e-8, rope_theta=1e5,
+                                              attention_bias=False, mlp_bias=False,
+                                              pad_token_id=3, eos_token_id=2, bos_token_id=1))
+    return transformers.HeliumForCausalLM, cfg, "decoder", {"rot_dims": 8}
+
+
+def fam_ernie4_5():
+    cfg = transformers.Ernie4_5Config(**_dec_kw(head_dim=10, rms_norm_eps=1e-5, rope_theta=5e5, use_bias=False,
+                                                pad_token_id=0, bos_token_id=1, eos_token_id=2))
+    return transformers.Ernie4_5ForCausalLM, cfg, "decoder", {"rot_dims": 10}
+
+
+def fam_gpt_neo():
+    # global / local layers, window 4; attention NOT scaled by 1/sqrt(head_dim); untied head impossible (tied)
+    cfg = transformers.GPTNeoConfig(
+        vocab_size=256, hidden_size=48, num_layers=2, num_heads=6, intermediate_size=80,
+        max_position_embeddings=64, attention_types=[[["global", "local"], 1]], window_size=4,
+        activation_function="gelu_new", layer_norm_epsilon=1e-5,
+        resid_dropout=0.0, embed_dropout=0.0, attention_dropout=0.0, bos_token_id=0, eos_token_id=0,
+    )
+    return transformers.GPTNeoForCausalLM, cfg, "decoder", {}
+
+
+def fam_opt():
+    cfg = transformers.OPTConfig(
+        vocab_size=256, hidden_size=48, num_hidden_layers=2, ffn_dim=80, num_attention_heads=6,
+        max_position_embeddings=64, do_layer_norm_before=True, word_embed_proj_dim=48,
+        activation_function="relu", enable_bias=True, layer_norm_elementwise_affine=True,
+        dropout=0.0, attention_dropout=0.0, pad_token_id=1, bos_token_id=2, eos_token_id=2,
+        tie_word_embeddings=True,
+    )
+    return transformers.OPTForCausalLM, cfg, "decoder", {}
+
+
+def fam_biogpt():
+    cfg = transformers.BioGptConfig(
+        vocab_size=256, hidden_size=48, num_hidden_layers=2, num_attention_heads=6, intermediate_size=80,
+        hidden_act="gelu", max_position_embeddings=64, layer_norm_eps=1e-12, scale_embedding=True,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, activation_dropout=0.0,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2,
+    )
+    return transformers.BioGptForCausalLM, cfg, "decoder", {}
+
+
+def fam_gptj():
+    # rotary_dim 4 of head_dim 8, interleaved; one shared ln_1 for the parallel branches; lm_head bias
+    cfg = transformers.GPTJConfig(
+        vocab_size=256, n_positions=64, n_embd=48, n_layer=2, n_head=6, rotary_dim=4, n_inner=80,
+        activation_function="gelu_new", layer_norm_epsilon=1e-5, resid_pdrop=0.0, embd_pdrop=0.0,
+        attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, tie_word_embeddings=False,
+    )
+    return transformers.GPTJForCausalLM, cfg, "decoder", {}
+
+
+def fam_mt5():
+    # mT5: gated-gelu, tied lm_head, and (unlike T5 v1.0) never rescaled before the head
+    cfg = transformers.MT5Config(
+        vocab_size=256, d_model=48, d_kv=10, d_ff=80, num_layers=2, num_decoder_layers=2,
+        num_heads=3, relative_attention_num_buckets=32, relative_attention_max_distance=128,
+        feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6, tie_word_embeddings=True,
+        dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )
+    return transformers.MT5ForConditionalGeneration, cfg, "seq2seq", {}
+
+
+def fam_mbart():
+    # pre-norm, layernorm_embedding, a final layer_norm in both stacks, scaled embeddings
+    cfg = transformers.MBartConfig(
+        vocab_size=256, d_model=48, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=3, decoder_attention_heads=3,
+        encoder_ffn_dim=80, decoder_ffn_dim=80, max_position_embeddings=64,
+        activation_function="gelu", scale_embedding=True, tie_word_embeddings=True,
+        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
+        forced_bos_token_id=None, forced_eos_token_id=None,
+    )
+    return transformers.MBartForConditionalGeneration, cfg, "seq2seq", {}
+
+
+def fam_gpt_bigcode():
+    # multi-query attention: c_attn = [q (d) | k (head_dim) | v (head_dim)]
+    cfg = transformers.GPTBigCodeConfig(
+        vocab_size=256, n_embd=48, n_layer=2, n_head=6, n_inner=80, n_positions=64,
+        activation_function="gelu_pytorch_tanh", layer_norm_epsilon=1e-5, multi_query=True,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+        scale_attn_weights=True, tie_word_embeddings=True,
+    )
+    return transformers.GPTBigCodeForCausalLM, cfg, "decoder", {}
+
+
+def fam_codegen():
+    # qkv_proj in 4 model-parallel groups of [q | v | k]; interleaved partial RoPE; parallel block
+    cfg = transformers.CodeGenConfig(
+        vocab_size=256, n_positions=64, n_ctx=64, n_embd=64, n_layer=2, n_head=8, rotary_dim=4,
+        n_inner=80, activation_function="gelu_new", layer_norm_epsilon=1e-5,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+        tie_word_embeddings=False,
+    )
+    return transformers.CodeGenForCausalLM, cfg, "decoder", {}
+
+
+def fam_phi3():
+    # fused qkv_proj ([q | k | v], GQA) and gate_up_proj ([gate | up]); partial rotary 0.75
+    cfg = transformers.Phi3Config(**_dec_kw(rms_norm_eps=1e-5, resid_pdrop=0.0, embd_pdrop=0.0,
+                                            attention_dropout=0.0, sliding_window=None,
+                                            pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                            rope_parameters={"rope_type": "default", "rope_theta": 1e4,
+                                                             "partial_rotary_factor": 0.75}))
+    return transformers.Phi3ForCausalLM, cfg, "decoder", {"rot_dims": 6}
+
+
+def fam_glm():
+    # fused gate_up_proj; interleaved RoPE on half of each head; q/k/v biases
+    cfg = transformers.GlmConfig(**_dec_kw(head_dim=8, rms_norm_eps=1e-5, attention_bias=True,
+                                           pad_token_id=0, eos_token_id=2, bos_token_id=1,
+                                           rope_parameters={"rope_type": "default", "rope_theta": 1e4,
+                                                            "partial_rotary_factor": 0.5}))
+    return transformers.GlmForCausalLM, cfg, "decoder", {"rot_dims": 4}
+
+
+def fam_glm4():
+    # glm + sandwich norms (post_self_attn_layernorm, post_mlp_layernorm)
+    cfg = transformers.Glm4Config(**_dec_kw(head_dim=8, rms_norm_eps=1e-5, attention_bias=True,
+                                            pad_token_id=0, eos_token_id=2, bos_token_id=1,
+                                            rope_parameters={"rope_type": "default", "rope_theta": 1e4,
+                                                             "partial_rotary_factor": 0.5}))
+    return transformers.Glm4ForCausalLM, cfg, "decoder", {"rot_dims": 4}
+
+
+def fam_cohere():
+    # parallel attention + MLP from one bias-free LayerNorm, interleaved RoPE, logit_scale, tied
+    cfg = transformers.CohereConfig(**_dec_kw(layer_norm_eps=1e-5, logit_scale=0.25, use_qk_norm=False,
+                                              attention_bias=False, tie_word_embeddings=True,
+                                              rope_theta=1e4, pad_token_id=0, bos_token_id=5, eos_token_id=6))
+    return transformers.CohereForCausalLM, cfg, "decoder", {"rot_dims": 8}
+
+
+def fam_falcon():
+    # Falcon-7B form: multi-query fused query_key_value, parallel attention + MLP, one norm, RoPE
+    cfg = transformers.FalconConfig(
+        vocab_size=256, hidden_size=48, num_hidden_layers=2, num_attention_heads=6,
+        new_decoder_architecture=False, multi_query=True, parallel_attn=True, bias=False,
+        alibi=False, layer_norm_epsilon=1e-5, max_position_embeddings=64, rope_theta=1e4,
+        hidden_dropout=0.0, attention_dropout=0.0, bos_token_id=0, eos_token_id=0,
+        tie_word_embeddings=True,
+    )
+    return transformers.FalconForCausalLM, cfg, "decoder", {}
+
+
+def fam_falcon_new():
+    # new_decoder_architecture: grouped query_key_value per KV group, ln_attn + ln_mlp, parallel
+    cfg = transformers.FalconConfig(
+        vocab_size=256, hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_kv_heads=2,
+        new_decoder_architecture=True, parallel_attn=True, bias=False, alibi=False,
+        layer_norm_epsilon=1e-5, max_position_embeddings=64, rope_theta=1e4,
+        hidden_dropout=0.0, attention_dropout=0.0, bos_token_id=0, eos_token_id=0,
+        tie_word_embeddings=False, ffn_hidden_size=80,
+    )
+    return transformers.FalconForCausalLM, cfg, "decoder", {}
+
+
 FAMILIES = {
     "bert": fam_bert,
     "roberta": fam_roberta,
@@ -233,6 +522,37 @@ FAMILIES = {
     "t5": fam_t5,
     "t5-gated": fam_t5_gated,
     "bart": fam_bart,
+    "bert-mlm": fam_bert_mlm,
+    "roberta-mlm-untied": fam_roberta_mlm_untied,
+    "xlm-roberta": fam_xlm_roberta,
+    "camembert": fam_camembert,
+    "distilbert-mlm": fam_distilbert_mlm,
+    "megatron-bert": fam_megatron_bert,
+    "roberta-prelayernorm": fam_roberta_prelayernorm,
+    "qwen3": fam_qwen3,
+    "ministral": fam_ministral,
+    "seed_oss": fam_seed_oss,
+    "qwen2_moe": fam_qwen2_moe,
+    "qwen3_moe": fam_qwen3_moe,
+    "olmo": fam_olmo,
+    "stablelm": fam_stablelm,
+    "starcoder2": fam_starcoder2,
+    "helium": fam_helium,
+    "ernie4_5": fam_ernie4_5,
+    "gpt_neo": fam_gpt_neo,
+    "opt": fam_opt,
+    "biogpt": fam_biogpt,
+    "gptj": fam_gptj,
+    "mt5": fam_mt5,
+    "mbart": fam_mbart,
+    "gpt_bigcode": fam_gpt_bigcode,
+    "codegen": fam_codegen,
+    "phi3": fam_phi3,
+    "glm": fam_glm,
+    "glm4": fam_glm4,
+    "cohere": fam_cohere,
+    "falcon": fam_falcon,
+    "falcon-new": fam_falcon_new,
 }
 
 
@@ -297,7 +617,7 @@ def untie_t5_lm_head(model):
 def make_inputs(kind: str, vocab: int, pad_id: int, gen: torch.Generator, dec_start: int | None):
     ids = torch.randint(4, vocab, (1, SEQ), generator=gen, dtype=torch.int64)
     inp = {"input_ids": ids}
-    if kind in ("encoder", "seq2seq"):
+    if kind in ("encoder", "mlm", "seq2seq"):
         row1 = torch.randint(4, vocab, (1, SEQ), generator=gen, dtype=torch.int64)
         row1[0, PAD_LEN:] = pad_id
         ids2 = torch.cat([ids, row1], 0)
@@ -331,6 +651,17 @@ def run_encoder(model, inp, opts):
         out["pooler_output_batch2"] = o2.pooler_output
     # sanity: row 0 of the batch must reproduce the batch-1 run
     assert max_diff(o2.last_hidden_state[0], o.last_hidden_state[0]) < 1e-5
+    return out
+
+
+@torch.no_grad()
+def run_mlm(model, inp, opts):
+    """Encoders through their MaskedLM head: the base model's states plus the head's logits."""
+    out = run_encoder(model.base_model, inp, {"pooler": False})
+    out["logits"] = model(input_ids=inp["input_ids"]).logits
+    o2 = model(input_ids=inp["input_ids_batch2"], attention_mask=inp["attention_mask_batch2"])
+    out["logits_batch2"] = o2.logits
+    assert max_diff(o2.logits[0], out["logits"][0]) < 1e-5
     return out
 
 
@@ -475,6 +806,22 @@ ABLATIONS = {
     "roberta": [("attention_mask_batch2 omitted (pads attended)", "nomask", None)],
     "bert": [("attention_mask_batch2 omitted (pads attended)", "nomask", None)],
     "distilbert": [("attention_mask_batch2 omitted (pads attended)", "nomask", None)],
+    "roberta-mlm-untied": [("lm_head.decoder.bias zeroed (lm_head.bias kept)", None, _zero_params("lm_head.decoder.bias"))],
+    "qwen3": [("q_norm/k_norm weights set to 1", None,
+               lambda m: [p.fill_(1.0) for n, p in m.named_parameters() if n.endswith(("q_norm.weight", "k_norm.weight"))])],
+    "ministral": [("layer_types all full", lambda c: setattr(c, "layer_types", ["full_attention"] * 3), None)],
+    "seed_oss": [("q/k/v biases zeroed", None, _zero_params("_proj.bias"))],
+    "qwen2_moe": [("norm_topk_prob True", lambda c: setattr(c, "norm_topk_prob", True), None),
+                  ("shared_expert_gate zeroed (gate 0.5)", None, _zero_params("shared_expert_gate"))],
+    "qwen3_moe": [("norm_topk_prob False", lambda c: setattr(c, "norm_topk_prob", False), None)],
+    "starcoder2": [("sliding_window None", lambda c: setattr(c, "sliding_window", None), None)],
+    "stablelm": [("partial_rotary_factor 1.0", _set_rope("partial_rotary_factor", 1.0), None)],
+    "gpt_neo": [("all layers global", lambda c: setattr(c, "attention_layers", ["global", "global"]), None)],
+    "biogpt": [("scale_embedding False", lambda c: setattr(c, "scale_embedding", False), None)],
+    "cohere": [("logit_scale 1.0", lambda c: setattr(c, "logit_scale", 1.0), None)],
+    "glm4": [("post_self_attn/post_mlp norms set to 1", None,
+              lambda m: [p.fill_(1.0) for n, p in m.named_parameters() if "post_self_attn" in n or "post_mlp" in n])],
+    "mbart": [("scale_embedding False", lambda c: setattr(c, "scale_embedding", False), None)],
 }
 
 
@@ -498,6 +845,8 @@ def ablation_sensitivity(cls, cfg, model, family, kind, inp, expected) -> dict:
             model_fn(m2)
         if kind == "decoder":
             got = m2(input_ids=inp["input_ids"], use_cache=False).logits
+        elif kind == "mlm":
+            got = m2(input_ids=inp["input_ids"]).logits
         else:
             got = m2(input_ids=inp["input_ids"], decoder_input_ids=inp["decoder_input_ids"], use_cache=False).logits
         res[desc] = max_diff(got, expected["logits"])
@@ -515,6 +864,8 @@ def reload_check(cls, d: Path, inp: dict, kind: str, expected: dict, opts: dict)
                 ref = torch.cat([ref.flatten(), expected["pooler_output"].flatten()])
         elif kind == "decoder":
             ref, got = expected["logits"], m2(input_ids=inp["input_ids"], use_cache=False).logits
+        elif kind == "mlm":
+            ref, got = expected["logits"], m2(input_ids=inp["input_ids"]).logits
         else:
             ref = expected["logits"]
             got = m2(input_ids=inp["input_ids"], decoder_input_ids=inp["decoder_input_ids"], use_cache=False).logits
@@ -573,6 +924,8 @@ def generate(family: str) -> dict:
     extra = {}
     if kind == "encoder":
         res = run_encoder(model, inp, opts)
+    elif kind == "mlm":
+        res = run_mlm(model, inp, opts)
     elif kind == "decoder":
         res, extra = run_decoder(model, inp, opts)
     else:

@@ -21,11 +21,12 @@ pub(crate) fn activation(cfg: &Cfg, field: &str, name: &str) -> Result<Activatio
         }
         "silu" | "swish" => Activation::Silu,
         "relu" => Activation::Relu,
+        "relu2" => Activation::Relu2,
         other => {
             return Err(cfg.err(
                 field,
                 format!(
-                    "= {other:?} is not an activation kiln supports (relu; gelu, gelu_python → exact gelu; \
+                    "= {other:?} is not an activation kiln supports (relu; relu2 (squared relu); gelu, gelu_python → exact gelu; \
                      gelu_new, gelu_pytorch_tanh, gelu_fast, gelu_accurate, gelu_python_tanh → gelu-tanh; silu, swish → silu)"
                 ),
             ));
@@ -40,6 +41,7 @@ pub(crate) fn activation_name(a: Activation) -> &'static str {
         Activation::Gelu => "gelu",
         Activation::GeluTanh => "gelu-tanh",
         Activation::Silu => "silu",
+        Activation::Relu2 => "relu2",
     }
 }
 

@@ -32,6 +32,7 @@ pub(crate) const FUNCTIONS: &[&str] = &[
     "len",
     "max",
     "max_layers",
+    "merge",
     "min",
     "pow",
     "quote",
@@ -426,6 +427,12 @@ impl Env for Ctx<'_, '_> {
                 Val::List((0..n as i64).map(Val::Int).collect())
             }
             ("len", [Val::List(l)]) => Val::Int(l.len() as i64),
+            // A table with `b`'s keys set over `a`'s (one level).
+            ("merge", [Val::Table(a), Val::Table(b)]) => {
+                let mut t = a.clone();
+                t.extend(b.iter().map(|(k, v)| (k.clone(), v.clone())));
+                Val::Table(t)
+            }
             ("len", [Val::Str(s)]) => Val::Int(s.chars().count() as i64),
             ("all", [Val::List(l)]) => Val::Bool(l.iter().all(|v| *v == Val::Bool(true))),
             ("any", [Val::List(l)]) => Val::Bool(l.contains(&Val::Bool(true))),

@@ -35,6 +35,11 @@ pub fn activation(b: &mut Builder, act: Activation, x: NodeId) -> R {
             let s = b.sigmoid(x)?;
             b.mul(x, s)
         }
+        Activation::Relu2 => {
+            let z = b.scalar(0.0)?;
+            let r = b.binary(BinaryOp::Max, x, z)?;
+            b.mul(r, r)
+        }
     }
 }
 

@@ -370,6 +370,7 @@ fn block(
             let ca = cross_attn(b, nc, c)?;
             am = b.add2(am, ca)?;
         }
+        let am = scaled(b, l, am)?;
         let y = b.add2(am, x)?;
         return Ok((y, present));
     }
@@ -384,7 +385,8 @@ fn block(
     Ok((x, present))
 }
 
-/// `x + f(norm(x))`, `norm(x + f(x))` or `x + post(f(norm(x)))` by placement.
+/// `x + f(norm(x))`, `norm(x + f(x))`, `x + post(f(norm(x)))` or
+/// `x + post(f(x))` by placement, the branch times `residual.scale`.
 fn sublayer(
     b: &mut Builder,
     l: &LayerSpec,
@@ -397,10 +399,12 @@ fn sublayer(
         Placement::Pre => {
             let h = norm(b, &l.norm, norm_name, x, d)?;
             let y = f(b, h)?;
+            let y = scaled(b, l, y)?;
             b.add2(x, y)
         }
         Placement::Post => {
             let y = f(b, x)?;
+            let y = scaled(b, l, y)?;
             let s = b.add2(x, y)?;
             norm(b, &l.norm, norm_name, s, d)
         }
@@ -409,8 +413,25 @@ fn sublayer(
             let y = f(b, h)?;
             let post = norm_name.replace("_norm", "_post_norm");
             let y = norm(b, &l.norm, &post, y, d)?;
+            let y = scaled(b, l, y)?;
             b.add2(x, y)
         }
+        Placement::Output => {
+            let y = f(b, x)?;
+            let post = norm_name.replace("_norm", "_post_norm");
+            let y = norm(b, &l.norm, &post, y, d)?;
+            let y = scaled(b, l, y)?;
+            b.add2(x, y)
+        }
+    }
+}
+
+/// A branch's output times `residual.scale` (left alone at 1).
+fn scaled(b: &mut Builder, l: &LayerSpec, y: NodeId) -> R {
+    if l.residual.scale == 1.0 {
+        Ok(y)
+    } else {
+        b.mul_scalar(y, l.residual.scale)
     }
 }
 

@@ -171,12 +171,21 @@ impl Default for Residual {
         Residual {
             parallel: false,
             shared_norm: true,
+            scale: 1.0,
         }
     }
 }
 
 fn default_eps() -> f64 {
     1e-5
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn is_one(x: &f64) -> bool {
+    *x == 1.0
 }
 
 fn yes() -> bool {
@@ -205,10 +214,12 @@ pub enum Placement {
     Post,
     /// `x + norm'(f(norm(x)))` (Gemma-2).
     Sandwich,
+    /// `x + norm'(f(x))`: only the branch's output is normalised (OLMo-2).
+    Output,
 }
 
 /// How the attention and MLP branches add into the residual stream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Residual {
     /// `x + attn(n(x)) + mlp(n'(x))` instead of two sequential residual steps.
@@ -217,6 +228,10 @@ pub struct Residual {
     /// With `parallel`, one norm feeds both branches (Phi-2) instead of two (GPT-NeoX).
     #[serde(default = "yes")]
     pub shared_norm: bool,
+    /// Multiplier on each branch before it is added to the stream: `x + s * f(..)`
+    /// (Granite's `residual_multiplier`).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub scale: f64,
 }
 
 /// Positional encoding.
@@ -352,6 +367,8 @@ pub enum Activation {
     GeluTanh,
     /// `x * sigmoid(x)`.
     Silu,
+    /// Squared ReLU, `max(x, 0)²` (HF `relu2`: Persimmon, Arcee, Nemotron).
+    Relu2,
 }
 
 /// Mixture of experts: a router picks `top_k` of `experts` MLPs per token.

@@ -842,6 +842,16 @@ fn check_block(
             "the offset is added to the learned scale: remove it for a parameter-free norm",
         ));
     }
+    if !positive(b.residual.scale) {
+        return Err(err(
+            v.residual.at("scale"),
+            format!(
+                "`residual.scale` must be greater than 0, found {:?}{ctx}",
+                b.residual.scale
+            ),
+            "omit `scale` to add each branch unscaled (Granite: residual_multiplier, e.g. 0.22)",
+        ));
+    }
     if b.residual.parallel && n.placement != Placement::Pre {
         return Err(err(
             if v.norm.local.is_some_and(|l| l.entry("placement").is_some()) {

@@ -211,7 +211,8 @@ pub(crate) enum Expr {
     Bin(Bin, Box<Expr>, Box<Expr>),
     If(Box<Expr>, Box<Expr>, Box<Expr>),
     List(Vec<Expr>),
-    Comp(Box<Expr>, String, Box<Expr>),
+    /// `[body for var in iter]`, with an optional `if filter`.
+    Comp(Box<Expr>, String, Box<Expr>, Option<Box<Expr>>),
     Table(Vec<(String, Expr)>),
     Field(Box<Expr>, String),
     Index(Box<Expr>, Box<Expr>),
@@ -562,8 +563,13 @@ impl Parser {
                     let var = self.ident()?;
                     self.expect_kw("in")?;
                     let iter = self.expr()?;
+                    let filter = if self.eat_kw("if") {
+                        Some(Box::new(self.expr()?))
+                    } else {
+                        None
+                    };
                     self.expect_sym("]")?;
-                    return Ok(Expr::Comp(Box::new(first), var, Box::new(iter)));
+                    return Ok(Expr::Comp(Box::new(first), var, Box::new(iter), filter));
                 }
                 let mut items = vec![first];
                 while self.eat_sym(",") {
@@ -656,10 +662,13 @@ pub(crate) fn references(e: &Expr, names: &mut Vec<String>, calls: &mut Vec<Stri
                     walk(a, bound, names, calls);
                 }
             }
-            Expr::Comp(body, var, iter) => {
+            Expr::Comp(body, var, iter, filter) => {
                 walk(iter, bound, names, calls);
                 bound.push(var.clone());
                 walk(body, bound, names, calls);
+                if let Some(f) = filter {
+                    walk(f, bound, names, calls);
+                }
                 bound.pop();
             }
         }
@@ -742,16 +751,26 @@ pub(crate) fn eval<E: Env>(e: &Expr, env: &mut E) -> Result<Val, E::Error> {
             }
             Ok(Val::List(out))
         }
-        Expr::Comp(body, var, iter) => {
+        Expr::Comp(body, var, iter, filter) => {
             let Val::List(items) = eval(iter, env)? else {
                 return Err(env.fail("`for … in` needs a list".into()));
             };
             let mut out = Vec::with_capacity(items.len());
             for x in items {
                 env.push_local(var, x);
-                let v = eval(body, env);
+                let keep = match filter {
+                    None => Ok(true),
+                    Some(f) => eval(f, env).and_then(|c| c.truthy().map_err(|m| env.fail(m))),
+                };
+                let v = match keep {
+                    Ok(true) => eval(body, env).map(Some),
+                    Ok(false) => Ok(None),
+                    Err(e) => Err(e),
+                };
                 env.pop_local();
-                out.push(v?);
+                if let Some(v) = v? {
+                    out.push(v);
+                }
             }
             Ok(Val::List(out))
         }
@@ -963,6 +982,15 @@ mod tests {
         assert_eq!(
             ev("[i % 2 == 0 for i in range(3)]").unwrap(),
             Val::List(vec![Val::Bool(true), Val::Bool(false), Val::Bool(true)])
+        );
+        assert_eq!(
+            ev("[i for i in range(5) if i % 2 == 1]").unwrap(),
+            Val::List(vec![Val::Int(1), Val::Int(3)])
+        );
+        assert!(
+            ev("[i for i in range(2) if i]")
+                .unwrap_err()
+                .contains("true or false")
         );
         assert_eq!(ev("{ a = 1, 'b c' = d }.a").unwrap(), Val::Int(1));
         assert_eq!(ev("{ a = 1 }.missing").unwrap(), Val::Null);

@@ -577,8 +577,20 @@ pub(crate) fn parse_family(
     for (name, v) in &file.fields.0 {
         let def = field_def(origin, name, v)?;
         fam.fields.retain(|(n, _)| n != name);
-        if let Some(d) = def {
-            fam.fields.push((name.clone(), d));
+        match def {
+            Some(d) => fam.fields.push((name.clone(), d)),
+            // A dropped field takes the parent's rejects, checks and notes about it along.
+            None => {
+                let uses = |e: &Expr| {
+                    let (mut names, mut calls) = (Vec::new(), Vec::new());
+                    expr::references(e, &mut names, &mut calls);
+                    names.iter().any(|n| n == name)
+                };
+                fam.rejects.retain(|r| r.field != *name);
+                fam.checks
+                    .retain(|c| c.field.as_deref() != Some(name.as_str()) && !uses(&c.require));
+                fam.notes.retain(|n| !n.when.as_ref().is_some_and(&uses));
+            }
         }
     }
     for (name, src) in &file.lets.0 {

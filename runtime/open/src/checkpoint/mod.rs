@@ -107,7 +107,11 @@
 //! plus the flags `tied = "canonical"` (when the model does not declare the
 //! target, the tensor must equal that parameter: `lm_head.weight` under a
 //! tied head) and `optional = true` (when the model does not declare the
-//! target, skip the tensor and list it in [`Plan::unused`]).
+//! target, skip the tensor and list it in [`Plan::unused`]), and
+//! `supersedes = "other checkpoint pattern"` (when this tensor is present,
+//! the other one — same placeholders, same prefix — is ignored: an untied
+//! RoBERTa MLM stores `lm_head.bias` beside the `lm_head.decoder.bias` its
+//! decoder adds, and transformers uses the latter).
 //!
 //! A checkpoint name is first matched as it is, then with one of the
 //! table's prefixes stripped. A name matching no rule is reported, so every

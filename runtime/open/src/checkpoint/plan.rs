@@ -501,8 +501,26 @@ pub(crate) fn build(ckpt: &Checkpoint, table: &Table, model: &ModelParams) -> (P
     // `lm_head`) carry, to name missing tensors the way this checkpoint would.
     let mut prefix_votes: BTreeMap<(String, Option<usize>), usize> = BTreeMap::new();
     let mut stacks: StackGroups = BTreeMap::new();
+    // Tensors another present tensor supersedes (`supersedes` rules).
+    let mut superseded: BTreeMap<String, &str> = BTreeMap::new();
+    for name in ckpt.tensors().keys() {
+        let (m, prefix) = table.lookup(name);
+        if let [(r, b)] = m.as_slice()
+            && let Some(other) = &table.rules[*r].supersedes
+        {
+            let p = prefix.map_or("", |p| table.prefixes[p].as_str());
+            superseded.insert(format!("{p}{}", other.substitute(b)), name.as_str());
+        }
+    }
     for (name, info) in ckpt.tensors() {
         let (matches, prefix) = table.lookup(name);
+        if let Some(by) = superseded.get(name.as_str()) {
+            bld.ignored.push((
+                name.clone(),
+                format!("superseded by `{by}`, which the model uses when both are present"),
+            ));
+            continue;
+        }
         match matches.as_slice() {
             [] => bld.problems.push(format!(
                 "unexpected: checkpoint tensor `{name}` {} matches no rule of the `{}` table",

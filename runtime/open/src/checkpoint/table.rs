@@ -66,6 +66,8 @@ struct RuleFile {
     optional: bool,
     #[serde(default)]
     ignore: Option<String>,
+    #[serde(default)]
+    supersedes: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -263,6 +265,10 @@ pub(crate) struct Rule {
     /// When the model does not declare the targets (and `tied` does not
     /// apply): skip the tensor and report it as unused.
     pub optional: bool,
+    /// Another checkpoint tensor (same placeholders, same prefix) that this
+    /// one replaces when both are present: the other is then ignored
+    /// (RoBERTa's `lm_head.decoder.bias` over `lm_head.bias`).
+    pub supersedes: Option<Pattern>,
 }
 
 /// A resolved mapping table.
@@ -459,6 +465,7 @@ fn parse_file(file: TableFile, earlier: &[Table]) -> Result<Table, String> {
             reshape: false,
             tied: None,
             optional: false,
+            supersedes: None,
         });
     }
     for (from, to) in &file.optional {
@@ -473,6 +480,7 @@ fn parse_file(file: TableFile, earlier: &[Table]) -> Result<Table, String> {
             reshape: false,
             tied: None,
             optional: true,
+            supersedes: None,
         });
     }
     for (from, target) in &file.tied {
@@ -487,6 +495,7 @@ fn parse_file(file: TableFile, earlier: &[Table]) -> Result<Table, String> {
             reshape: false,
             tied: Some(pat(target)?),
             optional: false,
+            supersedes: None,
         });
     }
     for (from, why) in &file.ignore {
@@ -497,6 +506,7 @@ fn parse_file(file: TableFile, earlier: &[Table]) -> Result<Table, String> {
             reshape: false,
             tied: None,
             optional: false,
+            supersedes: None,
         });
     }
     for r in &file.rule {
@@ -541,7 +551,12 @@ fn rule(r: &RuleFile) -> Result<Rule, String> {
     let from = Pattern::parse(&r.from)?;
     let ctx = |m: &str| format!("rule for `{}`: {m}", r.from);
     if let Some(why) = &r.ignore {
-        if r.to.is_some() || r.split.is_some() || r.stack.is_some() || r.tied.is_some() {
+        if r.to.is_some()
+            || r.split.is_some()
+            || r.stack.is_some()
+            || r.tied.is_some()
+            || r.supersedes.is_some()
+        {
             return Err(ctx("`ignore` cannot be combined with a target"));
         }
         return Ok(Rule {
@@ -551,6 +566,7 @@ fn rule(r: &RuleFile) -> Result<Rule, String> {
             reshape: false,
             tied: None,
             optional: false,
+            supersedes: None,
         });
     }
     let (targets, split) = match (&r.to, &r.split) {
@@ -604,6 +620,7 @@ fn rule(r: &RuleFile) -> Result<Rule, String> {
         reshape: r.reshape,
         tied: r.tied.as_deref().map(Pattern::parse).transpose()?,
         optional: r.optional,
+        supersedes: r.supersedes.as_deref().map(Pattern::parse).transpose()?,
     })
 }
 
@@ -612,7 +629,7 @@ fn rule(r: &RuleFile) -> Result<Rule, String> {
 fn validate(r: &Rule) -> Result<(), String> {
     let from_vars: Vec<&str> = r.from.vars().collect();
     let ctx = |m: String| format!("rule for `{}`: {m}", r.from.text);
-    let mut outs: Vec<&Pattern> = r.tied.iter().collect();
+    let mut outs: Vec<&Pattern> = r.tied.iter().chain(&r.supersedes).collect();
     if let Action::Load { targets, stack, .. } = &r.action {
         outs.extend(targets);
         if let Some(s) = stack {
