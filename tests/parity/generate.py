@@ -506,6 +506,53 @@ def fam_falcon_new():
     return transformers.FalconForCausalLM, cfg, "decoder", {}
 
 
+def fam_olmo2():
+    # norms on the branch outputs only (post_attention / post_feedforward), full q/k RMSNorm
+    cfg = transformers.Olmo2Config(**_dec_kw(rms_norm_eps=1e-6, rope_theta=1e4, attention_bias=False,
+                                             pad_token_id=1, eos_token_id=2))
+    return transformers.Olmo2ForCausalLM, cfg, "decoder", {"rot_dims": 8}
+
+
+def fam_arcee():
+    # Llama with an ungated relu² MLP
+    cfg = transformers.ArceeConfig(**_dec_kw(head_dim=10, hidden_act="relu2", rms_norm_eps=1e-5,
+                                             rope_theta=1e4, bos_token_id=1, eos_token_id=2))
+    return transformers.ArceeForCausalLM, cfg, "decoder", {"rot_dims": 10}
+
+
+def fam_persimmon():
+    # relu² MLP with biases, per-head [q, k, v] fused query_key_value, shared per-head q/k LayerNorm,
+    # partial rotary 0.5
+    cfg = transformers.PersimmonConfig(
+        vocab_size=256, hidden_size=48, num_hidden_layers=2, num_attention_heads=6, intermediate_size=80,
+        hidden_act="relu2", max_position_embeddings=64, layer_norm_eps=1e-5, qk_layernorm=True,
+        hidden_dropout=0.0, attention_dropout=0.0, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 25000.0, "partial_rotary_factor": 0.5},
+        pad_token_id=None, bos_token_id=1, eos_token_id=2,
+    )
+    return transformers.PersimmonForCausalLM, cfg, "decoder", {"rot_dims": 4}
+
+
+def fam_granite():
+    # every multiplier off its neutral value
+    cfg = transformers.GraniteConfig(**_dec_kw(rms_norm_eps=1e-6, rope_theta=1e4, attention_bias=False,
+                                               embedding_multiplier=3.0, residual_multiplier=0.4,
+                                               attention_multiplier=0.2, logits_scaling=2.5,
+                                               tie_word_embeddings=True, pad_token_id=0,
+                                               bos_token_id=1, eos_token_id=2))
+    return transformers.GraniteForCausalLM, cfg, "decoder", {"rot_dims": 8}
+
+
+def fam_granitemoe():
+    cfg = transformers.GraniteMoeConfig(**_dec_kw(rms_norm_eps=1e-6, rope_theta=1e4, attention_bias=False,
+                                                  embedding_multiplier=3.0, residual_multiplier=0.4,
+                                                  attention_multiplier=0.2, logits_scaling=2.5,
+                                                  num_local_experts=4, num_experts_per_tok=2,
+                                                  tie_word_embeddings=True, pad_token_id=0,
+                                                  bos_token_id=1, eos_token_id=2))
+    return transformers.GraniteMoeForCausalLM, cfg, "decoder", {"rot_dims": 8, "moe": True}
+
+
 FAMILIES = {
     "bert": fam_bert,
     "roberta": fam_roberta,
@@ -553,6 +600,11 @@ FAMILIES = {
     "cohere": fam_cohere,
     "falcon": fam_falcon,
     "falcon-new": fam_falcon_new,
+    "olmo2": fam_olmo2,
+    "arcee": fam_arcee,
+    "persimmon": fam_persimmon,
+    "granite": fam_granite,
+    "granitemoe": fam_granitemoe,
 }
 
 
@@ -821,6 +873,10 @@ ABLATIONS = {
     "cohere": [("logit_scale 1.0", lambda c: setattr(c, "logit_scale", 1.0), None)],
     "glm4": [("post_self_attn/post_mlp norms set to 1", None,
               lambda m: [p.fill_(1.0) for n, p in m.named_parameters() if "post_self_attn" in n or "post_mlp" in n])],
+    "granite": [("residual_multiplier 1.0", lambda c: setattr(c, "residual_multiplier", 1.0), None),
+                ("logits_scaling 1.0", lambda c: setattr(c, "logits_scaling", 1.0), None)],
+    "persimmon": [("qk_layernorm weights set to 1, biases 0", None,
+                   lambda m: [p.fill_(1.0 if n.endswith("weight") else 0.0) for n, p in m.named_parameters() if "q_layernorm" in n or "k_layernorm" in n])],
     "mbart": [("scale_embedding False", lambda c: setattr(c, "scale_embedding", False), None)],
 }
 

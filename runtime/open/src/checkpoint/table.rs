@@ -437,7 +437,11 @@ pub fn table(family: &str) -> Result<Table, CheckpointError> {
         .cloned()
         .ok_or_else(|| CheckpointError::UnknownFamily {
             family: family.to_string(),
-            known: all.iter().map(|t| t.family.clone()).collect(),
+            known: {
+                let mut k: Vec<String> = all.iter().map(|t| t.family.clone()).collect();
+                k.sort();
+                k
+            },
         })
 }
 
