@@ -582,6 +582,71 @@ fn output_placement_normalises_only_the_branch() {
     assert!(d > 1e-3, "pre-norm control: {d}");
 }
 
+/// `[[layer]] positions` (RoPE models): `kind = "none"` takes the rotation
+/// out of a layer — a causal layer without positions cannot tell the order
+/// of earlier tokens — and `theta` there is the same as the model-wide base.
+#[test]
+fn per_layer_positions_switch_rope_off_or_change_its_base() {
+    use kiln_compiler::lower::lower;
+    use kiln_runtime::session::Model;
+    let last = |extra: &str, tokens: &[i32]| {
+        let rs = tiny_decoder_with(extra);
+        let model = Model::random(lower(&rs).unwrap(), 4).unwrap();
+        let l = model.session().forward(tokens).unwrap()["logits"].to_f32_vec();
+        l[l.len() - 32..].to_vec()
+    };
+    let off = "[[layer]]\nselect = \"all\"\npositions = { kind = \"none\" }";
+    let a = last(off, &[1, 2, 3, 4]);
+    let b = last(off, &[2, 1, 3, 4]);
+    let d = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(d < 1e-5, "a layer without RoPE saw the order: {d}");
+    let a = last("", &[1, 2, 3, 4]);
+    let b = last("", &[2, 1, 3, 4]);
+    assert_ne!(a, b, "with RoPE the order matters");
+    let per_layer = last(
+        "[[layer]]\nselect = \"0\"\npositions = { theta = 37.0 }",
+        &[5, 6, 7, 8],
+    );
+    let src = "name = \"t\"\narchitecture = \"decoder\"\nvocab_size = 32\nd_model = 16\nlayers = 1\nmax_positions = 32\n[attention]\nheads = 2\n[positions]\nkind = \"rope\"\ntheta = 37.0\n[mlp]\nd_ff = 32\nactivation = \"silu\"\ngated = true\n[norm]\nkind = \"rmsnorm\"\n";
+    let rs = spec::load_str(src, std::path::Path::new("t.toml")).unwrap();
+    let model = Model::random(lower(&rs).unwrap(), 4).unwrap();
+    let l = model.session().forward(&[5, 6, 7, 8]).unwrap()["logits"].to_f32_vec();
+    assert_eq!(per_layer, l[l.len() - 32..].to_vec());
+    assert_ne!(per_layer, last("", &[5, 6, 7, 8]));
+    // What cannot be set per layer is an error at the key.
+    for (extra, want) in [
+        (
+            "[[layer]]\nselect = \"0\"\npositions = { layout = \"interleaved\" }",
+            "`layer[0].positions.layout` cannot be set per layer",
+        ),
+        (
+            "[[layer]]\nselect = \"0\"\npositions = { kind = \"alibi\" }",
+            "use `kind = \"rope\"` or `kind = \"none\"`",
+        ),
+        (
+            "[[layer]]\nselect = \"0\"\npositions = { theta = -1.0 }",
+            "`positions.theta` must be greater than 0",
+        ),
+    ] {
+        let src = format!(
+            "name = \"t\"\narchitecture = \"decoder\"\nvocab_size = 32\nd_model = 16\nlayers = 1\n[attention]\nheads = 2\n[positions]\nkind = \"rope\"\n[mlp]\nd_ff = 32\nactivation = \"silu\"\n{extra}\n"
+        );
+        let e = spec::load_str(&src, std::path::Path::new("t.toml"))
+            .unwrap_err()
+            .render();
+        assert!(e.contains(want), "{e}");
+    }
+    let src = "name = \"t\"\narchitecture = \"decoder\"\nvocab_size = 32\nd_model = 16\nlayers = 1\n[attention]\nheads = 2\n[positions]\nkind = \"learned\"\n[mlp]\nd_ff = 32\nactivation = \"silu\"\n[[layer]]\nselect = \"0\"\npositions = { kind = \"none\" }\n";
+    let e = spec::load_str(src, std::path::Path::new("t.toml"))
+        .unwrap_err()
+        .render();
+    assert!(e.contains("applies to RoPE models only"), "{e}");
+}
+
 #[test]
 fn causal_mask_hides_future_tokens() {
     let rs = tiny_decoder("");

@@ -150,8 +150,16 @@ def random_spec(r):
         lines += ["[[layer]]", f"select = {sel}"]
         if arch == "encoder-decoder" and r.random() < 0.5:
             lines.append(f'stack = "{r.choice(["encoder", "decoder"])}"')
-        choice = r.choice(["window", "softcap", "mlp", "eps", "bias", "heads"])
-        if choice == "heads":
+        choices = ["window", "softcap", "mlp", "eps", "bias", "heads"] + (["positions"] * 2 if pos == "rope" else [])
+        choice = r.choice(choices)
+        if choice == "positions":
+            lines.append(r.choice([
+                'positions = { kind = "none" }',
+                f"positions = {{ theta = {r.choice([50.0, 500.0])} }}",
+                f"positions = {{ fraction = {r.choice([0.5, 1.0])} }}",
+                'positions = { scaling = { kind = "linear", factor = 3.0 } }',
+            ]))
+        elif choice == "heads":
             # Per-layer head counts (head_dim is explicit, so nothing derived changes).
             h = r.choice([1, 2, 4])
             lines.append(f"attention = {{ heads = {h}, kv_heads = {r.choice([k for k in (1, 2) if h % k == 0])} }}")

@@ -13,7 +13,8 @@ gated, bias), `[moe]` on every layer (top-k, renormalize, shared expert and
 its gate), `[embeddings]` (scale, token types), and the `lm`, `mlm`, `pooler`,
 `mean-pool` and `none` heads. Encoder-decoders too (cross-attention, sequential and parallel).
 T5 relative buckets, RoPE scaling (linear, llama3, yarn), `[[layer]]`
-overrides and `moe.layers` selectors too.
+overrides (a RoPE layer's `positions` too: kind none, theta, fraction, scaling) and
+`moe.layers` selectors too.
 """
 
 import math
@@ -57,7 +58,7 @@ def layer_spec(spec, i, stack_name, n):
     for entry in spec.get("layer") or []:
         if entry.get("stack", stack_name) != stack_name or not selects(entry["select"], i, n):
             continue
-        for section in ("attention", "mlp", "norm", "residual"):
+        for section in ("attention", "mlp", "norm", "residual", "positions"):
             if section in entry:
                 out[section] = merged(out[section], entry[section])
     moe = spec.get("moe")

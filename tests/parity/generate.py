@@ -553,6 +553,56 @@ def fam_granitemoe():
     return transformers.GraniteMoeForCausalLM, cfg, "decoder", {"rot_dims": 8, "moe": True}
 
 
+def fam_smollm3():
+    # every 2nd layer without RoPE (no_rope_layer_interval 2), tied head
+    cfg = transformers.SmolLM3Config(**_dec_kw(num_hidden_layers=4, rms_norm_eps=1e-6, rope_theta=1e4,
+                                               no_rope_layer_interval=2, use_sliding_window=False,
+                                               tie_word_embeddings=True, pad_token_id=0,
+                                               bos_token_id=1, eos_token_id=2))
+    return transformers.SmolLM3ForCausalLM, cfg, "decoder", {"rot_dims": 8}
+
+
+def fam_cohere2():
+    # Cohere's parallel block; sliding layers (window 4) with RoPE, the full layer without
+    cfg = transformers.Cohere2Config(**_dec_kw(num_hidden_layers=3, layer_norm_eps=1e-5, logit_scale=0.25,
+                                               sliding_window=4,
+                                               layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                                               tie_word_embeddings=True, rope_theta=1e4,
+                                               pad_token_id=0, bos_token_id=5, eos_token_id=6))
+    return transformers.Cohere2ForCausalLM, cfg, "decoder", {"rot_dims": 8}
+
+
+def fam_exaone4():
+    # output-placement norms, per-head q/k RMSNorm, sliding layers with RoPE, the full layer without
+    cfg = transformers.Exaone4Config(**_dec_kw(num_hidden_layers=3, rms_norm_eps=1e-5, sliding_window=4,
+                                               layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                                               rope_theta=1e4, bos_token_id=0, eos_token_id=2))
+    return transformers.Exaone4ForCausalLM, cfg, "decoder", {"rot_dims": 8}
+
+
+def fam_gemma3_text():
+    # sandwich (1 + w) norms, per-head q/k norm, local layers (window 4, base 1e4) and a global
+    # layer (base 1e6 with linear scaling 2), query_pre_attn_scalar 24, √d embeddings, tied
+    cfg = transformers.Gemma3TextConfig(
+        vocab_size=256, hidden_size=48, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=2,
+        head_dim=8, intermediate_size=80, max_position_embeddings=64, hidden_activation="gelu_pytorch_tanh",
+        rms_norm_eps=1e-6, query_pre_attn_scalar=24, sliding_window=4,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
+        tie_word_embeddings=True, pad_token_id=0, bos_token_id=2, eos_token_id=1,
+    )
+    return transformers.Gemma3ForCausalLM, cfg, "decoder", {}
+
+
+def fam_olmo3():
+    # OLMo-2's block with sliding layers (window 4) and a full layer
+    cfg = transformers.Olmo3Config(**_dec_kw(num_hidden_layers=3, rms_norm_eps=1e-6, sliding_window=4,
+                                             layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                                             rope_theta=1e4, pad_token_id=1, eos_token_id=2))
+    return transformers.Olmo3ForCausalLM, cfg, "decoder", {}
+
+
 FAMILIES = {
     "bert": fam_bert,
     "roberta": fam_roberta,
@@ -605,6 +655,11 @@ FAMILIES = {
     "persimmon": fam_persimmon,
     "granite": fam_granite,
     "granitemoe": fam_granitemoe,
+    "smollm3": fam_smollm3,
+    "cohere2": fam_cohere2,
+    "exaone4": fam_exaone4,
+    "gemma3_text": fam_gemma3_text,
+    "olmo3": fam_olmo3,
 }
 
 
@@ -877,6 +932,8 @@ ABLATIONS = {
                 ("logits_scaling 1.0", lambda c: setattr(c, "logits_scaling", 1.0), None)],
     "persimmon": [("qk_layernorm weights set to 1, biases 0", None,
                    lambda m: [p.fill_(1.0 if n.endswith("weight") else 0.0) for n, p in m.named_parameters() if "q_layernorm" in n or "k_layernorm" in n])],
+    "smollm3": [("RoPE in every layer", lambda c: setattr(c, "no_rope_layers", [1, 1, 1, 1]), None)],
+    "gemma3_text": [("all layers full attention", lambda c: setattr(c, "layer_types", ["full_attention"] * 3), None)],
     "mbart": [("scale_embedding False", lambda c: setattr(c, "scale_embedding", False), None)],
 }
 

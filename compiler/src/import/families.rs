@@ -122,6 +122,7 @@ pub(crate) fn window_layers(
             mlp: None,
             norm: None,
             residual: None,
+            positions: None,
         }],
     )
 }

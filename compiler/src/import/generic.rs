@@ -291,7 +291,12 @@ impl<'c, 'a> Ctx<'c, 'a> {
         })
     }
 
-    fn rope(&mut self, head_dim: usize, max_positions: usize) -> Result<Val> {
+    fn rope(
+        &mut self,
+        head_dim: usize,
+        max_positions: usize,
+        layer_type: Option<&str>,
+    ) -> Result<Val> {
         let r = &self.fam.rope;
         fn v(x: &[String]) -> Vec<&str> {
             x.iter().map(String::as_str).collect()
@@ -310,7 +315,7 @@ impl<'c, 'a> Ctx<'c, 'a> {
             ignored_theta: &it,
             ignored_partial: &ip,
         };
-        let p = rope::rope(self.cfg, &keys, head_dim, max_positions)?;
+        let p = rope::rope(self.cfg, &keys, head_dim, max_positions, layer_type)?;
         let t = toml::Value::try_from(&p).map_err(|e| self.family_error(e.to_string()))?;
         Ok(Val::from_toml(&t))
     }
@@ -371,7 +376,11 @@ impl Env for Ctx<'_, '_> {
                 Val::Str(shared::activation_name(a).to_string())
             }
             ("rope", [hd, mp]) => match (usize_arg(hd), usize_arg(mp)) {
-                (Some(hd), Some(mp)) => self.rope(hd, mp)?,
+                (Some(hd), Some(mp)) => self.rope(hd, mp, None)?,
+                _ => return Err(bad(self)),
+            },
+            ("rope", [hd, mp, Val::Str(lt)]) => match (usize_arg(hd), usize_arg(mp)) {
+                (Some(hd), Some(mp)) => self.rope(hd, mp, Some(lt.as_str()))?,
                 _ => return Err(bad(self)),
             },
             ("layer_types", [n]) => {

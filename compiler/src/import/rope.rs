@@ -34,11 +34,16 @@ const COMMON_KEYS: &[&str] = &["rope_type", "type", "rope_theta", "partial_rotar
 
 /// Read the RoPE settings; `head_dim` checks the rotated channel count,
 /// `max_positions` is HF's fallback for `original_max_position_embeddings`.
+///
+/// With `layer_type` (`"sliding_attention"`), a transformers-5
+/// `rope_parameters` nested per attention type (Gemma-3, OLMo-3, ModernBERT)
+/// is read at that entry; a flat one is read as it is.
 pub(crate) fn rope(
     cfg: &mut Cfg,
     keys: &RopeKeys,
     head_dim: usize,
     max_positions: usize,
+    layer_type: Option<&str>,
 ) -> Result<Positions> {
     let scaling = match cfg.present("rope_scaling") {
         Some(v) => Some(cfg.as_object("rope_scaling", v)?),
@@ -49,10 +54,23 @@ pub(crate) fn rope(
         None => None,
     };
     let empty = Map::new();
-    let (dname, dict) = match (scaling, params) {
-        (Some(s), _) if !s.is_empty() => ("rope_scaling", s),
-        (_, Some(p)) => ("rope_parameters", p),
-        _ => ("rope_parameters", &empty),
+    let nested = params.is_some_and(|p| p.values().any(|v| v.is_object()));
+    let (dname, dict): (String, &Map<String, Value>) = match (layer_type, scaling, params) {
+        (Some(lt), _, Some(p)) if nested => match p.get(lt) {
+            Some(Value::Object(sub)) => (format!("rope_parameters.{lt}"), sub),
+            _ => {
+                return Err(cfg.err(
+                    &format!("rope_parameters.{lt}"),
+                    format!(
+                        "is missing: the RoPE parameters are given per attention type ({}), and this family reads the `{lt}` entry",
+                        p.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        },
+        (_, Some(s), _) if !s.is_empty() => ("rope_scaling".into(), s),
+        (_, _, Some(p)) => ("rope_parameters".into(), p),
+        _ => ("rope_parameters".into(), &empty),
     };
     let field = |k: &str| format!("{dname}.{k}");
     let get = |k: &str| dict.get(k).filter(|v| !v.is_null());

@@ -181,10 +181,13 @@ pub fn stack(
             rope: None,
         };
         let bias = position_bias(b, spec, kind, a.heads, q_pos, &keys, &mut memo)?;
-        let rope = match spec.positions.kind {
+        // The layer's own positions: the model's, or its `[[layer]] positions`
+        // (another base or scaling, or no rotation at all).
+        let lp = &layer.positions;
+        let rope = match lp.kind {
             PositionKind::Rope => {
-                let rot = spec.positions.rotary_dims(hd);
-                let key = format!("rope{rot}");
+                let rot = lp.rotary_dims(hd);
+                let key = format!("rope{rot}.{:?}.{:?}", lp.theta, lp.scaling);
                 let (cos, sin) = match (
                     memo.get(&format!("{key}.cos")),
                     memo.get(&format!("{key}.sin")),
@@ -192,7 +195,7 @@ pub fn stack(
                     (Some(&c), Some(&s)) => (c, s),
                     _ => {
                         let (c, s) = b.scoped(join(kind.prefix, "positions"), |b| {
-                            let (c, s) = rope_tables(b, &spec.positions, rot, tok_pos)?;
+                            let (c, s) = rope_tables(b, lp, rot, tok_pos)?;
                             // Per-row tables [b, seq, half] broadcast over heads as [b, 1, seq, half].
                             let cs = b.shape(c);
                             if cs.len() == 3 {
@@ -208,7 +211,7 @@ pub fn stack(
                         (c, s)
                     }
                 };
-                Some((cos, sin, rot, spec.positions.layout()))
+                Some((cos, sin, rot, lp.layout()))
             }
             _ => None,
         };

@@ -555,6 +555,11 @@ pub struct LayerOverride {
     /// Table deep-merged over `[residual]` for the selected layers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub residual: Option<toml::Table>,
+    /// RoPE models only: `kind` (`"rope"` or `"none"`), `theta`, `fraction`
+    /// and `scaling` for the selected layers (Gemma-3's local base, SmolLM3's
+    /// layers without RoPE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positions: Option<toml::Table>,
 }
 
 /// One stack of an encoder-decoder model.
@@ -578,6 +583,9 @@ pub struct LayerSpec {
     pub norm: Norm,
     /// Residual wiring of this layer.
     pub residual: Residual,
+    /// The positions this layer's attention uses: the model's, or for a RoPE
+    /// model its `[[layer]] positions` override (kind `none`: no rotation).
+    pub positions: Positions,
     /// The MoE section when this layer is a mixture-of-experts layer.
     pub moe: Option<Moe>,
 }

@@ -981,6 +981,29 @@ fn check_overrides<'a>(spec: &Spec, root: &'a Node) -> Result<Vec<Override<'a>>,
                 ));
             }
         }
+        if let Some(pn) = node.get("positions") {
+            let pv = View::section(node, "positions");
+            if spec.positions.kind != PositionKind::Rope {
+                return Err(err(
+                    ov.at("positions"),
+                    format!(
+                        "`layer[{j}].positions` applies to RoPE models only, but `positions.kind` is \"{}\"",
+                        kind_name(spec.positions.kind)
+                    ),
+                    "remove the override: only a RoPE model's rotation can differ between layers",
+                ));
+            }
+            for e in pn.entries() {
+                if !LAYER_POSITION_KEYS.contains(&e.key.as_str()) {
+                    return Err(err(
+                        pv.at(&e.key),
+                        format!("`layer[{j}].positions.{}` cannot be set per layer", e.key),
+                        "per layer, only `kind` (\"rope\" or \"none\"), `theta`, `fraction` and `scaling` can differ",
+                    ));
+                }
+            }
+            layer_positions(spec, root, &[(j, node)])?;
+        }
         let ctx = format!(" (in layers selected by `layer[{j}]`)");
         let (block, merged) = merged_block(root, &[(j, node)])?;
         let views = block_views(&merged, node);
@@ -993,6 +1016,72 @@ fn check_overrides<'a>(spec: &Spec, root: &'a Node) -> Result<Vec<Override<'a>>,
         });
     }
     Ok(out)
+}
+
+/// Keys a `[[layer]] positions` override may set.
+const LAYER_POSITION_KEYS: [&str; 4] = ["kind", "theta", "fraction", "scaling"];
+
+/// The positions of a layer the `overrides` select: the model's `[positions]`
+/// with their `positions` tables merged over it, checked like the model's
+/// (a RoPE model's layers are `rope` or `none`), with derived defaults filled.
+fn layer_positions(
+    spec: &Spec,
+    root: &Node,
+    overrides: &[(usize, &Node)],
+) -> Result<Positions, Located> {
+    let mut p = spec.positions.clone();
+    if overrides.iter().all(|(_, o)| o.get("positions").is_none()) {
+        fill_positions(&mut p);
+        return Ok(p);
+    }
+    let mut t = root
+        .get("positions")
+        .cloned()
+        .unwrap_or_else(|| Node::table(None));
+    let mut last = root;
+    for (_, o) in overrides {
+        if let Some(s) = o.get("positions") {
+            merge(&mut t, s.clone());
+            last = o;
+        }
+    }
+    let pv = View::section(last, "positions");
+    let path = match overrides {
+        [(j, _)] => format!("layer[{j}].positions"),
+        _ => "positions".to_string(),
+    };
+    let kind: PositionKind = match t.get("kind") {
+        Some(k) => from_node(k, &format!("{path}.kind"), pv.at("kind"))?,
+        None => spec.positions.kind,
+    };
+    match kind {
+        PositionKind::None => Ok(Positions {
+            kind: PositionKind::None,
+            offset: 0,
+            theta: None,
+            fraction: None,
+            layout: None,
+            scaling: None,
+            buckets: None,
+            max_distance: None,
+        }),
+        PositionKind::Rope => {
+            p = from_node(&t, &path, None)?;
+            let mut s = spec.clone();
+            s.positions = p.clone();
+            check_positions(&s, pv, pv)?;
+            fill_positions(&mut p);
+            Ok(p)
+        }
+        other => Err(err(
+            pv.at("kind"),
+            format!(
+                "`{path}.kind` is \"{}\", but a RoPE model's layers use `kind = \"rope\"` or `kind = \"none\"`",
+                kind_name(other)
+            ),
+            "use `kind = \"none\"` for a layer without rotary embeddings",
+        )),
+    }
 }
 
 /// The four block sections of the model with `overrides` merged over them,
@@ -1073,11 +1162,13 @@ fn expand(
                 }
                 fill_attention(&mut block.attention, spec.d_model);
                 fill_norm(&mut block.norm);
+                let positions = layer_positions(spec, root, &picked)?;
                 let l = LayerSpec {
                     attention: block.attention,
                     mlp: block.mlp,
                     norm: block.norm,
                     residual: block.residual,
+                    positions,
                     moe: None,
                 };
                 cache.insert(key, l.clone());
