@@ -171,6 +171,7 @@ fn rope_positions(layout: PairLayout, fraction: f64) -> Positions {
         scaling: None,
         buckets: None,
         max_distance: None,
+        frequencies: None,
     }
 }
 
@@ -269,6 +270,54 @@ fn sinusoidal_table_interleaves_sin_and_cos() {
         0.02f64.cos(),
     ];
     close(&got, &want, 1e-6);
+    // fairseq / tensor2tensor spacing (M2M-100, XGLM), [sin | cos] halves, d = 6:
+    // inv[i] = 10000^(-i / (3 - 1)) = 1, 0.01, 0.0001.
+    let p = Positions {
+        kind: PositionKind::Sinusoidal,
+        layout: Some(PairLayout::Half),
+        frequencies: Some(kiln_compiler::spec::Frequencies::Tensor2tensor),
+        ..rope_positions(PairLayout::Half, 1.0)
+    };
+    let mut g = Graph::new("sin");
+    let mut b = Builder::new(&mut g);
+    let pi = b.input("pos", DType::I32, shape!["seq"]).unwrap();
+    let y = positions::sinusoidal(&mut b, &p, 6, pi).unwrap();
+    g.set_output("y", y);
+    let pt = Tensor::from_i32(&[1], vec![3]).unwrap();
+    let got = run(&g, &Weights::new(), [("pos", &pt)]).unwrap()["y"].to_f32_vec();
+    let a = [3.0f64, 0.03, 0.0003];
+    let want: Vec<f64> = a
+        .iter()
+        .map(|x| x.sin())
+        .chain(a.iter().map(|x| x.cos()))
+        .collect();
+    close(&got, &want, 1e-6);
+}
+
+/// `offset` applies to learned and sinusoidal positions only, `frequencies`
+/// to sinusoidal ones (the M2M-100 / XGLM fixtures in tests/parity exercise
+/// both end to end, the oracle draws them at random).
+#[test]
+fn sinusoidal_offset_and_frequencies_are_checked() {
+    let load = |pos: &str, d: usize| {
+        let src = format!(
+            "name = \"t\"\narchitecture = \"decoder\"\nvocab_size = 32\nd_model = {d}\nlayers = 1\n[attention]\nheads = 1\n[positions]\n{pos}\n[mlp]\nd_ff = 8\nactivation = \"gelu\"\n"
+        );
+        spec::load_str(&src, std::path::Path::new("t.toml")).map_err(|e| e.render())
+    };
+    assert!(
+        load(
+            "kind = \"sinusoidal\"\noffset = 2\nfrequencies = \"tensor2tensor\"",
+            16
+        )
+        .is_ok()
+    );
+    let e = load("kind = \"rope\"\noffset = 2", 16).unwrap_err();
+    assert!(e.contains("`positions.offset` only applies to"), "{e}");
+    let e = load("kind = \"learned\"\nfrequencies = \"vaswani\"", 16).unwrap_err();
+    assert!(e.contains("`positions.frequencies` only applies to"), "{e}");
+    let e = load("kind = \"sinusoidal\"\nfrequencies = \"tensor2tensor\"", 2).unwrap_err();
+    assert!(e.contains("needs `d_model` of at least 4"), "{e}");
 }
 
 /// HF T5's `_relative_position_bucket`, written out directly.

@@ -80,8 +80,10 @@ def random_spec(r):
     if residual:
         lines += ["[residual]", *residual]
     lines += ["[positions]", f'kind = "{pos}"']
-    if pos == "learned" and r.random() < 0.3:
+    if pos in ("learned", "sinusoidal") and r.random() < 0.3:
         lines.append("offset = 2")
+    if pos == "sinusoidal" and r.random() < 0.4:
+        lines.append(f'frequencies = "{r.choice(["vaswani", "tensor2tensor"])}"')
     if pos in ("rope", "sinusoidal"):
         lines.append(f'layout = "{r.choice(["half", "interleaved"])}"')
         lines.append(f"theta = {r.choice([100.0, 10000.0])}")

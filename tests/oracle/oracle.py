@@ -7,7 +7,7 @@ Covered so far: decoder-only and encoder-only models with every `[attention]` kn
 head_dim, biases, qk-norm per-head/full, scale, softcap, sliding window),
 `[norm]` (layernorm/rmsnorm, bias, affine, weight_offset, pre/post/sandwich,
 embedding and final norms; `output` placement), `[residual]` (parallel, shared_norm, scale), `[positions]`
-learned (offset), sinusoidal (both layouts), rope (half/interleaved,
+learned (offset), sinusoidal (both layouts, offset, both frequency spacings), rope (half/interleaved,
 fraction, theta, scaling), alibi, relative and none, `[mlp]` (all activations,
 gated, bias), `[moe]` on every layer (top-k, renormalize, shared expert and
 its gate), `[embeddings]` (scale, token types), and the `lm`, `mlm`, `pooler`,
@@ -208,8 +208,11 @@ def alibi_slopes(n):
 def sinusoidal(p, d, pos):
     half = d // 2
     theta = p.get("theta", 10000.0)
-    inv = 1.0 / theta ** (2.0 * np.arange(half) / d)
-    a = pos[:, None] * inv[None, :]
+    if p.get("frequencies", "vaswani") == "tensor2tensor":
+        inv = 1.0 / theta ** (np.arange(half) / (half - 1))
+    else:
+        inv = 1.0 / theta ** (2.0 * np.arange(half) / d)
+    a = (pos[:, None] + p.get("offset", 0)) * inv[None, :]
     if p.get("layout", "interleaved") == "half":
         return np.concatenate([np.sin(a), np.cos(a)], -1)
     out = np.zeros((len(pos), d))

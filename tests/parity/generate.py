@@ -603,6 +603,72 @@ def fam_olmo3():
     return transformers.Olmo3ForCausalLM, cfg, "decoder", {}
 
 
+def _s2s_kw(**kw):
+    base = dict(vocab_size=256, d_model=48, encoder_layers=2, decoder_layers=2,
+                encoder_attention_heads=3, decoder_attention_heads=3,
+                encoder_ffn_dim=80, decoder_ffn_dim=80, max_position_embeddings=64,
+                dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    base.update(kw)
+    return base
+
+
+def fam_bloom():
+    # ALiBi (6 heads: not a power of two), per-head fused query_key_value, embedding LayerNorm
+    cfg = transformers.BloomConfig(vocab_size=256, hidden_size=48, n_layer=2, n_head=6,
+                                   layer_norm_epsilon=1e-5, hidden_dropout=0.0, attention_dropout=0.0,
+                                   bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    return transformers.BloomForCausalLM, cfg, "decoder", {}
+
+
+def fam_mpt():
+    # ALiBi (alibi_bias_max 8, 6 heads), fused Wqkv, LayerNorm without bias, no biases
+    cfg = transformers.MptConfig(d_model=48, n_heads=6, n_layers=2, expansion_ratio=4, max_seq_len=64,
+                                 vocab_size=256, layer_norm_epsilon=1e-5, no_bias=True,
+                                 attn_config={"alibi": True, "alibi_bias_max": 8, "attn_type": "multihead_attention"},
+                                 resid_pdrop=0.0, emb_pdrop=0.0, use_cache=True)
+    return transformers.MptForCausalLM, cfg, "decoder", {}
+
+
+def fam_pegasus():
+    # pre-norm with final norms, sinusoidal positions ([sin | cos] halves), √d embeddings
+    cfg = transformers.PegasusConfig(**_s2s_kw(activation_function="relu", scale_embedding=True,
+                                               pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+                                               forced_eos_token_id=None))
+    return transformers.PegasusForConditionalGeneration, cfg, "seq2seq", {}
+
+
+def fam_marian():
+    # post-norm, sinusoidal positions, √d embeddings, final_logits_bias
+    cfg = transformers.MarianConfig(**_s2s_kw(activation_function="swish", scale_embedding=True,
+                                              pad_token_id=255, eos_token_id=0, decoder_start_token_id=255,
+                                              forced_eos_token_id=None))
+    return transformers.MarianMTModel, cfg, "seq2seq", {}
+
+
+def fam_plbart():
+    cfg = transformers.PLBartConfig(**_s2s_kw(activation_function="gelu", scale_embedding=True,
+                                              pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                                              decoder_start_token_id=2, forced_eos_token_id=None))
+    return transformers.PLBartForConditionalGeneration, cfg, "seq2seq", {}
+
+
+def fam_m2m_100():
+    # pre-norm, fairseq sinusoidal positions (offset 2, log(10000) / (d/2 - 1) spacing)
+    cfg = transformers.M2M100Config(**_s2s_kw(activation_function="relu", scale_embedding=True,
+                                              encoder_layerdrop=0.0, decoder_layerdrop=0.0,
+                                              pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                                              decoder_start_token_id=2))
+    return transformers.M2M100ForConditionalGeneration, cfg, "seq2seq", {}
+
+
+def fam_xglm():
+    cfg = transformers.XGLMConfig(vocab_size=256, max_position_embeddings=64, d_model=48, ffn_dim=80,
+                                  num_layers=2, attention_heads=6, activation_function="gelu",
+                                  dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+                                  scale_embedding=True, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    return transformers.XGLMForCausalLM, cfg, "decoder", {}
+
+
 FAMILIES = {
     "bert": fam_bert,
     "roberta": fam_roberta,
@@ -660,6 +726,13 @@ FAMILIES = {
     "exaone4": fam_exaone4,
     "gemma3_text": fam_gemma3_text,
     "olmo3": fam_olmo3,
+    "bloom": fam_bloom,
+    "mpt": fam_mpt,
+    "pegasus": fam_pegasus,
+    "marian": fam_marian,
+    "plbart": fam_plbart,
+    "m2m_100": fam_m2m_100,
+    "xglm": fam_xglm,
 }
 
 
@@ -679,8 +752,15 @@ def randomize(model: torch.nn.Module, family: str, gen: torch.Generator) -> dict
     def normal(shape, std, mean=0.0):
         return torch.randn(shape, generator=gen, dtype=torch.float32) * std + mean
 
+    # Fixed sinusoidal tables that happen to be parameters (Marian) keep their values: HF
+    # recomputes them at load time, they are not weights.
+    fixed = {f"{m}.{n}" for m, mod in model.named_modules() if "Sinusoidal" in type(mod).__name__
+             for n, _ in mod.named_parameters(recurse=False)}
     with torch.no_grad():
         for name, p in model.named_parameters():  # tied parameters are visited once
+            if name in fixed:
+                rules.setdefault("fixed sinusoidal table (kept)", []).append(name)
+                continue
             if is_norm_weight(name, p):
                 v = torch.rand(p.shape, generator=gen) + 0.5  # U(0.5, 1.5)
                 rule = "norm weight ~ U(0.5, 1.5)"

@@ -351,6 +351,7 @@ pub(crate) fn rope(
         scaling,
         buckets: None,
         max_distance: None,
+        frequencies: None,
     })
 }
 

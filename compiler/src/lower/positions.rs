@@ -215,8 +215,17 @@ fn rotate_pair(
 pub fn sinusoidal(b: &mut Builder, p: &Positions, d: usize, pos: NodeId) -> R {
     b.scoped("sinusoidal", |b| {
         let half = d / 2;
+        let tensor2tensor = p.frequencies == Some(crate::spec::Frequencies::Tensor2tensor);
         let inv: Vec<f32> = (0..half)
-            .map(|i| (1.0 / p.theta().powf((2 * i) as f64 / d as f64)) as f32)
+            .map(|i| {
+                let e = if tensor2tensor {
+                    // half > 1 is checked by the validator.
+                    i as f64 / (half - 1) as f64
+                } else {
+                    (2 * i) as f64 / d as f64
+                };
+                (1.0 / p.theta().powf(e)) as f32
+            })
             .collect();
         let inv = b.literal(inv, &[1, half])?;
         let shape = b.shape(pos);

@@ -112,7 +112,16 @@ pub fn stack(
                     let idx = b.add2(tok_pos, off)?;
                     Ok(Some(b.gather(t, idx, 0)?))
                 }
-                PositionKind::Sinusoidal => Ok(Some(sinusoidal(b, &spec.positions, d, tok_pos)?)),
+                PositionKind::Sinusoidal => {
+                    // The table is evaluated at position + offset (M2M-100, XGLM: 2).
+                    let at = if spec.positions.offset == 0 {
+                        tok_pos
+                    } else {
+                        let off = b.scalar_i32(spec.positions.offset as i32)?;
+                        b.add2(tok_pos, off)?
+                    };
+                    Ok(Some(sinusoidal(b, &spec.positions, d, at)?))
+                }
                 _ => Ok(None),
             }
         },

@@ -262,6 +262,19 @@ pub struct Positions {
     /// T5 relative attention: distance beyond which buckets saturate (default 128).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_distance: Option<usize>,
+    /// Sinusoidal: how the frequencies are spaced (default `vaswani`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequencies: Option<Frequencies>,
+}
+
+/// Spacing of sinusoidal frequencies over `half = d / 2` channel pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Frequencies {
+    /// `theta^(-2i / d)` (Vaswani et al.; Marian, Pegasus).
+    Vaswani,
+    /// `theta^(-i / (half - 1))` (tensor2tensor and fairseq; M2M-100, XGLM).
+    Tensor2tensor,
 }
 
 /// Kind of positional encoding.

@@ -467,14 +467,15 @@ fn check_positions(spec: &Spec, pv: View<'_>, top: View<'_>) -> Result<(), Locat
     let p = &spec.positions;
     let kind = p.kind;
     use PositionKind as K;
-    let set: [(&str, bool, &[PositionKind]); 7] = [
+    let set: [(&str, bool, &[PositionKind]); 8] = [
         ("theta", p.theta.is_some(), &[K::Rope, K::Sinusoidal]),
         ("fraction", p.fraction.is_some(), &[K::Rope]),
         ("layout", p.layout.is_some(), &[K::Rope, K::Sinusoidal]),
         ("scaling", p.scaling.is_some(), &[K::Rope]),
         ("buckets", p.buckets.is_some(), &[K::Relative]),
         ("max_distance", p.max_distance.is_some(), &[K::Relative]),
-        ("offset", p.offset != 0, &[K::Learned]),
+        ("offset", p.offset != 0, &[K::Learned, K::Sinusoidal]),
+        ("frequencies", p.frequencies.is_some(), &[K::Sinusoidal]),
     ];
     for (key, is_set, kinds) in set {
         if is_set && !kinds.contains(&kind) {
@@ -513,6 +514,19 @@ fn check_positions(spec: &Spec, pv: View<'_>, top: View<'_>) -> Result<(), Locat
             pv.at("fraction"),
             format!("`positions.fraction` must be in (0, 1], found {f:?}"),
             "it is the share of each head's channels that RoPE rotates: 1.0 for all, 0.25 for a quarter",
+        ));
+    }
+    if kind == K::Sinusoidal
+        && p.frequencies == Some(super::Frequencies::Tensor2tensor)
+        && spec.d_model < 4
+    {
+        return Err(err(
+            pv.at("frequencies"),
+            format!(
+                "`positions.frequencies = \"tensor2tensor\"` spaces the frequencies over d_model / 2 - 1 steps and needs `d_model` of at least 4, found {}",
+                spec.d_model
+            ),
+            "use `frequencies = \"vaswani\"` for such a narrow model",
         ));
     }
     if kind == K::Sinusoidal && spec.d_model % 2 == 1 {
@@ -1064,6 +1078,7 @@ fn layer_positions(
             scaling: None,
             buckets: None,
             max_distance: None,
+            frequencies: None,
         }),
         PositionKind::Rope => {
             p = from_node(&t, &path, None)?;
