@@ -336,6 +336,7 @@ mod tests {
             scaling,
             buckets: None,
             max_distance: None,
+            frequencies: None,
         }
     }
 
