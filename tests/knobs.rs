@@ -696,6 +696,115 @@ fn per_layer_positions_switch_rope_off_or_change_its_base() {
     assert!(e.contains("applies to RoPE models only"), "{e}");
 }
 
+/// `layer_groups = 1`: every block uses `layers.0.*`, the same as a model
+/// with separate blocks whose parameters are copies of block 0's.
+#[test]
+fn shared_layer_groups_reuse_one_set_of_parameters() {
+    use kiln_compiler::lower::lower;
+    use kiln_runtime::session::Model;
+    let spec = |extra: &str| {
+        let src = format!(
+            "name = \"t\"\narchitecture = \"decoder\"\nvocab_size = 32\nd_model = 16\nlayers = 3\nmax_positions = 32\n{extra}\n[attention]\nheads = 2\n[positions]\nkind = \"rope\"\n[mlp]\nd_ff = 24\nactivation = \"silu\"\n[norm]\nkind = \"rmsnorm\"\n"
+        );
+        spec::load_str(&src, std::path::Path::new("t.toml"))
+            .unwrap_or_else(|e| panic!("{}", e.render()))
+    };
+    let shared = lower(&spec("layer_groups = 1")).unwrap();
+    let names = parameter_names(shared.decoder.as_ref().unwrap());
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.starts_with("layers.1.") && !n.starts_with("layers.2.")),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n == "layers.0.attn.q.weight"),
+        "{names:?}"
+    );
+    let model = Model::random(shared, 6).unwrap();
+    let separate = lower(&spec("")).unwrap();
+    let mut weights = model.weights.clone();
+    for n in parameter_names(separate.decoder.as_ref().unwrap()) {
+        if let Some(rest) = n.strip_prefix("layers.0.") {
+            let t = model.weights.get(&n).unwrap().clone();
+            for i in 1..3 {
+                weights.insert(format!("layers.{i}.{rest}").as_str(), t.clone());
+            }
+        }
+    }
+    let copies = Model::new(separate, weights);
+    let tokens = [1, 5, 9, 2];
+    assert_eq!(
+        model.session().forward(&tokens).unwrap()["logits"].to_f32_vec(),
+        copies.session().forward(&tokens).unwrap()["logits"].to_f32_vec()
+    );
+    let e = spec::load_str(
+        "name = \"t\"\narchitecture = \"decoder\"\nvocab_size = 32\nd_model = 16\nlayers = 3\nlayer_groups = 2\n[attention]\nheads = 2\n[positions]\nkind = \"rope\"\n[mlp]\nd_ff = 24\nactivation = \"silu\"\n",
+        std::path::Path::new("t.toml"),
+    )
+    .unwrap_err()
+    .render();
+    assert!(
+        e.contains("`layer_groups` (2) must divide `layers` (3)"),
+        "{e}"
+    );
+}
+
+/// `embeddings.size`: narrower embedding tables, projected to d_model by
+/// `embed.project`; an MLM head maps back to that width so it can reuse the
+/// embedding; a tied LM head cannot.
+#[test]
+fn narrow_embeddings_are_projected_to_d_model() {
+    use kiln_compiler::lower::lower;
+    let src = |head: &str| {
+        format!(
+            "name = \"t\"\narchitecture = \"encoder\"\nvocab_size = 32\nd_model = 16\nlayers = 1\n[attention]\nheads = 2\n[positions]\nkind = \"learned\"\n[mlp]\nd_ff = 24\nactivation = \"gelu\"\n[norm]\nplacement = \"post\"\nembedding_norm = true\nfinal_norm = false\n[embeddings]\nsize = 6\n[head]\n{head}\n"
+        )
+    };
+    let rs = spec::load_str(
+        &src("kind = \"mlm\"\ntied = true\nbias = true"),
+        std::path::Path::new("t.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{}", e.render()));
+    let lowered = lower(&rs).unwrap();
+    let g = lowered.encoder.as_ref().unwrap();
+    let shapes: std::collections::BTreeMap<String, Vec<usize>> = g
+        .parameters()
+        .into_iter()
+        .filter_map(|p| match &g.node(p).op {
+            kiln_compiler::ir::Op::Parameter { name, .. } => Some((
+                name.clone(),
+                g.node(p)
+                    .ty
+                    .shape
+                    .iter()
+                    .map(|d| d.as_const().unwrap())
+                    .collect(),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(shapes["embed.tokens"], vec![32, 6]);
+    assert_eq!(shapes["embed.positions"], vec![2048, 6]);
+    assert_eq!(shapes["embed.norm.weight"], vec![6]);
+    assert_eq!(shapes["embed.project.weight"], vec![16, 6]);
+    assert_eq!(shapes["head.transform.dense.weight"], vec![6, 16]);
+    assert_eq!(shapes["head.transform.norm.weight"], vec![6]);
+    let model = kiln_runtime::session::Model::random(lowered, 2).unwrap();
+    let out = model.encode(&[3, 4, 5]).unwrap();
+    assert_eq!(out["logits"].shape(), &[1, 3, 32]);
+    let e = spec::load_str(
+        &src("kind = \"lm\"\ntied = true"),
+        std::path::Path::new("t.toml"),
+    )
+    .unwrap_err()
+    .render();
+    assert!(
+        e.contains("a tied `lm` head cannot reuse the embedding"),
+        "{e}"
+    );
+}
+
 #[test]
 fn causal_mask_hides_future_tokens() {
     let rs = tiny_decoder("");

@@ -127,9 +127,14 @@ def random_spec(r):
         emb.append(f'scale = "{r.choice(["sqrt-d-model", "inv-sqrt-d-model"])}"')
     if arch == "encoder" and r.random() < 0.5:
         emb.append(f"token_types = {r.choice([1, 2])}")
+    if arch != "encoder-decoder" and r.random() < 0.2:
+        emb.append(f"size = {r.choice([6, 10])}")
     if emb:
         lines += ["[embeddings]", *emb]
-    if "[moe]" in lines and r.random() < 0.4:
+    shared = arch != "encoder-decoder" and r.random() < 0.15
+    if shared:
+        lines.insert(lines.index("[attention]"), "layer_groups = 1")
+    if "[moe]" in lines and not shared and r.random() < 0.4:
         at = lines.index("[moe]") + 1
         lines.insert(at, f'layers = "{r.choice(["even", "odd", "1..", "0..1", "every 2 from 1"])}"')
     kind = "lm" if arch != "encoder" else r.choice(["lm", "mlm", "pooler", "mean-pool", "none"])
@@ -147,7 +152,7 @@ def random_spec(r):
     if kind == "mean-pool" and r.random() < 0.5:
         lines.append("normalize = true")
     # Per-layer overrides of knobs with no derived defaults.
-    for _ in range(r.choice([0, 0, 1, 2])):
+    for _ in range(0 if shared else r.choice([0, 0, 1, 2])):
         sel = r.choice(['"even"', '"odd"', '"1.."', '"0"', "[0, 2]", '"every 2 from 1"'])
         lines += ["[[layer]]", f"select = {sel}"]
         if arch == "encoder-decoder" and r.random() < 0.5:

@@ -11,7 +11,7 @@ learned (offset), sinusoidal (both layouts, offset, both frequency spacings), ro
 fraction, theta, scaling), alibi, relative and none, `[mlp]` (all activations,
 gated, bias), `[moe]` on every layer (top-k, renormalize, shared expert and
 its gate), `[embeddings]` (scale, token types), and the `lm`, `mlm`, `pooler`,
-`mean-pool` and `none` heads. Encoder-decoders too (cross-attention, sequential and parallel).
+`mean-pool` and `none` heads, `embeddings.size` and `layer_groups`. Encoder-decoders too (cross-attention, sequential and parallel).
 T5 relative buckets, RoPE scaling (linear, llama3, yarn), `[[layer]]`
 overrides (a RoPE layer's `positions` too: kind none, theta, fraction, scaling) and
 `moe.layers` selectors too.
@@ -355,14 +355,18 @@ def stack(spec, w, tokens, causal, prefix="", layers=None, source=None):
     if p["kind"] == "learned":
         x = x + w[f"{prefix}embed.positions"][np.arange(len(tokens)) + p.get("offset", 0)]
     elif p["kind"] == "sinusoidal":
-        x = x + sinusoidal(p, d, pos)
+        x = x + sinusoidal(p, x.shape[-1], pos)
     if n["embedding_norm"]:
         x = norm(n, w, f"{prefix}embed.norm", x)
+    if x.shape[-1] != d:  # embeddings.size: project to d_model
+        x = linear(w, f"{prefix}embed.project", x, True)
     n_layers = spec["layers"] if layers is None else layers
     stack_name = "decoder" if prefix == "decoder." else "encoder"
+    groups = spec.get("layer_groups") or n_layers
     for i in range(n_layers):
         ls = layer_spec(spec, i, stack_name, n_layers)
-        x = block(ls, w, f"{prefix}layers.{i}", x, pos, causal, source, prefix)
+        g = i // (n_layers // groups)
+        x = block(ls, w, f"{prefix}layers.{g}", x, pos, causal, source, prefix)
     if n["final_norm"]:
         x = norm(n, w, f"{prefix}final_norm", x)
     return x

@@ -669,6 +669,34 @@ def fam_xglm():
     return transformers.XGLMForCausalLM, cfg, "decoder", {}
 
 
+def fam_nomic_bert():
+    # post-norm BERT with RoPE, SwiGLU, bias-free attention and MLP, embedding LayerNorm
+    cfg = transformers.NomicBertConfig(vocab_size=256, hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
+                                       intermediate_size=80, hidden_act="silu", max_position_embeddings=64,
+                                       type_vocab_size=2, layer_norm_eps=1e-12, pad_token_id=0,
+                                       rope_parameters={"rope_type": "default", "rope_theta": 1000.0})
+    return transformers.NomicBertForMaskedLM, cfg, "mlm", {}
+
+
+def fam_electra():
+    # ELECTRA generator: 32-wide embeddings projected to d 48 (embeddings_project), the MLM head
+    # back to 32 wide and tied to the word embeddings
+    cfg = transformers.ElectraConfig(**_enc_kw(embedding_size=32, type_vocab_size=2, layer_norm_eps=1e-12,
+                                               pad_token_id=0))
+    return transformers.ElectraForMaskedLM, cfg, "mlm", {}
+
+
+def fam_albert():
+    # ALBERT: 32-wide embeddings, 3 layers sharing one parameter group, gelu_new
+    cfg = transformers.AlbertConfig(vocab_size=256, embedding_size=32, hidden_size=48, num_hidden_layers=3,
+                                    num_hidden_groups=1, inner_group_num=1, num_attention_heads=3,
+                                    intermediate_size=80, hidden_act="gelu_new", max_position_embeddings=64,
+                                    type_vocab_size=2, layer_norm_eps=1e-12, hidden_dropout_prob=0.0,
+                                    attention_probs_dropout_prob=0.0, classifier_dropout_prob=0.0,
+                                    pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    return transformers.AlbertForMaskedLM, cfg, "mlm", {}
+
+
 FAMILIES = {
     "bert": fam_bert,
     "roberta": fam_roberta,
@@ -733,6 +761,9 @@ FAMILIES = {
     "plbart": fam_plbart,
     "m2m_100": fam_m2m_100,
     "xglm": fam_xglm,
+    "nomic_bert": fam_nomic_bert,
+    "electra": fam_electra,
+    "albert": fam_albert,
 }
 
 

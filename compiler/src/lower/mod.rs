@@ -173,15 +173,18 @@ fn head(
 ) -> Result<Vec<(String, NodeId)>, IrError> {
     let d = spec.d_model;
     let h = &spec.head;
+    // The MLM head works at the embedding width (`embeddings.size`, ALBERT
+    // and ELECTRA), so that its vocabulary projection can be the embedding.
+    let e = spec.embeddings.size.unwrap_or(d);
     b.scoped("head", |b| {
-        let vocab = |b: &mut Builder, x: NodeId| -> Result<NodeId, IrError> {
+        let vocab = |b: &mut Builder, x: NodeId, width: usize| -> Result<NodeId, IrError> {
             let x = b.mul_scalar(x, h.input_scale.value(d))?;
             let w = if h.tied {
                 embed_table(b)?
             } else {
                 b.param(
                     "weight",
-                    &[spec.vocab_size, d],
+                    &[spec.vocab_size, width],
                     Init::Normal { std: WEIGHT_STD },
                 )?
             };
@@ -198,14 +201,14 @@ fn head(
         };
         match h.kind {
             HeadKind::None => Ok(vec![]),
-            HeadKind::Lm => Ok(vec![("logits".into(), vocab(b, x)?)]),
+            HeadKind::Lm => Ok(vec![("logits".into(), vocab(b, x, d)?)]),
             HeadKind::Mlm => {
                 let t = b.scoped("transform", |b| {
-                    let t = linear(b, "dense", x, d, d, true)?;
+                    let t = linear(b, "dense", x, d, e, true)?;
                     let t = activation(b, spec.mlp.activation, t)?;
-                    norm::norm(b, &spec.norm, "norm", t, d)
+                    norm::norm(b, &spec.norm, "norm", t, e)
                 })?;
-                Ok(vec![("logits".into(), vocab(b, t)?)])
+                Ok(vec![("logits".into(), vocab(b, t, e)?)])
             }
             HeadKind::Pooler => {
                 let s = b.shape(x);

@@ -80,11 +80,12 @@ pub fn stack(
         q_pos
     };
 
-    // Embeddings.
+    // Embeddings, `e` wide (`embeddings.size`, else d_model).
+    let e = spec.embeddings.size.unwrap_or(d);
     let mut x = b.scoped("embed", |b| {
         let table = b.param(
             "tokens",
-            &[spec.vocab_size, d],
+            &[spec.vocab_size, e],
             Init::Normal { std: WEIGHT_STD },
         )?;
         let x = b.gather(table, tokens, 0)?;
@@ -94,7 +95,7 @@ pub fn stack(
         let e = b.scoped("embed", |b| {
             let t = b.param(
                 "token_types",
-                &[spec.embeddings.token_types, d],
+                &[spec.embeddings.token_types, e],
                 Init::Normal { std: WEIGHT_STD },
             )?;
             b.gather(t, tt, 0)
@@ -107,7 +108,7 @@ pub fn stack(
             match spec.positions.kind {
                 PositionKind::Learned => {
                     let rows = spec.max_positions + spec.positions.offset;
-                    let t = b.param("positions", &[rows, d], Init::Normal { std: WEIGHT_STD })?;
+                    let t = b.param("positions", &[rows, e], Init::Normal { std: WEIGHT_STD })?;
                     let off = b.scalar_i32(spec.positions.offset as i32)?;
                     let idx = b.add2(tok_pos, off)?;
                     Ok(Some(b.gather(t, idx, 0)?))
@@ -120,7 +121,7 @@ pub fn stack(
                         let off = b.scalar_i32(spec.positions.offset as i32)?;
                         b.add2(tok_pos, off)?
                     };
-                    Ok(Some(sinusoidal(b, &spec.positions, d, at)?))
+                    Ok(Some(sinusoidal(b, &spec.positions, e, at)?))
                 }
                 _ => Ok(None),
             }
@@ -130,7 +131,12 @@ pub fn stack(
         x = b.add2(x, pe)?;
     }
     if spec.norm.embedding_norm {
-        x = norm(b, &spec.norm, &join(kind.prefix, "embed.norm"), x, d)?;
+        x = norm(b, &spec.norm, &join(kind.prefix, "embed.norm"), x, e)?;
+    }
+    if e != d {
+        x = b.scoped(join(kind.prefix, "embed"), |b| {
+            linear(b, "project", x, e, d, true)
+        })?;
     }
 
     // Attention context shared by the blocks.
@@ -226,7 +232,11 @@ pub fn stack(
         };
         let ctx = AttnContext { bias, rope, ..ctx };
         let cross_ctx = cross.map(|(kv, enc_mask)| (kv[i], enc_mask));
-        let scope = join(kind.prefix, &format!("layers.{i}"));
+        // Shared blocks (`layer_groups`) name their parameters after the group.
+        let g = spec
+            .layer_groups
+            .map_or(i, |groups| i / (layers.len() / groups));
+        let scope = join(kind.prefix, &format!("layers.{g}"));
         let (y, pres) = b.scoped(scope, |b| {
             block(b, spec, layer, x, past.get(i).copied(), &ctx, cross_ctx)
         })?;

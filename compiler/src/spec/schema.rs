@@ -33,6 +33,12 @@ pub struct Spec {
     /// Longest sequence the model accepts (learned position table size, less `positions.offset`).
     #[serde(default = "default_max_positions")]
     pub max_positions: usize,
+    /// Blocks that share parameters: the `layers` blocks of each stack are cut
+    /// into this many equal runs, and every block of a run uses the run's
+    /// parameters, named after its first layer's group index (ALBERT: 1, one
+    /// set shared by all). Default: every block its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_groups: Option<usize>,
     /// `[attention]`: self- (and cross-) attention.
     pub attention: Attention,
     /// `[norm]`: normalisation kind and placement.
@@ -374,14 +380,14 @@ pub struct Mlp {
 pub enum Activation {
     /// `max(x, 0)`.
     Relu,
+    /// Squared ReLU, `max(x, 0)²` (HF `relu2`: Persimmon, Arcee, Nemotron).
+    Relu2,
     /// Exact GELU, `x * Phi(x)` with erf (BERT's `gelu`).
     Gelu,
     /// Tanh-approximated GELU (`gelu_new`, `gelu_pytorch_tanh`).
     GeluTanh,
     /// `x * sigmoid(x)`.
     Silu,
-    /// Squared ReLU, `max(x, 0)²` (HF `relu2`: Persimmon, Arcee, Nemotron).
-    Relu2,
 }
 
 /// Mixture of experts: a router picks `top_k` of `experts` MLPs per token.
@@ -427,6 +433,11 @@ pub struct Embeddings {
     /// Number of token-type (segment) embeddings (BERT: 2).
     #[serde(default)]
     pub token_types: usize,
+    /// Width of the embedding tables when it differs from `d_model` (ALBERT,
+    /// ELECTRA): token, position and token-type embeddings and the embedding
+    /// norm are this wide, and `embed.project` (with bias) maps them to d_model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<usize>,
 }
 
 impl Default for Embeddings {
@@ -434,6 +445,7 @@ impl Default for Embeddings {
         Embeddings {
             scale: Scale::Value(1.0),
             token_types: 0,
+            size: None,
         }
     }
 }

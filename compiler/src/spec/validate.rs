@@ -352,6 +352,57 @@ fn check_model(spec: &Spec, top: View<'_>) -> Result<(), Located> {
             ));
         }
     }
+    if let Some(g) = spec.layer_groups {
+        let problem = if g == 0 {
+            Some("must be at least 1".to_string())
+        } else if !spec.layers.is_multiple_of(g) {
+            Some(format!(
+                "({g}) must divide `layers` ({}): each group is an equal run of blocks",
+                spec.layers
+            ))
+        } else if spec.architecture == Architecture::EncoderDecoder {
+            Some("applies to encoder-only and decoder-only models".to_string())
+        } else if !spec.layer_overrides.is_empty() {
+            Some("cannot be combined with [[layer]] overrides: blocks that share parameters must be alike".to_string())
+        } else if spec.moe.as_ref().is_some_and(|m| m.layers.is_some()) {
+            Some(
+                "cannot be combined with `moe.layers`: blocks that share parameters must be alike"
+                    .to_string(),
+            )
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            return Err(err(
+                top.at("layer_groups"),
+                format!("`layer_groups` {p}"),
+                "ALBERT shares one set of block parameters: `layer_groups = 1`; omit it for separate blocks",
+            ));
+        }
+    }
+    if let Some(e) = spec.embeddings.size {
+        let ev = match top.node {
+            Some(root) => View::section(root, "embeddings"),
+            None => top,
+        };
+        if e == 0 {
+            return Err(err(
+                ev.at("size"),
+                "`embeddings.size` must be at least 1".into(),
+                "omit it for embeddings as wide as d_model",
+            ));
+        }
+        if e != spec.d_model && spec.head.kind == HeadKind::Lm && spec.head.tied {
+            return Err(err(
+                ev.at("size"),
+                format!(
+                    "`embeddings.size` ({e}) differs from `d_model` ({}), so a tied `lm` head cannot reuse the embedding",
+                    spec.d_model
+                ),
+                "untie the head (`head.tied = false`), or use the `mlm` head, which projects to the embedding width first",
+            ));
+        }
+    }
     let arch = spec.architecture;
     match spec.decoder_layers {
         Some(_) if arch != Architecture::EncoderDecoder => {
