@@ -965,4 +965,24 @@ prefixes = ["model."]
         "{text}"
     );
     assert!(text.contains("d_model = 64"), "{text}");
+    // Both listings name the user's family beside the shipped ones, and the GGUF architectures.
+    for args in [["import", "--list"], ["check", "--supported"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .args(["--family", f])
+            .env("KILN_FAMILY_PATH", "")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for want in [
+            "acme ",
+            "acme_lm",
+            "llama ",
+            "umt5 ",
+            "GGUF `general.architecture` values: llama, qwen2",
+        ] {
+            assert!(text.contains(want), "{args:?}: no {want:?} in\n{text}");
+        }
+    }
 }

@@ -172,6 +172,7 @@ fn rope_positions(layout: PairLayout, fraction: f64) -> Positions {
         buckets: None,
         max_distance: None,
         frequencies: None,
+        per_layer: None,
     }
 }
 
@@ -801,6 +802,56 @@ fn narrow_embeddings_are_projected_to_d_model() {
     .render();
     assert!(
         e.contains("a tied `lm` head cannot reuse the embedding"),
+        "{e}"
+    );
+}
+
+/// `norm.attention_norm = false` (per layer, ModernBERT's first) drops the
+/// norm in front of attention only; `head.transform_bias = false` drops the
+/// MLM transform's bias. Both are checked against wirings they do not fit.
+#[test]
+fn attention_norm_and_transform_bias_switch_off() {
+    use kiln_compiler::lower::lower;
+    let src = |extra: &str, head: &str| {
+        format!(
+            "name = \"t\"\narchitecture = \"encoder\"\nvocab_size = 32\nd_model = 16\nlayers = 2\n[attention]\nheads = 2\n[positions]\nkind = \"learned\"\n[mlp]\nd_ff = 24\nactivation = \"gelu\"\n[head]\n{head}\n{extra}\n"
+        )
+    };
+    let load = |extra: &str, head: &str| {
+        spec::load_str(&src(extra, head), std::path::Path::new("t.toml")).map_err(|e| e.render())
+    };
+    let rs = load(
+        "[[layer]]\nselect = \"0\"\nnorm = { attention_norm = false }",
+        "kind = \"mlm\"\ntransform_bias = false",
+    )
+    .unwrap();
+    let names = parameter_names(lower(&rs).unwrap().encoder.as_ref().unwrap());
+    let has = |n: &str| names.iter().any(|x| x == n);
+    assert!(!has("layers.0.attn_norm.weight"), "{names:?}");
+    assert!(
+        has("layers.0.mlp_norm.weight") && has("layers.1.attn_norm.weight"),
+        "{names:?}"
+    );
+    assert!(
+        has("head.transform.dense.weight") && !has("head.transform.dense.bias"),
+        "{names:?}"
+    );
+    let e = load(
+        "[norm]\nplacement = \"post\"\nattention_norm = false\nfinal_norm = false",
+        "kind = \"none\"\ntied = false",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("`norm.attention_norm = false` needs sequential pre-norm blocks"),
+        "{e}"
+    );
+    let e = load(
+        "",
+        "kind = \"pooler\"\ntied = false\ntransform_bias = false",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("`head.transform_bias` only applies to the \"mlm\" head"),
         "{e}"
     );
 }

@@ -142,8 +142,8 @@ fn every_family_on(backend: &'static dyn Backend) {
     let mut failures = Vec::new();
     let all = fixtures();
     assert!(
-        all.len() >= 66,
-        "expected the fixtures of 66 families, found {}",
+        all.len() >= 68,
+        "expected the fixtures of 68 families, found {}",
         all.len()
     );
     // KILN_PARITY_ONLY=a,b runs only those fixtures (while working on a family).

@@ -1,11 +1,17 @@
 use super::CliError;
-use super::{Format, SpecArg, load};
+use super::{Format, load};
 use kiln_compiler::analysis::cost::{Cost, cost};
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[command(flatten)]
-    spec: SpecArg,
+    /// A spec file (models/gpt2.toml), a Hugging Face model folder
+    /// (config.json + *.safetensors) or a .gguf file.
+    #[arg(required_unless_present = "supported")]
+    spec: Option<std::path::PathBuf>,
+    /// List what kiln reads instead: the Hugging Face families (model_types,
+    /// heads, family files) and the GGUF architectures.
+    #[arg(long)]
+    supported: bool,
     /// Sequence length at which FLOPs per token and peak activation memory
     /// are counted (default: 128, or max_positions if shorter; more than
     /// the model takes is an error).
@@ -23,7 +29,15 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
-    let (rs, mut lowered) = load(&a.spec.spec)?;
+    if a.supported {
+        return super::import::list();
+    }
+    let Some(spec) = &a.spec else {
+        return Err(CliError::Usage(
+            "give a spec, model folder or .gguf file, or --supported".into(),
+        ));
+    };
+    let (rs, mut lowered) = load(spec)?;
     let max = rs.spec.max_positions;
     let seq_len = a.seq_len.unwrap_or(128.min(max));
     if seq_len == 0 || seq_len > max {

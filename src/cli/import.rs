@@ -86,8 +86,9 @@ pub fn run(a: Args) -> Result<(), CliError> {
     }
 }
 
-/// `kiln import --list`: one line per family (the last one of a name wins).
-fn list() -> Result<(), CliError> {
+/// `kiln import --list` and `kiln check --supported`: one line per family
+/// (the last one of a name wins), then the GGUF architectures.
+pub(super) fn list() -> Result<(), CliError> {
     let all = kiln_compiler::import::all_families()?;
     let mut shown: Vec<&str> = Vec::new();
     out!(
@@ -114,7 +115,11 @@ fn list() -> Result<(), CliError> {
         );
     }
     out!(
-        "\nfamily folders: {}\n",
+        "\nGGUF `general.architecture` values: {}\n",
+        kiln_open::gguf::supported_archs()
+    );
+    out!(
+        "family folders: {}\n",
         kiln_compiler::import::family_search_dirs()
             .iter()
             .map(|d| d.display().to_string())

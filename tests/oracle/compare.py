@@ -91,6 +91,8 @@ def random_spec(r):
         lines.append(f"fraction = {r.choice([0.25, 0.5, 0.75])}")
     if pos == "relative":
         lines += [f"buckets = {r.choice([4, 8, 16])}", f"max_distance = {r.choice([8, 20, 64])}"]
+        if r.random() < 0.4:
+            lines.append("per_layer = true")
     if pos == "rope" and r.random() < 0.4:
         kind = r.choice(["linear", "llama3", "yarn"])
         if kind == "linear":
@@ -139,6 +141,8 @@ def random_spec(r):
         lines.insert(at, f'layers = "{r.choice(["even", "odd", "1..", "0..1", "every 2 from 1"])}"')
     kind = "lm" if arch != "encoder" else r.choice(["lm", "mlm", "pooler", "mean-pool", "none"])
     lines += ["[head]", f'kind = "{kind}"']
+    if kind == "mlm" and r.random() < 0.3:
+        lines.append("transform_bias = false")
     if kind in ("lm", "mlm"):
         lines.append(f"tied = {str(r.random() < 0.5).lower()}")
         if r.random() < 0.3:
@@ -176,6 +180,8 @@ def random_spec(r):
             lines.append(f"attention = {{ softcap = {r.choice([1.0, 4.0])} }}")
         elif choice == "mlp":
             lines.append(f'mlp = {{ d_ff = {r.choice([6, 18])}, activation = "{r.choice(["relu", "silu", "gelu"])}" }}')
+        elif choice == "eps" and placement == "pre" and "parallel = true" not in lines and r.random() < 0.3:
+            lines.append("norm = { attention_norm = false }")
         elif choice == "eps":
             lines.append(f"norm = {{ eps = {r.choice([1e-2, 1e-4])} }}")
         else:

@@ -12,7 +12,7 @@ fraction, theta, scaling), alibi, relative and none, `[mlp]` (all activations,
 gated, bias), `[moe]` on every layer (top-k, renormalize, shared expert and
 its gate), `[embeddings]` (scale, token types), and the `lm`, `mlm`, `pooler`,
 `mean-pool` and `none` heads, `embeddings.size` and `layer_groups`. Encoder-decoders too (cross-attention, sequential and parallel).
-T5 relative buckets, RoPE scaling (linear, llama3, yarn), `[[layer]]`
+T5 relative buckets (shared or per layer), RoPE scaling (linear, llama3, yarn), `[[layer]]`
 overrides (a RoPE layer's `positions` too: kind none, theta, fraction, scaling) and
 `moe.layers` selectors too.
 """
@@ -252,7 +252,8 @@ def attention(spec, w, pre, x, pos, causal=True, source=None, prefix=""):
         else:
             mask &= np.abs(qi - kj) < a["sliding_window"]
     slopes = alibi_slopes(h) if p["kind"] == "alibi" and source is None else None
-    rel = relative_bias(p, w, prefix, seq, keys, causal) if p["kind"] == "relative" and source is None else None
+    rel_prefix = pre[: -len("attn")] if p.get("per_layer") else prefix  # `layers.{i}.` of this block
+    rel = relative_bias(p, w, rel_prefix, seq, keys, causal) if p["kind"] == "relative" and source is None else None
     for hh in range(h):
         g = hh // group
         s = a["scale"] * (q[:, hh, :] @ k[:, g, :].T)
@@ -331,7 +332,8 @@ def block(spec, w, pre, x, pos, causal=True, source=None, prefix=""):
     subs = [("attn", attn)] + ([("cross", cross)] if source is not None else []) + [("mlp", ffn_)]
     for name, f in subs:
         if n["placement"] == "pre":
-            x = x + sc * f(norm(n, w, f"{pre}.{name}_norm", x))
+            h = x if name == "attn" and n.get("attention_norm", True) is False else norm(n, w, f"{pre}.{name}_norm", x)
+            x = x + sc * f(h)
         elif n["placement"] == "post":
             x = norm(n, w, f"{pre}.{name}_norm", x + sc * f(x))
         elif n["placement"] == "output":
@@ -390,7 +392,8 @@ def head(spec, w, x):
     if kind == "lm":
         return "logits", vocab_logits(spec, w, x * scale_value(hd["input_scale"], d))
     if kind == "mlm":
-        t = activation(spec["mlp"]["activation"], linear(w, "head.transform.dense", x, True))
+        t = activation(spec["mlp"]["activation"],
+                       linear(w, "head.transform.dense", x, spec["head"].get("transform_bias", True)))
         t = norm(spec["norm"], w, "head.transform.norm", t)
         return "logits", vocab_logits(spec, w, t * scale_value(hd["input_scale"], d))
     if kind == "pooler":

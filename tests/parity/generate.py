@@ -697,6 +697,31 @@ def fam_albert():
     return transformers.AlbertForMaskedLM, cfg, "mlm", {}
 
 
+def fam_umt5():
+    # UMT5: mT5 with a relative-position bias table in every layer; the head is tied and the
+    # decoder output always rescaled by d^-0.5 (transformers forces tie_word_embeddings)
+    cfg = transformers.UMT5Config(
+        vocab_size=256, d_model=48, d_kv=10, d_ff=80, num_layers=2, num_decoder_layers=2,
+        num_heads=3, relative_attention_num_buckets=16, relative_attention_max_distance=20,
+        feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6,
+        dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )
+    return transformers.UMT5ForConditionalGeneration, cfg, "seq2seq", {}
+
+
+def fam_modernbert():
+    # ModernBERT: pre-norm without an attention norm in layer 0, bias-free LayerNorms and
+    # projections, fused Wqkv and GeGLU Wi, global layer 0 (base 160000) and local layers 1-2
+    # (window |i - j| <= 2, base 10000), an MLM head whose dense has no bias
+    cfg = transformers.ModernBertConfig(vocab_size=256, hidden_size=48, intermediate_size=40, num_hidden_layers=3,
+                                        num_attention_heads=3, hidden_activation="gelu", max_position_embeddings=64,
+                                        norm_eps=1e-5, norm_bias=False, local_attention=4,
+                                        global_attn_every_n_layers=3, global_rope_theta=160000.0,
+                                        local_rope_theta=10000.0, pad_token_id=0, bos_token_id=1,
+                                        eos_token_id=2, cls_token_id=1, sep_token_id=2)
+    return transformers.ModernBertForMaskedLM, cfg, "mlm", {}
+
+
 FAMILIES = {
     "bert": fam_bert,
     "roberta": fam_roberta,
@@ -764,6 +789,8 @@ FAMILIES = {
     "nomic_bert": fam_nomic_bert,
     "electra": fam_electra,
     "albert": fam_albert,
+    "umt5": fam_umt5,
+    "modernbert": fam_modernbert,
 }
 
 
@@ -1045,6 +1072,7 @@ ABLATIONS = {
                    lambda m: [p.fill_(1.0 if n.endswith("weight") else 0.0) for n, p in m.named_parameters() if "q_layernorm" in n or "k_layernorm" in n])],
     "smollm3": [("RoPE in every layer", lambda c: setattr(c, "no_rope_layers", [1, 1, 1, 1]), None)],
     "gemma3_text": [("all layers full attention", lambda c: setattr(c, "layer_types", ["full_attention"] * 3), None)],
+    "umt5": [("layer 1's relative_attention_bias zeroed", None, _zero_params("block.1.layer.0.SelfAttention.relative_attention_bias"))],
     "mbart": [("scale_embedding False", lambda c: setattr(c, "scale_embedding", False), None)],
 }
 

@@ -352,6 +352,7 @@ pub(crate) fn rope(
         buckets: None,
         max_distance: None,
         frequencies: None,
+        per_layer: None,
     })
 }
 

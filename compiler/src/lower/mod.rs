@@ -204,7 +204,7 @@ fn head(
             HeadKind::Lm => Ok(vec![("logits".into(), vocab(b, x, d)?)]),
             HeadKind::Mlm => {
                 let t = b.scoped("transform", |b| {
-                    let t = linear(b, "dense", x, d, e, true)?;
+                    let t = linear(b, "dense", x, d, e, h.transform_bias)?;
                     let t = activation(b, spec.mlp.activation, t)?;
                     norm::norm(b, &spec.norm, "norm", t, e)
                 })?;

@@ -337,6 +337,7 @@ mod tests {
             buckets: None,
             max_distance: None,
             frequencies: None,
+            per_layer: None,
         }
     }
 

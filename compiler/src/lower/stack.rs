@@ -195,7 +195,11 @@ pub fn stack(
             bias: None,
             rope: None,
         };
-        let bias = position_bias(b, spec, kind, a.heads, q_pos, &keys, &mut memo)?;
+        // Shared blocks (`layer_groups`) name their parameters after the group.
+        let g = spec
+            .layer_groups
+            .map_or(i, |groups| i / (layers.len() / groups));
+        let bias = position_bias(b, spec, kind, g, a.heads, q_pos, &keys, &mut memo)?;
         // The layer's own positions: the model's, or its `[[layer]] positions`
         // (another base or scaling, or no rotation at all).
         let lp = &layer.positions;
@@ -232,10 +236,6 @@ pub fn stack(
         };
         let ctx = AttnContext { bias, rope, ..ctx };
         let cross_ctx = cross.map(|(kv, enc_mask)| (kv[i], enc_mask));
-        // Shared blocks (`layer_groups`) name their parameters after the group.
-        let g = spec
-            .layer_groups
-            .map_or(i, |groups| i / (layers.len() / groups));
         let scope = join(kind.prefix, &format!("layers.{g}"));
         let (y, pres) = b.scoped(scope, |b| {
             block(b, spec, layer, x, past.get(i).copied(), &ctx, cross_ctx)
@@ -273,25 +273,35 @@ pub(super) fn padding_mask(b: &mut Builder, mask: NodeId) -> R {
 }
 
 /// Additive score bias `[heads, seq, keys]` for ALiBi and T5 relative positions.
+#[allow(clippy::too_many_arguments)]
 fn position_bias(
     b: &mut Builder,
     spec: &Spec,
     kind: &StackKind,
+    layer: usize,
     heads: usize,
     q_pos: NodeId,
     keys: &Dim,
     memo: &mut HashMap<String, NodeId>,
 ) -> Result<Option<NodeId>, IrError> {
     let p = &spec.positions;
+    let per_layer = p.per_layer == Some(true);
     let key = match p.kind {
         PositionKind::Alibi => format!("alibi{heads}"),
+        PositionKind::Relative if per_layer => format!("relative{layer}"),
         PositionKind::Relative => "relative".to_string(),
         _ => return Ok(None),
     };
     if let Some(&n) = memo.get(&key) {
         return Ok(Some(n));
     }
-    let n = b.scoped(join(kind.prefix, "positions"), |b| -> R {
+    // A per-layer table (UMT5) lives under its layer: `layers.{i}.positions.relative_bias`.
+    let scope = if per_layer && p.kind == PositionKind::Relative {
+        join(kind.prefix, &format!("layers.{layer}.positions"))
+    } else {
+        join(kind.prefix, "positions")
+    };
+    let n = b.scoped(scope, |b| -> R {
         let (qp, kp) = qk_positions(b, q_pos, keys)?;
         let rel = b.sub(kp, qp)?; // k - q, i32 [seq, keys]
         let seq = b.shape(q_pos)[0].clone();
@@ -419,7 +429,11 @@ fn sublayer(
     let d = b.shape(x)[2].as_const().expect("d_model is constant");
     match l.norm.placement {
         Placement::Pre => {
-            let h = norm(b, &l.norm, norm_name, x, d)?;
+            let h = if norm_name == "attn_norm" && !l.norm.attention_norm {
+                x
+            } else {
+                norm(b, &l.norm, norm_name, x, d)?
+            };
             let y = f(b, h)?;
             let y = scaled(b, l, y)?;
             b.add2(x, y)

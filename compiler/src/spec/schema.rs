@@ -154,6 +154,10 @@ pub struct Norm {
     /// Norm after the last block (all pre-norm models).
     #[serde(default = "yes")]
     pub final_norm: bool,
+    /// With `pre` placement: `false` feeds the attention sub-block the raw
+    /// stream, without its norm (ModernBERT's first layer, via `[[layer]]`).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub attention_norm: bool,
 }
 
 impl Default for Norm {
@@ -167,6 +171,7 @@ impl Default for Norm {
             placement: Placement::default(),
             embedding_norm: false,
             final_norm: true,
+            attention_norm: true,
         }
     }
 }
@@ -192,6 +197,10 @@ fn one() -> f64 {
 
 fn is_one(x: &f64) -> bool {
     *x == 1.0
+}
+
+fn is_true(x: &bool) -> bool {
+    *x
 }
 
 fn yes() -> bool {
@@ -268,6 +277,10 @@ pub struct Positions {
     /// T5 relative attention: distance beyond which buckets saturate (default 128).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_distance: Option<usize>,
+    /// Relative: every layer has its own bias table (UMT5) instead of sharing
+    /// the first layer's (T5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_layer: Option<bool>,
     /// Sinusoidal: how the frequencies are spaced (default `vaswani`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frequencies: Option<Frequencies>,
@@ -512,6 +525,9 @@ pub struct Head {
     /// Mean pooling: L2-normalise the pooled vector (sentence-transformers).
     #[serde(default)]
     pub normalize: bool,
+    /// MLM: a bias on the transform's dense layer (BERT: yes; ModernBERT: no).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub transform_bias: bool,
 }
 
 impl Default for Head {
@@ -523,6 +539,7 @@ impl Default for Head {
             input_scale: Scale::Value(1.0),
             softcap: None,
             normalize: false,
+            transform_bias: true,
         }
     }
 }

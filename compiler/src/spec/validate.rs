@@ -473,6 +473,16 @@ fn check_model(spec: &Spec, top: View<'_>) -> Result<(), Located> {
             "remove `normalize`, or set `kind = \"mean-pool\"`",
         ));
     }
+    if !h.transform_bias && h.kind != HeadKind::Mlm {
+        return Err(err(
+            head.at("transform_bias"),
+            format!(
+                "`head.transform_bias` only applies to the \"mlm\" head, but `head.kind` is \"{}\"",
+                head_name(h.kind)
+            ),
+            "remove `transform_bias`",
+        ));
+    }
     if let Some(c) = h.softcap {
         if !positive(c) {
             return Err(err(
@@ -518,7 +528,7 @@ fn check_positions(spec: &Spec, pv: View<'_>, top: View<'_>) -> Result<(), Locat
     let p = &spec.positions;
     let kind = p.kind;
     use PositionKind as K;
-    let set: [(&str, bool, &[PositionKind]); 8] = [
+    let set: [(&str, bool, &[PositionKind]); 9] = [
         ("theta", p.theta.is_some(), &[K::Rope, K::Sinusoidal]),
         ("fraction", p.fraction.is_some(), &[K::Rope]),
         ("layout", p.layout.is_some(), &[K::Rope, K::Sinusoidal]),
@@ -527,6 +537,7 @@ fn check_positions(spec: &Spec, pv: View<'_>, top: View<'_>) -> Result<(), Locat
         ("max_distance", p.max_distance.is_some(), &[K::Relative]),
         ("offset", p.offset != 0, &[K::Learned, K::Sinusoidal]),
         ("frequencies", p.frequencies.is_some(), &[K::Sinusoidal]),
+        ("per_layer", p.per_layer.is_some(), &[K::Relative]),
     ];
     for (key, is_set, kinds) in set {
         if is_set && !kinds.contains(&kind) {
@@ -917,6 +928,15 @@ fn check_block(
             "omit `scale` to add each branch unscaled (Granite: residual_multiplier, e.g. 0.22)",
         ));
     }
+    if !n.attention_norm && (n.placement != Placement::Pre || b.residual.parallel) {
+        return Err(err(
+            nv.at("attention_norm"),
+            format!(
+                "`norm.attention_norm = false` needs sequential pre-norm blocks (`placement = \"pre\"`, no `residual.parallel`){ctx}"
+            ),
+            "it removes the norm in front of attention in `x + attn(norm(x))`; other wirings have no such norm to remove",
+        ));
+    }
     if b.residual.parallel && n.placement != Placement::Pre {
         return Err(err(
             if v.norm.local.is_some_and(|l| l.entry("placement").is_some()) {
@@ -1130,6 +1150,7 @@ fn layer_positions(
             buckets: None,
             max_distance: None,
             frequencies: None,
+            per_layer: None,
         }),
         PositionKind::Rope => {
             p = from_node(&t, &path, None)?;

@@ -67,6 +67,7 @@
 //! prefixes = ["transformer."]           # names are accepted with or without one of these
 //! # extends = "llama"                   # start from another family's rules; own rules
 //!                                       # replace the parent's for the same `from`
+//! # drop = ["block.0.x.weight"]         # parent rules (by `from`) not kept
 //!
 //! [tensors.rename]                           # checkpoint pattern = canonical pattern
 //! "h.{i}.ln_1.weight" = "layers.{i}.attn_norm.weight"

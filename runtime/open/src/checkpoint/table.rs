@@ -44,6 +44,9 @@ struct TableFile {
     ignore: BTreeMap<String, String>,
     #[serde(default)]
     rule: Vec<RuleFile>,
+    /// Patterns of the parent's rules this table does not keep.
+    #[serde(default)]
+    drop: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -521,15 +524,25 @@ fn parse_file(file: TableFile, earlier: &[Table]) -> Result<Table, String> {
     }
     let mut prefixes = file.prefixes.clone();
     let model_types = file.model_types.clone(); // not inherited: each names its own
+    if file.extends.is_none() && !file.drop.is_empty() {
+        return Err("`drop` removes a parent's rules, but the table extends none".into());
+    }
     if let Some(parent) = &file.extends {
         let Some(p) = earlier.iter().find(|t| &t.family == parent) else {
             return Err(format!("extends unknown (or later) table `{parent}`"));
         };
         let own: Vec<String> = rules.iter().map(|r| r.from.text.clone()).collect();
+        for d in &file.drop {
+            if !p.rules.iter().any(|r| &r.from.text == d) {
+                return Err(format!(
+                    "`drop` names `{d}`, which is not a rule of `{parent}`"
+                ));
+            }
+        }
         rules.extend(
             p.rules
                 .iter()
-                .filter(|r| !own.contains(&r.from.text))
+                .filter(|r| !own.contains(&r.from.text) && !file.drop.contains(&r.from.text))
                 .cloned(),
         );
         if prefixes.is_empty() {
