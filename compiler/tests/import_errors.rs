@@ -804,3 +804,29 @@ fn no_panics_on_mutated_configs() {
     }
     assert!(outcomes.0 > 0 && outcomes.1 > 0, "{outcomes:?}");
 }
+
+/// The model types kiln recognises but cannot express are errors naming the
+/// config field and the reason, not "unknown model_type".
+#[test]
+fn recognised_but_inexpressible_model_types_say_why() {
+    for (config, field, why) in [
+        (
+            r#"{"model_type": "longt5", "encoder_attention_type": "transient-global"}"#,
+            "encoder_attention_type",
+            "blockwise",
+        ),
+        (
+            r#"{"model_type": "deberta-v2", "relative_attention": true, "pos_att_type": ["p2c", "c2p"]}"#,
+            "pos_att_type",
+            "disentangled attention",
+        ),
+        (
+            r#"{"model_type": "deepseek_v3", "kv_lora_rank": 512}"#,
+            "kv_lora_rank",
+            "multi-head latent attention",
+        ),
+    ] {
+        let e = import_err(config);
+        check(&e, Some(field), &[why]);
+    }
+}
