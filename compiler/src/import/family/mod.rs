@@ -205,6 +205,9 @@ pub struct Family {
     pub(crate) spec: Tree,
     /// Its own `[tensors]` table, if any (kiln-open merges it over the parent's).
     pub tensors: Option<toml::Table>,
+    /// Its own `[gguf]` table, if any: the GGUF architectures it reads and their
+    /// tensor names (kiln-open reads it; not inherited).
+    pub gguf: Option<toml::Table>,
 }
 
 impl Family {
@@ -286,6 +289,8 @@ struct FamilyFile {
     spec: Option<toml::Table>,
     #[serde(default)]
     tensors: Option<toml::Table>,
+    #[serde(default)]
+    gguf: Option<toml::Table>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -547,6 +552,7 @@ pub(crate) fn parse_family(
             origin: origin.to_path_buf(),
             parent: Some(p.name.clone()),
             tensors: None,
+            gguf: None,
             ..(**p).clone()
         },
         None => Family {
@@ -565,6 +571,7 @@ pub(crate) fn parse_family(
             spec_raw: toml::Table::new(),
             spec: Tree::Table(Vec::new()),
             tensors: None,
+            gguf: None,
         },
     };
     if fam.model_types.is_empty() {
@@ -692,6 +699,7 @@ pub(crate) fn parse_family(
     }
     fam.spec = tree(origin, "spec", &toml::Value::Table(fam.spec_raw.clone()))?;
     fam.tensors = file.tensors.clone();
+    fam.gguf = file.gguf.clone();
     check_names(&fam)?;
     Ok(fam)
 }

@@ -45,7 +45,7 @@ mod tokenizer;
 
 pub use dequant::{GgmlType, dequantize, f16_to_f32};
 pub use names::{
-    ARCHS, ArchFamily, NameRule, RowOrder, arch_family, canonical_name, is_ignored,
+    ArchFamily, NameRule, RowOrder, arch_family, archs, canonical_name, is_ignored,
     supported_archs, unpermute_rope_rows,
 };
 pub use reader::{Array, DEFAULT_ALIGNMENT, GgufFile, MetadataType, TensorInfo, Value};

@@ -1,8 +1,31 @@
 //! llama.cpp tensor names → kiln canonical parameter names, as data.
 //!
-//! Each architecture family is a row of [`ARCHS`]; each name mapping a row of
-//! a rule table, where `{i}` stands for a block index. Adding an
-//! architecture that shares llama's layout is one row.
+//! The rows come from the family files (`models/families/*.toml`): a
+//! `[gguf]` section names the `general.architecture` values the family
+//! reads, whether llama.cpp's converter permuted the Q/K rows for
+//! interleaved RoPE, and the tensor names, `{i}` standing for a block index:
+//!
+//! ```toml
+//! [gguf]
+//! architectures = ["llama"]
+//! rope_permuted = true          # convert_hf_to_gguf permuted Q/K rows; kiln undoes it
+//! # extends = "llama"           # take another family's [gguf] names, then add/replace
+//! [gguf.tensors]
+//! "token_embd.weight" = "embed.tokens"
+//! "blk.{i}.attn_q.weight" = { to = "layers.{i}.attn.q.weight", rows = "rope-q" }
+//! [gguf.ignore]
+//! "blk.{i}.attn_rot_embd.weight" = "RoPE inverse frequencies; kiln recomputes them"
+//! ```
+//!
+//! GGUF matrices have `ne = [in, out]`, i.e. kiln's `[out, in]` row-major, so
+//! no transpose is needed; MoE expert stacks (`ne = [in, out, experts]`) are
+//! kiln's `[experts, out, in]`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use kiln_compiler::import;
+use serde::Deserialize;
 
 /// How a tensor's rows are reordered on load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,131 +40,189 @@ pub enum RowOrder {
 }
 
 /// One name mapping: a llama.cpp name pattern and kiln's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameRule {
     /// llama.cpp name; `{i}` matches a block index.
-    pub gguf: &'static str,
+    pub gguf: String,
     /// kiln name; `{i}` is replaced by the same index.
-    pub kiln: &'static str,
+    pub kiln: String,
     /// Row reordering on load.
     pub rows: RowOrder,
 }
 
-const fn rule(gguf: &'static str, kiln: &'static str, rows: RowOrder) -> NameRule {
-    NameRule { gguf, kiln, rows }
-}
-
-use RowOrder::{AsIs, RopeK, RopeQ};
-
-/// The llama layout (llama, Mistral, Mixtral, Qwen2, SmolLM, TinyLlama, ...).
-/// GGUF matrices have `ne = [in, out]`, i.e. kiln's `[out, in]` row-major,
-/// so no transpose is needed; MoE expert stacks (`ne = [in, out, experts]`)
-/// are kiln's `[experts, out, in]`.
-pub static LLAMA_RULES: &[NameRule] = &[
-    rule("token_embd.weight", "embed.tokens", AsIs),
-    rule("output_norm.weight", "final_norm.weight", AsIs),
-    rule("output.weight", "head.weight", AsIs),
-    rule("output.bias", "head.bias", AsIs),
-    rule(
-        "blk.{i}.attn_norm.weight",
-        "layers.{i}.attn_norm.weight",
-        AsIs,
-    ),
-    rule("blk.{i}.attn_q.weight", "layers.{i}.attn.q.weight", RopeQ),
-    rule("blk.{i}.attn_q.bias", "layers.{i}.attn.q.bias", RopeQ),
-    rule("blk.{i}.attn_k.weight", "layers.{i}.attn.k.weight", RopeK),
-    rule("blk.{i}.attn_k.bias", "layers.{i}.attn.k.bias", RopeK),
-    rule("blk.{i}.attn_v.weight", "layers.{i}.attn.v.weight", AsIs),
-    rule("blk.{i}.attn_v.bias", "layers.{i}.attn.v.bias", AsIs),
-    rule(
-        "blk.{i}.attn_output.weight",
-        "layers.{i}.attn.o.weight",
-        AsIs,
-    ),
-    rule("blk.{i}.attn_output.bias", "layers.{i}.attn.o.bias", AsIs),
-    rule(
-        "blk.{i}.ffn_norm.weight",
-        "layers.{i}.mlp_norm.weight",
-        AsIs,
-    ),
-    rule(
-        "blk.{i}.ffn_gate.weight",
-        "layers.{i}.mlp.gate.weight",
-        AsIs,
-    ),
-    rule("blk.{i}.ffn_up.weight", "layers.{i}.mlp.up.weight", AsIs),
-    rule(
-        "blk.{i}.ffn_down.weight",
-        "layers.{i}.mlp.down.weight",
-        AsIs,
-    ),
-    rule(
-        "blk.{i}.ffn_gate_inp.weight",
-        "layers.{i}.moe.router.weight",
-        AsIs,
-    ),
-    rule(
-        "blk.{i}.ffn_gate_exps.weight",
-        "layers.{i}.moe.experts.gate.weight",
-        AsIs,
-    ),
-    rule(
-        "blk.{i}.ffn_up_exps.weight",
-        "layers.{i}.moe.experts.up.weight",
-        AsIs,
-    ),
-    rule(
-        "blk.{i}.ffn_down_exps.weight",
-        "layers.{i}.moe.experts.down.weight",
-        AsIs,
-    ),
-];
-
-/// Tensors some llama-family files carry that kiln does not need (old
-/// converters wrote the RoPE inverse frequencies, which kiln recomputes).
-pub static LLAMA_IGNORED: &[&str] = &["blk.{i}.attn_rot_embd.weight"];
-
-/// An architecture family: the `general.architecture` value, whether its
-/// converter permuted Q/K rows for interleaved RoPE, and its name rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An architecture: the `general.architecture` value, whether its converter
+/// permuted Q/K rows for interleaved RoPE, and its name rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchFamily {
     /// `general.architecture`.
-    pub name: &'static str,
+    pub name: String,
+    /// The family file that declares it.
+    pub family: String,
     /// llama.cpp uses interleaved ("normal") RoPE for this architecture, so
     /// `convert_hf_to_gguf` permuted the Q/K rows; kiln undoes it.
     pub rope_permuted: bool,
     /// How llama.cpp tensor names map to kiln parameter names.
-    pub rules: &'static [NameRule],
+    pub rules: Vec<NameRule>,
     /// Patterns of llama.cpp tensors kiln does not load (see [`is_ignored`]).
-    pub ignored: &'static [&'static str],
+    pub ignored: Vec<String>,
 }
 
-/// Supported architectures.
-pub static ARCHS: &[ArchFamily] = &[
-    ArchFamily {
-        name: "llama",
-        rope_permuted: true,
-        rules: LLAMA_RULES,
-        ignored: LLAMA_IGNORED,
-    },
-    // Qwen2 uses NeoX (half-split) RoPE in llama.cpp: its Q/K are not permuted.
-    ArchFamily {
-        name: "qwen2",
-        rope_permuted: false,
-        rules: LLAMA_RULES,
-        ignored: LLAMA_IGNORED,
-    },
-];
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GgufSection {
+    #[serde(default)]
+    architectures: Vec<String>,
+    #[serde(default)]
+    rope_permuted: Option<bool>,
+    #[serde(default)]
+    extends: Option<String>,
+    #[serde(default)]
+    tensors: BTreeMap<String, TensorEntry>,
+    #[serde(default)]
+    ignore: BTreeMap<String, String>,
+}
 
-/// The family for a `general.architecture` value.
-pub fn arch_family(arch: &str) -> Option<&'static ArchFamily> {
-    ARCHS.iter().find(|a| a.name == arch)
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TensorEntry {
+    Name(String),
+    Rule {
+        to: String,
+        #[serde(default)]
+        rows: Option<String>,
+    },
+}
+
+/// The `[gguf]` rows of the family files (the last registered family of a
+/// name wins), cached until a family file is added.
+pub fn archs() -> Result<Arc<Vec<ArchFamily>>, String> {
+    static CACHE: Mutex<Option<(usize, Arc<Vec<ArchFamily>>)>> = Mutex::new(None);
+    let fams = import::all_families().map_err(|e| e.to_string())?;
+    if let Ok(c) = CACHE.lock()
+        && let Some((n, a)) = &*c
+        && *n == fams.len()
+    {
+        return Ok(a.clone());
+    }
+    let mut latest: Vec<Arc<import::Family>> = Vec::new();
+    for f in &fams {
+        match latest.iter().position(|l| l.name == f.name) {
+            Some(i) => latest[i] = f.clone(),
+            None => latest.push(f.clone()),
+        }
+    }
+    let mut out: Vec<ArchFamily> = Vec::new();
+    for f in &latest {
+        let Some(_) = &f.gguf else { continue };
+        let (rope_permuted, rules, ignored) = section(f, &latest, 0)?;
+        let sec = parse(f)?;
+        for a in &sec.architectures {
+            out.retain(|x| &x.name != a);
+            out.push(ArchFamily {
+                name: a.clone(),
+                family: f.name.clone(),
+                rope_permuted,
+                rules: rules.clone(),
+                ignored: ignored.clone(),
+            });
+        }
+    }
+    let out = Arc::new(out);
+    if let Ok(mut c) = CACHE.lock() {
+        *c = Some((fams.len(), out.clone()));
+    }
+    Ok(out)
+}
+
+fn parse(f: &import::Family) -> Result<GgufSection, String> {
+    let t = f.gguf.clone().unwrap_or_default();
+    toml::Value::Table(t)
+        .try_into()
+        .map_err(|e: toml::de::Error| format!("{}: [gguf]: {}", f.origin.display(), e.message()))
+}
+
+type Resolved = (bool, Vec<NameRule>, Vec<String>);
+
+/// A family's `[gguf]` names, with those of the family it `extends` under them.
+fn section(
+    f: &import::Family,
+    all: &[Arc<import::Family>],
+    depth: usize,
+) -> Result<Resolved, String> {
+    let ctx = |m: String| format!("{}: [gguf]: {m}", f.origin.display());
+    if depth > 16 {
+        return Err(ctx(
+            "the [gguf] sections extend each other in a cycle".into()
+        ));
+    }
+    let sec = parse(f)?;
+    let (mut permuted, mut rules, mut ignored) = match &sec.extends {
+        Some(p) => {
+            let parent = all
+                .iter()
+                .find(|x| &x.name == p && x.gguf.is_some())
+                .ok_or_else(|| ctx(format!("extends `{p}`, which has no [gguf] section")))?;
+            section(parent, all, depth + 1)?
+        }
+        None => (false, Vec::new(), Vec::new()),
+    };
+    if let Some(p) = sec.rope_permuted {
+        permuted = p;
+    }
+    for (gguf, e) in &sec.tensors {
+        let (kiln, rows) = match e {
+            TensorEntry::Name(k) => (k.clone(), RowOrder::AsIs),
+            TensorEntry::Rule { to, rows } => {
+                let r = match rows.as_deref() {
+                    None | Some("as-is") => RowOrder::AsIs,
+                    Some("rope-q") => RowOrder::RopeQ,
+                    Some("rope-k") => RowOrder::RopeK,
+                    Some(o) => {
+                        return Err(ctx(format!(
+                            "tensor `{gguf}`: rows = {o:?}; use \"as-is\", \"rope-q\" or \"rope-k\""
+                        )));
+                    }
+                };
+                (to.clone(), r)
+            }
+        };
+        if gguf.matches("{i}").count() > 1
+            || kiln.matches("{i}").count() != gguf.matches("{i}").count()
+        {
+            return Err(ctx(format!(
+                "tensor `{gguf}` → `{kiln}`: both names need the same single `{{i}}` (or none)"
+            )));
+        }
+        rules.retain(|r| &r.gguf != gguf);
+        rules.push(NameRule {
+            gguf: gguf.clone(),
+            kiln,
+            rows,
+        });
+    }
+    for p in sec.ignore.keys() {
+        if !ignored.contains(p) {
+            ignored.push(p.clone());
+        }
+    }
+    Ok((permuted, rules, ignored))
+}
+
+/// The row for a `general.architecture` value.
+pub fn arch_family(arch: &str) -> Option<ArchFamily> {
+    archs().ok()?.iter().find(|a| a.name == arch).cloned()
 }
 
 /// Names of the supported architectures, comma-separated.
 pub fn supported_archs() -> String {
-    let names: Vec<&str> = ARCHS.iter().map(|a| a.name).collect();
-    names.join(", ")
+    match archs() {
+        Ok(a) => a
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        Err(e) => format!("(the family files do not load: {e})"),
+    }
 }
 
 /// Match `name` against `pattern`: `Some(None)` for a literal match,
@@ -166,7 +247,7 @@ fn match_pattern(pattern: &str, name: &str) -> Option<Option<usize>> {
 /// kiln's name and row order for llama.cpp tensor `name`, if a rule matches.
 pub fn canonical_name(family: &ArchFamily, name: &str) -> Option<(String, RowOrder)> {
     family.rules.iter().find_map(|r| {
-        let index = match_pattern(r.gguf, name)?;
+        let index = match_pattern(&r.gguf, name)?;
         let kiln = match index {
             Some(i) => r.kiln.replace("{i}", &i.to_string()),
             None => r.kiln.to_string(),
@@ -223,6 +304,7 @@ pub fn unpermute_rope_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use RowOrder::{AsIs, RopeK, RopeQ};
 
     #[test]
     fn patterns() {
@@ -279,13 +361,17 @@ mod tests {
         ];
         for (gguf, kiln, order) in cases {
             assert_eq!(
-                canonical_name(f, gguf),
+                canonical_name(&f, gguf),
                 Some((kiln.to_string(), order)),
                 "{gguf}"
             );
         }
-        assert_eq!(canonical_name(f, "blk.0.attn_qkv.weight"), None);
-        assert!(is_ignored(f, "blk.4.attn_rot_embd.weight"));
+        assert_eq!(canonical_name(&f, "blk.0.attn_qkv.weight"), None);
+        assert!(is_ignored(&f, "blk.4.attn_rot_embd.weight"));
+        assert!(f.rope_permuted);
+        let q = arch_family("qwen2").unwrap();
+        assert!(!q.rope_permuted, "qwen2's rows are not permuted");
+        assert_eq!(q.rules, f.rules, "qwen2 takes llama's names");
         assert!(arch_family("gpt2").is_none());
     }
 

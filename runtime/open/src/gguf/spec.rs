@@ -17,7 +17,7 @@ impl GgufFile {
 
     /// The architecture family (name rules, RoPE permutation), or an error
     /// naming the architecture and the supported ones.
-    pub fn family(&self) -> Result<&'static ArchFamily> {
+    pub fn family(&self) -> Result<ArchFamily> {
         let arch = self.architecture()?;
         names::arch_family(arch).ok_or_else(|| {
             self.error(format!(
@@ -76,7 +76,7 @@ impl GgufFile {
     /// `output` tensor; biases are present when the tensors are.
     pub fn spec_table(&self) -> Result<toml::Table> {
         let family = self.family()?;
-        let arch = family.name;
+        let arch = family.name.clone();
         let d_model = self.arch_usize("embedding_length")?;
         let layers = self.arch_usize("block_count")?;
         let d_ff = self.arch_usize("feed_forward_length")?;
@@ -331,8 +331,8 @@ impl GgufFile {
         let mut unknown = Vec::new();
         let mut weights = Weights::new();
         for info in self.tensors() {
-            let Some((kiln, order)) = names::canonical_name(family, &info.name) else {
-                if !names::is_ignored(family, &info.name) {
+            let Some((kiln, order)) = names::canonical_name(&family, &info.name) else {
+                if !names::is_ignored(&family, &info.name) {
                     unknown.push(info.name.as_str());
                 }
                 continue;
