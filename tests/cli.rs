@@ -980,7 +980,7 @@ prefixes = ["model."]
             "acme_lm",
             "llama ",
             "umt5 ",
-            "GGUF `general.architecture` values: llama, qwen2",
+            "GGUF `general.architecture` values: bloom, command-r, deepseek2, falcon, gemma, gemma2, gemma3, gpt2, granite, llama, mpt, olmo2, phi3, qwen2, qwen2moe, qwen3, qwen3moe, stablelm, starcoder2",
         ] {
             assert!(text.contains(want), "{args:?}: no {want:?} in\n{text}");
         }

@@ -423,64 +423,11 @@ impl Env for Ctx<'_, '_> {
                         .any(|n| n == name || n.ends_with(&format!(".{name}"))),
                 ),
             },
-            ("max_layers", []) => Val::Int(MAX_LAYERS as i64),
-            ("range", [n]) => {
-                let Some(n) = usize_arg(n) else {
-                    return Err(bad(self));
-                };
-                if n > MAX_LAYERS {
-                    return Err(self.family_error(format!(
-                        "range({n}) is longer than the {MAX_LAYERS} layers kiln supports"
-                    )));
-                }
-                Val::List((0..n as i64).map(Val::Int).collect())
-            }
-            ("len", [Val::List(l)]) => Val::Int(l.len() as i64),
-            // A table with `b`'s keys set over `a`'s (one level).
-            ("merge", [Val::Table(a), Val::Table(b)]) => {
-                let mut t = a.clone();
-                t.extend(b.iter().map(|(k, v)| (k.clone(), v.clone())));
-                Val::Table(t)
-            }
-            ("len", [Val::Str(s)]) => Val::Int(s.chars().count() as i64),
-            ("all", [Val::List(l)]) => Val::Bool(l.iter().all(|v| *v == Val::Bool(true))),
-            ("any", [Val::List(l)]) => Val::Bool(l.contains(&Val::Bool(true))),
-            ("contains", [Val::List(l), x]) => Val::Bool(l.contains(x)),
-            ("contains", [Val::Str(s), Val::Str(x)]) => Val::Bool(s.contains(x.as_str())),
-            ("starts_with", [Val::Str(s), Val::Str(p)]) => Val::Bool(s.starts_with(p.as_str())),
-            ("ends_with", [Val::Str(s), Val::Str(p)]) => Val::Bool(s.ends_with(p.as_str())),
-            ("strip_prefix", [Val::Str(s), Val::Str(p)]) => {
-                Val::Str(s.strip_prefix(p.as_str()).unwrap_or(s).to_string())
-            }
-            ("split", [Val::Str(s), Val::Str(sep)]) => Val::List(
-                s.split(sep.as_str())
-                    .map(|x| Val::Str(x.to_string()))
-                    .collect(),
-            ),
-            ("quote", [v]) => Val::Str(v.quoted()),
-            ("int", [v]) => match v {
-                Val::Int(i) => Val::Int(*i),
-                Val::Float(x) if x.is_finite() && x.fract() == 0.0 && x.abs() < 9.0e15 => {
-                    Val::Int(*x as i64)
-                }
-                _ => return Err(bad(self)),
+            _ => match pure_call(f, &args) {
+                Some(Ok(v)) => v,
+                Some(Err(m)) => return Err(self.family_error(m)),
+                None => return Err(bad(self)),
             },
-            ("float", [v]) => Val::Float(f64_arg(v).ok_or_else(|| bad(self))?),
-            ("sqrt", [v]) => Val::Float(f64_arg(v).ok_or_else(|| bad(self))?.sqrt()),
-            ("pow", [a, b]) => match (f64_arg(a), f64_arg(b)) {
-                (Some(a), Some(b)) => Val::Float(a.powf(b)),
-                _ => return Err(bad(self)),
-            },
-            ("min" | "max", [a, b]) => match (a, b) {
-                (Val::Int(x), Val::Int(y)) => {
-                    Val::Int(if f == "min" { *x.min(y) } else { *x.max(y) })
-                }
-                _ => match (f64_arg(a), f64_arg(b)) {
-                    (Some(x), Some(y)) => Val::Float(if f == "min" { x.min(y) } else { x.max(y) }),
-                    _ => return Err(bad(self)),
-                },
-            },
-            _ => return Err(bad(self)),
         })
     }
 
@@ -495,6 +442,68 @@ impl Env for Ctx<'_, '_> {
     fn pop_local(&mut self) {
         self.locals.pop();
     }
+}
+
+/// The functions of family expressions that read nothing but their
+/// arguments (shared by every expression environment): `None` when `f` is
+/// not one of them or cannot take these arguments.
+pub(crate) fn pure_call(f: &str, args: &[Val]) -> Option<std::result::Result<Val, String>> {
+    Some(Ok(match (f, args) {
+        ("max_layers", []) => Val::Int(MAX_LAYERS as i64),
+        ("range", [n]) => {
+            let n = usize_arg(n)?;
+            if n > MAX_LAYERS {
+                return Some(Err(format!(
+                    "range({n}) is longer than the {MAX_LAYERS} layers kiln supports"
+                )));
+            }
+            Val::List((0..n as i64).map(Val::Int).collect())
+        }
+        ("len", [Val::List(l)]) => Val::Int(l.len() as i64),
+        // A table with `b`'s keys set over `a`'s (one level).
+        ("merge", [Val::Table(a), Val::Table(b)]) => {
+            let mut t = a.clone();
+            t.extend(b.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Val::Table(t)
+        }
+        ("len", [Val::Str(s)]) => Val::Int(s.chars().count() as i64),
+        ("all", [Val::List(l)]) => Val::Bool(l.iter().all(|v| *v == Val::Bool(true))),
+        ("any", [Val::List(l)]) => Val::Bool(l.contains(&Val::Bool(true))),
+        ("contains", [Val::List(l), x]) => Val::Bool(l.contains(x)),
+        ("contains", [Val::Str(s), Val::Str(x)]) => Val::Bool(s.contains(x.as_str())),
+        ("starts_with", [Val::Str(s), Val::Str(p)]) => Val::Bool(s.starts_with(p.as_str())),
+        ("ends_with", [Val::Str(s), Val::Str(p)]) => Val::Bool(s.ends_with(p.as_str())),
+        ("strip_prefix", [Val::Str(s), Val::Str(p)]) => {
+            Val::Str(s.strip_prefix(p.as_str()).unwrap_or(s).to_string())
+        }
+        ("split", [Val::Str(s), Val::Str(sep)]) => Val::List(
+            s.split(sep.as_str())
+                .map(|x| Val::Str(x.to_string()))
+                .collect(),
+        ),
+        ("quote", [v]) => Val::Str(v.quoted()),
+        ("int", [v]) => match v {
+            Val::Int(i) => Val::Int(*i),
+            Val::Float(x) if x.is_finite() && x.fract() == 0.0 && x.abs() < 9.0e15 => {
+                Val::Int(*x as i64)
+            }
+            _ => return None,
+        },
+        ("float", [v]) => Val::Float(f64_arg(v)?),
+        ("sqrt", [v]) => Val::Float(f64_arg(v)?.sqrt()),
+        ("pow", [a, b]) => match (f64_arg(a), f64_arg(b)) {
+            (Some(a), Some(b)) => Val::Float(a.powf(b)),
+            _ => return None,
+        },
+        ("min" | "max", [a, b]) => match (a, b) {
+            (Val::Int(x), Val::Int(y)) => Val::Int(if f == "min" { *x.min(y) } else { *x.max(y) }),
+            _ => match (f64_arg(a), f64_arg(b)) {
+                (Some(x), Some(y)) => Val::Float(if f == "min" { x.min(y) } else { x.max(y) }),
+                _ => return None,
+            },
+        },
+        _ => return None,
+    }))
 }
 
 /// What [`import`] produced: the spec table and the head chosen.

@@ -25,6 +25,7 @@ mod cfg;
 mod families;
 pub mod family;
 mod generic;
+mod metadata;
 mod rope;
 
 use std::fmt;
@@ -36,6 +37,8 @@ pub use family::{
     Family, families as all_families, register_file as register_family_file,
     search_dirs as family_search_dirs,
 };
+
+pub use metadata::{Metadata, MetadataMap, config_from_metadata, import_metadata};
 
 /// The head kinds a family file may offer (`[head.KIND]`).
 pub const HEAD_KINDS: &[&str] = &["lm", "mlm", "pooler", "mean-pool", "none"];

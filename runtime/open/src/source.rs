@@ -398,7 +398,8 @@ fn with_gguf(
     let path = file.path();
     let lowered = lower(&rs).map_err(|e| internal(path, e))?;
     Budget::check(budget, path, &lowered)?;
-    let weights = file.weights()?;
+    let graphs: Vec<_> = lowered.graphs().collect();
+    let weights = file.weights_for(&rs, &graphs)?;
     for g in lowered.graphs() {
         // The mismatch names the file the tensors came from.
         weights.check(g).map_err(|e| OpenError::Source {

@@ -878,22 +878,29 @@ fn zero_and_indivisible_sizes_name_their_key() {
         }
         b.parse().unwrap().spec().unwrap_err().to_string()
     };
-    for key in [
-        "llama.attention.head_count",
-        "llama.attention.head_count_kv",
-        "llama.block_count",
-        "llama.embedding_length",
+    // The family file's [gguf.config] reads each key into a config field; the
+    // error is the field's, and says which metadata key it came from.
+    for (key, field) in [
+        ("llama.attention.head_count", "num_attention_heads"),
+        ("llama.attention.head_count_kv", "num_key_value_heads"),
+        ("llama.block_count", "num_hidden_layers"),
+        ("llama.embedding_length", "hidden_size"),
     ] {
         let e = with(key, 0);
-        assert_eq!(
-            e,
-            format!("test.gguf: metadata `{key}` is 0; a model needs at least one"),
+        eprintln!("{e}");
+        assert!(e.starts_with("test.gguf: "), "{e}");
+        assert!(e.contains(&format!("`{field}`")), "{e}");
+        assert!(
+            e.contains(&format!("read from `{key}` of the GGUF metadata")),
+            "{e}"
         );
+        assert!(e.contains('0'), "{e}");
     }
     let e = with("llama.attention.head_count_kv", 3);
-    assert_eq!(
-        e,
-        "test.gguf: metadata `llama.attention.head_count_kv` = 3 does not divide `llama.attention.head_count` = 4"
+    assert!(
+        e.contains("`num_key_value_heads` = 3 must be positive and divide num_attention_heads = 4")
+            && e.contains("read from `llama.attention.head_count_kv`"),
+        "{e}"
     );
 }
 
@@ -905,12 +912,15 @@ fn model_errors_are_clear() {
         tensors: g.tensors.clone(),
         ..Gguf::new()
     };
-    bad.kv[0].1 = s("gpt2");
+    bad.kv[0].1 = s("rwkv6");
     let f = bad.parse().unwrap();
     let e = f.spec().unwrap_err().to_string();
-    assert_eq!(
-        e,
-        "test.gguf: unsupported architecture `gpt2` (general.architecture); supported: llama, qwen2"
+    assert!(
+        e.starts_with(
+            "test.gguf: unsupported architecture `rwkv6` (general.architecture); supported: "
+        ) && e.contains("llama, ")
+            && e.contains("gemma3"),
+        "{e}"
     );
     assert_eq!(f.weights().unwrap_err().to_string(), e);
 
@@ -937,7 +947,10 @@ fn model_errors_are_clear() {
     };
     g3.kv.retain(|(k, _)| k != "llama.block_count");
     let e = g3.parse().unwrap().spec().unwrap_err().to_string();
-    assert_eq!(e, "test.gguf: missing metadata key `llama.block_count`");
+    assert_eq!(
+        e,
+        "test.gguf: missing metadata key `llama.block_count` (the family file models/families/llama.toml reads `num_hidden_layers` from it)"
+    );
 
     let mut g4 = Gguf {
         kv: g.kv.clone(),
@@ -960,16 +973,34 @@ fn model_errors_are_clear() {
         }
     }
     let f5 = g5.parse().unwrap();
-    let e = f5.weights().unwrap_err().to_string();
-    assert!(
-        e.contains("tensor `blk.0.attn_q.weight`: 16 rows cannot be split into 3 heads"),
-        "{e}"
-    );
     let e = f5.spec().unwrap_err().to_string();
     assert!(
-        e.contains(
-            "`llama.attention.head_count_kv` = 2 does not divide `llama.attention.head_count` = 3"
-        ),
+        e.contains("`num_attention_heads` = 3 does not divide hidden_size = 16")
+            && e.contains("read from `llama.attention.head_count`"),
+        "{e}"
+    );
+    // The weights are mapped for the spec the file describes, so they fail the same way.
+    assert_eq!(f5.weights().unwrap_err().to_string(), e);
+}
+
+/// DeepSeek-V2/V3 GGUFs (`deepseek2`) are recognised and refused with the
+/// family file's reason, naming the metadata key it came from.
+#[test]
+fn deepseek2_is_refused_with_the_reason() {
+    let (g, _, _) = model_file("llama", TINY_LLAMA, true);
+    let mut d = Gguf {
+        kv: g.kv.clone(),
+        tensors: g.tensors.clone(),
+        ..Gguf::new()
+    };
+    d.kv[0].1 = s("deepseek2");
+    let d = d.kv("deepseek2.attention.kv_lora_rank", W::U32(512));
+    let e = d.parse().unwrap().spec().unwrap_err().to_string();
+    assert!(
+        e.contains("`kv_lora_rank`")
+            && e.contains("multi-head latent attention")
+            && e.contains("rank-512 latent")
+            && e.contains("`deepseek2.attention.kv_lora_rank`"),
         "{e}"
     );
 }

@@ -45,8 +45,8 @@ mod tokenizer;
 
 pub use dequant::{GgmlType, dequantize, f16_to_f32};
 pub use names::{
-    ArchFamily, NameRule, RowOrder, arch_family, archs, canonical_name, is_ignored,
-    supported_archs, unpermute_rope_rows,
+    ArchFamily, Mapped, NameRule, RowOrder, arch_family, archs, canonical, canonical_name,
+    is_ignored, supported_archs, unpermute_rope_rows,
 };
 pub use reader::{Array, DEFAULT_ALIGNMENT, GgufFile, MetadataType, TensorInfo, Value};
 pub use tokenizer::{GgufTokenizer, PRE_TOKENIZERS, PreTokenizerRule};

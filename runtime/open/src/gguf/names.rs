@@ -40,24 +40,40 @@ pub enum RowOrder {
 }
 
 /// One name mapping: a llama.cpp name pattern and kiln's.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NameRule {
     /// llama.cpp name; `{i}` matches a block index.
     pub gguf: String,
-    /// kiln name; `{i}` is replaced by the same index.
-    pub kiln: String,
+    /// kiln names; `{i}` is replaced by the same index. More than one: the
+    /// tensor is split along its outermost axis into them, in order, each
+    /// taking as many rows as the model declares for it (llama.cpp's fused
+    /// `attn_qkv` is `[q; k; v]`).
+    pub kiln: Vec<String>,
     /// Row reordering on load.
     pub rows: RowOrder,
+    /// Added to every element on load (Gemma's converter stored `1 + w` for
+    /// the `(1 + w)` norms; `offset = -1.0` gives back `w`).
+    pub offset: f64,
+    /// `when = NAME, otherwise = KILN`: the rule's targets apply when the file
+    /// holds tensor NAME (same `{i}`), else the tensor goes to KILN (Falcon-40B's
+    /// `attn_norm` feeds the MLP exactly when an `attn_norm_2` exists).
+    pub when: Option<(String, String)>,
 }
 
-/// An architecture: the `general.architecture` value, whether its converter
-/// permuted Q/K rows for interleaved RoPE, and its name rules.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An architecture: the `general.architecture` value, the family file that
+/// reads it, how its metadata becomes that family's config, and its tensors.
+#[derive(Debug, Clone)]
 pub struct ArchFamily {
     /// `general.architecture`.
     pub name: String,
     /// The family file that declares it.
     pub family: String,
+    /// The family, whose `[fields]` and `[spec]` the metadata feeds.
+    pub source: Arc<import::Family>,
+    /// The `model_type` the config is imported as.
+    pub model_type: String,
+    /// `[gguf.config]`: config field → metadata key, expression or literal.
+    pub config: toml::Table,
     /// llama.cpp uses interleaved ("normal") RoPE for this architecture, so
     /// `convert_hf_to_gguf` permuted the Q/K rows; kiln undoes it.
     pub rope_permuted: bool,
@@ -65,6 +81,28 @@ pub struct ArchFamily {
     pub rules: Vec<NameRule>,
     /// Patterns of llama.cpp tensors kiln does not load (see [`is_ignored`]).
     pub ignored: Vec<String>,
+}
+
+impl PartialEq for ArchFamily {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            &self.name,
+            &self.family,
+            &self.model_type,
+            &self.config,
+            self.rope_permuted,
+            &self.rules,
+            &self.ignored,
+        ) == (
+            &other.name,
+            &other.family,
+            &other.model_type,
+            &other.config,
+            other.rope_permuted,
+            &other.rules,
+            &other.ignored,
+        )
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +115,10 @@ struct GgufSection {
     #[serde(default)]
     extends: Option<String>,
     #[serde(default)]
+    model_type: Option<String>,
+    #[serde(default)]
+    config: toml::Table,
+    #[serde(default)]
     tensors: BTreeMap<String, TensorEntry>,
     #[serde(default)]
     ignore: BTreeMap<String, String>,
@@ -86,11 +128,24 @@ struct GgufSection {
 #[serde(untagged)]
 enum TensorEntry {
     Name(String),
-    Rule {
-        to: String,
-        #[serde(default)]
-        rows: Option<String>,
-    },
+    Rule(RuleEntry),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleEntry {
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    split: Option<Vec<String>>,
+    #[serde(default)]
+    rows: Option<String>,
+    #[serde(default)]
+    offset: Option<f64>,
+    #[serde(default)]
+    when: Option<String>,
+    #[serde(default)]
+    otherwise: Option<String>,
 }
 
 /// The `[gguf]` rows of the family files (the last registered family of a
@@ -114,16 +169,28 @@ pub fn archs() -> Result<Arc<Vec<ArchFamily>>, String> {
     let mut out: Vec<ArchFamily> = Vec::new();
     for f in &latest {
         let Some(_) = &f.gguf else { continue };
-        let (rope_permuted, rules, ignored) = section(f, &latest, 0)?;
+        let r = section(f, &latest, 0)?;
         let sec = parse(f)?;
+        let model_type = match sec.model_type.or(r.model_type) {
+            Some(m) => m,
+            None => f.model_types.first().cloned().ok_or_else(|| {
+                format!(
+                    "{}: [gguf]: the family reads no model_type; say which with `model_type`",
+                    f.origin.display()
+                )
+            })?,
+        };
         for a in &sec.architectures {
             out.retain(|x| &x.name != a);
             out.push(ArchFamily {
                 name: a.clone(),
                 family: f.name.clone(),
-                rope_permuted,
-                rules: rules.clone(),
-                ignored: ignored.clone(),
+                source: f.clone(),
+                model_type: model_type.clone(),
+                config: r.config.clone(),
+                rope_permuted: r.permuted,
+                rules: r.rules.clone(),
+                ignored: r.ignored.clone(),
             });
         }
     }
@@ -141,9 +208,16 @@ fn parse(f: &import::Family) -> Result<GgufSection, String> {
         .map_err(|e: toml::de::Error| format!("{}: [gguf]: {}", f.origin.display(), e.message()))
 }
 
-type Resolved = (bool, Vec<NameRule>, Vec<String>);
+#[derive(Default)]
+struct Resolved {
+    permuted: bool,
+    model_type: Option<String>,
+    config: toml::Table,
+    rules: Vec<NameRule>,
+    ignored: Vec<String>,
+}
 
-/// A family's `[gguf]` names, with those of the family it `extends` under them.
+/// A family's `[gguf]` section, over the one it `extends`.
 fn section(
     f: &import::Family,
     all: &[Arc<import::Family>],
@@ -156,24 +230,30 @@ fn section(
         ));
     }
     let sec = parse(f)?;
-    let (mut permuted, mut rules, mut ignored) = match &sec.extends {
+    let mut r = match &sec.extends {
         Some(p) => {
             let parent = all
                 .iter()
                 .find(|x| &x.name == p && x.gguf.is_some())
                 .ok_or_else(|| ctx(format!("extends `{p}`, which has no [gguf] section")))?;
-            section(parent, all, depth + 1)?
+            let mut r = section(parent, all, depth + 1)?;
+            // The parent's model_type is its own, not the child's.
+            r.model_type = None;
+            r
         }
-        None => (false, Vec::new(), Vec::new()),
+        None => Resolved::default(),
     };
     if let Some(p) = sec.rope_permuted {
-        permuted = p;
+        r.permuted = p;
+    }
+    for (k, v) in &sec.config {
+        r.config.insert(k.clone(), v.clone());
     }
     for (gguf, e) in &sec.tensors {
-        let (kiln, rows) = match e {
-            TensorEntry::Name(k) => (k.clone(), RowOrder::AsIs),
-            TensorEntry::Rule { to, rows } => {
-                let r = match rows.as_deref() {
+        let (kiln, rows, offset, when) = match e {
+            TensorEntry::Name(k) => (vec![k.clone()], RowOrder::AsIs, 0.0, None),
+            TensorEntry::Rule(rule) => {
+                let rows = match rule.rows.as_deref() {
                     None | Some("as-is") => RowOrder::AsIs,
                     Some("rope-q") => RowOrder::RopeQ,
                     Some("rope-k") => RowOrder::RopeK,
@@ -183,29 +263,60 @@ fn section(
                         )));
                     }
                 };
-                (to.clone(), r)
+                let kiln = match (&rule.to, &rule.split) {
+                    (Some(t), None) => vec![t.clone()],
+                    (None, Some(s)) if s.len() >= 2 => s.clone(),
+                    _ => {
+                        return Err(ctx(format!(
+                            "tensor `{gguf}`: give `to = NAME` or `split = [NAME, NAME, ...]` (two or more)"
+                        )));
+                    }
+                };
+                if kiln.len() > 1 && rows != RowOrder::AsIs {
+                    return Err(ctx(format!(
+                        "tensor `{gguf}`: a split tensor's rows are taken as stored (`rows` applies to one target)"
+                    )));
+                }
+                let offset = rule.offset.unwrap_or(0.0);
+                if !offset.is_finite() {
+                    return Err(ctx(format!(
+                        "tensor `{gguf}`: offset must be a finite number"
+                    )));
+                }
+                let when = match (&rule.when, &rule.otherwise) {
+                    (None, None) => None,
+                    (Some(w), Some(o)) if kiln.len() == 1 => Some((w.clone(), o.clone())),
+                    _ => {
+                        return Err(ctx(format!(
+                            "tensor `{gguf}`: `when` (a tensor name) and `otherwise` (a kiln name) go together, with `to`"
+                        )));
+                    }
+                };
+                (kiln, rows, offset, when)
             }
         };
-        if gguf.matches("{i}").count() > 1
-            || kiln.matches("{i}").count() != gguf.matches("{i}").count()
-        {
+        let n = gguf.matches("{i}").count();
+        if n > 1 || kiln.iter().any(|k| k.matches("{i}").count() != n) {
             return Err(ctx(format!(
-                "tensor `{gguf}` → `{kiln}`: both names need the same single `{{i}}` (or none)"
+                "tensor `{gguf}` → `{}`: every name needs the same single `{{i}}` (or none)",
+                kiln.join("`, `")
             )));
         }
-        rules.retain(|r| &r.gguf != gguf);
-        rules.push(NameRule {
+        r.rules.retain(|x| &x.gguf != gguf);
+        r.rules.push(NameRule {
             gguf: gguf.clone(),
             kiln,
             rows,
+            offset,
+            when,
         });
     }
     for p in sec.ignore.keys() {
-        if !ignored.contains(p) {
-            ignored.push(p.clone());
+        if !r.ignored.contains(p) {
+            r.ignored.push(p.clone());
         }
     }
-    Ok((permuted, rules, ignored))
+    Ok(r)
 }
 
 /// The row for a `general.architecture` value.
@@ -244,16 +355,47 @@ fn match_pattern(pattern: &str, name: &str) -> Option<Option<usize>> {
     }
 }
 
-/// kiln's name and row order for llama.cpp tensor `name`, if a rule matches.
-pub fn canonical_name(family: &ArchFamily, name: &str) -> Option<(String, RowOrder)> {
+/// Where a llama.cpp tensor goes: kiln's names (several: split), row order
+/// and offset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mapped {
+    /// kiln parameter names, block index substituted.
+    pub targets: Vec<String>,
+    /// Row reordering on load.
+    pub rows: RowOrder,
+    /// Added to every element on load.
+    pub offset: f64,
+}
+
+/// Where llama.cpp tensor `name` goes, if a rule matches; `has` says which
+/// tensors the file holds (for `when` rules).
+pub fn canonical(family: &ArchFamily, name: &str, has: &dyn Fn(&str) -> bool) -> Option<Mapped> {
     family.rules.iter().find_map(|r| {
         let index = match_pattern(&r.gguf, name)?;
-        let kiln = match index {
-            Some(i) => r.kiln.replace("{i}", &i.to_string()),
-            None => r.kiln.to_string(),
+        let sub = |k: &str| match index {
+            Some(i) => k.replace("{i}", &i.to_string()),
+            None => k.to_string(),
         };
-        Some((kiln, r.rows))
+        let targets = match &r.when {
+            Some((w, otherwise)) if !has(&sub(w)) => vec![sub(otherwise)],
+            _ => r.kiln.iter().map(|k| sub(k)).collect(),
+        };
+        Some(Mapped {
+            targets,
+            rows: r.rows,
+            offset: r.offset,
+        })
     })
+}
+
+/// kiln's name and row order for a llama.cpp tensor `name` that maps to one
+/// parameter, if a rule matches.
+pub fn canonical_name(family: &ArchFamily, name: &str) -> Option<(String, RowOrder)> {
+    let m = canonical(family, name, &|_| false)?;
+    match m.targets.as_slice() {
+        [one] => Some((one.clone(), m.rows)),
+        _ => None,
+    }
 }
 
 /// Whether llama.cpp tensor `name` is one kiln ignores.
@@ -366,13 +508,40 @@ mod tests {
                 "{gguf}"
             );
         }
-        assert_eq!(canonical_name(&f, "blk.0.attn_qkv.weight"), None);
+        assert_eq!(canonical(&f, "blk.0.attn_qkv.weight", &|_| false), None);
         assert!(is_ignored(&f, "blk.4.attn_rot_embd.weight"));
         assert!(f.rope_permuted);
         let q = arch_family("qwen2").unwrap();
         assert!(!q.rope_permuted, "qwen2's rows are not permuted");
         assert_eq!(q.rules, f.rules, "qwen2 takes llama's names");
-        assert!(arch_family("gpt2").is_none());
+        assert_eq!(q.config, f.config, "and llama's metadata mapping");
+        assert!(arch_family("no-such-architecture").is_none());
+        // A `when` rule: Falcon-40B's attn_norm feeds the MLP when attn_norm_2 exists.
+        let falcon = arch_family("falcon").unwrap();
+        let with = canonical(&falcon, "blk.2.attn_norm.weight", &|n| {
+            n == "blk.2.attn_norm_2.weight"
+        })
+        .unwrap();
+        assert_eq!(with.targets, ["layers.2.mlp_norm.weight"]);
+        let without = canonical(&falcon, "blk.2.attn_norm.weight", &|_| false).unwrap();
+        assert_eq!(without.targets, ["layers.2.attn_norm.weight"]);
+        // A split, and an offset.
+        let phi3 = arch_family("phi3").unwrap();
+        let qkv = canonical(&phi3, "blk.1.attn_qkv.weight", &|_| false).unwrap();
+        assert_eq!(
+            qkv.targets,
+            [
+                "layers.1.attn.q.weight",
+                "layers.1.attn.k.weight",
+                "layers.1.attn.v.weight"
+            ]
+        );
+        let gemma = arch_family("gemma").unwrap();
+        let norm = canonical(&gemma, "output_norm.weight", &|_| false).unwrap();
+        assert_eq!(
+            (norm.targets[0].as_str(), norm.offset),
+            ("final_norm.weight", -1.0)
+        );
     }
 
     /// The permutation `convert_hf_to_gguf` applies, written out like numpy's

@@ -2,12 +2,14 @@
 
 use super::Result;
 use super::names::{self, ArchFamily, RowOrder};
-use super::reader::{GgufFile, Value};
+use super::reader::{Array, GgufFile, Value};
+use kiln_compiler::import::{self, Imported};
+use kiln_compiler::ir::{Graph, Op};
 use kiln_compiler::spec::ResolvedSpec;
 use kiln_runtime::Tensor;
 use kiln_runtime::Weights;
+use std::collections::BTreeMap;
 use std::path::Path;
-use toml::{Table, Value as TomlValue};
 
 impl GgufFile {
     /// `general.architecture`.
@@ -27,333 +29,205 @@ impl GgufFile {
         })
     }
 
-    /// `{arch}.{key}` as a non-negative integer.
-    fn arch_u64(&self, key: &str) -> Result<u64> {
-        let full = format!("{}.{key}", self.architecture()?);
-        self.get_u64(&full)
-    }
-
     /// `{arch}.{key}` as a usize, if present.
     fn arch_opt_usize(&self, key: &str) -> Result<Option<usize>> {
         let full = format!("{}.{key}", self.architecture()?);
         match self.get(&full) {
             None => Ok(None),
-            Some(_) => self.arch_usize(key).map(Some),
-        }
-    }
-
-    fn arch_usize(&self, key: &str) -> Result<usize> {
-        let v = self.arch_u64(key)?;
-        usize::try_from(v).map_err(|_| {
-            self.error(format!(
-                "metadata `{}.{key}` = {v} is too large",
-                self.architecture().unwrap_or("?")
-            ))
-        })
-    }
-
-    /// `{arch}.{key}` as f64, if present. An f32 value is converted through
-    /// its shortest decimal form (f32 `1e-5` gives f64 `1e-5`, not
-    /// `9.99999974738e-6`), matching the number the converter was given.
-    fn arch_opt_f64(&self, key: &str) -> Result<Option<f64>> {
-        let full = format!("{}.{key}", self.architecture()?);
-        match self.get(&full) {
-            None => Ok(None),
-            Some(Value::F32(v)) => Ok(Some(format!("{v:?}").parse().unwrap_or(f64::from(*v)))),
-            Some(_) => self.get_f64(&full).map(Some),
-        }
-    }
-
-    /// The kiln spec this file's metadata describes, as a TOML table (what
-    /// [`GgufFile::spec`] resolves; [`GgufFile::spec_toml`] writes it out).
-    ///
-    /// Reads `{arch}.embedding_length`, `.block_count`,
-    /// `.feed_forward_length`, `.attention.head_count`, `.head_count_kv`,
-    /// `.key_length`, `.layer_norm_rms_epsilon`, `.sliding_window`,
-    /// `.context_length`, `.rope.freq_base`, `.rope.dimension_count`,
-    /// `.rope.scaling.*`, `.expert_count`, `.expert_used_count`; the vocabulary
-    /// size is `token_embd`'s row count; the head is tied when there is no
-    /// `output` tensor; biases are present when the tensors are.
-    pub fn spec_table(&self) -> Result<toml::Table> {
-        let family = self.family()?;
-        let arch = family.name.clone();
-        let d_model = self.arch_usize("embedding_length")?;
-        let layers = self.arch_usize("block_count")?;
-        let d_ff = self.arch_usize("feed_forward_length")?;
-        let heads = self.arch_usize("attention.head_count")?;
-        let kv_heads = self
-            .arch_opt_usize("attention.head_count_kv")?
-            .unwrap_or(heads);
-        // Sizes the rest is derived from are checked here, so an error names
-        // the key at fault rather than a consequence of it.
-        for (key, v) in [
-            ("embedding_length", d_model),
-            ("block_count", layers),
-            ("attention.head_count", heads),
-            ("attention.head_count_kv", kv_heads),
-        ] {
-            if v == 0 {
-                return Err(self.error(format!(
-                    "metadata `{arch}.{key}` is 0; a model needs at least one"
-                )));
+            Some(_) => {
+                let v = self.get_u64(&full)?;
+                usize::try_from(v)
+                    .map(Some)
+                    .map_err(|_| self.error(format!("metadata `{full}` = {v} is too large")))
             }
         }
-        if !heads.is_multiple_of(kv_heads) {
-            return Err(self.error(format!(
-                "metadata `{arch}.attention.head_count_kv` = {kv_heads} does not divide `{arch}.attention.head_count` = {heads}"
-            )));
-        }
-        let head_dim = self.arch_opt_usize("attention.key_length")?;
-        if let (Some(k), Some(v)) = (head_dim, self.arch_opt_usize("attention.value_length")?)
-            && k != v
-        {
-            return Err(self.error(format!(
-                "{arch}.attention.key_length ({k}) differs from {arch}.attention.value_length ({v}); kiln needs equal key and value head widths"
-            )));
-        }
-        let eps = self
-            .arch_opt_f64("attention.layer_norm_rms_epsilon")?
-            .ok_or_else(|| {
-                self.error(format!(
-                    "missing metadata key `{arch}.attention.layer_norm_rms_epsilon` (the llama family uses RMSNorm)"
-                ))
-            })?;
-        let max_positions = self.arch_opt_usize("context_length")?.unwrap_or(2048);
-        let theta = self.arch_opt_f64("rope.freq_base")?.unwrap_or(10000.0);
+    }
 
+    /// The import of this file's metadata by its architecture's family file
+    /// (the `[gguf.config]` table turns `{arch}.*` keys into the family's
+    /// config fields; the family's `[fields]`, checks and `[spec]` do the
+    /// rest, exactly as for a `config.json`).
+    pub fn imported(&self) -> Result<Imported> {
+        let family = self.family()?;
+        let arch = family.name.clone();
         let embd = self.tensor("token_embd.weight").ok_or_else(|| {
             self.error("missing tensor `token_embd.weight` (the token embeddings)")
         })?;
         let embd_shape = embd.shape();
-        if embd_shape.len() != 2 || embd_shape[1] != d_model {
+        if embd_shape.len() != 2 {
             return Err(self.error(format!(
-                "tensor `token_embd.weight` has shape {embd_shape:?}; expected [vocab, {d_model}] ({arch}.embedding_length = {d_model})"
+                "tensor `token_embd.weight` has shape {embd_shape:?}; expected [vocab, embedding_length]"
             )));
         }
-        let vocab_size = embd_shape[0];
         if let Some(n) = self.arch_opt_usize("vocab_size")?
-            && n != vocab_size
+            && n != embd_shape[0]
         {
             return Err(self.error(format!(
-                "{arch}.vocab_size is {n} but tensor `token_embd.weight` has {vocab_size} rows"
+                "{arch}.vocab_size is {n} but tensor `token_embd.weight` has {} rows",
+                embd_shape[0]
             )));
         }
-
-        let has = |name: &str| self.tensor(name).is_some();
-        if has("rope_freqs.weight") {
+        if self.tensor("rope_freqs.weight").is_some() {
             return Err(self.error(
                 "tensor `rope_freqs.weight` (per-frequency RoPE factors, as written for Llama 3.1-style rope scaling) is not supported: kiln cannot recover the scaling parameters from it",
             ));
         }
-        let tied = !has("output.weight");
-        let qkv_bias = has("blk.0.attn_q.bias");
-        let out_bias = has("blk.0.attn_output.bias");
-        let head_bias = has("output.bias");
-
         let name = self
             .get("general.name")
             .and_then(Value::as_str)
             .map(str::to_owned)
             .unwrap_or_else(|| file_stem(self.path()));
-        let mut t = Table::new();
-        set(&mut t, "name", name);
-        set(&mut t, "architecture", "decoder");
-        set(&mut t, "vocab_size", self.int(vocab_size)?);
-        set(&mut t, "d_model", self.int(d_model)?);
-        set(&mut t, "layers", self.int(layers)?);
-        set(&mut t, "max_positions", self.int(max_positions)?);
-
-        let mut attention = Table::new();
-        set(&mut attention, "heads", self.int(heads)?);
-        set(&mut attention, "kv_heads", self.int(kv_heads)?);
-        if let Some(hd) = head_dim
-            && heads > 0
-            && hd != d_model / heads
-        {
-            set(&mut attention, "head_dim", self.int(hd)?);
-        }
-        if qkv_bias {
-            set(&mut attention, "qkv_bias", true);
-        }
-        if out_bias {
-            set(&mut attention, "out_bias", true);
-        }
-        if let Some(w) = self.arch_opt_usize("attention.sliding_window")?
-            && w > 0
-        {
-            set(&mut attention, "sliding_window", self.int(w)?);
-        }
-        set(&mut t, "attention", attention);
-
-        let mut norm = Table::new();
-        set(&mut norm, "kind", "rmsnorm");
-        set(&mut norm, "eps", eps);
-        set(&mut norm, "placement", "pre");
-        set(&mut norm, "final_norm", has("output_norm.weight"));
-        set(&mut t, "norm", norm);
-
-        let mut positions = Table::new();
-        set(&mut positions, "kind", "rope");
-        set(&mut positions, "theta", theta);
-        // kiln's half-split layout: llama's Q/K rows are un-permuted on load.
-        set(&mut positions, "layout", "half");
-        let hd = head_dim.unwrap_or(d_model.checked_div(heads).unwrap_or(0));
-        if let Some(rot) = self.arch_opt_usize("rope.dimension_count")?
-            && rot != hd
-        {
-            if hd == 0 || rot > hd || !rot.is_multiple_of(2) {
-                return Err(self.error(format!(
-                    "{arch}.rope.dimension_count is {rot}, which does not fit a head of width {hd}"
-                )));
-            }
-            set(&mut positions, "fraction", rot as f64 / hd as f64);
-        }
-        if let Some(scaling) = self.rope_scaling()? {
-            set(&mut positions, "scaling", scaling);
-        }
-        set(&mut t, "positions", positions);
-
-        let mut mlp = Table::new();
-        set(&mut mlp, "d_ff", self.int(d_ff)?);
-        set(&mut mlp, "activation", "silu");
-        set(&mut mlp, "gated", true);
-        set(&mut t, "mlp", mlp);
-
-        let experts = self.arch_opt_usize("expert_count")?.unwrap_or(0);
-        if experts > 0 {
-            let top_k = self.arch_usize("expert_used_count")?;
-            let mut moe = Table::new();
-            set(&mut moe, "experts", self.int(experts)?);
-            set(&mut moe, "top_k", self.int(top_k)?);
-            if let Some(ff) = self.arch_opt_usize("expert_feed_forward_length")?
-                && ff != d_ff
-            {
-                set(&mut moe, "d_ff", self.int(ff)?);
-            }
-            set(&mut t, "moe", moe);
-        }
-
-        let mut head = Table::new();
-        set(&mut head, "kind", "lm");
-        set(&mut head, "tied", tied);
-        if head_bias {
-            set(&mut head, "bias", true);
-        }
-        set(&mut t, "head", head);
-        Ok(t)
-    }
-
-    /// A size as a TOML integer, or an error past its range.
-    fn int(&self, v: usize) -> Result<i64> {
-        i64::try_from(v)
-            .map_err(|_| self.error(format!("metadata value {v} does not fit a spec integer")))
-    }
-
-    /// `positions.scaling` from `{arch}.rope.scaling.*`, if the file scales RoPE.
-    fn rope_scaling(&self) -> Result<Option<Table>> {
-        let arch = self.architecture()?;
-        let key = format!("{arch}.rope.scaling.type");
-        let Some(kind) = self.get(&key) else {
-            return Ok(None);
+        let map = import::MetadataMap {
+            model_type: family.model_type.clone(),
+            prefix: arch,
+            config: family.config.clone(),
         };
-        let kind = kind
-            .as_str()
-            .ok_or_else(|| self.error(format!("metadata `{key}` must be a string")))?;
-        let factor = || {
-            self.arch_opt_f64("rope.scaling.factor")?.ok_or_else(|| {
-                self.error(format!(
-                    "`{key}` is \"{kind}\" but `{arch}.rope.scaling.factor` is missing"
-                ))
-            })
+        let opts = import::ImportOptions {
+            name: Some(name),
+            ..Default::default()
         };
-        let mut scaling = Table::new();
-        match kind {
-            "none" => return Ok(None),
-            "linear" => {
-                set(&mut scaling, "kind", "linear");
-                set(&mut scaling, "factor", factor()?);
+        import::import_metadata(&family.source, &map, self, self.path(), &opts).map_err(|e| {
+            if e.file == self.path() {
+                self.error(match &e.field {
+                    Some(f) => format!("`{f}` {}", e.message),
+                    None => e.message,
+                })
+            } else {
+                self.error(e.to_string())
             }
-            "yarn" => {
-                let orig = self.arch_usize("rope.scaling.original_context_length")?;
-                set(&mut scaling, "kind", "yarn");
-                set(&mut scaling, "factor", factor()?);
-                set(&mut scaling, "original_max_positions", self.int(orig)?);
-                for (gguf, kiln) in [
-                    ("rope.scaling.yarn_beta_fast", "beta_fast"),
-                    ("rope.scaling.yarn_beta_slow", "beta_slow"),
-                ] {
-                    if let Some(v) = self.arch_opt_f64(gguf)? {
-                        set(&mut scaling, kiln, v);
-                    }
-                }
-            }
-            other => {
-                return Err(self.error(format!(
-                    "metadata `{key}` is \"{other}\"; supported RoPE scaling: none, linear, yarn"
-                )));
-            }
-        }
-        Ok(Some(scaling))
-    }
-
-    /// The kiln spec this file's metadata describes ([`GgufFile::spec_table`],
-    /// resolved by the compiler's spec loader like a spec file).
-    pub fn spec(&self) -> Result<ResolvedSpec> {
-        let table = self.spec_table()?;
-        let name = Path::new("<gguf>").join(self.path().file_name().unwrap_or_default());
-        kiln_compiler::spec::load_table(&table, &name).map_err(|e| {
-            self.error(format!(
-                "the spec derived from the metadata does not resolve: {}\n--- derived spec ---\n{table}",
-                e.render()
-            ))
         })
     }
 
-    /// [`GgufFile::spec_table`] as spec text with a header naming the file:
-    /// save it to get an editable spec.
+    /// The kiln spec this file's metadata describes, as a TOML table (the
+    /// resolved spec of [`GgufFile::imported`]).
+    pub fn spec_table(&self) -> Result<toml::Table> {
+        let text = self.imported()?.resolved.to_toml();
+        text.parse::<toml::Table>()
+            .map_err(|e| self.error(format!("internal: the derived spec does not parse: {e}")))
+    }
+
+    /// The kiln spec this file's metadata describes.
+    pub fn spec(&self) -> Result<ResolvedSpec> {
+        Ok(self.imported()?.resolved)
+    }
+
+    /// The derived spec as text with a header naming the file, the family
+    /// file that read it and the defaults it filled: save it to get an
+    /// editable spec.
     pub fn spec_toml(&self) -> Result<String> {
-        let table = self.spec_table()?;
+        let imported = self.imported()?;
         Ok(format!(
-            "# Derived from the metadata of {}\n{table}",
-            self.path().display()
+            "# Derived from the metadata of {}\n{}",
+            self.path().display(),
+            imported.to_toml()
         ))
     }
 
-    /// Every tensor dequantised to f32 under kiln's canonical name, with
-    /// llama's Q/K rows un-permuted. A tensor no rule maps (and that the
-    /// family does not ignore) is an error listing all such names.
+    /// Every tensor dequantised to f32 under kiln's canonical names for the
+    /// spec this file describes ([`GgufFile::weights_for`]).
     pub fn weights(&self) -> Result<Weights> {
+        let rs = self.spec()?;
+        let lowered = kiln_compiler::lower::lower(&rs)
+            .map_err(|e| self.error(format!("the derived spec does not lower: {e}")))?;
+        let graphs: Vec<_> = lowered.graphs().collect();
+        self.weights_for(&rs, &graphs)
+    }
+
+    /// Every tensor dequantised to f32 under kiln's canonical names, for the
+    /// model `rs` (lowered to `graphs`): permuted Q/K rows put back (over
+    /// `rs`'s query and key/value head counts), offsets applied, fused
+    /// tensors split into the parameters the graphs declare, in order. A
+    /// tensor no rule maps (and that the family does not ignore) is an error
+    /// listing all such names.
+    pub fn weights_for(&self, rs: &ResolvedSpec, graphs: &[&Graph]) -> Result<Weights> {
         let family = self.family()?;
-        let heads = self.arch_usize("attention.head_count")?;
-        let kv_heads = self
-            .arch_opt_usize("attention.head_count_kv")?
-            .unwrap_or(heads);
+        let heads = rs.spec.attention.heads;
+        let kv_heads = rs.spec.attention.kv_heads.unwrap_or(heads);
+        let mut declared: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for g in graphs {
+            for id in g.parameters() {
+                let node = g.node(id);
+                if let Op::Parameter { name, .. } = &node.op {
+                    let shape: Option<Vec<usize>> =
+                        node.ty.shape.iter().map(|d| d.as_const()).collect();
+                    if let Some(shape) = shape {
+                        declared.insert(name.clone(), shape);
+                    }
+                }
+            }
+        }
         let mut unknown = Vec::new();
         let mut weights = Weights::new();
         for info in self.tensors() {
-            let Some((kiln, order)) = names::canonical_name(&family, &info.name) else {
+            let Some(mapped) = names::canonical(&family, &info.name, &|n| self.tensor(n).is_some())
+            else {
                 if !names::is_ignored(&family, &info.name) {
                     unknown.push(info.name.as_str());
                 }
                 continue;
             };
-            let mut tensor = self.tensor_f32(&info.name)?;
-            let n_head = match order {
+            let at = |e: String| self.error(format!("tensor `{}`: {e}", info.name));
+            let tensor = self.tensor_f32(&info.name)?;
+            let shape = tensor.shape().to_vec();
+            let rows = shape.first().copied().unwrap_or(1);
+            let cols = shape.iter().skip(1).product::<usize>();
+            let mut data = tensor.to_f32_vec();
+            let n_head = match mapped.rows {
                 RowOrder::AsIs => None,
                 RowOrder::RopeQ => Some(heads),
                 RowOrder::RopeK => Some(kv_heads),
             };
             if let Some(n_head) = n_head.filter(|_| family.rope_permuted) {
-                let shape = tensor.shape().to_vec();
-                let rows = shape.first().copied().unwrap_or(1);
-                let cols = shape.iter().skip(1).product::<usize>();
-                let data = tensor.to_f32_vec();
-                let data = names::unpermute_rope_rows(&data, rows, cols, n_head)
-                    .map_err(|e| self.error(format!("tensor `{}`: {e}", info.name)))?;
-                tensor = Tensor::from_f32(&shape, data)
-                    .map_err(|e| self.error(format!("tensor `{}`: {e}", info.name)))?;
+                data = names::unpermute_rope_rows(&data, rows, cols, n_head).map_err(at)?;
             }
-            weights.insert(kiln, tensor);
+            if mapped.offset != 0.0 {
+                let o = mapped.offset as f32;
+                data.iter_mut().for_each(|x| *x += o);
+            }
+            if let [one] = mapped.targets.as_slice() {
+                weights.insert(
+                    one.clone(),
+                    Tensor::from_f32(&shape, data).map_err(|e| at(e.to_string()))?,
+                );
+                continue;
+            }
+            // A fused tensor: consecutive row blocks, each as many rows as
+            // the model declares for its target.
+            let mut start = 0usize;
+            for t in &mapped.targets {
+                let want = declared.get(t).ok_or_else(|| {
+                    at(format!(
+                        "is split into `{}`, but the model has no parameter `{t}`",
+                        mapped.targets.join("`, `")
+                    ))
+                })?;
+                let t_rows = want.first().copied().unwrap_or(1);
+                let t_cols = want.iter().skip(1).product::<usize>();
+                if t_cols != cols || start + t_rows > rows {
+                    return Err(at(format!(
+                        "shape {shape:?} cannot be split into `{}` (declared {})",
+                        mapped.targets.join("`, `"),
+                        mapped
+                            .targets
+                            .iter()
+                            .map(|t| format!("{:?}", declared.get(t).cloned().unwrap_or_default()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+                let part = data[start * cols..(start + t_rows) * cols].to_vec();
+                weights.insert(
+                    t.clone(),
+                    Tensor::from_f32(want, part).map_err(|e| at(e.to_string()))?,
+                );
+                start += t_rows;
+            }
+            if start != rows {
+                return Err(at(format!(
+                    "has {rows} rows but `{}` take {start}",
+                    mapped.targets.join("`, `")
+                )));
+            }
         }
         if !unknown.is_empty() {
             return Err(self.error(format!(
@@ -367,13 +241,67 @@ impl GgufFile {
     }
 }
 
+impl import::Metadata for GgufFile {
+    fn value(&self, key: &str) -> Option<serde_json::Value> {
+        self.get(key).map(json)
+    }
+
+    fn shape(&self, tensor: &str) -> Option<Vec<usize>> {
+        self.tensor(tensor).map(|t| t.shape().to_vec())
+    }
+}
+
+/// A metadata value as JSON. An f32 goes through its shortest decimal form
+/// (f32 `1e-5` gives `1e-5`, not `9.99999974738e-6`): the number the
+/// converter was given.
+fn json(v: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    let f32_json = |x: f32| {
+        let d: f64 = format!("{x:?}").parse().unwrap_or(f64::from(x));
+        serde_json::Number::from_f64(d).map_or(J::Null, J::Number)
+    };
+    match v {
+        Value::U8(x) => J::from(*x),
+        Value::I8(x) => J::from(*x),
+        Value::U16(x) => J::from(*x),
+        Value::I16(x) => J::from(*x),
+        Value::U32(x) => J::from(*x),
+        Value::I32(x) => J::from(*x),
+        Value::U64(x) => J::from(*x),
+        Value::I64(x) => J::from(*x),
+        Value::F32(x) => f32_json(*x),
+        Value::F64(x) => serde_json::Number::from_f64(*x).map_or(J::Null, J::Number),
+        Value::Bool(b) => J::Bool(*b),
+        Value::String(s) => J::String(s.clone()),
+        Value::Array(a) => array_json(a),
+    }
+}
+
+fn array_json(a: &Array) -> serde_json::Value {
+    use serde_json::Value as J;
+    let f = |x: f64| serde_json::Number::from_f64(x).map_or(J::Null, J::Number);
+    J::Array(match a {
+        Array::U8(v) => v.iter().map(|x| J::from(*x)).collect(),
+        Array::I8(v) => v.iter().map(|x| J::from(*x)).collect(),
+        Array::U16(v) => v.iter().map(|x| J::from(*x)).collect(),
+        Array::I16(v) => v.iter().map(|x| J::from(*x)).collect(),
+        Array::U32(v) => v.iter().map(|x| J::from(*x)).collect(),
+        Array::I32(v) => v.iter().map(|x| J::from(*x)).collect(),
+        Array::U64(v) => v.iter().map(|x| J::from(*x)).collect(),
+        Array::I64(v) => v.iter().map(|x| J::from(*x)).collect(),
+        Array::F32(v) => v
+            .iter()
+            .map(|x| f(format!("{x:?}").parse().unwrap_or(f64::from(*x))))
+            .collect(),
+        Array::F64(v) => v.iter().map(|x| f(*x)).collect(),
+        Array::Bool(v) => v.iter().map(|x| J::Bool(*x)).collect(),
+        Array::String(v) => v.iter().map(|x| J::String(x.clone())).collect(),
+        Array::Array(v) => v.iter().map(array_json).collect(),
+    })
+}
+
 fn file_stem(path: &Path) -> String {
     path.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "gguf-model".into())
-}
-
-/// `table[key] = value`.
-fn set(table: &mut Table, key: &str, value: impl Into<TomlValue>) {
-    table.insert(key.to_string(), value.into());
 }
