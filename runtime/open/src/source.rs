@@ -407,13 +407,25 @@ fn with_gguf(
             message: format!("the file's tensors do not fit the spec: {e}"),
         })?;
     }
-    let tokenizer = Some(file.tokenizer()?.into_tokenizer());
+    // The model runs without its tokenizer when kiln cannot read that (a
+    // SentencePiece vocabulary): token ids work, text says why it cannot.
+    let mut warnings = Vec::new();
+    let tokenizer = match file.tokenizer() {
+        Ok(t) => Some(t.into_tokenizer()),
+        Err(e) if e.message.starts_with("unsupported tokenizer model") => {
+            warnings.push(format!(
+                "{e}; the model runs on token ids (--tokens) but cannot read or write text"
+            ));
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok(LoadedModel {
         spec: rs,
         model: Model::new(lowered, weights),
         tokenizer,
         weights_origin: path.display().to_string(),
-        warnings: Vec::new(),
+        warnings,
     })
 }
 

@@ -1197,3 +1197,28 @@ fn a_gguf_that_does_not_fit_the_spec_names_the_file() {
     );
     assert!(e.contains("embed.tokens"), "{e}");
 }
+
+/// A GGUF whose tokenizer kiln cannot read (SentencePiece, `llama`) still
+/// opens: the model runs on token ids and the warning says what is missing.
+#[test]
+fn a_gguf_with_an_unsupported_tokenizer_runs_on_token_ids() {
+    use kiln_open::source::{OpenOptions, open};
+    let (g, _, _) = model_file("llama", TINY_LLAMA, true);
+    let g = g
+        .kv("tokenizer.ggml.model", s("llama"))
+        .kv("tokenizer.ggml.tokens", strs(&["<unk>", "<s>", "</s>"]));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("spm.gguf");
+    std::fs::write(&file, g.bytes()).unwrap();
+    let loaded = open(&file, OpenOptions::default()).expect("opens without its tokenizer");
+    assert!(loaded.tokenizer.is_none());
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    let w = &loaded.warnings[0];
+    assert!(
+        w.contains("unsupported tokenizer model `llama`") && w.contains("--tokens"),
+        "{w}"
+    );
+    let out = loaded.model.session().forward(&[1, 2, 3]).unwrap();
+    let shape = out["logits"].shape().to_vec();
+    assert_eq!(shape[..2], [1, 3], "{shape:?}");
+}
