@@ -128,6 +128,29 @@ fn check(family: &str, what: &str, got: &[f32], want: &[f32], failures: &mut Vec
     }
 }
 
+/// A decoder's logits: the full sequence, then prefill half and the rest one
+/// token at a time through the KV cache.
+fn check_decoder(label: &str, model: &Model, exp: &Expected, failures: &mut Vec<String>) {
+    let tokens = &exp.ids("input_ids")[0];
+    let full = model.session().forward(tokens).unwrap();
+    check(
+        label,
+        "logits",
+        &full["logits"].to_f32_vec(),
+        &exp.f32("logits"),
+        failures,
+    );
+    let mut s = model.session();
+    let got = incremental(&mut s, tokens, tokens.len() / 2);
+    check(
+        label,
+        "logits (incremental)",
+        &got,
+        &exp.f32("logits_incremental"),
+        failures,
+    );
+}
+
 #[test]
 fn every_family_matches_transformers() {
     every_family_on(reference());
@@ -242,28 +265,7 @@ fn every_family_on(backend: &'static dyn Backend) {
                     );
                 }
             }
-            Architecture::Decoder => {
-                let tokens = &ids[0];
-                let want = exp.f32("logits");
-                let full = model.session().forward(tokens).unwrap();
-                check(
-                    &family,
-                    "logits",
-                    &full["logits"].to_f32_vec(),
-                    &want,
-                    &mut failures,
-                );
-                // KV cache: prefill half, then one token at a time.
-                let mut s = model.session();
-                let got = incremental(&mut s, tokens, tokens.len() / 2);
-                check(
-                    &family,
-                    "logits (incremental)",
-                    &got,
-                    &exp.f32("logits_incremental"),
-                    &mut failures,
-                );
-            }
+            Architecture::Decoder => check_decoder(&family, &model, &exp, &mut failures),
             Architecture::EncoderDecoder => {
                 let dec = exp.ids("decoder_input_ids");
                 let enc = model.encode(&ids[0]).unwrap();
@@ -399,25 +401,7 @@ fn every_gguf_on(backend: &'static dyn Backend) {
                 continue;
             }
         };
-        let exp = Expected::open(dir);
-        let tokens = &exp.ids("input_ids")[0];
-        let full = model.session().forward(tokens).unwrap();
-        check(
-            &label,
-            "logits",
-            &full["logits"].to_f32_vec(),
-            &exp.f32("logits"),
-            &mut failures,
-        );
-        let mut s = model.session();
-        let got = incremental(&mut s, tokens, tokens.len() / 2);
-        check(
-            &label,
-            "logits (incremental)",
-            &got,
-            &exp.f32("logits_incremental"),
-            &mut failures,
-        );
+        check_decoder(&label, &model, &Expected::open(dir), &mut failures);
     }
     assert!(
         failures.is_empty(),

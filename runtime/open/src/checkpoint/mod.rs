@@ -120,9 +120,9 @@
 
 mod error;
 mod load;
-mod plan;
+pub(crate) mod plan;
 mod reader;
-mod table;
+pub(crate) mod table;
 mod write;
 
 pub use error::CheckpointError;

@@ -328,6 +328,19 @@ impl Table {
     }
 }
 
+/// One family per name, in registration order: the last registered of a name
+/// (a user's file replacing a shipped one).
+pub(crate) fn latest_per_name(fams: &[Arc<import::Family>]) -> Vec<Arc<import::Family>> {
+    let mut latest: Vec<Arc<import::Family>> = Vec::new();
+    for f in fams {
+        match latest.iter().position(|l| l.name == f.name) {
+            Some(i) => latest[i] = f.clone(),
+            None => latest.push(f.clone()),
+        }
+    }
+    latest
+}
+
 /// Every family's table, parsed and resolved (again only when a family
 /// file was registered since the last call).
 pub fn tables() -> Result<Arc<Vec<Table>>, CheckpointError> {
@@ -342,14 +355,7 @@ pub fn tables() -> Result<Arc<Vec<Table>>, CheckpointError> {
     {
         return Ok(t.clone());
     }
-    // One family per name: the last registered (a user's file replacing a shipped one).
-    let mut latest: Vec<Arc<import::Family>> = Vec::new();
-    for f in &fams {
-        match latest.iter().position(|l| l.name == f.name) {
-            Some(i) => latest[i] = f.clone(),
-            None => latest.push(f.clone()),
-        }
-    }
+    let latest = latest_per_name(&fams);
     let mut out: Vec<Table> = Vec::new();
     for f in &latest {
         resolve(f, &latest, &mut out, 0)?;

@@ -159,19 +159,12 @@ pub fn archs() -> Result<Arc<Vec<ArchFamily>>, String> {
     {
         return Ok(a.clone());
     }
-    let mut latest: Vec<Arc<import::Family>> = Vec::new();
-    for f in &fams {
-        match latest.iter().position(|l| l.name == f.name) {
-            Some(i) => latest[i] = f.clone(),
-            None => latest.push(f.clone()),
-        }
-    }
+    let latest = crate::checkpoint::table::latest_per_name(&fams);
     let mut out: Vec<ArchFamily> = Vec::new();
     for f in &latest {
         let Some(_) = &f.gguf else { continue };
         let r = section(f, &latest, 0)?;
-        let sec = parse(f)?;
-        let model_type = match sec.model_type.or(r.model_type) {
+        let model_type = match r.model_type.clone() {
             Some(m) => m,
             None => f.model_types.first().cloned().ok_or_else(|| {
                 format!(
@@ -180,7 +173,7 @@ pub fn archs() -> Result<Arc<Vec<ArchFamily>>, String> {
                 )
             })?,
         };
-        for a in &sec.architectures {
+        for a in &r.architectures {
             out.retain(|x| &x.name != a);
             out.push(ArchFamily {
                 name: a.clone(),
@@ -210,8 +203,10 @@ fn parse(f: &import::Family) -> Result<GgufSection, String> {
 
 #[derive(Default)]
 struct Resolved {
-    permuted: bool,
+    /// This family's own `architectures` and `model_type` (not inherited).
+    architectures: Vec<String>,
     model_type: Option<String>,
+    permuted: bool,
     config: toml::Table,
     rules: Vec<NameRule>,
     ignored: Vec<String>,
@@ -236,13 +231,13 @@ fn section(
                 .iter()
                 .find(|x| &x.name == p && x.gguf.is_some())
                 .ok_or_else(|| ctx(format!("extends `{p}`, which has no [gguf] section")))?;
-            let mut r = section(parent, all, depth + 1)?;
-            // The parent's model_type is its own, not the child's.
-            r.model_type = None;
-            r
+            section(parent, all, depth + 1)?
         }
         None => Resolved::default(),
     };
+    // The parent's architectures and model_type are its own, not the child's.
+    r.architectures = sec.architectures.clone();
+    r.model_type = sec.model_type.clone();
     if let Some(p) = sec.rope_permuted {
         r.permuted = p;
     }

@@ -3,12 +3,12 @@
 use super::Result;
 use super::names::{self, ArchFamily, RowOrder};
 use super::reader::{Array, GgufFile, Value};
+use crate::checkpoint::plan::ModelParams;
 use kiln_compiler::import::{self, Imported};
-use kiln_compiler::ir::{Graph, Op};
+use kiln_compiler::ir::Graph;
 use kiln_compiler::spec::ResolvedSpec;
 use kiln_runtime::Tensor;
 use kiln_runtime::Weights;
-use std::collections::BTreeMap;
 use std::path::Path;
 
 impl GgufFile {
@@ -143,19 +143,9 @@ impl GgufFile {
         let family = self.family()?;
         let heads = rs.spec.attention.heads;
         let kv_heads = rs.spec.attention.kv_heads.unwrap_or(heads);
-        let mut declared: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for g in graphs {
-            for id in g.parameters() {
-                let node = g.node(id);
-                if let Op::Parameter { name, .. } = &node.op {
-                    let shape: Option<Vec<usize>> =
-                        node.ty.shape.iter().map(|d| d.as_const()).collect();
-                    if let Some(shape) = shape {
-                        declared.insert(name.clone(), shape);
-                    }
-                }
-            }
-        }
+        let declared = ModelParams::from_graphs(graphs)
+            .map_err(|e| self.error(format!("the model's parameters: {e}")))?
+            .shapes;
         let mut unknown = Vec::new();
         let mut weights = Weights::new();
         for info in self.tensors() {
