@@ -55,6 +55,7 @@ mod weights;
 
 pub mod backends;
 pub mod exec;
+pub mod quant;
 pub mod session;
 
 pub use backends::{Backend, Precision};

@@ -2,16 +2,25 @@
 //! [`Init`]s, and checking a weights map against a graph.
 
 use crate::error::{Result, RuntimeError};
+use crate::quant::QuantMatrix;
 use crate::tensor::Tensor;
 use kiln_compiler::ir::{DType, Graph, Init, Op};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// A map from canonical parameter name (`layers.3.attn.q.weight`) to tensor.
+///
+/// A parameter is a dense f32 [`Tensor`] or a weight kept in its stored
+/// block format ([`QuantMatrix`], from a GGUF file under
+/// `Precision::Stored`). Backends that execute from stored formats (the
+/// JIT) read the latter directly; every other reader goes through
+/// [`Weights::dense`], which decodes it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Weights {
     tensors: BTreeMap<String, Tensor>,
+    quantised: BTreeMap<String, QuantMatrix>,
 }
 
 /// One parameter declaration collected from a graph.
@@ -99,34 +108,119 @@ impl Weights {
         }
     }
 
-    /// Add or replace a tensor; returns the one it replaced.
+    /// Add or replace a dense tensor (a stored-format weight of that name
+    /// stays until removed: a backend may keep a decoded copy beside it);
+    /// returns the dense tensor it replaced.
     pub fn insert(&mut self, name: impl Into<String>, tensor: Tensor) -> Option<Tensor> {
         self.tensors.insert(name.into(), tensor)
     }
 
-    /// The tensor named `name`.
+    /// Add or replace a weight in its stored format; a dense tensor of that
+    /// name goes.
+    pub fn insert_quant(&mut self, name: impl Into<String>, weight: QuantMatrix) {
+        let name = name.into();
+        self.tensors.remove(&name);
+        self.quantised.insert(name, weight);
+    }
+
+    /// The dense tensor named `name` (not a stored-format weight: see
+    /// [`Weights::dense`]).
     pub fn get(&self, name: &str) -> Option<&Tensor> {
         self.tensors.get(name)
     }
 
-    /// Remove and return the tensor named `name`.
+    /// The stored-format weight named `name`.
+    pub fn quant(&self, name: &str) -> Option<&QuantMatrix> {
+        self.quantised.get(name)
+    }
+
+    /// Parameter `name` as a dense f32 tensor: the tensor itself, or its
+    /// stored-format weight decoded.
+    pub fn dense(&self, name: &str) -> Option<Result<Cow<'_, Tensor>>> {
+        match (self.tensors.get(name), self.quantised.get(name)) {
+            (Some(t), _) => Some(Ok(Cow::Borrowed(t))),
+            (None, Some(q)) => Some(q.dequantize().map(Cow::Owned)),
+            (None, None) => None,
+        }
+    }
+
+    /// The shape of parameter `name`, dense or stored.
+    pub fn shape_of(&self, name: &str) -> Option<&[usize]> {
+        (self.tensors.get(name).map(Tensor::shape))
+            .or_else(|| self.quant(name).map(QuantMatrix::shape))
+    }
+
+    /// Remove and return the dense tensor named `name`.
     pub fn remove(&mut self, name: &str) -> Option<Tensor> {
         self.tensors.remove(name)
     }
 
-    /// Number of tensors.
+    /// Remove and return the stored-format weight named `name`.
+    pub fn remove_quant(&mut self, name: &str) -> Option<QuantMatrix> {
+        self.quantised.remove(name)
+    }
+
+    /// Number of parameters (a name held both ways counts once).
     pub fn len(&self) -> usize {
         self.tensors.len()
+            + self
+                .quantised
+                .keys()
+                .filter(|n| !self.tensors.contains_key(*n))
+                .count()
     }
 
     /// Whether there are no tensors.
     pub fn is_empty(&self) -> bool {
-        self.tensors.is_empty()
+        self.tensors.is_empty() && self.quantised.is_empty()
     }
 
-    /// `(name, tensor)` pairs in name order.
+    /// `(name, tensor)` pairs of the dense tensors, in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
         self.tensors.iter().map(|(n, t)| (n.as_str(), t))
+    }
+
+    /// `(name, weight)` pairs of the stored-format weights, in name order.
+    pub fn iter_quant(&self) -> impl Iterator<Item = (&str, &QuantMatrix)> {
+        self.quantised.iter().map(|(n, t)| (n.as_str(), t))
+    }
+
+    /// Whether any weight is held in a stored format.
+    pub fn has_quantised(&self) -> bool {
+        !self.quantised.is_empty()
+    }
+
+    /// Elements of every parameter (each name once).
+    pub fn numel(&self) -> usize {
+        let dense: usize = self.tensors.values().map(Tensor::numel).sum();
+        let stored: usize = (self.quantised.iter())
+            .filter(|(n, _)| !self.tensors.contains_key(*n))
+            .map(|(_, q)| q.numel())
+            .sum();
+        dense + stored
+    }
+
+    /// Bytes the weights occupy: 4 per dense element, the stored bytes of
+    /// the others (shared with a mapped file or not).
+    pub fn n_bytes(&self) -> usize {
+        let dense: usize = self.tensors.values().map(|t| 4 * t.numel()).sum();
+        dense
+            + self
+                .quantised
+                .values()
+                .map(QuantMatrix::n_bytes)
+                .sum::<usize>()
+    }
+
+    /// Decode every stored-format weight into a dense tensor (for a model
+    /// that leaves stored precision: export, `--precision f32`).
+    pub fn decode_all(&mut self) -> Result<()> {
+        for (name, q) in std::mem::take(&mut self.quantised) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.tensors.entry(name) {
+                slot.insert(q.dequantize()?);
+            }
+        }
+        Ok(())
     }
 
     /// Check that every parameter of `graph` is present with dtype f32 and
@@ -137,6 +231,18 @@ impl Weights {
         let mut checked = std::collections::BTreeSet::new();
         for p in param_decls(graph) {
             if !checked.insert(p.name) {
+                continue;
+            }
+            if let (None, Some(q)) = (self.get(p.name), self.quant(p.name)) {
+                if p.shape.as_deref() != Some(q.shape()) {
+                    problems.push(format!(
+                        "`{}` is {} {:?} but the graph declares {}",
+                        p.name,
+                        q.formats_text(),
+                        q.shape(),
+                        p.declared
+                    ));
+                }
                 continue;
             }
             let Some(t) = self.get(p.name) else {

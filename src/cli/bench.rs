@@ -140,20 +140,26 @@ pub fn run(a: Args) -> Result<(), CliError> {
     // spec → graphs (lowering) → passes, fusion and code generation.
     let mut args = a.model.clone();
     args.backend = BackendRef(backends::reference());
-    args.precision = kiln_runtime::Precision::F32;
     let loaded = open_model(&args)?;
     let t0 = Instant::now();
     let relowered = lower(&loaded.spec)?;
     let lower_time = t0.elapsed();
     drop(relowered);
     // Counted before the JIT adds transposed copies of tied weights.
-    let params: usize = loaded.model.weights.iter().map(|(_, t)| t.numel()).sum();
+    let params: usize = loaded.model.weights.numel();
     let t1 = Instant::now();
     let model: Model = (loaded.model.with_precision(a.model.precision))
         .with_options(a.model.compile_options())
         .compile(backend.0)?;
     super::note_precision(&a.model, &model);
-    let weight_bytes = if model.f16_weights() { 2.0 } else { 4.0 };
+    // Bytes a decode step reads per parameter: the stored formats' own
+    // size where the weights stay in them.
+    let weight_bytes = if model.f16_weights() {
+        2.0
+    } else {
+        model.weights.n_bytes() as f64 / params.max(1) as f64
+    };
+    let weights_text = weights_text(&model);
     let prepare_time = t1.elapsed();
     // Spec → runnable code: lowering plus each graph's passes, fusion and
     // code generation (weight preparation is reported on its own).
@@ -202,7 +208,8 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let mut out = json!({
         "model": rs.spec.name,
         "backend": backend.to_string(),
-        "weights": if model.f16_weights() { "f16" } else { "f32" },
+        "weights": weights_text,
+        "precision": a.model.precision.to_string(),
         "threads": rayon::current_num_threads(),
         "seq_len": n,
         "parameters": params,
@@ -359,4 +366,27 @@ fn last_argmax(o: &kiln_runtime::Outputs) -> Result<i32, CliError> {
     let v = *l.shape().last().unwrap_or(&1);
     let d = l.to_f32_vec();
     Ok(argmax(&d[d.len() - v..]) as i32)
+}
+
+/// The weights' formats as benchmarked: `f16`, `f32`, or the stored formats
+/// with their share of the bytes (`Q4_1 96.6 MB + f32 0.1 MB`).
+fn weights_text(model: &Model) -> String {
+    if model.f16_weights() {
+        return "f16".into();
+    }
+    let mut bytes: std::collections::BTreeMap<String, usize> = Default::default();
+    for (_, q) in model.weights.iter_quant() {
+        for s in q.segments() {
+            *bytes.entry(s.format.name().to_string()).or_default() += s.bytes.len();
+        }
+    }
+    if bytes.is_empty() {
+        return "f32".into();
+    }
+    let dense: usize = model.weights.iter().map(|(_, t)| 4 * t.numel()).sum();
+    *bytes.entry("f32".into()).or_default() += dense;
+    let parts: Vec<String> = (bytes.iter())
+        .map(|(f, b)| format!("{f} {:.1} MB", *b as f64 / 1e6))
+        .collect();
+    parts.join(" + ")
 }

@@ -207,10 +207,13 @@ pub struct ModelArgs {
     /// attention, write-through, moe-dispatch, append-cache.
     #[arg(long = "disable-pass", value_name = "NAME")]
     pub disable_pass: Vec<String>,
-    /// How the weights are stored: `f32`, or `f16` (wgpu on an adapter with
-    /// SHADER_F16: half the weight memory, f32 arithmetic, outputs within
-    /// about 1e-2 of f32; kept f32 where the adapter lacks it).
-    #[arg(long, default_value = "f32")]
+    /// How the weights are stored: `stored` (as the checkpoint stores them:
+    /// a GGUF file's quantised, f16 and bf16 matrices run from their blocks
+    /// on the JIT; anything else is f32), `f32` (decoded at load), or `f16`
+    /// (wgpu on an adapter with SHADER_F16: half the weight memory, f32
+    /// arithmetic, outputs within about 1e-2 of f32; kept f32 where the
+    /// adapter lacks it).
+    #[arg(long, default_value = "stored")]
     pub precision: kiln_runtime::Precision,
     /// Memory the model may hold (weights, then each step's KV cache and
     /// activations), e.g. `8G`, `512M`, `1500000000`; more is refused up

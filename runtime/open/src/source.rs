@@ -102,8 +102,9 @@ pub struct OpenOptions<'a> {
     pub backend: &'static dyn Backend,
     /// What the compiler does before the backend gets the programs.
     pub compile: CompileOptions,
-    /// How the backend stores the weights (default: f32; f16 is a wgpu
-    /// option, see [`Precision`]).
+    /// How the backend stores the weights (default: as stored, which keeps
+    /// a GGUF file's quantised matrices in their format on the JIT; f16 is
+    /// a wgpu option, see [`Precision`]).
     pub precision: Precision,
     /// Bytes the model may hold: its weights, then each step's KV cache and
     /// activations ([`Model::set_memory_budget`]). `None`: the memory this
@@ -121,7 +122,7 @@ impl Default for OpenOptions<'_> {
             progress: None,
             backend: kiln_runtime::backends::default_backend(),
             compile: CompileOptions::default(),
-            precision: Precision::F32,
+            precision: Precision::Stored,
             memory_limit: None,
             strict: false,
         }
@@ -157,9 +158,7 @@ pub fn open(path: &Path, opts: OpenOptions<'_>) -> Result<LoadedModel, OpenError
     let mut model = (model.with_precision(precision).with_options(compile)).compile(backend)?;
     if let Some(b) = budget {
         // What is left after the weights bounds every step.
-        let weights: u64 = (model.weights.iter())
-            .map(|(_, t)| t.numel() as u64 * 4)
-            .sum();
+        let weights = model.weights.n_bytes() as u64;
         let left = b.bytes.saturating_sub(weights);
         model.set_memory_budget(Some(usize::try_from(left).unwrap_or(usize::MAX)));
     }
@@ -271,7 +270,7 @@ fn open_uncompiled(
             .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
     };
     if is_gguf(path) {
-        return open_gguf(path, budget);
+        return open_gguf(path, budget, opts.precision);
     }
     let hf_dir = if path.is_dir() {
         Some(path.to_path_buf())
@@ -293,7 +292,7 @@ fn open_uncompiled(
     }
     let rs = spec::load(path).map_err(Box::new)?;
     match opts.weights {
-        Some(w) if is_gguf(w) => with_gguf(rs, &GgufFile::open(w)?, budget),
+        Some(w) if is_gguf(w) => with_gguf(rs, &GgufFile::open(w)?, budget, opts.precision),
         Some(w) => with_checkpoint(rs, w, opts.progress, budget),
         None => {
             let lowered = lower(&rs).map_err(|e| internal(path, e))?;
@@ -384,9 +383,13 @@ fn with_checkpoint(
     })
 }
 
-fn open_gguf(path: &Path, budget: Option<Budget>) -> Result<LoadedModel, OpenError> {
+fn open_gguf(
+    path: &Path,
+    budget: Option<Budget>,
+    precision: Precision,
+) -> Result<LoadedModel, OpenError> {
     let file = GgufFile::open(path)?;
-    with_gguf(file.spec()?, &file, budget)
+    with_gguf(file.spec()?, &file, budget, precision)
 }
 
 /// `rs` run with the weights and tokenizer of a GGUF file.
@@ -394,12 +397,13 @@ fn with_gguf(
     rs: ResolvedSpec,
     file: &GgufFile,
     budget: Option<Budget>,
+    precision: Precision,
 ) -> Result<LoadedModel, OpenError> {
     let path = file.path();
     let lowered = lower(&rs).map_err(|e| internal(path, e))?;
     Budget::check(budget, path, &lowered)?;
     let graphs: Vec<_> = lowered.graphs().collect();
-    let weights = file.weights_for(&rs, &graphs)?;
+    let weights = file.weights_stored_for(&rs, &graphs, precision == Precision::Stored)?;
     for g in lowered.graphs() {
         // The mismatch names the file the tensors came from.
         weights.check(g).map_err(|e| OpenError::Source {

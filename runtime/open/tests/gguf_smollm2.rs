@@ -280,3 +280,72 @@ fn generates_paris_like_hugging_face() {
     assert_eq!(new, [7042, 30, 198, 198, 504, 2988, 314, 42]);
     assert_eq!(text, " Paris.\n\nThe answer is:");
 }
+
+/// The same model from the same file, with the weights kept in their
+/// stored format (Q4_1 matrices multiplied from their blocks, activations
+/// quantised per 32) and decoded to f32, teacher-forced over a text.
+#[test]
+fn stored_weights_run_from_the_mapped_blocks_close_to_f32() {
+    let f = require_file!();
+    let rs = f.spec().unwrap();
+    let lowered = lowered();
+    let graphs: Vec<_> = lowered.graphs().collect();
+    let stored = f.weights_stored_for(&rs, &graphs, true).unwrap();
+    let file_len = std::fs::metadata(f.path()).unwrap().len() as f64;
+    let n_quant = stored.iter_quant().count();
+    eprintln!(
+        "stored: {n_quant} matrices in their format, {:.1} MB of weights for a {:.1} MB file",
+        stored.n_bytes() as f64 / 1e6,
+        file_len / 1e6
+    );
+    // Every matrix but none of the f32 norms (tied embeddings: the table).
+    assert_eq!(n_quant, 211);
+    assert!((stored.n_bytes() as f64) < 1.2 * file_len);
+    // The text: the repository's README, its first 256 tokens.
+    let tok = f.tokenizer().unwrap();
+    let text = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let mut ids = tok.encode_i32(&text).unwrap();
+    ids.truncate(256);
+    let jit = kiln_runtime::backends::default_backend();
+    // A 16-token prefill (panels of decoded weights through the GEMM),
+    // then one token per step (dot products against activations
+    // quantised per 32: the decode kernels).
+    let run = |w: Weights, p: kiln_runtime::Precision| {
+        let m = Model::new(lowered.clone(), w)
+            .with_precision(p)
+            .compile(jit)
+            .unwrap();
+        let mut s = m.session();
+        let mut logits = s.forward(&ids[..16]).unwrap()["logits"]
+            .as_f32()
+            .unwrap()
+            .to_vec();
+        for &t in &ids[16..] {
+            let out = s.forward(&[t]).unwrap();
+            logits.extend_from_slice(out["logits"].as_f32().unwrap());
+        }
+        logits
+    };
+    let q = run(stored, kiln_runtime::Precision::Stored);
+    let d = run(weights().clone(), kiln_runtime::Precision::F32);
+    let vocab = 49152;
+    assert_eq!(q.len(), ids.len() * vocab);
+    let argmax = |v: &[f32]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
+    let mut agree = 0;
+    let mut max_diff = 0f32;
+    let mut rms = 0f64;
+    for (a, b) in q.chunks_exact(vocab).zip(d.chunks_exact(vocab)) {
+        agree += usize::from(argmax(a) == argmax(b));
+        for (x, y) in a.iter().zip(b) {
+            max_diff = max_diff.max((x - y).abs());
+            rms += f64::from(x - y).powi(2);
+        }
+    }
+    let rms = (rms / q.len() as f64).sqrt();
+    let share = agree as f64 / ids.len() as f64;
+    eprintln!(
+        "stored vs f32 over {} tokens: top-1 agreement {share:.4}, max |Δlogit| {max_diff:.4}, rms {rms:.4}",
+        ids.len()
+    );
+    assert!(share >= 0.95, "top-1 agreement {share}");
+}

@@ -399,8 +399,14 @@ impl Cached {
 /// How weights are stored where a backend offers a choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
-    /// f32 weights and arithmetic (every backend; the default).
+    /// The weights as the checkpoint stores them (the default): a GGUF
+    /// file's block-quantised, f16 and bf16 matrices stay in their format
+    /// on the JIT, which multiplies by them directly (other backends decode
+    /// them to f32); every other checkpoint runs in f32.
     #[default]
+    Stored,
+    /// f32 weights and arithmetic (every backend): stored formats are
+    /// decoded at load.
     F32,
     /// f16 weights, f32 arithmetic: the wgpu backend on an adapter with
     /// `SHADER_F16` (elsewhere it keeps f32). Half the weight memory and
@@ -411,6 +417,7 @@ pub enum Precision {
 impl fmt::Display for Precision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Precision::Stored => "stored",
             Precision::F32 => "f32",
             Precision::F16 => "f16",
         })
@@ -421,10 +428,11 @@ impl FromStr for Precision {
     type Err = RuntimeError;
     fn from_str(s: &str) -> Result<Self> {
         match s {
+            "stored" => Ok(Precision::Stored),
             "f32" => Ok(Precision::F32),
             "f16" => Ok(Precision::F16),
             other => Err(RuntimeError::Unsupported(format!(
-                "unknown precision `{other}`: expected `f32` or `f16`"
+                "unknown precision `{other}`: expected `stored`, `f32` or `f16`"
             ))),
         }
     }

@@ -278,7 +278,7 @@ impl<'g> Interpreter<'g> {
                     Cow::Borrowed(*t)
                 }
                 Op::Parameter { name, .. } => {
-                    Cow::Borrowed(weights.get(name).expect("checked by Weights::check"))
+                    weights.dense(name).expect("checked by Weights::check")?
                 }
                 Op::Reshape
                     if operands.len() == 1

@@ -126,10 +126,10 @@ pub(crate) fn param<'w>(
     name: &str,
     dtype: DType,
     shape: &[kiln_compiler::ir::Dim],
-) -> Result<&'w Tensor> {
+) -> Result<std::borrow::Cow<'w, Tensor>> {
     let t = weights
-        .get(name)
-        .ok_or_else(|| weights_err(program, format!("missing parameter `{name}`")))?;
+        .dense(name)
+        .ok_or_else(|| weights_err(program, format!("missing parameter `{name}`")))??;
     let want: Vec<usize> = shape.iter().map(|d| d.as_const().unwrap_or(0)).collect();
     if t.shape() != want.as_slice() || t.dtype() != dtype {
         return Err(weights_err(
@@ -153,7 +153,7 @@ pub(crate) fn param_or_join<'w>(
     dtype: DType,
     shape: &[kiln_compiler::ir::Dim],
 ) -> Result<std::borrow::Cow<'w, Tensor>> {
-    match (weights.get(name), p.joined.get(name)) {
+    match (weights.shape_of(name), p.joined.get(name)) {
         (None, Some(parts)) => {
             let t = join_rows(weights, name, parts)?;
             let want: Vec<usize> = shape.iter().map(|d| d.as_const().unwrap_or(0)).collect();
@@ -169,7 +169,7 @@ pub(crate) fn param_or_join<'w>(
             }
             Ok(std::borrow::Cow::Owned(t))
         }
-        _ => param(&p.name, weights, name, dtype, shape).map(std::borrow::Cow::Borrowed),
+        _ => param(&p.name, weights, name, dtype, shape),
     }
 }
 
@@ -180,8 +180,8 @@ pub fn join_rows(weights: &Weights, name: &str, parts: &[(String, usize)]) -> Re
     let mut data = Vec::new();
     for (part, _) in parts {
         let t = weights
-            .get(part)
-            .ok_or_else(|| weights_err(name, format!("missing parameter `{part}`")))?;
+            .dense(part)
+            .ok_or_else(|| weights_err(name, format!("missing parameter `{part}`")))??;
         let (r, c) = match t.shape() {
             [r, c] if t.dtype() == DType::F32 => (*r, *c),
             s => {

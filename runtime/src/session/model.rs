@@ -52,7 +52,7 @@ impl Model {
             parts,
             layout: None,
             memory_budget: None,
-            precision: Precision::F32,
+            precision: Precision::Stored,
             options: CompileOptions::default(),
             compiler_time: Duration::ZERO,
         }
@@ -72,7 +72,7 @@ impl Model {
     /// [`Model::weights`] then holds them as `[in, out]` until the model is
     /// compiled for another backend).
     pub fn compile(mut self, backend: &'static dyn Backend) -> Result<Self> {
-        if !backend.precisions().contains(&self.precision) {
+        if self.precision != Precision::Stored && !backend.precisions().contains(&self.precision) {
             let offered: Vec<String> = backend.precisions().iter().map(|p| p.to_string()).collect();
             return Err(RuntimeError::Unsupported(format!(
                 "{} weights are not offered by the {} backend (it offers {}): use `--precision {}`{}",
@@ -82,13 +82,17 @@ impl Model {
                 backend.precisions()[0],
                 match self.precision {
                     Precision::F16 => ", or `--backend wgpu` for f16",
-                    Precision::F32 => "",
+                    _ => "",
                 }
             )));
         }
         self.parts.clear();
         if let Some(layout) = self.layout.take() {
             layout.restore(&mut self.weights)?;
+        }
+        if self.precision != Precision::Stored {
+            // Only stored precision reads weights in their stored formats.
+            self.weights.decode_all()?;
         }
         let mut sources = Vec::new();
         let started = Instant::now();

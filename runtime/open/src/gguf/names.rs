@@ -417,6 +417,17 @@ pub fn unpermute_rope_rows(
             data.len()
         ));
     }
+    let order = rope_row_order(rows, n_head)?;
+    let mut out = Vec::with_capacity(data.len());
+    for &src in &order {
+        out.extend_from_slice(&data[src * cols..(src + 1) * cols]);
+    }
+    Ok(out)
+}
+
+/// The row order [`unpermute_rope_rows`] applies: row `i` of the result is
+/// row `order[i]` of the file's tensor.
+pub fn rope_row_order(rows: usize, n_head: usize) -> Result<Vec<usize>, String> {
     if n_head == 0 || !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) {
         return Err(format!(
             "{rows} rows cannot be split into {n_head} heads of an even width"
@@ -424,18 +435,15 @@ pub fn unpermute_rope_rows(
     }
     let hd = rows / n_head;
     let half = hd / 2;
-    let mut out = vec![0f32; data.len()];
+    let mut order = vec![0usize; rows];
     for h in 0..n_head {
         for j in 0..half {
             for p in 0..2 {
-                let src = h * hd + 2 * j + p;
-                let dst = h * hd + p * half + j;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
+                order[h * hd + p * half + j] = h * hd + 2 * j + p;
             }
         }
     }
-    Ok(out)
+    Ok(order)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 use super::dequant::{self, GgmlType};
 use super::{GgufError, Result};
 use kiln_runtime::Tensor;
+use kiln_runtime::quant::{QuantMatrix, SharedBytes};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -365,6 +366,12 @@ enum Bytes {
     Owned(Vec<u8>),
 }
 
+impl AsRef<[u8]> for Bytes {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
 impl std::ops::Deref for Bytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -379,7 +386,8 @@ impl std::ops::Deref for Bytes {
 /// memory-mapped.
 pub struct GgufFile {
     path: PathBuf,
-    bytes: Bytes,
+    /// Shared with the weights kept in their stored format.
+    bytes: std::sync::Arc<Bytes>,
     version: u32,
     metadata: Vec<(String, Value)>,
     metadata_index: HashMap<String, usize>,
@@ -457,7 +465,7 @@ impl GgufFile {
                     .collect();
                 Ok(GgufFile {
                     path,
-                    bytes,
+                    bytes: std::sync::Arc::new(bytes),
                     version: layout.version,
                     metadata: layout.metadata,
                     metadata_index,
@@ -569,6 +577,24 @@ impl GgufFile {
         // Bounds were checked at parse time.
         let start = (self.data_offset + t.offset) as usize;
         Ok(&self.bytes[start..start + t.n_bytes as usize])
+    }
+
+    /// A tensor in its stored block format, sharing the file's bytes (no
+    /// copy), or `None` when its type is not one the runtime executes from.
+    pub fn tensor_stored(&self, name: &str) -> Result<Option<QuantMatrix>> {
+        let t = self
+            .tensor(name)
+            .ok_or_else(|| self.error(format!("no tensor named `{name}`")))?;
+        let Some(format) = t.ty.block_format() else {
+            return Ok(None);
+        };
+        let start = (self.data_offset + t.offset) as usize;
+        let owner: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync> = self.bytes.clone();
+        let bytes = SharedBytes::shared(owner, start..start + t.n_bytes as usize)
+            .ok_or_else(|| self.error(format!("tensor `{name}` lies outside the file")))?;
+        QuantMatrix::new(format, &t.shape(), bytes)
+            .map(Some)
+            .map_err(|e| self.error(format!("tensor `{name}`: {e}")))
     }
 
     /// Dequantise a tensor to f32, shaped row-major ([`TensorInfo::shape`]).

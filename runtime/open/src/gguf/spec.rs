@@ -140,6 +140,19 @@ impl GgufFile {
     /// tensor no rule maps (and that the family does not ignore) is an error
     /// listing all such names.
     pub fn weights_for(&self, rs: &ResolvedSpec, graphs: &[&Graph]) -> Result<Weights> {
+        self.weights_stored_for(rs, graphs, false)
+    }
+
+    /// [`GgufFile::weights_for`], with every matrix whose type the runtime
+    /// executes from kept in that format over the file's mapped bytes (not
+    /// copied; RoPE-permuted Q/K rows are copied in their order) when
+    /// `stored`: `Precision::Stored`.
+    pub fn weights_stored_for(
+        &self,
+        rs: &ResolvedSpec,
+        graphs: &[&Graph],
+        stored: bool,
+    ) -> Result<Weights> {
         let family = self.family()?;
         let heads = rs.spec.attention.heads;
         let kv_heads = rs.spec.attention.kv_heads.unwrap_or(heads);
@@ -157,17 +170,45 @@ impl GgufFile {
                 continue;
             };
             let at = |e: String| self.error(format!("tensor `{}`: {e}", info.name));
+            let n_head = match mapped.rows {
+                RowOrder::AsIs => None,
+                RowOrder::RopeQ => Some(heads),
+                RowOrder::RopeK => Some(kv_heads),
+            }
+            .filter(|_| family.rope_permuted);
+            // Matrices stay in their stored format when asked (an offset
+            // needs the values).
+            let stored = if stored && info.shape().len() == 2 && mapped.offset == 0.0 {
+                self.tensor_stored(&info.name)?
+            } else {
+                None
+            };
+            if let Some(mut q) = stored {
+                let shape = q.shape().to_vec();
+                if let Some(n_head) = n_head {
+                    let order = names::rope_row_order(shape[0], n_head).map_err(at)?;
+                    q = q.permute_rows(&order).map_err(|e| at(e.to_string()))?;
+                }
+                for (target, start, want) in
+                    split_rows_of(&mapped, &declared, &shape).map_err(at)?
+                {
+                    let part = if start == 0 && want[0] == shape[0] {
+                        q.clone()
+                    } else {
+                        q.slice_rows(start, want[0])
+                            .map_err(|e| at(e.to_string()))?
+                    };
+                    let part = part.reshaped(&want).map_err(|e| at(e.to_string()))?;
+                    weights.insert_quant(target, part);
+                }
+                continue;
+            }
             let tensor = self.tensor_f32(&info.name)?;
             let shape = tensor.shape().to_vec();
             let rows = shape.first().copied().unwrap_or(1);
             let cols = shape.iter().skip(1).product::<usize>();
             let mut data = tensor.to_f32_vec();
-            let n_head = match mapped.rows {
-                RowOrder::AsIs => None,
-                RowOrder::RopeQ => Some(heads),
-                RowOrder::RopeK => Some(kv_heads),
-            };
-            if let Some(n_head) = n_head.filter(|_| family.rope_permuted) {
+            if let Some(n_head) = n_head {
                 data = names::unpermute_rope_rows(&data, rows, cols, n_head).map_err(at)?;
             }
             if mapped.offset != 0.0 {
@@ -181,42 +222,12 @@ impl GgufFile {
                 );
                 continue;
             }
-            // A fused tensor: consecutive row blocks, each as many rows as
-            // the model declares for its target.
-            let mut start = 0usize;
-            for t in &mapped.targets {
-                let want = declared.get(t).ok_or_else(|| {
-                    at(format!(
-                        "is split into `{}`, but the model has no parameter `{t}`",
-                        mapped.targets.join("`, `")
-                    ))
-                })?;
-                let t_rows = want.first().copied().unwrap_or(1);
-                let t_cols = want.iter().skip(1).product::<usize>();
-                if t_cols != cols || start + t_rows > rows {
-                    return Err(at(format!(
-                        "shape {shape:?} cannot be split into `{}` (declared {})",
-                        mapped.targets.join("`, `"),
-                        mapped
-                            .targets
-                            .iter()
-                            .map(|t| format!("{:?}", declared.get(t).cloned().unwrap_or_default()))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
-                let part = data[start * cols..(start + t_rows) * cols].to_vec();
+            for (target, start, want) in split_rows_of(&mapped, &declared, &shape).map_err(at)? {
+                let part = data[start * cols..(start + want[0]) * cols].to_vec();
                 weights.insert(
-                    t.clone(),
-                    Tensor::from_f32(want, part).map_err(|e| at(e.to_string()))?,
+                    target,
+                    Tensor::from_f32(&want, part).map_err(|e| at(e.to_string()))?,
                 );
-                start += t_rows;
-            }
-            if start != rows {
-                return Err(at(format!(
-                    "has {rows} rows but `{}` take {start}",
-                    mapped.targets.join("`, `")
-                )));
             }
         }
         if !unknown.is_empty() {
@@ -229,6 +240,55 @@ impl GgufFile {
         }
         Ok(weights)
     }
+}
+
+/// Where each target of `mapped` takes its rows of a tensor of `shape`:
+/// `(target, first row, declared shape)`. One target takes the whole
+/// tensor; a fused tensor is consecutive row blocks, each as many rows as
+/// the model declares for its target.
+fn split_rows_of(
+    mapped: &names::Mapped,
+    declared: &std::collections::BTreeMap<String, Vec<usize>>,
+    shape: &[usize],
+) -> std::result::Result<Vec<(String, usize, Vec<usize>)>, String> {
+    if let [one] = mapped.targets.as_slice() {
+        return Ok(vec![(one.clone(), 0, shape.to_vec())]);
+    }
+    let rows = shape.first().copied().unwrap_or(1);
+    let cols = shape.iter().skip(1).product::<usize>();
+    let mut out = Vec::new();
+    let mut start = 0usize;
+    for t in &mapped.targets {
+        let want = declared.get(t).ok_or_else(|| {
+            format!(
+                "is split into `{}`, but the model has no parameter `{t}`",
+                mapped.targets.join("`, `")
+            )
+        })?;
+        let t_rows = want.first().copied().unwrap_or(1);
+        let t_cols = want.iter().skip(1).product::<usize>();
+        if t_cols != cols || start + t_rows > rows {
+            return Err(format!(
+                "shape {shape:?} cannot be split into `{}` (declared {})",
+                mapped.targets.join("`, `"),
+                mapped
+                    .targets
+                    .iter()
+                    .map(|t| format!("{:?}", declared.get(t).cloned().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        out.push((t.clone(), start, want.clone()));
+        start += t_rows;
+    }
+    if start != rows {
+        return Err(format!(
+            "has {rows} rows but `{}` take {start}",
+            mapped.targets.join("`, `")
+        ));
+    }
+    Ok(out)
 }
 
 impl import::Metadata for GgufFile {

@@ -49,6 +49,12 @@ pub struct JitLayout {
     transposed: BTreeSet<String>,
     /// Joined weights built from their parts.
     joined: Joined,
+    /// Joined weights whose parts are all in stored formats: built from
+    /// their parts' blocks without copying (the parts stay).
+    joined_quant: Vec<String>,
+    /// Decoded copies of stored-format weights that are also read other
+    /// than by products and row gathers.
+    decoded: Vec<String>,
 }
 
 impl WeightLayout for JitLayout {
@@ -65,6 +71,12 @@ impl WeightLayout for JitLayout {
         for (name, parts) in &self.joined {
             split_rows(weights, name, parts)?;
         }
+        for name in &self.joined_quant {
+            weights.remove_quant(name);
+        }
+        for name in &self.decoded {
+            weights.remove(name);
+        }
         Ok(())
     }
 }
@@ -72,7 +84,7 @@ impl WeightLayout for JitLayout {
 /// Arrange `weights` for `graphs` (see the module docs) and point their
 /// kernels at the new layout.
 pub(super) fn arrange(graphs: &mut [&mut JitGraph], weights: &mut Weights) -> Result<JitLayout> {
-    let joined = join_weights(graphs, weights)?;
+    let (joined, joined_quant) = join_weights(graphs, weights)?;
     let mut reads: BTreeMap<String, ParamReads> = BTreeMap::new();
     for j in graphs.iter() {
         for (name, r) in j.param_reads() {
@@ -81,7 +93,19 @@ pub(super) fn arrange(graphs: &mut [&mut JitGraph], weights: &mut Weights) -> Re
     }
     let total: usize = weights.iter().map(|(_, t)| t.numel()).sum();
     let mut transposed = BTreeSet::new();
+    let mut decoded = Vec::new();
     for (name, r) in reads {
+        if weights.get(&name).is_none()
+            && let Some(q) = weights.quant(&name)
+        {
+            // Products and row gathers read the stored blocks themselves.
+            if r.other == 0 {
+                continue;
+            }
+            let t = q.dequantize()?;
+            weights.insert(name.clone(), t);
+            decoded.push(name.clone());
+        }
         if r.transposed_gemm == 0 {
             continue;
         }
@@ -104,7 +128,12 @@ pub(super) fn arrange(graphs: &mut [&mut JitGraph], weights: &mut Weights) -> Re
         }
         transposed.insert(stored_as);
     }
-    Ok(JitLayout { transposed, joined })
+    Ok(JitLayout {
+        transposed,
+        joined,
+        joined_quant,
+        decoded,
+    })
 }
 
 fn missing(name: &str) -> RuntimeError {
@@ -115,7 +144,9 @@ fn missing(name: &str) -> RuntimeError {
 
 /// Build each joined weight of the programs (merged projections) once, and
 /// drop the parts no program reads any more, so merging costs no memory.
-fn join_weights(graphs: &[&mut JitGraph], weights: &mut Weights) -> Result<Joined> {
+/// Parts all in stored formats join as segments over their bytes (returned
+/// second); the parts stay, sharing them.
+fn join_weights(graphs: &[&mut JitGraph], weights: &mut Weights) -> Result<(Joined, Vec<String>)> {
     let mut joined = BTreeMap::new();
     let mut read = BTreeSet::new();
     for j in graphs {
@@ -126,18 +157,32 @@ fn join_weights(graphs: &[&mut JitGraph], weights: &mut Weights) -> Result<Joine
             }
         }
     }
-    for (name, parts) in &joined {
-        if weights.get(name).is_none() {
-            let t = join_rows(weights, name, parts)?;
+    let mut dense = Joined::new();
+    let mut stored = Vec::new();
+    for (name, parts) in joined {
+        let quant: Option<Vec<&crate::quant::QuantMatrix>> = (parts.iter())
+            .map(|(p, _)| weights.get(p).is_none().then(|| weights.quant(p)).flatten())
+            .collect();
+        if let Some(qs) = quant {
+            if weights.quant(&name).is_none() {
+                let j = crate::quant::QuantMatrix::join_rows(&qs)?;
+                weights.insert_quant(name.clone(), j);
+                stored.push(name);
+            }
+            continue;
+        }
+        if weights.get(&name).is_none() {
+            let t = join_rows(weights, &name, &parts)?;
             weights.insert(name.clone(), t);
         }
-    }
-    for (part, _) in joined.values().flatten() {
-        if !read.contains(part) {
-            weights.remove(part);
+        for (part, _) in &parts {
+            if !read.contains(part) {
+                weights.remove(part);
+            }
         }
+        dense.push((name, parts));
     }
-    Ok(joined.into_iter().collect())
+    Ok((dense, stored))
 }
 
 /// Replace a rank-2 f32 weight by its transpose.

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 mod attention;
 mod gemm;
 pub mod layout;
+mod qgemm;
 mod run;
 mod store;
 
@@ -163,6 +164,14 @@ impl JitGraph {
     pub fn check_weights(&self, weights: &Weights) -> Result<()> {
         for b in &self.program.buffers {
             if let BufferKind::Param(name) = &b.kind {
+                // A stored-format weight: its shape was checked against the
+                // graph ([`Weights::check`]); decoding it here would cost
+                // the memory it saves.
+                let stored = |n: &str| weights.get(n).is_none() && weights.quant(n).is_some();
+                let joined = self.program.joined.get(name);
+                if stored(name) || joined.is_some_and(|ps| ps.iter().all(|(p, _)| stored(p))) {
+                    continue;
+                }
                 param_or_join(&self.program, weights, name, b.dtype, &b.shape)?;
             }
         }

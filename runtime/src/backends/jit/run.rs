@@ -10,6 +10,7 @@ use crate::backends::profile::Profile;
 use crate::error::Result;
 use crate::exec::interpreter::Outputs;
 use crate::exec::program::param_or_join;
+use crate::quant::QuantMatrix;
 use crate::tensor::{Tensor, TensorData};
 use crate::weights::Weights;
 use kiln_compiler::codegen::cranelift::KernelFn;
@@ -25,6 +26,9 @@ use std::time::Instant;
 /// kernel's evaluated size table and function, the run's lengths.
 struct At<'a> {
     ptrs: &'a [*mut u8],
+    /// Parameters read from their stored format, by buffer (their pointer
+    /// is null).
+    quant: &'a [Option<&'a QuantMatrix>],
     bufs: Ptrs,
     sizes: &'a [i64],
     func: Option<KernelFn>,
@@ -107,9 +111,19 @@ impl JitGraph {
         let mut built: Vec<Tensor> = Vec::new();
         let mut outputs: Vec<Option<TensorData>> = vec![None; p.buffers.len()];
         let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); p.buffers.len()];
+        let mut quant: Vec<Option<&QuantMatrix>> = vec![None; p.buffers.len()];
         for (id, b) in p.buffers.iter().enumerate() {
             if let Some(ptr) = stored[id] {
                 ptrs[id] = ptr;
+                continue;
+            }
+            // A weight the layout left in its stored format (read only by
+            // products and row gathers, which decode it themselves).
+            if let BufferKind::Param(name) = &b.kind
+                && weights.get(name).is_none()
+                && let Some(q) = weights.quant(name)
+            {
+                quant[id] = Some(q);
                 continue;
             }
             ptrs[id] = match &b.kind {
@@ -166,6 +180,7 @@ impl JitGraph {
             let sizes: Vec<i64> = ck.sizes.iter().map(&eval).collect::<Result<_>>()?;
             let at = At {
                 ptrs: &ptrs,
+                quant: &quant,
                 bufs,
                 sizes: &sizes,
                 func: ck.func,
@@ -253,7 +268,10 @@ impl JitGraph {
                     b: eval_view(b, eval)?,
                     out: eval_view(out, eval)?,
                 };
-                let computed = g.launch(ptrs, func, bufs, sizes);
+                let computed = match at.quant[g.b.buf] {
+                    Some(w) => g.launch_quant(w, ptrs, func, bufs, sizes)?,
+                    None => g.launch(ptrs, func, bufs, sizes),
+                };
                 flops = 2.0 * (computed * g.n * g.k) as f64;
             }
             Kernel::Attention(kinds::Attention {
@@ -295,7 +313,10 @@ impl JitGraph {
                 let ishape = dims(indices_shape)?;
                 let iv = eval_view(indices, eval)?;
                 let tables = (*out, *table, p.buffers[*table].dtype);
-                if self.transposed_gathers.contains(&ki) {
+                if let Some(w) = at.quant[*table] {
+                    gather_indices(ptrs, &ishape, &iv, w.rows())
+                        .and_then(|picked| super::qgemm::gather_quant(ptrs, *out, w, &picked))
+                } else if self.transposed_gathers.contains(&ki) {
                     gather_columns(ptrs, tables, &tshape, &ishape, &iv)
                 } else {
                     gather(ptrs, tables, &tshape, &ishape, &iv, *axis)

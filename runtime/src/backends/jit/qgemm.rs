@@ -1,0 +1,199 @@
+//! Products with weights kept in their stored format ([`QuantMatrix`]):
+//! decode-sized products (few rows) as row dot products against quantised
+//! activations ([`crate::quant::dot`]); larger ones decode a panel of
+//! weight rows to f32 at a time and multiply it through the GEMM library.
+//! The generated epilogue runs over each finished block, as for f32.
+
+use super::gemm::GemmCall;
+use super::run::{Ptrs, unflatten};
+use crate::error::{Result, RuntimeError};
+use crate::quant::{Isa, Q8Acts, QuantMatrix};
+use kiln_compiler::codegen::cranelift::KernelFn;
+use rayon::prelude::*;
+
+/// Rows of activations up to which a product runs as dot products.
+pub(super) const QUANT_DOT_MAX_ROWS: usize = 8;
+
+fn internal(m: String) -> RuntimeError {
+    RuntimeError::Internal { message: m }
+}
+
+impl GemmCall {
+    /// Run the product with `b` read from `w` (its `[n, k]` rows as the
+    /// `k × n` operand); returns the rows computed.
+    pub(super) fn launch_quant(
+        &self,
+        w: &QuantMatrix,
+        ptrs: &[*mut u8],
+        epilogue: Option<KernelFn>,
+        bufs: Ptrs,
+        sizes: &[i64],
+    ) -> Result<usize> {
+        let (m, n, k) = (self.m, self.n, self.k);
+        let b = &self.b;
+        let r = b.strides.len();
+        if self.rows.is_some()
+            || b.off != 0
+            || b.strides[..r - 2].iter().any(|&s| s != 0)
+            || b.rs() != 1
+            || b.cs() != k as isize
+            || w.cols() != k
+            || w.rows() != n
+        {
+            return Err(internal(format!(
+                "a stored-format weight {w:?} read as a {k}×{n} operand with strides {:?}",
+                b.strides
+            )));
+        }
+        if m == 0 || n == 0 {
+            return Ok(0);
+        }
+        let nb: usize = self.batch.iter().product();
+        let rows = nb * m;
+        let isa = Isa::detect();
+        let threads = rayon::current_num_threads();
+        let pa = ptrs[self.a.buf] as usize;
+        let po = ptrs[self.out.buf] as usize;
+        // Activation row `t` (over batch points and rows) as a slice.
+        let a_row = |t: usize, buf: &mut Vec<f32>| {
+            let (bi, i) = (t / m, t % m);
+            let off = self.a.batch_offset(&unflatten(bi, &self.batch)) as isize
+                + i as isize * self.a.rs();
+            let acs = self.a.cs();
+            buf.clear();
+            // SAFETY: row `i` of batch point `bi` of `a` lies inside its buffer.
+            buf.extend(
+                (0..k).map(|p| unsafe { *(pa as *const f32).offset(off + p as isize * acs) }),
+            );
+        };
+        let out_at = |t: usize, j: usize| -> *mut f32 {
+            let (bi, i) = (t / m, t % m);
+            let off = self.out.batch_offset(&unflatten(bi, &self.batch)) as isize
+                + i as isize * self.out.rs()
+                + j as isize * self.out.cs();
+            // SAFETY: element (i, j) of batch point `bi` lies inside `out`.
+            unsafe { (po as *mut f32).offset(off) }
+        };
+        let run_epilogue = |j0: usize, j1: usize| {
+            if let Some(f) = epilogue {
+                for bi in 0..nb {
+                    let r0 = (bi * m) as i64;
+                    // SAFETY: the generated epilogue over a finished block.
+                    unsafe {
+                        f(
+                            bufs.get(),
+                            sizes.as_ptr(),
+                            r0,
+                            r0 + m as i64,
+                            j0 as i64,
+                            j1 as i64,
+                        )
+                    };
+                }
+            }
+        };
+        if rows <= QUANT_DOT_MAX_ROWS {
+            let mut x = Vec::with_capacity(k);
+            let acts: Vec<Q8Acts> = (0..rows)
+                .map(|t| {
+                    a_row(t, &mut x);
+                    Q8Acts::new(&x)
+                })
+                .collect();
+            // Enough column chunks to balance the threads, each a few
+            // dozen weight rows.
+            let chunk = n.div_ceil(8 * threads).clamp(16, 256);
+            let work = |c: usize| {
+                let (j0, j1) = (c * chunk, ((c + 1) * chunk).min(n));
+                for j in j0..j1 {
+                    let (format, row) = w.row(j);
+                    for (t, a) in acts.iter().enumerate() {
+                        let v = crate::quant::dot::dot(isa, format, row, a);
+                        // SAFETY: each (t, j) is written by one chunk only.
+                        unsafe { *out_at(t, j) = v };
+                    }
+                }
+                run_epilogue(j0, j1);
+            };
+            let chunks = n.div_ceil(chunk);
+            if chunks == 1 || threads == 1 || n * k < 1 << 15 {
+                (0..chunks).for_each(work);
+            } else {
+                (0..chunks).into_par_iter().for_each(work);
+            }
+            return Ok(rows);
+        }
+        // Larger products: the activations once, contiguous, then panels of
+        // decoded weight rows.
+        let mut a = Vec::with_capacity(rows * k);
+        let mut x = Vec::with_capacity(k);
+        for t in 0..rows {
+            a_row(t, &mut x);
+            a.extend_from_slice(&x);
+        }
+        let chunk = (n.div_ceil(4 * threads).div_ceil(16) * 16).clamp(16, 512);
+        let (ors, ocs) = (self.out.rs(), self.out.cs());
+        let work = |c: usize| {
+            let (j0, j1) = (c * chunk, ((c + 1) * chunk).min(n));
+            let nt = j1 - j0;
+            let mut panel = vec![0f32; nt * k];
+            w.decode_rows(j0..j1, &mut panel);
+            for bi in 0..nb {
+                // SAFETY: rows of batch point `bi` of the packed activations
+                // and block (·, j0..j1) of `out`, written by this chunk only.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        nt,
+                        k,
+                        out_at(bi * m, j0),
+                        ocs,
+                        ors,
+                        false,
+                        a.as_ptr().add(bi * m * k),
+                        1,
+                        k as isize,
+                        panel.as_ptr(),
+                        k as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            }
+            run_epilogue(j0, j1);
+        };
+        let chunks = n.div_ceil(chunk);
+        if chunks == 1 || threads == 1 {
+            (0..chunks).for_each(work);
+        } else {
+            (0..chunks).into_par_iter().for_each(work);
+        }
+        Ok(rows)
+    }
+}
+
+/// Rows `index[t]` of a stored-format 2-D table, decoded into a contiguous
+/// f32 output.
+pub(super) fn gather_quant(
+    ptrs: &[*mut u8],
+    out: usize,
+    w: &QuantMatrix,
+    picked: &[usize],
+) -> std::result::Result<(), String> {
+    let cols = w.cols();
+    let dst = ptrs[out] as *mut f32;
+    for (t, &r) in picked.iter().enumerate() {
+        if r >= w.rows() {
+            return Err(format!("index {r} out of range [0, {})", w.rows()));
+        }
+        // SAFETY: output row `t` of `cols` floats lies inside `out`.
+        let o = unsafe { std::slice::from_raw_parts_mut(dst.add(t * cols), cols) };
+        w.decode_rows(r..r + 1, o);
+    }
+    Ok(())
+}

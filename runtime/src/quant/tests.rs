@@ -1,0 +1,279 @@
+//! The product kernels against the portable reference, and the reference
+//! against the decoded weights, on random blocks of every format.
+
+use super::blocks::BlockFormat;
+use super::dot::{Isa, Q8Acts, dot, dot_portable};
+use super::matrix::{QuantMatrix, SharedBytes};
+use rand::{Rng, RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Formats with a product kernel.
+fn kernel_formats() -> Vec<BlockFormat> {
+    BlockFormat::ALL
+        .into_iter()
+        .filter(|f| f.has_kernel())
+        .collect()
+}
+
+fn f16_bits(x: f32) -> u16 {
+    half_bits(x)
+}
+
+/// f32 → IEEE half bits for the exactly representable values these tests use.
+fn half_bits(x: f32) -> u16 {
+    if x == 0.0 {
+        return 0;
+    }
+    let b = x.to_bits();
+    let sign = ((b >> 16) & 0x8000) as u16;
+    let exp = ((b >> 23) & 0xff) as i32 - 127 + 15;
+    assert!((1..31).contains(&exp), "{x} is not a normal f16");
+    let mant = ((b >> 13) & 0x3ff) as u16;
+    assert_eq!(b & 0x1fff, 0, "{x} is not exact in f16");
+    sign | ((exp as u16) << 10) | mant
+}
+
+/// One random row of `cols` elements. `exact` keeps scales powers of two
+/// and values small, so every product and sum the kernels form is exact in
+/// f32 whatever their order.
+fn random_row(format: BlockFormat, cols: usize, rng: &mut ChaCha8Rng, exact: bool) -> Vec<u8> {
+    let mut row = vec![0u8; format.row_bytes(cols).unwrap()];
+    rng.fill_bytes(&mut row);
+    let scale = |rng: &mut ChaCha8Rng, min: bool| -> u16 {
+        if exact {
+            f16_bits(if min { 1.0 / 32.0 } else { 1.0 / 16.0 })
+        } else {
+            let v: f32 = rng.random_range(0.001..0.2);
+            f16_bits(round_f16(if min && rng.random_bool(0.5) { -v } else { v }))
+        }
+    };
+    let put = |row: &mut [u8], at: usize, h: u16| row[at..at + 2].copy_from_slice(&h.to_le_bytes());
+    match format {
+        BlockFormat::F16 | BlockFormat::BF16 => {
+            for e in row.chunks_exact_mut(2) {
+                let v = if exact {
+                    rng.random_range(-16i32..=16) as f32 / 16.0
+                } else {
+                    round_f16(rng.random_range(-1.0f32..1.0))
+                };
+                let h = if format == BlockFormat::F16 {
+                    f16_bits(v)
+                } else {
+                    (v.to_bits() >> 16) as u16
+                };
+                e.copy_from_slice(&h.to_le_bytes());
+            }
+        }
+        _ => {
+            for b in row.chunks_exact_mut(format.block_bytes()) {
+                match format {
+                    BlockFormat::Q8_0 | BlockFormat::Q4_0 | BlockFormat::Q5_0 => {
+                        let d = scale(rng, false);
+                        put(b, 0, d)
+                    }
+                    BlockFormat::Q4_1 | BlockFormat::Q5_1 => {
+                        let (d, m) = (scale(rng, false), scale(rng, true));
+                        put(b, 0, d);
+                        put(b, 2, m);
+                    }
+                    BlockFormat::Q4_K | BlockFormat::Q5_K => {
+                        let (d, m) = (scale(rng, false), scale(rng, true));
+                        put(b, 0, d);
+                        put(b, 2, m);
+                    }
+                    BlockFormat::Q6_K => {
+                        let d = scale(rng, false);
+                        put(b, 208, d)
+                    }
+                    _ => unreachable!(),
+                }
+            }
+        }
+    }
+    row
+}
+
+/// The nearest value an f16 holds (within its normal range).
+fn round_f16(x: f32) -> f32 {
+    if x.abs() < 1.0 / 16384.0 {
+        return 0.0;
+    }
+    let b = x.to_bits();
+    let r = (b + 0x1000) & !0x1fff;
+    f32::from_bits(r)
+}
+
+fn random_acts(cols: usize, rng: &mut ChaCha8Rng, exact: bool) -> Vec<f32> {
+    let mut x: Vec<f32> = (0..cols)
+        .map(|_| {
+            if exact {
+                rng.random_range(-8i32..=8) as f32 / 64.0
+            } else {
+                rng.random_range(-2.0f32..2.0)
+            }
+        })
+        .collect();
+    if exact {
+        // One ±127/64 per block: each block's scale is then exactly 1/64.
+        for b in 0..cols / 32 {
+            let i = 32 * b + rng.random_range(0..32);
+            x[i] = if rng.random_bool(0.5) { 127.0 } else { -127.0 } / 64.0;
+        }
+    }
+    x
+}
+
+fn available() -> Vec<Isa> {
+    Isa::ALL.into_iter().filter(|i| i.available()).collect()
+}
+
+#[test]
+fn every_path_agrees_bit_for_bit_where_the_arithmetic_is_exact() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for format in kernel_formats() {
+        for cols in [256, 512, 768] {
+            for _ in 0..20 {
+                let row = random_row(format, cols, &mut rng, true);
+                let a = Q8Acts::new(&random_acts(cols, &mut rng, true));
+                assert!(
+                    a.d.iter().all(|&d| d == 1.0 / 64.0),
+                    "exact activation scales"
+                );
+                let want = dot_portable(format, &row, &a);
+                // The exact value, from the decoded weights in f64.
+                let mut w = vec![0f32; cols];
+                format.decode(&row, &mut w);
+                let exact: f64 = (w.iter().zip(&a.x))
+                    .map(|(&w, &x)| f64::from(w) * f64::from(x))
+                    .sum();
+                assert_eq!(
+                    f64::from(want),
+                    exact,
+                    "{format}: portable vs the decoded weights"
+                );
+                for isa in available() {
+                    let got = dot(isa, format, &row, &a);
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "{format} on {}: {got} vs {want}",
+                        isa.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_path_matches_the_decoded_weights_on_random_blocks() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    for format in kernel_formats() {
+        for cols in [256, 2048] {
+            for _ in 0..20 {
+                let row = random_row(format, cols, &mut rng, false);
+                let x = random_acts(cols, &mut rng, false);
+                let a = Q8Acts::new(&x);
+                let mut w = vec![0f32; cols];
+                format.decode(&row, &mut w);
+                // Against the quantised activations: only f32 rounding differs.
+                let dq: Vec<f64> = (0..cols)
+                    .map(|i| f64::from(a.d[i / 32]) * f64::from(a.q[i]))
+                    .collect();
+                let (exact, mag) = (w.iter().zip(&dq)).fold((0f64, 0f64), |(s, m), (&w, &x)| {
+                    (s + f64::from(w) * x, m + (f64::from(w) * x).abs())
+                });
+                let xs = if matches!(format, BlockFormat::F16 | BlockFormat::BF16) {
+                    x.iter().map(|&v| f64::from(v)).collect::<Vec<_>>()
+                } else {
+                    dq.clone()
+                };
+                let exact_x: f64 = (w.iter().zip(&xs)).map(|(&w, &x)| f64::from(w) * x).sum();
+                for isa in available() {
+                    let got = f64::from(dot(isa, format, &row, &a));
+                    let want = if matches!(format, BlockFormat::F16 | BlockFormat::BF16) {
+                        exact_x
+                    } else {
+                        exact
+                    };
+                    let bound = 1e-5 * mag.max(1e-3);
+                    assert!(
+                        (got - want).abs() <= bound,
+                        "{format} on {}: {got} vs {want} (bound {bound})",
+                        isa.name()
+                    );
+                }
+                // Quantising the activations costs at most half a step per value.
+                let full: f64 = (w.iter().zip(&x))
+                    .map(|(&w, &x)| f64::from(w) * f64::from(x))
+                    .sum();
+                let step: f64 = (0..cols)
+                    .map(|i| 0.5 * f64::from(a.d[i / 32]) * f64::from(w[i]).abs())
+                    .sum();
+                assert!(
+                    (exact_x - full).abs() <= step + 1e-9,
+                    "{format}: activation rounding"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn activations_round_like_ggml() {
+    let mut x = vec![0f32; 32];
+    x[0] = 1.27;
+    x[1] = -0.005; // -0.5 steps: rounds away from zero
+    x[2] = 0.004;
+    let a = Q8Acts::new(&x);
+    assert_eq!(a.d[0], 1.27 / 127.0);
+    assert_eq!((a.q[0], a.q[1], a.q[2]), (127, -1, 0));
+    assert_eq!(a.sum[0], 126);
+    assert_eq!(a.sum16, vec![126, 0]);
+    // An all-zero block has scale zero and no NaN.
+    let z = Q8Acts::new(&[0.0; 32]);
+    assert_eq!((z.d[0], z.q[0]), (0.0, 0));
+}
+
+#[test]
+fn matrices_join_slice_and_permute_rows_without_changing_them() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let a = random_row(BlockFormat::Q4_1, 64 * 3, &mut rng, false);
+    let b = random_row(BlockFormat::Q8_0, 64 * 2, &mut rng, false);
+    let ma = QuantMatrix::new(BlockFormat::Q4_1, &[3, 64], SharedBytes::from_vec(a)).unwrap();
+    let mb = QuantMatrix::new(BlockFormat::Q8_0, &[2, 64], SharedBytes::from_vec(b)).unwrap();
+    let j = QuantMatrix::join_rows(&[&ma, &mb]).unwrap();
+    assert_eq!(
+        (j.rows(), j.cols(), j.formats_text().as_str()),
+        (5, 64, "Q4_1+Q8_0")
+    );
+    let dense = j.dequantize().unwrap();
+    let d = dense.as_f32().unwrap();
+    assert_eq!(&d[..192], ma.dequantize().unwrap().as_f32().unwrap());
+    assert_eq!(&d[192..], mb.dequantize().unwrap().as_f32().unwrap());
+    let s = j.slice_rows(2, 2).unwrap();
+    assert_eq!(s.formats_text(), "Q4_1+Q8_0");
+    assert_eq!(s.dequantize().unwrap().as_f32().unwrap(), &d[128..256]);
+    let p = j.permute_rows(&[4, 0, 1, 3, 2]).unwrap();
+    let pd = p.dequantize().unwrap();
+    let pd = pd.as_f32().unwrap();
+    for (i, &r) in [4, 0, 1, 3, 2].iter().enumerate() {
+        assert_eq!(&pd[64 * i..64 * i + 64], &d[64 * r..64 * r + 64]);
+    }
+    assert!(
+        QuantMatrix::new(
+            BlockFormat::Q4_0,
+            &[2, 48],
+            SharedBytes::from_vec(vec![0; 54])
+        )
+        .is_err()
+    );
+    assert!(
+        QuantMatrix::new(
+            BlockFormat::Q4_0,
+            &[2, 32],
+            SharedBytes::from_vec(vec![0; 35])
+        )
+        .is_err()
+    );
+}
