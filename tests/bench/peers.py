@@ -1,17 +1,28 @@
 #!/usr/bin/env python3
-"""Peer benchmarks: PyTorch (transformers) and ONNX Runtime on kiln's workloads.
+"""Peer benchmarks: PyTorch (transformers), ONNX Runtime (f32 and int8) and
+llama.cpp (node-llama-cpp) on kiln's workloads.
 
-Opt-in; not part of CI. Set up the environment with tests/bench/setup_venv.sh,
-then run e.g.
+Opt-in; not part of CI. Set up the environment with tests/bench/setup_venv.sh
+(and tests/bench/setup_llamacpp.sh for llama.cpp), then run e.g.
 
     /work/venv-bench/bin/python tests/bench/peers.py --threads 2 --iters 10 \
         [--kiln target/release/kiln]
+    /work/venv-bench/bin/python tests/bench/peers.py --only gguf   # llama.cpp + kiln
 
-Workloads (batch 1, f32, random weights -- speed does not depend on values):
+Spec workloads (batch 1, f32, random weights -- speed does not depend on values;
+backends torch, onnxruntime, ort-int8, kiln):
   bert     bert-base-uncased BertModel (with pooler) encode, seq 128
   gpt2     gpt2 LM: prefill 128 tokens (full logits), then 64 greedy decode
            steps with the KV cache
   smollm2  SmolLM2-135M (Llama) LM: same as gpt2
+
+GGUF workloads (the real SmolLM2-135M-Instruct file, the same file for every
+backend; backends llamacpp, kiln): prefill 128 tokens, then 64 greedy decode
+steps
+  smollm2-q4_1  the shipped Q4_1 file ($SMOLLM2_GGUF)
+  smollm2-q8_0  Q8_0 written from it by requant_gguf.py (cached)
+  smollm2-f16   F16 written from it by requant_gguf.py (cached)
+  smollm2-f32   F32 written from it (not in the `gguf` group)
 
 stdout: one JSON object per line. The first line describes the machine and the
 library versions; each later line is one (model, backend) row. stderr: progress
@@ -46,6 +57,26 @@ MODELS = {
     "gpt2": {"name": "gpt2", "spec": "models/gpt2.toml", "kind": "decoder"},
     "smollm2": {"name": "smollm2-135m", "spec": "models/smollm2-135m.toml", "kind": "decoder"},
 }
+SPEC_BACKENDS = ("torch", "onnxruntime", "ort-int8")
+
+# GGUF workloads: one real checkpoint file run by llama.cpp and by kiln. `gguf_type` None is the
+# shipped file itself; otherwise requant_gguf.py writes that format from it.
+GGUF_MODELS = {
+    "smollm2-q4_1": {"name": "smollm2-135m-instruct.q4_1", "source": "smollm2", "gguf_type": None},
+    "smollm2-q8_0": {"name": "smollm2-135m-instruct.q8_0", "source": "smollm2", "gguf_type": "q8_0"},
+    "smollm2-f16": {"name": "smollm2-135m-instruct.f16", "source": "smollm2", "gguf_type": "f16"},
+    "smollm2-f32": {"name": "smollm2-135m-instruct.f32", "source": "smollm2", "gguf_type": "f32"},
+}
+GGUF_BACKENDS = ("llamacpp",)
+ALL_BACKENDS = SPEC_BACKENDS + GGUF_BACKENDS + ("kiln",)
+# --only groups.
+GROUPS = {
+    "spec": list(MODELS),
+    "gguf": ["smollm2-q4_1", "smollm2-q8_0", "smollm2-f16"],
+    "all": list(MODELS) + list(GGUF_MODELS),
+}
+LLAMACPP_DIR = os.environ.get("KILN_LLAMACPP_DIR") or "/work/node-peers"
+LLAMACPP_RUNNER = REPO / "tests" / "bench" / "llamacpp" / "bench.mjs"
 
 
 def log(*a):
@@ -101,11 +132,29 @@ def machine_info(args):
         "decode_tokens": DECODE_TOKENS,
         "versions": {},
     }
-    for mod in ("torch", "transformers", "onnxruntime", "onnx", "onnxscript", "numpy"):
+    for mod in ("torch", "transformers", "onnxruntime", "onnx", "onnxscript", "numpy", "gguf"):
+        if mod == "gguf" and not args.gguf_keys:
+            continue
         try:
-            info["versions"][mod] = __import__(mod).__version__
+            if mod == "gguf":  # has no __version__
+                import importlib.metadata
+
+                __import__(mod)
+                info["versions"][mod] = importlib.metadata.version(mod)
+            else:
+                info["versions"][mod] = __import__(mod).__version__
         except Exception as e:  # noqa: BLE001
             info["versions"][mod] = f"unavailable ({err_text(e)})"
+    if "llamacpp" in args.all_backends:
+        try:
+            pkg = Path(args.llamacpp_dir) / "node_modules" / "node-llama-cpp" / "package.json"
+            info["versions"]["node-llama-cpp"] = json.loads(pkg.read_text())["version"]
+        except Exception as e:  # noqa: BLE001
+            info["versions"]["node-llama-cpp"] = f"unavailable ({err_text(e)})"
+        try:
+            info["versions"]["node"] = subprocess.run([args.node, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+        except Exception as e:  # noqa: BLE001
+            info["versions"]["node"] = f"unavailable ({err_text(e)})"
     return info
 
 
@@ -337,17 +386,68 @@ def _export_decoder(m):
     )
 
 
+def quantize_int8(f32_path):
+    """Dynamic int8 quantisation of an exported f32 graph, cached beside it as model.int8.onnx.
+
+    Returns (path, quantize_ms or None if cached)."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    f32_path = Path(f32_path)
+    # Keyed by the ORT version too: the quantiser's output may change between releases.
+    tag = "".join(c if c.isalnum() or c in "-._" else "_" for c in ort.__version__)
+    path = f32_path.with_name(f"model.int8-ort{tag}.onnx")
+    if path.is_file():
+        return path, None
+    tmp = f32_path.with_name(f".{path.name}.tmp-{os.getpid()}.onnx")
+    t0 = time.perf_counter()
+    try:
+        with quiet():
+            quantize_dynamic(str(f32_path), str(tmp), weight_type=QuantType.QInt8)
+        ms = round((time.perf_counter() - t0) * 1e3, 1)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path, ms
+
+
+def onnx_op_counts(path, ops=("MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "QAttention", "ConvInteger", "MatMul", "Gemm")):
+    """How many nodes of each (quantised or not) matmul-like op the graph has, functions included."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    counts = {}
+    nodes = list(model.graph.node)
+    for f in model.functions:
+        nodes += list(f.node)
+    for n in nodes:
+        if n.op_type in ops:
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return counts
+
+
 # --------------------------------------------------------------------------- onnxruntime
 
 
-def bench_ort(key, m, args, row):
+def bench_ort(key, m, args, row, int8=False):
     import numpy as np
     import onnxruntime as ort
 
     path, export_ms = export_onnx(key, m)
-    row["onnx_path"] = str(path)
     row["export_ms"] = export_ms  # None: reused from the cache
     row["export_cached"] = export_ms is None
+    if int8:
+        row["onnx_f32_path"] = str(path)
+        path, quantize_ms = quantize_int8(path)
+        row["quantization"] = "quantize_dynamic(weight_type=QInt8)"
+        row["quantize_ms"] = quantize_ms  # None: reused from the cache
+        row["quantize_cached"] = quantize_ms is None
+        try:
+            row["int8_ops"] = onnx_op_counts(path)
+        except Exception as e:  # noqa: BLE001
+            row["int8_ops_error"] = err_text(e)
+    row["onnx_path"] = str(path)
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -365,7 +465,7 @@ def bench_ort(key, m, args, row):
     # Sanity check that the (possibly cached) graph is this model: compare
     # against one torch forward on the same input.
     try:
-        row["parity_max_abs_diff"] = parity(key, m, sess, ids)
+        row.update(parity(key, m, sess, ids))
     except Exception as e:  # noqa: BLE001
         row["parity_error"] = err_text(e)
 
@@ -428,16 +528,32 @@ def parity(key, m, sess, ids):
             feed = {"input_ids": ids}
             feed.update({f"past.{i}.{kv}": empty for i in range(n_layers) for kv in ("key", "value")})
             got = sess.run(["logits"], feed)[0]
-    return float(f"{np.abs(ref - got).max():.3g}")
+    out = {
+        "parity_max_abs_diff": float(f"{np.abs(ref - got).max():.3g}"),
+        # RMS of the difference over the RMS of torch's output.
+        "parity_rel_rms": float(f"{np.sqrt(np.mean((ref - got) ** 2) / max(np.mean(ref**2), 1e-30)):.3g}"),
+    }
+    if MODELS[key]["kind"] == "decoder":
+        # Fraction of the 128 positions whose greedy next token matches torch's.
+        out["parity_top1_agreement"] = round(float((ref.argmax(-1) == got.argmax(-1)).mean()), 4)
+    return out
 
 
 # --------------------------------------------------------------------------- kiln
 
 
-def run_kiln(key, args):
-    spec = MODELS[key]["spec"]
-    cmd = [args.kiln, "bench", spec, "--seq-len", str(SEQ_LEN), "--decode-tokens", str(DECODE_TOKENS), "--format", "json"]
-    row = {"model": MODELS[key]["name"], "backend": "kiln", "cmd": " ".join(cmd)}
+def run_kiln(target, name, args, force_model=False):
+    """`kiln bench TARGET` (a spec or a .gguf file) with the peers' sizes and repetitions.
+
+    force_model: name the row `name` even though kiln reports its own (kept as `kiln_model`)."""
+    cmd = [
+        args.kiln, "bench", str(target), "--seq-len", str(SEQ_LEN), "--decode-tokens", str(DECODE_TOKENS),
+        "--iters", str(args.iters), "--warmup", str(args.warmup), "--format", "json",
+    ]
+    row = {"model": name, "backend": "kiln", "cmd": " ".join(cmd)}
+    if not args.kiln:
+        row["error"] = "no kiln binary: pass --kiln PATH (target/release/kiln was not found)"
+        return row
     env = dict(os.environ)
     env.setdefault("RAYON_NUM_THREADS", str(args.threads))
     try:
@@ -459,6 +575,9 @@ def run_kiln(key, args):
         row["error"] = f"exit {p.returncode}: {tail}" if p.returncode != 0 else f"no JSON object on stdout: {tail}"
         return row
     out = dict(parsed)
+    if force_model and "model" in out:
+        out["kiln_model"] = out["model"]
+        out["model"] = row["model"]
     out.setdefault("model", row["model"])
     out.setdefault("backend", "kiln")
     out["source"] = "kiln"
@@ -466,14 +585,161 @@ def run_kiln(key, args):
     return out
 
 
+# --------------------------------------------------------------------------- GGUF files
+
+
+def source_gguf(source, args):
+    """Path of the shipped GGUF for `source` (only "smollm2": $SMOLLM2_GGUF, else fetch_real.sh)."""
+    assert source == "smollm2", source
+    if args.smollm2_gguf:
+        return Path(args.smollm2_gguf)
+    if getattr(args, "_fetched", None) is None:
+        log("SMOLLM2_GGUF not set: running tests/parity/fetch_real.sh")
+        p = subprocess.run(["bash", str(REPO / "tests" / "parity" / "fetch_real.sh")], cwd=REPO, capture_output=True, text=True, timeout=1800)
+        if p.returncode != 0:
+            raise RuntimeError(f"fetch_real.sh failed (exit {p.returncode}): {p.stderr.strip()[-400:]}")
+        args._fetched = dict(line.split("=", 1) for line in p.stdout.splitlines() if "=" in line)
+    path = args._fetched.get("SMOLLM2_GGUF")
+    if not path:
+        raise RuntimeError("fetch_real.sh printed no SMOLLM2_GGUF")
+    args.smollm2_gguf = path
+    return Path(path)
+
+
+def gguf_file(key, args):
+    """(path, seconds spent writing it or None) of the GGUF file of workload `key`."""
+    w = GGUF_MODELS[key]
+    src = source_gguf(w["source"], args)
+    if not src.is_file():
+        raise FileNotFoundError(f"GGUF not found: {src}")
+    if w["gguf_type"] is None:
+        return src, None
+    import requant_gguf  # beside this script
+
+    dst = requant_gguf.out_path(src, w["gguf_type"])
+    if dst.is_file():
+        return dst, None
+    t0 = time.perf_counter()
+    dst = requant_gguf.ensure(src, w["gguf_type"])
+    return dst, round(time.perf_counter() - t0, 1)
+
+
+def gguf_summary(path):
+    """general.file_type and the tensor type counts of a GGUF (None when gguf is unavailable)."""
+    try:
+        import gguf
+    except ImportError:
+        return None
+    r = gguf.GGUFReader(str(path))
+    counts = {}
+    for t in r.tensors:
+        counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
+    ft = r.fields.get("general.file_type")
+    return {"file_type": int(ft.contents()) if ft is not None else None, "tensor_types": counts}
+
+
+# --------------------------------------------------------------------------- llama.cpp
+
+
+def run_llamacpp(path, name, args):
+    """tests/bench/llamacpp/bench.mjs on `path`; its per-repetition seconds become the usual row."""
+    row = {"model": name, "backend": "llamacpp", "threads": args.threads, "gguf": str(path)}
+    mods = Path(args.llamacpp_dir)
+    if not (mods / "node_modules" / "node-llama-cpp" / "package.json").is_file():
+        row["error"] = f"node-llama-cpp is not installed in {mods}: run `KILN_LLAMACPP_DIR={mods} bash tests/bench/setup_llamacpp.sh`"
+        return row
+    cmd = [
+        args.node, str(LLAMACPP_RUNNER), "--modules", str(mods), "--model", str(path),
+        "--threads", str(args.threads), "--iters", str(args.iters), "--warmup", str(args.warmup),
+        "--seq-len", str(SEQ_LEN), "--decode-tokens", str(DECODE_TOKENS),
+    ]
+    row["cmd"] = " ".join(cmd)
+    try:
+        p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=args.llamacpp_timeout)
+    except Exception as e:  # noqa: BLE001
+        row["error"] = err_text(e)
+        return row
+    for line in p.stderr.splitlines():
+        log(f"  {line}")
+    parsed = None
+    for line in reversed(p.stdout.splitlines()):
+        if line.strip().startswith("{"):
+            try:
+                parsed = json.loads(line)
+                break
+            except json.JSONDecodeError:
+                continue
+    if p.returncode != 0 or not isinstance(parsed, dict):
+        tail = (p.stderr.strip() or p.stdout.strip())[-600:]
+        row["error"] = f"exit {p.returncode}: {tail}" if p.returncode != 0 else f"no JSON object on stdout: {tail}"
+        return row
+    pre, dec = parsed.pop("prefill_s"), parsed.pop("decode_s")
+    row["prefill_ms"], row["prefill_ms_min"] = ms_stats(pre)
+    decode_stats(dec, row)
+    for k in (
+        "node_llama_cpp", "llama_cpp_release", "build_type", "gpu", "system_info", "model_size_bytes",
+        "context_size", "batch_size", "flash_attention", "load_ms", "context_ms", "prompt_head", "generated_head",
+    ):
+        if k in parsed:
+            row[k] = parsed[k]
+    if parsed.get("threads") is not None:
+        row["threads"] = parsed["threads"]
+    return row
+
+
 # --------------------------------------------------------------------------- main
 
 
+def run_gguf_model(key, args, rows):
+    name = GGUF_MODELS[key]["name"]
+    backends = backends_for(key, args)
+    if not backends:
+        return
+    try:
+        path, write_s = gguf_file(key, args)
+    except Exception as e:  # noqa: BLE001
+        traceback.print_exc(file=sys.stderr)
+        for b in backends:
+            row = {"model": name, "workload": key, "backend": b, "error": f"GGUF file: {err_text(e)}"}
+            emit(row)
+            rows.append(row)
+        return
+    extra = {"workload": key, "gguf": str(path), "gguf_written_s": write_s}
+    try:
+        summary = gguf_summary(path)
+        if summary:
+            extra["gguf_file_type"] = summary["file_type"]
+            extra["gguf_tensor_types"] = summary["tensor_types"]
+    except Exception as e:  # noqa: BLE001
+        extra["gguf_read_error"] = err_text(e)
+    for b in backends:
+        if b == "llamacpp":
+            log(f"[{name}] llama.cpp (node-llama-cpp): {path}")
+            row = run_llamacpp(path, name, args)
+        else:
+            log(f"[{name}] kiln: {args.kiln}")
+            row = run_kiln(path, name, args, force_model=True)
+        for k, v in extra.items():
+            row.setdefault(k, v)
+        emit(row)
+        rows.append(row)
+
+
+def backends_for(key, args):
+    """The selected backends that run workload `key`, in order."""
+    own = GGUF_BACKENDS if key in GGUF_MODELS else SPEC_BACKENDS
+    want = args.backends_for_gguf if key in GGUF_MODELS else args.backends_for_spec
+    return [b for b in own + ("kiln",) if b in want]
+
+
 def run_model(key, args, rows):
+    if key in GGUF_MODELS:
+        return run_gguf_model(key, args, rows)
     name = MODELS[key]["name"]
+    backends = backends_for(key, args)
     m = None
     build_err = None
-    if "torch" in args.backends or "onnxruntime" in args.backends:
+    if {"torch", "onnxruntime", "ort-int8"} & set(backends):
         log(f"[{name}] building random-weight transformers model")
         try:
             m = build_model(key)
@@ -481,10 +747,14 @@ def run_model(key, args, rows):
             build_err = err_text(e)
             traceback.print_exc(file=sys.stderr)
 
-    for backend, fn in (("torch", bench_torch), ("onnxruntime", bench_ort)):
-        if backend not in args.backends:
+    for backend, fn in (
+        ("torch", bench_torch),
+        ("onnxruntime", bench_ort),
+        ("ort-int8", lambda k, mm, a, r: bench_ort(k, mm, a, r, int8=True)),
+    ):
+        if backend not in backends:
             continue
-        row = {"model": name, "backend": backend, "threads": args.threads}
+        row = {"model": name, "workload": key, "backend": backend, "threads": args.threads}
         if m is None:
             row["error"] = f"model build failed: {build_err}"
         else:
@@ -498,9 +768,10 @@ def run_model(key, args, rows):
         rows.append(row)
 
     del m
-    if args.kiln:
+    if "kiln" in backends:
         log(f"[{name}] kiln: {args.kiln}")
-        row = run_kiln(key, args)
+        row = run_kiln(MODELS[key]["spec"], name, args)
+        row.setdefault("workload", key)
         emit(row)
         rows.append(row)
 
@@ -510,7 +781,7 @@ def fmt(v, nd=2):
 
 
 def table(rows):
-    hdr = f"{'model':<18} {'backend':<12} {'encode/prefill ms (med/min)':>28} {'decode tok/s (med/max)':>24}  notes"
+    hdr = f"{'model':<27} {'backend':<12} {'encode/prefill ms (med/min)':>28} {'decode tok/s (med/max)':>24}  notes"
     lines = [hdr, "-" * len(hdr)]
     for r in rows:
         if "encode_ms" in r:
@@ -529,12 +800,22 @@ def table(rows):
             notes.append(f"compile {fmt(r['compile_ms'], 0)} ms")
         if r.get("parity_max_abs_diff") is not None:
             notes.append(f"parity {r['parity_max_abs_diff']:.1e}")
+        if r.get("parity_top1_agreement") is not None:
+            notes.append(f"top1 {r['parity_top1_agreement']:.0%}")
         if r.get("export_ms") is not None:
             notes.append(f"export {fmt(r['export_ms'] / 1e3, 1)} s")
+        if r.get("quantize_ms") is not None:
+            notes.append(f"quantize {fmt(r['quantize_ms'] / 1e3, 1)} s")
+        if r.get("source") == "kiln" and (r.get("precision") or r.get("weights")):
+            notes.append(f"{r.get('precision', '?')}: {r.get('weights', '?')}")
+        if r.get("backend") == "llamacpp" and r.get("node_llama_cpp"):
+            notes.append(f"node-llama-cpp {r['node_llama_cpp']}")
+        if r.get("gguf_written_s") is not None:
+            notes.append(f"gguf written {r['gguf_written_s']} s")
         for k in ("error", "decode_error"):
             if k in r:
                 notes.append(f"{k.upper()}: {r[k][:120]}")
-        lines.append(f"{r.get('model', '?'):<18} {r.get('backend', '?'):<12} {a:>28} {b:>24}  {'; '.join(notes)}")
+        lines.append(f"{r.get('model', '?'):<27} {r.get('backend', '?'):<12} {a:>28} {b:>24}  {'; '.join(notes)}")
     return "\n".join(lines)
 
 
@@ -543,24 +824,80 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads / ORT intra_op_num_threads / RAYON_NUM_THREADS for kiln (default 2)")
     ap.add_argument("--iters", type=int, default=10, help="timed iterations per figure (default 10)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed iterations before timing (default 2)")
-    ap.add_argument("--only", choices=sorted(MODELS), action="append", help="run only this model (repeatable)")
-    ap.add_argument("--backends", default="torch,onnxruntime", help="comma list of torch,onnxruntime (default both)")
-    ap.add_argument("--kiln", metavar="PATH", help="kiln binary; also run `PATH bench <spec> ...` for each model")
+    ap.add_argument(
+        "--only", action="append", metavar="WORKLOAD",
+        help=f"run only this workload or group (repeatable, or comma-separated): {', '.join(list(MODELS) + list(GGUF_MODELS))}; "
+        f"groups: spec ({', '.join(GROUPS['spec'])}), gguf ({', '.join(GROUPS['gguf'])}), all. "
+        "Default: spec, or with --backends every workload one of the chosen peers runs",
+    )
+    ap.add_argument(
+        "--backends", "--peers", dest="backends", metavar="LIST",
+        help=f"comma list of {','.join(ALL_BACKENDS)}. Default: torch,onnxruntime (plus kiln with --kiln) on the spec "
+        "workloads and llamacpp,kiln on the GGUF workloads",
+    )
+    ap.add_argument("--kiln", metavar="PATH", help="kiln binary; also run `PATH bench <spec or .gguf> ...` for each workload (default for the GGUF workloads and with --backends ...kiln: target/release/kiln)")
     ap.add_argument("--kiln-timeout", type=float, default=1800, help="seconds allowed per kiln bench run (default 1800)")
+    ap.add_argument("--smollm2-gguf", metavar="FILE", default=os.environ.get("SMOLLM2_GGUF") or None, help="the shipped SmolLM2-135M-Instruct Q4_1 GGUF (default $SMOLLM2_GGUF, else tests/parity/fetch_real.sh is run)")
+    ap.add_argument("--llamacpp-dir", metavar="DIR", default=LLAMACPP_DIR, help=f"folder where tests/bench/setup_llamacpp.sh installed node-llama-cpp (default $KILN_LLAMACPP_DIR or {LLAMACPP_DIR})")
+    ap.add_argument("--node", default="node", help="node binary for the llama.cpp peer (default node)")
+    ap.add_argument("--llamacpp-timeout", type=float, default=1800, help="seconds allowed per llama.cpp run (default 1800)")
     args = ap.parse_args(argv)
     if args.iters < 1 or args.warmup < 0 or args.threads < 1:
         ap.error("--iters and --threads must be >= 1, --warmup >= 0")
-    args.backends = {b.strip() for b in args.backends.split(",") if b.strip()}
-    bad = args.backends - {"torch", "onnxruntime"}
-    if bad:
-        ap.error(f"unknown backend(s): {', '.join(sorted(bad))}")
+
+    explicit = args.backends is not None
+    if explicit:
+        chosen = {b.strip() for b in args.backends.split(",") if b.strip()}
+        bad = chosen - set(ALL_BACKENDS)
+        if bad:
+            ap.error(f"unknown backend(s): {', '.join(sorted(bad))} (known: {', '.join(ALL_BACKENDS)})")
+        if not chosen:
+            ap.error("--backends: empty list")
+        args.backends_for_spec = args.backends_for_gguf = chosen
+    else:
+        args.backends_for_spec = {"torch", "onnxruntime"} | ({"kiln"} if args.kiln else set())
+        args.backends_for_gguf = {"llamacpp", "kiln"}
+
+    every = list(MODELS) + list(GGUF_MODELS)
+    if args.only:
+        keys = []
+        for item in args.only:
+            for k in (x.strip() for x in item.split(",")):
+                if not k:
+                    continue
+                if k not in GROUPS and k not in every:
+                    ap.error(f"--only: unknown workload {k!r} (workloads: {', '.join(every)}; groups: {', '.join(GROUPS)})")
+                for kk in GROUPS.get(k, [k]):
+                    if kk not in keys:
+                        keys.append(kk)
+    elif not explicit:
+        keys = list(GROUPS["spec"])
+    elif args.backends_for_spec == {"kiln"}:
+        keys = list(GROUPS["spec"]) + list(GROUPS["gguf"])
+    else:
+        # Every workload that one of the chosen peers (kiln aside) runs.
+        keys = [k for k in GROUPS["spec"] + GROUPS["gguf"] if any(b != "kiln" for b in backends_for(k, args))]
+    args.keys = keys
+    args.all_backends = {b for k in keys for b in backends_for(k, args)}
+    args.gguf_keys = [k for k in keys if k in GGUF_MODELS]
+    if not args.all_backends:
+        ap.error("no selected backend runs the selected workloads (spec workloads: "
+                 f"{', '.join(SPEC_BACKENDS)}, kiln; GGUF workloads: {', '.join(GGUF_BACKENDS)}, kiln)")
+
     if args.kiln:
         k = Path(args.kiln)
         args.kiln = str(k if k.is_absolute() or os.sep not in args.kiln else k.resolve())
+    elif "kiln" in args.all_backends:
+        default = REPO / "target" / "release" / "kiln"
+        args.kiln = str(default) if default.is_file() else None
+    # requant_gguf.py sits beside this script.
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
     # Keep any OpenMP pools in line with --threads (torch and ORT set their own below too).
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     try:
+        if "torch" not in args.all_backends:
+            raise ImportError  # not needed: keep its import time out of the run
         import torch
 
         torch.set_num_threads(args.threads)
@@ -570,11 +907,12 @@ def main(argv=None):
 
     emit(machine_info(args))
     rows = []
-    for key in args.only or list(MODELS):
+    for key in args.keys:
         try:
             run_model(key, args, rows)
         except Exception as e:  # noqa: BLE001  (belt and braces: never abort the other models)
-            row = {"model": MODELS[key]["name"], "backend": "?", "error": err_text(e)}
+            name = (MODELS.get(key) or GGUF_MODELS[key])["name"]
+            row = {"model": name, "workload": key, "backend": "?", "error": err_text(e)}
             emit(row)
             rows.append(row)
     log("")

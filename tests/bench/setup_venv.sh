@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or refresh) the Python venv for the opt-in peer benchmarks
 # (tests/bench/peers.py): CPU PyTorch, transformers, ONNX Runtime, onnx,
-# onnxscript (needed by torch.onnx.export's dynamo exporter).
+# onnxscript (needed by torch.onnx.export's dynamo exporter), gguf
+# (requant_gguf.py).
 #
 #   bash tests/bench/setup_venv.sh            # venv at ${KILN_BENCH_VENV:-/work/venv-bench}
 #   KILN_BENCH_VENV=~/venvs/kb PYTHON=python3.11 bash tests/bench/setup_venv.sh
@@ -21,10 +22,12 @@ want_stamp="$(sha256sum "$REQ" | cut -d' ' -f1)"
 
 check_imports() {
     "$VENV/bin/python" - <<'PY'
-import torch, transformers, onnxruntime, onnx, onnxscript, numpy
+import torch, transformers, onnxruntime, onnx, onnxscript, numpy, gguf
+import importlib.metadata, onnxruntime.quantization
 print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
       f"onnxruntime {onnxruntime.__version__}, onnx {onnx.__version__}, "
-      f"onnxscript {onnxscript.__version__}, numpy {numpy.__version__}")
+      f"onnxscript {onnxscript.__version__}, numpy {numpy.__version__}, "
+      f"gguf {importlib.metadata.version('gguf')}")
 PY
 }
 

@@ -337,7 +337,7 @@ fn deq_q3_k(b: &[u8], out: &mut [f32]) {
 }
 
 /// The `j`-th 6-bit (scale, min) pair of a Q4_K/Q5_K block's `scales[12]`.
-pub(super) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

@@ -277,3 +277,103 @@ fn matrices_join_slice_and_permute_rows_without_changing_them() {
         .is_err()
     );
 }
+
+/// Every tile of `w` (rows × k) times `m` random activation rows: the
+/// VNNI path equals the portable one bit for bit, and the portable one
+/// equals (exact inputs) or is within f32 rounding of the f64 sum over the
+/// decoded weights and the quantised activations.
+fn check_packed(w: &QuantMatrix, m: usize, exact: bool, rng: &mut ChaCha8Rng) {
+    use super::gemm::{PANEL_COLS, Panel, QRows, TILE_ROWS, tile, tile_portable};
+    let (n, k) = (w.rows(), w.cols());
+    let what = w.formats_text();
+    let mut dense = vec![0f32; n * k];
+    w.decode_rows(0..n, &mut dense);
+    let mut a = QRows::new(k);
+    let mut q8 = Vec::new();
+    for _ in 0..m {
+        let x = random_acts(k, rng, exact);
+        a.push(&x);
+        q8.push(Q8Acts::new(&x));
+    }
+    let mut panel = Panel::default();
+    for j0 in (0..n).step_by(PANEL_COLS) {
+        let j1 = (j0 + PANEL_COLS).min(n);
+        assert!(panel.pack(w, j0, j1), "{what} packs");
+        for r0 in (0..m).step_by(TILE_ROWS) {
+            let rows = TILE_ROWS.min(m - r0);
+            let mut want = vec![[0f32; PANEL_COLS]; rows];
+            tile_portable(&panel, &a, r0, &mut want);
+            if super::gemm::available() {
+                let mut got = vec![[f32::NAN; PANEL_COLS]; rows];
+                tile(&panel, &a, r0, &mut got);
+                for (g, w) in got.iter().zip(&want) {
+                    let gb: Vec<u32> = g.iter().map(|v| v.to_bits()).collect();
+                    let wb: Vec<u32> = w.iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(gb, wb, "{what} k={k}: VNNI vs portable");
+                }
+            }
+            for (r, row) in want.iter().enumerate() {
+                let acts = &q8[r0 + r];
+                for (c, &got) in row.iter().enumerate() {
+                    if j0 + c >= j1 {
+                        assert_eq!(got, 0.0, "padding columns stay zero");
+                        continue;
+                    }
+                    let wr = &dense[(j0 + c) * k..(j0 + c + 1) * k];
+                    let (e, mag) = (0..k).fold((0f64, 0f64), |(s, mg), t| {
+                        let v = f64::from(wr[t]) * f64::from(acts.d[t / 32]) * f64::from(acts.q[t]);
+                        (s + v, mg + v.abs())
+                    });
+                    let got = f64::from(got);
+                    if exact {
+                        assert_eq!(got, e, "{what}: exact inputs give the exact sum");
+                    } else {
+                        assert!(
+                            (got - e).abs() <= 1e-5 * mag.max(1e-3),
+                            "{what} k={k} ({r}, {c}): {got} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn random_matrix(
+    format: BlockFormat,
+    n: usize,
+    k: usize,
+    exact: bool,
+    rng: &mut ChaCha8Rng,
+) -> QuantMatrix {
+    let mut bytes = Vec::new();
+    for _ in 0..n {
+        bytes.extend(random_row(format, k, rng, exact));
+    }
+    QuantMatrix::new(format, &[n, k], SharedBytes::from_vec(bytes)).unwrap()
+}
+
+#[test]
+fn packed_products_agree_with_the_reference_bit_for_bit_and_with_the_decoded_weights() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    for format in BlockFormat::ALL {
+        if super::gemm::sub_block_len(format).is_none() {
+            continue;
+        }
+        for (k, exact) in [(256, true), (768, false), (512, false)] {
+            let w = random_matrix(format, 37, k, exact, &mut rng);
+            check_packed(&w, 7, exact, &mut rng);
+        }
+    }
+    // A joined projection of mixed formats (Q4_K_M files: Q6_K beside
+    // Q4_K), panels straddling the formats.
+    for exact in [true, false] {
+        let parts = [
+            random_matrix(BlockFormat::Q4_K, 20, 512, exact, &mut rng),
+            random_matrix(BlockFormat::Q6_K, 20, 512, exact, &mut rng),
+            random_matrix(BlockFormat::Q4_1, 9, 512, exact, &mut rng),
+        ];
+        let w = QuantMatrix::join_rows(&[&parts[0], &parts[1], &parts[2]]).unwrap();
+        check_packed(&w, 6, exact, &mut rng);
+    }
+}

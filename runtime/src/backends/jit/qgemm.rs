@@ -7,6 +7,7 @@
 use super::gemm::GemmCall;
 use super::run::{Ptrs, unflatten};
 use crate::error::{Result, RuntimeError};
+use crate::quant::gemm::{self as qgemm, PANEL_COLS, Panel, QRows, TILE_ROWS};
 use crate::quant::{Isa, Q8Acts, QuantMatrix};
 use kiln_compiler::codegen::cranelift::KernelFn;
 use rayon::prelude::*;
@@ -123,47 +124,51 @@ impl GemmCall {
             }
             return Ok(rows);
         }
-        // Larger products: the activations once, contiguous, then panels of
-        // decoded weight rows.
+        // Larger products: integer GEMM over packed panels where the CPU
+        // has VNNI and the rows' formats pack ([`crate::quant::gemm`]);
+        // otherwise the activations once, contiguous, then panels of
+        // decoded weight rows through the GEMM library.
+        let packed = isa == Isa::Avx512 && qgemm::available() && k.is_multiple_of(32);
         let mut a = Vec::with_capacity(rows * k);
+        let mut qa = QRows::new(if packed { k } else { 0 });
         let mut x = Vec::with_capacity(k);
         for t in 0..rows {
             a_row(t, &mut x);
+            if packed {
+                qa.push(&x);
+            }
             a.extend_from_slice(&x);
         }
-        let chunk = (n.div_ceil(4 * threads).div_ceil(16) * 16).clamp(16, 512);
-        let (ors, ocs) = (self.out.rs(), self.out.cs());
+        let chunk = (n.div_ceil(4 * threads).div_ceil(PANEL_COLS) * PANEL_COLS).clamp(32, 512);
         let work = |c: usize| {
             let (j0, j1) = (c * chunk, ((c + 1) * chunk).min(n));
-            let nt = j1 - j0;
-            let mut panel = vec![0f32; nt * k];
-            w.decode_rows(j0..j1, &mut panel);
-            for bi in 0..nb {
-                // SAFETY: rows of batch point `bi` of the packed activations
-                // and block (·, j0..j1) of `out`, written by this chunk only.
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        nt,
-                        k,
-                        out_at(bi * m, j0),
-                        ocs,
-                        ors,
-                        false,
-                        a.as_ptr().add(bi * m * k),
-                        1,
-                        k as isize,
-                        panel.as_ptr(),
-                        k as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
+            let mut p = Panel::default();
+            if packed && p.pack(w, j0, (j0 + PANEL_COLS).min(j1)) {
+                let mut tile = [[0f32; PANEL_COLS]; TILE_ROWS];
+                let mut p0 = j0;
+                loop {
+                    let p1 = (p0 + PANEL_COLS).min(j1);
+                    if p0 > j0 && !p.pack(w, p0, p1) {
+                        self.decoded_panel(w, p0, p1, &a, po);
+                    } else {
+                        for r0 in (0..rows).step_by(TILE_ROWS) {
+                            let tr = TILE_ROWS.min(rows - r0);
+                            qgemm::tile(&p, &qa, r0, &mut tile[..tr]);
+                            for (r, o) in tile[..tr].iter().enumerate() {
+                                for (cc, &v) in o[..p1 - p0].iter().enumerate() {
+                                    // SAFETY: each (t, j) is written by one chunk only.
+                                    unsafe { *out_at(r0 + r, p0 + cc) = v };
+                                }
+                            }
+                        }
+                    }
+                    p0 = p1;
+                    if p0 == j1 {
+                        break;
+                    }
                 }
+            } else {
+                self.decoded_panel(w, j0, j1, &a, po);
             }
             run_epilogue(j0, j1);
         };
@@ -174,6 +179,45 @@ impl GemmCall {
             (0..chunks).into_par_iter().for_each(work);
         }
         Ok(rows)
+    }
+
+    /// Columns `j0..j1` of the product for every batch point: weight rows
+    /// decoded to f32, then the GEMM library. `a` holds the activations
+    /// contiguous (`batch · m × k`); `po` is the output buffer.
+    fn decoded_panel(&self, w: &QuantMatrix, j0: usize, j1: usize, a: &[f32], po: usize) {
+        let (m, k) = (self.m, self.k);
+        let (ors, ocs) = (self.out.rs(), self.out.cs());
+        let nt = j1 - j0;
+        let mut panel = vec![0f32; nt * k];
+        w.decode_rows(j0..j1, &mut panel);
+        for bi in 0..self.batch.iter().product() {
+            let off = self.out.batch_offset(&unflatten(bi, &self.batch)) + j0 as i64 * ocs as i64;
+            // SAFETY: rows of batch point `bi` of the packed activations and
+            // block (·, j0..j1) of `out`, written by this caller only.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    nt,
+                    k,
+                    (po as *mut f32).offset(off as isize),
+                    ocs,
+                    ors,
+                    false,
+                    a.as_ptr().add(bi * m * k),
+                    1,
+                    k as isize,
+                    panel.as_ptr(),
+                    k as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
     }
 }
 

@@ -1,0 +1,417 @@
+//! Products of many activation rows with block-quantised weights (prefill):
+//! integer GEMM with AVX-512 VNNI.
+//!
+//! The weights of 32 output columns are unpacked into a [`Panel`]: per
+//! sub-block (32 values, or 16 for Q6_K) a signed 8-bit value per weight, a
+//! scale `dw` and a minimum `mw` (the weight is `dw·q + mw`, exactly what
+//! the block decoder computes), interleaved so that one 64-byte load holds
+//! four consecutive `k` of 16 columns: the layout `vpdpbusd` multiplies
+//! against one broadcast 4-byte group of an activation row. Activations are
+//! quantised per block of 32 as for the row dot products ([`super::Q8Acts`],
+//! ggml's Q8 rounding) and stored offset by 128 as unsigned bytes
+//! ([`QRows`]); the offset's contribution `128·Σq` of each weight sub-block
+//! is precomputed at packing and subtracted in i32, so every sub-block's
+//! integer sum is exact. Each is then scaled in f32 (`acc += S·(dw·da)`,
+//! then `acc += mw·(da·Σqa)` for formats with a minimum), as fused
+//! multiply-adds in one fixed order: the portable reference
+//! ([`tile_portable`]) performs the same operations and agrees bit for bit.
+//!
+//! A tile is up to 4 activation rows by 32 columns (16 accumulators in
+//! registers); a panel is packed once per product and reused for every row.
+
+use super::blocks::{BlockFormat, f16_at, scale_min_k4};
+use super::dot::Q8Acts;
+use super::matrix::QuantMatrix;
+
+/// Columns of a panel (two vectors of 16 lanes).
+pub const PANEL_COLS: usize = 32;
+/// Activation rows of a tile.
+pub const TILE_ROWS: usize = 4;
+
+/// Activation rows quantised per block of 32, as unsigned bytes `q + 128`.
+#[derive(Debug, Clone, Default)]
+pub struct QRows {
+    k: usize,
+    rows: usize,
+    /// `rows × k` bytes.
+    u: Vec<u8>,
+    /// `rows × k/32` block scales.
+    d: Vec<f32>,
+    /// `rows × k/32` values of `d · Σ q`.
+    dsum: Vec<f32>,
+    /// `rows × k/16` values of `d · Σ q` over each half block.
+    dsum16: Vec<f32>,
+    scratch: Q8Acts,
+}
+
+impl QRows {
+    /// Empty, for rows of `k` values (a multiple of 32).
+    pub fn new(k: usize) -> QRows {
+        assert!(k.is_multiple_of(32), "QRows of {k} columns");
+        QRows {
+            k,
+            ..QRows::default()
+        }
+    }
+
+    /// Append a row (`x.len() == k`), quantised as [`Q8Acts`] does.
+    pub fn push(&mut self, x: &[f32]) {
+        assert_eq!(x.len(), self.k);
+        self.scratch.set(x);
+        self.u
+            .extend(self.scratch.q.iter().map(|&q| (i16::from(q) + 128) as u8));
+        self.d.extend_from_slice(&self.scratch.d);
+        self.dsum.extend_from_slice(&self.scratch.dsum);
+        let (d, s16) = (&self.scratch.d, &self.scratch.sum16);
+        self.dsum16
+            .extend((0..s16.len()).map(|h| d[h / 2] * s16[h] as f32));
+        self.rows += 1;
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Forget the rows (keeping the storage).
+    pub fn clear(&mut self) {
+        self.rows = 0;
+        self.u.clear();
+        self.d.clear();
+        self.dsum.clear();
+        self.dsum16.clear();
+    }
+}
+
+/// The values per scale of a format's packed sub-blocks, or `None` where
+/// the format has no packed product (f16/bf16, Q2_K, Q3_K).
+pub fn sub_block_len(format: BlockFormat) -> Option<usize> {
+    use BlockFormat::*;
+    match format {
+        Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4_K | Q5_K => Some(32),
+        Q6_K => Some(16),
+        F16 | BF16 | Q2_K | Q3_K => None,
+    }
+}
+
+/// The packed weights of up to [`PANEL_COLS`] consecutive output columns.
+#[derive(Debug, Clone, Default)]
+pub struct Panel {
+    /// Valid columns (the rest are zero).
+    cols: usize,
+    /// Values per sub-block (32 or 16).
+    sub: usize,
+    /// Number of sub-blocks along `k`.
+    nsub: usize,
+    /// Per sub-block, per group of 4 `k`, two vectors of 16 columns × 4
+    /// bytes.
+    q: Vec<i8>,
+    /// `128 · Σ q` per sub-block and column.
+    corr: Vec<i32>,
+    /// Scale per sub-block and column.
+    dw: Vec<f32>,
+    /// Minimum per sub-block and column.
+    mw: Vec<f32>,
+    has_min: bool,
+}
+
+impl Panel {
+    /// Pack rows `j0..j1` (at most [`PANEL_COLS`]) of `w`; `false` (and the
+    /// panel unusable) when a row's format has no packed product. Rows of
+    /// different sub-block lengths (a joined Q4_K and Q6_K projection) pack
+    /// at the shorter one, a 32-block's scale repeated over its halves.
+    pub fn pack(&mut self, w: &QuantMatrix, j0: usize, j1: usize) -> bool {
+        assert!(j1 > j0 && j1 - j0 <= PANEL_COLS && j1 <= w.rows());
+        let k = w.cols();
+        let mut sub = 32;
+        for j in j0..j1 {
+            match sub_block_len(w.row(j).0) {
+                Some(s) => sub = sub.min(s),
+                None => return false,
+            }
+        }
+        if !k.is_multiple_of(32) {
+            return false;
+        }
+        let nsub = k / sub;
+        self.cols = j1 - j0;
+        self.sub = sub;
+        self.nsub = nsub;
+        self.q.clear();
+        self.q.resize(nsub * sub * PANEL_COLS, 0);
+        self.corr.clear();
+        self.corr.resize(nsub * PANEL_COLS, 0);
+        self.dw.clear();
+        self.dw.resize(nsub * PANEL_COLS, 0.0);
+        self.mw.clear();
+        self.mw.resize(nsub * PANEL_COLS, 0.0);
+        self.has_min = false;
+        let mut vals = [0i8; 32];
+        for c in 0..self.cols {
+            let (format, row) = w.row(j0 + c);
+            let own = sub_block_len(format).unwrap_or(sub);
+            for s in 0..nsub {
+                let (dw, mw) = if own == sub {
+                    unpack(format, row, s, &mut vals[..sub])
+                } else {
+                    // A 32-block read as two halves of 16.
+                    let mut whole = [0i8; 32];
+                    let dm = unpack(format, row, s / 2, &mut whole);
+                    vals[..16].copy_from_slice(&whole[16 * (s % 2)..16 * (s % 2) + 16]);
+                    dm
+                };
+                let at = s * PANEL_COLS + c;
+                self.dw[at] = dw;
+                self.mw[at] = mw;
+                self.has_min |= mw != 0.0;
+                self.corr[at] = 128 * vals[..sub].iter().map(|&v| i32::from(v)).sum::<i32>();
+                for (t, &v) in vals[..sub].iter().enumerate() {
+                    let at = self.q_index(s, t, c);
+                    self.q[at] = v;
+                }
+            }
+        }
+        true
+    }
+
+    /// Position of value `t` of sub-block `s` of column `c` in `q`.
+    fn q_index(&self, s: usize, t: usize, c: usize) -> usize {
+        let groups = self.sub / 4;
+        let (g, e) = (t / 4, t % 4);
+        ((s * groups + g) * 2 + c / 16) * 64 + (c % 16) * 4 + e
+    }
+}
+
+/// Sub-block `s` of a row of `format`: its signed values into `q` and its
+/// scale and minimum (value = `dw · q + mw`).
+fn unpack(format: BlockFormat, row: &[u8], s: usize, q: &mut [i8]) -> (f32, f32) {
+    use BlockFormat::*;
+    let bb = format.block_bytes();
+    let nib = |qs: &[u8], i: usize| {
+        if i < 16 {
+            qs[i] & 0x0f
+        } else {
+            qs[i - 16] >> 4
+        }
+    };
+    match format {
+        Q8_0 => {
+            let w = &row[s * bb..(s + 1) * bb];
+            for (i, v) in q.iter_mut().enumerate() {
+                *v = w[2 + i] as i8;
+            }
+            (f16_at(w, 0), 0.0)
+        }
+        Q4_0 | Q4_1 => {
+            let w = &row[s * bb..(s + 1) * bb];
+            let zero = format == Q4_0;
+            let qs = &w[if zero { 2 } else { 4 }..];
+            for (i, v) in q.iter_mut().enumerate() {
+                *v = nib(qs, i) as i8 - if zero { 8 } else { 0 };
+            }
+            (f16_at(w, 0), if zero { 0.0 } else { f16_at(w, 2) })
+        }
+        Q5_0 | Q5_1 => {
+            let w = &row[s * bb..(s + 1) * bb];
+            let zero = format == Q5_0;
+            let at = if zero { 2 } else { 4 };
+            let qh = u32::from_le_bytes([w[at], w[at + 1], w[at + 2], w[at + 3]]);
+            let qs = &w[at + 4..];
+            for (i, v) in q.iter_mut().enumerate() {
+                let u = nib(qs, i) | ((((qh >> i) & 1) as u8) << 4);
+                *v = u as i8 - if zero { 16 } else { 0 };
+            }
+            (f16_at(w, 0), if zero { 0.0 } else { f16_at(w, 2) })
+        }
+        Q4_K | Q5_K => {
+            let five = format == Q5_K;
+            let (sb, j) = (s / 8, s % 8);
+            let w = &row[sb * bb..(sb + 1) * bb];
+            let (d, dmin) = (f16_at(w, 0), f16_at(w, 2));
+            let (sc, m) = scale_min_k4(j, &w[4..16]);
+            let (qh, qs) = if five {
+                (&w[16..48], &w[48..176])
+            } else {
+                (&w[0..0], &w[16..144])
+            };
+            let qs = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+            for (l, v) in q.iter_mut().enumerate() {
+                let lo = if j % 2 == 0 { qs[l] & 0x0f } else { qs[l] >> 4 };
+                let hi = if five { ((qh[l] >> j) & 1) << 4 } else { 0 };
+                *v = (lo | hi) as i8;
+            }
+            (d * f32::from(sc), -(dmin * f32::from(m)))
+        }
+        Q6_K => {
+            let (sb, j, half) = (s / 16, (s % 16) / 2, s % 2);
+            let w = &row[sb * bb..(sb + 1) * bb];
+            let d = f16_at(w, 208);
+            let sc = w[192 + 8 * (j / 4) + 2 * (j % 4) + half] as i8;
+            let (n, t) = (j / 4, j % 4);
+            let ql = &w[64 * n..64 * n + 64];
+            let qh = &w[128 + 32 * n..128 + 32 * n + 32];
+            for (i, v) in q.iter_mut().enumerate() {
+                let l = 16 * half + i;
+                let low = match t {
+                    0 => ql[l] & 0x0f,
+                    1 => ql[l + 32] & 0x0f,
+                    2 => ql[l] >> 4,
+                    _ => ql[l + 32] >> 4,
+                };
+                *v = (low | (((qh[l] >> (2 * t)) & 3) << 4)) as i8 - 32;
+            }
+            (d * f32::from(sc), 0.0)
+        }
+        F16 | BF16 | Q2_K | Q3_K => unreachable!("{format} has no packed product"),
+    }
+}
+
+/// Whether [`tile`] has a fast path on this CPU.
+pub fn available() -> bool {
+    super::Isa::Avx512.available()
+}
+
+/// Rows `r0..r0 + out.len()` (at most [`TILE_ROWS`]) of `a` times the
+/// panel: `out[r][c]` for the panel's columns (the rest of each row is
+/// zero).
+///
+/// # Panics
+/// When the CPU lacks AVX-512 VNNI ([`available`]) or the shapes disagree.
+pub fn tile(p: &Panel, a: &QRows, r0: usize, out: &mut [[f32; PANEL_COLS]]) {
+    check(p, a, r0, out.len());
+    assert!(available(), "the packed product needs AVX-512 VNNI");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU has the features (checked above); shapes checked.
+    unsafe {
+        match (out.len(), p.sub) {
+            (4, 32) => x86::tile::<4, 8>(p, a, r0, out),
+            (3, 32) => x86::tile::<3, 8>(p, a, r0, out),
+            (2, 32) => x86::tile::<2, 8>(p, a, r0, out),
+            (1, 32) => x86::tile::<1, 8>(p, a, r0, out),
+            (4, _) => x86::tile::<4, 4>(p, a, r0, out),
+            (3, _) => x86::tile::<3, 4>(p, a, r0, out),
+            (2, _) => x86::tile::<2, 4>(p, a, r0, out),
+            _ => x86::tile::<1, 4>(p, a, r0, out),
+        }
+    }
+}
+
+fn check(p: &Panel, a: &QRows, r0: usize, rows: usize) {
+    assert!((1..=TILE_ROWS).contains(&rows) && r0 + rows <= a.rows);
+    assert_eq!(p.nsub * p.sub, a.k, "panel and activation lengths");
+}
+
+/// The reference of [`tile`]: the same integer sums and the same f32
+/// operations in the same order.
+pub fn tile_portable(p: &Panel, a: &QRows, r0: usize, out: &mut [[f32; PANEL_COLS]]) {
+    check(p, a, r0, out.len());
+    let nb = a.k / 32;
+    for (r, o) in out.iter_mut().enumerate() {
+        let i = r0 + r;
+        let u = &a.u[i * a.k..(i + 1) * a.k];
+        for (c, oc) in o.iter_mut().enumerate() {
+            let mut acc = 0f32;
+            for s in 0..p.nsub {
+                let mut isum = 0i32;
+                for t in 0..p.sub {
+                    isum += i32::from(u[s * p.sub + t]) * i32::from(p.q[p.q_index(s, t, c)]);
+                }
+                let at = s * PANEL_COLS + c;
+                let b = i * nb + s * p.sub / 32;
+                let sc = p.dw[at] * a.d[b];
+                acc = ((isum - p.corr[at]) as f32).mul_add(sc, acc);
+                if p.has_min {
+                    let ds = if p.sub == 32 {
+                        a.dsum[b]
+                    } else {
+                        a.dsum16[2 * i * nb + s]
+                    };
+                    acc = p.mw[at].mul_add(ds, acc);
+                }
+            }
+            *oc = acc;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{PANEL_COLS, Panel, QRows};
+    use std::arch::x86_64::*;
+
+    /// `R` rows by 32 columns; `G` groups of 4 values per sub-block.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn tile<const R: usize, const G: usize>(
+        p: &Panel,
+        a: &QRows,
+        r0: usize,
+        out: &mut [[f32; PANEL_COLS]],
+    ) {
+        let k = a.k;
+        let nb = k / 32;
+        let sub = 4 * G;
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let qp = p.q.as_ptr();
+        for s in 0..p.nsub {
+            let mut ia = [[_mm512_setzero_si512(); 2]; R];
+            for g in 0..G {
+                // SAFETY: the panel holds nsub·G·2 vectors of 64 bytes and
+                // each row `k` bytes (checked by the caller).
+                unsafe {
+                    let w = qp.add((s * G + g) * 128);
+                    let w0 = _mm512_loadu_si512(w.cast());
+                    let w1 = _mm512_loadu_si512(w.add(64).cast());
+                    for r in 0..R {
+                        let up = a.u.as_ptr().add((r0 + r) * k + s * sub + 4 * g);
+                        let av = _mm512_set1_epi32(std::ptr::read_unaligned(up.cast::<i32>()));
+                        ia[r][0] = _mm512_dpbusd_epi32(ia[r][0], av, w0);
+                        ia[r][1] = _mm512_dpbusd_epi32(ia[r][1], av, w1);
+                    }
+                }
+            }
+            let at = s * PANEL_COLS;
+            // SAFETY: 32 entries per sub-block in each array.
+            let (c, dw, mw) = unsafe {
+                (
+                    [
+                        _mm512_loadu_si512(p.corr.as_ptr().add(at).cast()),
+                        _mm512_loadu_si512(p.corr.as_ptr().add(at + 16).cast()),
+                    ],
+                    [
+                        _mm512_loadu_ps(p.dw.as_ptr().add(at)),
+                        _mm512_loadu_ps(p.dw.as_ptr().add(at + 16)),
+                    ],
+                    [
+                        _mm512_loadu_ps(p.mw.as_ptr().add(at)),
+                        _mm512_loadu_ps(p.mw.as_ptr().add(at + 16)),
+                    ],
+                )
+            };
+            for r in 0..R {
+                let b = (r0 + r) * nb + s * sub / 32;
+                let da = _mm512_set1_ps(a.d[b]);
+                for v in 0..2 {
+                    let sum = _mm512_cvtepi32_ps(_mm512_sub_epi32(ia[r][v], c[v]));
+                    acc[r][v] = _mm512_fmadd_ps(sum, _mm512_mul_ps(dw[v], da), acc[r][v]);
+                }
+                if p.has_min {
+                    let ds = _mm512_set1_ps(if G == 8 {
+                        a.dsum[b]
+                    } else {
+                        a.dsum16[2 * (r0 + r) * nb + s]
+                    });
+                    for v in 0..2 {
+                        acc[r][v] = _mm512_fmadd_ps(mw[v], ds, acc[r][v]);
+                    }
+                }
+            }
+        }
+        for (r, o) in out.iter_mut().enumerate() {
+            // SAFETY: each output row holds 32 floats.
+            unsafe {
+                _mm512_storeu_ps(o.as_mut_ptr(), acc[r][0]);
+                _mm512_storeu_ps(o.as_mut_ptr().add(16), acc[r][1]);
+            }
+        }
+    }
+}
