@@ -73,7 +73,6 @@ def target_type(gguf, t, qtype: str):
 def convert(src: Path, dst: Path, qtype: str) -> None:
     import gguf
 
-    Q = gguf.GGMLQuantizationType
     r = gguf.GGUFReader(str(src))
     arch = r.fields["general.architecture"].contents()
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")

@@ -120,18 +120,19 @@ impl Graph {
         self.outputs.push((name.into(), id));
     }
 
-    /// Input nodes in the order they were added.
+    /// Input nodes in the order they were added (index order: sources of
+    /// the graph, so also their order in [`Graph::topo_order`]), in one
+    /// pass over the nodes.
     pub fn inputs_decl(&self) -> Vec<NodeId> {
-        self.topo_order()
-            .into_iter()
+        (self.g.node_indices())
             .filter(|&i| matches!(self.g[i].op, Op::Input { .. }))
             .collect()
     }
 
-    /// Parameter nodes in the order they were added.
+    /// Parameter nodes in the order they were added (as
+    /// [`Graph::inputs_decl`]).
     pub fn parameters(&self) -> Vec<NodeId> {
-        self.topo_order()
-            .into_iter()
+        (self.g.node_indices())
             .filter(|&i| matches!(self.g[i].op, Op::Parameter { .. }))
             .collect()
     }

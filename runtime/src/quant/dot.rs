@@ -30,6 +30,9 @@ pub struct Q8Acts {
     pub sum16: Vec<i32>,
     /// `d · Σ q` of each block (the term of a block minimum).
     pub dsum: Vec<f32>,
+    /// Σ q of each block in the first of 8 lanes (zeros in the others):
+    /// the offset terms of Q4_0 and Q8_0 as one vector subtraction.
+    pub sum8: Vec<i32>,
     /// The activations themselves (for F16 and BF16 rows).
     pub x: Vec<f32>,
 }
@@ -49,6 +52,8 @@ impl Q8Acts {
         self.sum.clear();
         self.sum16.clear();
         self.dsum.clear();
+        self.sum8.clear();
+        self.sum8.resize(8 * nb, 0);
         self.q.resize(32 * nb, 0);
         self.x.clear();
         self.x.extend_from_slice(x);
@@ -67,6 +72,7 @@ impl Q8Acts {
             self.sum.push(s0 + s1);
             self.sum16.extend([s0, s1]);
             self.dsum.push(d * (s0 + s1) as f32);
+            self.sum8[8 * b] = s0 + s1;
         }
     }
 
@@ -322,6 +328,7 @@ fn q6_scale(j: usize, half: usize) -> usize {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::super::blocks::f16_to_f32;
     use super::super::blocks::{BlockFormat, f16_at, scale_min_k4};
     use super::{Q8Acts, q6_scale};
     use std::arch::x86_64::*;
@@ -604,6 +611,138 @@ mod x86 {
     /// AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C present; lengths agree.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn dot_avx512(format: BlockFormat, row: &[u8], a: &Q8Acts) -> f32 {
-        dot_body!(format, row, a, udot_avx512, bits_avx512, q8_avx512)
+        match format {
+            // SAFETY: as for this function.
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q8_0 => unsafe {
+                dot_pairs_avx512(format, row, a)
+            },
+            // SAFETY: as for this function.
+            BlockFormat::F16 | BlockFormat::BF16 => unsafe { dot_half_avx512(format, row, a) },
+            _ => dot_body!(format, row, a, udot_avx512, bits_avx512, q8_avx512),
+        }
+    }
+
+    /// An f16 scale through F16C.
+    #[inline]
+    #[target_feature(enable = "f16c")]
+    unsafe fn h2f(p: *const u8) -> f32 {
+        // SAFETY: the caller's block holds 2 bytes at `p`.
+        let h = unsafe { std::ptr::read_unaligned(p as *const u16) };
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))))
+    }
+
+    /// Q4_0, Q4_1 and Q8_0 two blocks per 512-bit `vpdpbusd`, the offsets
+    /// subtracted in i32 (from [`Q8Acts::sum8`]), two accumulators.
+    ///
+    /// # Safety
+    /// As [`dot_avx512`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx2,fma,f16c")]
+    unsafe fn dot_pairs_avx512(format: BlockFormat, row: &[u8], a: &Q8Acts) -> f32 {
+        let bb = format.block_bytes();
+        let nb = a.len() / 32;
+        let (qs_at, has_min, shift) = match format {
+            BlockFormat::Q4_0 => (2, false, 3),
+            BlockFormat::Q4_1 => (4, true, 0),
+            _ => (2, false, 7),
+        };
+        let q8 = format == BlockFormat::Q8_0;
+        let w = row.as_ptr();
+        let q = a.q.as_ptr();
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut ex = [0f32; 2];
+        // SAFETY (whole body): `row` holds `nb` blocks of `bb` bytes and `a`
+        // 32 × nb values (8 × nb in `sum8`): every load stays inside them.
+        unsafe {
+            let load = |blk: *const u8| -> __m256i {
+                if q8 {
+                    _mm256_xor_si256(
+                        _mm256_loadu_si256(blk.add(2) as *const __m256i),
+                        _mm256_set1_epi8(-128),
+                    )
+                } else {
+                    nibbles(blk.add(qs_at))
+                }
+            };
+            for p in 0..nb / 2 {
+                let b = 2 * p;
+                let (b0, b1) = (w.add(b * bb), w.add((b + 1) * bb));
+                let wq = _mm512_inserti64x4(_mm512_castsi256_si512(load(b0)), load(b1), 1);
+                let aq = _mm512_loadu_si512(q.add(32 * b) as *const _);
+                let mut s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, aq);
+                if shift != 0 {
+                    let c = _mm512_loadu_si512(a.sum8.as_ptr().add(8 * b) as *const _);
+                    s = _mm512_sub_epi32(s, _mm512_sll_epi32(c, _mm_cvtsi32_si128(shift)));
+                }
+                let d0 = h2f(b0) * *a.d.get_unchecked(b);
+                let d1 = h2f(b1) * *a.d.get_unchecked(b + 1);
+                let sc = _mm512_insertf32x8(_mm512_set1_ps(d0), _mm256_set1_ps(d1), 1);
+                acc[p & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[p & 1]);
+                if has_min {
+                    ex[p & 1] += h2f(b0.add(2)) * *a.dsum.get_unchecked(b)
+                        + h2f(b1.add(2)) * *a.dsum.get_unchecked(b + 1);
+                }
+            }
+            let mut total = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) + ex[0] + ex[1];
+            if nb % 2 == 1 {
+                let b = nb - 1;
+                let b0 = w.add(b * bb);
+                let mut s = udot_avx512(load(b0), _mm256_loadu_si256(q.add(32 * b) as *const _));
+                if shift != 0 {
+                    let c = _mm256_loadu_si256(a.sum8.as_ptr().add(8 * b) as *const _);
+                    s = _mm256_sub_epi32(s, _mm256_sll_epi32(c, _mm_cvtsi32_si128(shift)));
+                }
+                let d0 = h2f(b0) * a.d[b];
+                total += hsum(_mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d0)));
+                if has_min {
+                    total += h2f(b0.add(2)) * a.dsum[b];
+                }
+            }
+            total
+        }
+    }
+
+    /// F16 and BF16 rows against the f32 activations, 16 per step, four
+    /// accumulators.
+    ///
+    /// # Safety
+    /// As [`dot_avx512`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn dot_half_avx512(format: BlockFormat, row: &[u8], a: &Q8Acts) -> f32 {
+        let n = a.len();
+        let w = row.as_ptr();
+        let x = a.x.as_ptr();
+        let f16 = format == BlockFormat::F16;
+        let mut acc = [_mm512_setzero_ps(); 4];
+        // SAFETY: `row` holds `n` 2-byte values and `a.x` `n` floats.
+        unsafe {
+            let widen = |i: usize| -> __m512 {
+                let h = _mm256_loadu_si256(w.add(2 * i) as *const __m256i);
+                if f16 {
+                    _mm512_cvtph_ps(h)
+                } else {
+                    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+                }
+            };
+            let mut i = 0;
+            while i + 16 <= n {
+                let j = (i / 16) & 3;
+                acc[j] = _mm512_fmadd_ps(widen(i), _mm512_loadu_ps(x.add(i)), acc[j]);
+                i += 16;
+            }
+            let mut total = _mm512_reduce_add_ps(_mm512_add_ps(
+                _mm512_add_ps(acc[0], acc[1]),
+                _mm512_add_ps(acc[2], acc[3]),
+            ));
+            for t in i..n {
+                let h = u16::from_le_bytes([row[2 * t], row[2 * t + 1]]);
+                let wv = if f16 {
+                    f16_to_f32(h)
+                } else {
+                    f32::from_bits(u32::from(h) << 16)
+                };
+                total += wv * a.x[t];
+            }
+            total
+        }
     }
 }

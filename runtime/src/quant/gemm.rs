@@ -146,10 +146,13 @@ impl Panel {
         self.mw.clear();
         self.mw.resize(nsub * PANEL_COLS, 0.0);
         self.has_min = false;
+        let groups = sub / 4;
         let mut vals = [0i8; 32];
         for c in 0..self.cols {
             let (format, row) = w.row(j0 + c);
             let own = sub_block_len(format).unwrap_or(sub);
+            // Byte offset of column `c`'s 4-byte group 0 of sub-block 0.
+            let col_at = (c / 16) * 64 + (c % 16) * 4;
             for s in 0..nsub {
                 let (dw, mw) = if own == sub {
                     unpack(format, row, s, &mut vals[..sub])
@@ -164,10 +167,12 @@ impl Panel {
                 self.dw[at] = dw;
                 self.mw[at] = mw;
                 self.has_min |= mw != 0.0;
-                self.corr[at] = 128 * vals[..sub].iter().map(|&v| i32::from(v)).sum::<i32>();
-                for (t, &v) in vals[..sub].iter().enumerate() {
-                    let at = self.q_index(s, t, c);
-                    self.q[at] = v;
+                let sum: i32 = vals[..sub].iter().map(|&v| i32::from(v)).sum();
+                self.corr[at] = 128 * sum;
+                let base = s * groups * 128 + col_at;
+                for (g, four) in vals[..sub].chunks_exact(4).enumerate() {
+                    let o = base + g * 128;
+                    self.q[o..o + 4].copy_from_slice(four);
                 }
             }
         }
@@ -197,17 +202,20 @@ fn unpack(format: BlockFormat, row: &[u8], s: usize, q: &mut [i8]) -> (f32, f32)
     match format {
         Q8_0 => {
             let w = &row[s * bb..(s + 1) * bb];
-            for (i, v) in q.iter_mut().enumerate() {
-                *v = w[2 + i] as i8;
+            for (v, &b) in q.iter_mut().zip(&w[2..34]) {
+                *v = b as i8;
             }
             (f16_at(w, 0), 0.0)
         }
         Q4_0 | Q4_1 => {
             let w = &row[s * bb..(s + 1) * bb];
             let zero = format == Q4_0;
-            let qs = &w[if zero { 2 } else { 4 }..];
-            for (i, v) in q.iter_mut().enumerate() {
-                *v = nib(qs, i) as i8 - if zero { 8 } else { 0 };
+            let qs: &[u8; 16] = w[if zero { 2 } else { 4 }..][..16].try_into().unwrap();
+            let off = if zero { 8 } else { 0 };
+            let (lo, hi) = q.split_at_mut(16);
+            for i in 0..16 {
+                lo[i] = (qs[i] & 0x0f) as i8 - off;
+                hi[i] = (qs[i] >> 4) as i8 - off;
             }
             (f16_at(w, 0), if zero { 0.0 } else { f16_at(w, 2) })
         }

@@ -131,7 +131,12 @@ fn available() -> Vec<Isa> {
 fn every_path_agrees_bit_for_bit_where_the_arithmetic_is_exact() {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     for format in kernel_formats() {
-        for cols in [256, 512, 768] {
+        // 800: an odd number of 32-blocks (the paired kernels' tail); F16
+        // and BF16 rows of 808 end off their 16-wide steps.
+        for cols in [256, 512, 768, 800, 808] {
+            if format.row_bytes(cols).is_none() {
+                continue;
+            }
             for _ in 0..20 {
                 let row = random_row(format, cols, &mut rng, true);
                 let a = Q8Acts::new(&random_acts(cols, &mut rng, true));

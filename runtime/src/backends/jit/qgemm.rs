@@ -67,13 +67,17 @@ impl GemmCall {
                 (0..k).map(|p| unsafe { *(pa as *const f32).offset(off + p as isize * acs) }),
             );
         };
+        // Element offset of each output row (over batch points and rows).
+        let (ors, ocs) = (self.out.rs(), self.out.cs());
+        let row_off: Vec<isize> = (0..rows)
+            .map(|t| {
+                let (bi, i) = (t / m, t % m);
+                self.out.batch_offset(&unflatten(bi, &self.batch)) as isize + i as isize * ors
+            })
+            .collect();
         let out_at = |t: usize, j: usize| -> *mut f32 {
-            let (bi, i) = (t / m, t % m);
-            let off = self.out.batch_offset(&unflatten(bi, &self.batch)) as isize
-                + i as isize * self.out.rs()
-                + j as isize * self.out.cs();
             // SAFETY: element (i, j) of batch point `bi` lies inside `out`.
-            unsafe { (po as *mut f32).offset(off) }
+            unsafe { (po as *mut f32).offset(row_off[t] + j as isize * ocs) }
         };
         let run_epilogue = |j0: usize, j1: usize| {
             if let Some(f) = epilogue {
