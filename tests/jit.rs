@@ -251,3 +251,75 @@ fn steps_over_the_memory_budget_are_refused() {
     model.set_memory_budget(None);
     model.session().forward_batch(&rows).unwrap();
 }
+
+/// `--precision int8` and `bf16` on every tiny model against the f64
+/// interpreter with the f32 weights: the matrices move into Q8_0 / BF16
+/// (those whose rows are whole blocks), outputs stay within a normwise
+/// bound at decode shapes (row dot products) and prefill shapes (the
+/// integer GEMM), and leaving the JIT gives the f32 weights back exactly.
+#[test]
+fn int8_and_bf16_modes_track_the_interpreter_and_give_the_weights_back() {
+    use common::inputs::{max_abs_diff_and_scale, test_lengths};
+    use kiln_runtime::Precision;
+    use kiln_runtime::session::Model;
+    // Normwise: max |Δ| over the output's largest magnitude (measured worst
+    // over these models: int8 5.6e-2 (mixtral, whose routing moves), else
+    // under 3e-2; bf16 7.8e-3).
+    let bounds = [(Precision::Int8, 0.08f32), (Precision::Bf16, 0.015)];
+    let mut report = String::new();
+    for path in common::tiny_specs() {
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        let l = lower(&spec::load(&path).unwrap()).unwrap();
+        let graphs: Vec<_> = l.graphs().collect();
+        let weights = Weights::random(&graphs, 9).unwrap();
+        for (precision, bound) in bounds {
+            let model = Model::new(l.clone(), weights.clone())
+                .with_precision(precision)
+                .compile(&Jit)
+                .unwrap_or_else(|e| panic!("{name} {precision}: {e}"));
+            let stored = model.weights.stored_bytes();
+            assert!(
+                !stored.is_empty(),
+                "{name} {precision}: nothing was encoded"
+            );
+            let mut worst = 0.0f32;
+            for (part, g) in l.parts() {
+                let compiled = model.part(part).unwrap();
+                for lens in test_lengths(&l, g) {
+                    let inputs = graph_inputs(&l, g, &lens, 3 ^ lens.seq as u64);
+                    let want = run(g, &weights, &inputs).unwrap();
+                    let pairs: Vec<(&str, &kiln_runtime::Tensor)> =
+                        inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+                    let got = compiled.run_host(&model.weights, &pairs).unwrap();
+                    for (out, w) in want.iter() {
+                        let (d, scale) =
+                            max_abs_diff_and_scale(&w.to_f32_vec(), &got[out].to_f32_vec());
+                        let rel = d / scale;
+                        assert!(
+                            rel <= bound,
+                            "{name} {precision}: `{out}` of `{}` at {lens:?} off by {rel:e} of its scale",
+                            g.name
+                        );
+                        worst = worst.max(rel);
+                    }
+                }
+            }
+            report += &format!("{name} {precision}: worst normwise difference {worst:.2e}\n");
+            let back = (model.with_precision(Precision::F32))
+                .compile(kiln_runtime::backends::reference())
+                .unwrap();
+            assert!(!back.weights.has_quantised(), "{name} {precision}");
+            for (n, t) in weights.iter() {
+                let b = back
+                    .weights
+                    .get(n)
+                    .unwrap_or_else(|| panic!("{name}: `{n}` lost"));
+                assert!(
+                    b.to_f32_vec() == t.to_f32_vec(),
+                    "{name} {precision}: `{n}` changed in the round trip"
+                );
+            }
+        }
+    }
+    eprintln!("{report}");
+}

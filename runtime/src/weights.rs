@@ -2,7 +2,7 @@
 //! [`Init`]s, and checking a weights map against a graph.
 
 use crate::error::{Result, RuntimeError};
-use crate::quant::QuantMatrix;
+use crate::quant::{BlockFormat, QuantMatrix};
 use crate::tensor::Tensor;
 use kiln_compiler::ir::{DType, Graph, Init, Op};
 use rand::{Rng, SeedableRng};
@@ -193,23 +193,42 @@ impl Weights {
     /// Elements of every parameter (each name once).
     pub fn numel(&self) -> usize {
         let dense: usize = self.tensors.values().map(Tensor::numel).sum();
-        let stored: usize = (self.quantised.iter())
-            .filter(|(n, _)| !self.tensors.contains_key(*n))
-            .map(|(_, q)| q.numel())
-            .sum();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut stored = 0;
+        for (n, q) in &self.quantised {
+            if self.tensors.contains_key(n) {
+                continue;
+            }
+            // A joined weight shares its parts' segments: each once.
+            for s in q.segments() {
+                if seen.insert(s.bytes.key()) {
+                    stored += s.rows * q.cols();
+                }
+            }
+        }
         dense + stored
     }
 
     /// Bytes the weights occupy: 4 per dense element, the stored bytes of
-    /// the others (shared with a mapped file or not).
+    /// the others (shared with a mapped file or not; bytes shared by a
+    /// joined weight and its parts count once).
     pub fn n_bytes(&self) -> usize {
         let dense: usize = self.tensors.values().map(|t| 4 * t.numel()).sum();
-        dense
-            + self
-                .quantised
-                .values()
-                .map(QuantMatrix::n_bytes)
-                .sum::<usize>()
+        dense + self.stored_bytes().values().sum::<usize>()
+    }
+
+    /// Bytes of the stored-format weights by format, each byte range once.
+    pub fn stored_bytes(&self) -> BTreeMap<BlockFormat, usize> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut by = BTreeMap::new();
+        for q in self.quantised.values() {
+            for s in q.segments() {
+                if seen.insert(s.bytes.key()) {
+                    *by.entry(s.format).or_default() += s.bytes.len();
+                }
+            }
+        }
+        by
     }
 
     /// Decode every stored-format weight into a dense tensor (for a model

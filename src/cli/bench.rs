@@ -140,6 +140,9 @@ pub fn run(a: Args) -> Result<(), CliError> {
     // spec → graphs (lowering) → passes, fusion and code generation.
     let mut args = a.model.clone();
     args.backend = BackendRef(backends::reference());
+    // The precision applies at the compile below (the reference backend
+    // runs f32 and stored only).
+    args.precision = kiln_runtime::Precision::Stored;
     let loaded = open_model(&args)?;
     let t0 = Instant::now();
     let relowered = lower(&loaded.spec)?;
@@ -374,12 +377,10 @@ fn weights_text(model: &Model) -> String {
     if model.f16_weights() {
         return "f16".into();
     }
-    let mut bytes: std::collections::BTreeMap<String, usize> = Default::default();
-    for (_, q) in model.weights.iter_quant() {
-        for s in q.segments() {
-            *bytes.entry(s.format.name().to_string()).or_default() += s.bytes.len();
-        }
-    }
+    let mut bytes: std::collections::BTreeMap<String, usize> = (model.weights.stored_bytes())
+        .into_iter()
+        .map(|(f, b)| (f.name().to_string(), b))
+        .collect();
     if bytes.is_empty() {
         return "f32".into();
     }

@@ -209,8 +209,11 @@ pub struct ModelArgs {
     pub disable_pass: Vec<String>,
     /// How the weights are stored: `stored` (as the checkpoint stores them:
     /// a GGUF file's quantised, f16 and bf16 matrices run from their blocks
-    /// on the JIT; anything else is f32), `f32` (decoded at load), or `f16`
-    /// (wgpu on an adapter with SHADER_F16: half the weight memory, f32
+    /// on the JIT; anything else is f32), `f32` (decoded at load), `int8`
+    /// (JIT: matrices quantised at load to Q8_0, per output channel and
+    /// block of 32, activations per block of 32; integer products), `bf16`
+    /// (JIT: matrices rounded to bfloat16, f32 activations), or `f16` (wgpu
+    /// on an adapter with SHADER_F16: half the weight memory, f32
     /// arithmetic, outputs within about 1e-2 of f32; kept f32 where the
     /// adapter lacks it).
     #[arg(long, default_value = "stored")]

@@ -542,14 +542,17 @@ def parity(key, m, sess, ids):
 # --------------------------------------------------------------------------- kiln
 
 
-def run_kiln(target, name, args, force_model=False):
+def run_kiln(target, name, args, force_model=False, precision=None):
     """`kiln bench TARGET` (a spec or a .gguf file) with the peers' sizes and repetitions.
 
-    force_model: name the row `name` even though kiln reports its own (kept as `kiln_model`)."""
+    force_model: name the row `name` even though kiln reports its own (kept as `kiln_model`).
+    precision: kiln's `--precision` (default: kiln's own, `stored`)."""
     cmd = [
         args.kiln, "bench", str(target), "--seq-len", str(SEQ_LEN), "--decode-tokens", str(DECODE_TOKENS),
         "--iters", str(args.iters), "--warmup", str(args.warmup), "--format", "json",
     ]
+    if precision:
+        cmd += ["--precision", precision]
     row = {"model": name, "backend": "kiln", "cmd": " ".join(cmd)}
     if not args.kiln:
         row["error"] = "no kiln binary: pass --kiln PATH (target/release/kiln was not found)"
@@ -769,11 +772,12 @@ def run_model(key, args, rows):
 
     del m
     if "kiln" in backends:
-        log(f"[{name}] kiln: {args.kiln}")
-        row = run_kiln(MODELS[key]["spec"], name, args)
-        row.setdefault("workload", key)
-        emit(row)
-        rows.append(row)
+        for precision in args.kiln_precision or [None]:
+            log(f"[{name}] kiln{' --precision ' + precision if precision else ''}: {args.kiln}")
+            row = run_kiln(MODELS[key]["spec"], name, args, precision=precision)
+            row.setdefault("workload", key)
+            emit(row)
+            rows.append(row)
 
 
 def fmt(v, nd=2):
@@ -836,6 +840,7 @@ def main(argv=None):
         "workloads and llamacpp,kiln on the GGUF workloads",
     )
     ap.add_argument("--kiln", metavar="PATH", help="kiln binary; also run `PATH bench <spec or .gguf> ...` for each workload (default for the GGUF workloads and with --backends ...kiln: target/release/kiln)")
+    ap.add_argument("--kiln-precision", metavar="LIST", type=lambda v: [x for x in v.split(",") if x], default=None, help="spec workloads: one kiln row per precision in this comma list (f32, int8, bf16; default: kiln's own default)")
     ap.add_argument("--kiln-timeout", type=float, default=1800, help="seconds allowed per kiln bench run (default 1800)")
     ap.add_argument("--smollm2-gguf", metavar="FILE", default=os.environ.get("SMOLLM2_GGUF") or None, help="the shipped SmolLM2-135M-Instruct Q4_1 GGUF (default $SMOLLM2_GGUF, else tests/parity/fetch_real.sh is run)")
     ap.add_argument("--llamacpp-dir", metavar="DIR", default=LLAMACPP_DIR, help=f"folder where tests/bench/setup_llamacpp.sh installed node-llama-cpp (default $KILN_LLAMACPP_DIR or {LLAMACPP_DIR})")

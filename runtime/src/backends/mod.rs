@@ -412,6 +412,15 @@ pub enum Precision {
     /// `SHADER_F16` (elsewhere it keeps f32). Half the weight memory and
     /// bandwidth; outputs within about 1e-2 relative of f32.
     F16,
+    /// int8 weights (the JIT): every matrix read only by products (and row
+    /// gathers) is quantised at load to Q8_0 (one f16 scale per output
+    /// channel and block of 32 inputs, ggml's format), activations per
+    /// block of 32 as they arrive; integer dot products and GEMM (AVX-512
+    /// VNNI). A quarter of f32's weight bytes.
+    Int8,
+    /// bf16 weights (the JIT): the same matrices rounded to bfloat16,
+    /// multiplied with f32 activations. Half of f32's weight bytes.
+    Bf16,
 }
 
 impl fmt::Display for Precision {
@@ -420,6 +429,8 @@ impl fmt::Display for Precision {
             Precision::Stored => "stored",
             Precision::F32 => "f32",
             Precision::F16 => "f16",
+            Precision::Int8 => "int8",
+            Precision::Bf16 => "bf16",
         })
     }
 }
@@ -431,8 +442,10 @@ impl FromStr for Precision {
             "stored" => Ok(Precision::Stored),
             "f32" => Ok(Precision::F32),
             "f16" => Ok(Precision::F16),
+            "int8" => Ok(Precision::Int8),
+            "bf16" => Ok(Precision::Bf16),
             other => Err(RuntimeError::Unsupported(format!(
-                "unknown precision `{other}`: expected `stored`, `f32` or `f16`"
+                "unknown precision `{other}`: expected `stored`, `f32`, `int8`, `bf16` or `f16`"
             ))),
         }
     }

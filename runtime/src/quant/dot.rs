@@ -47,6 +47,12 @@ impl Q8Acts {
 
     /// Quantise `x` into this (reusing its storage).
     pub fn set(&mut self, x: &[f32]) {
+        self.set_keeping(x, true);
+    }
+
+    /// Quantise `x`; keep its f32 values too only if `keep_x` (the F16 and
+    /// BF16 products read them; the integer GEMM does not).
+    pub fn set_keeping(&mut self, x: &[f32], keep_x: bool) {
         let nb = x.len() / 32;
         self.d.clear();
         self.sum.clear();
@@ -56,7 +62,11 @@ impl Q8Acts {
         self.sum8.resize(8 * nb, 0);
         self.q.resize(32 * nb, 0);
         self.x.clear();
-        self.x.extend_from_slice(x);
+        if keep_x {
+            self.x.extend_from_slice(x);
+        } else {
+            self.x.resize(x.len(), 0.0);
+        }
         for b in 0..nb {
             let xs = &x[32 * b..32 * b + 32];
             let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -64,7 +74,7 @@ impl Q8Acts {
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             let qs = &mut self.q[32 * b..32 * b + 32];
             for (q, &v) in qs.iter_mut().zip(xs) {
-                *q = (v * id).round() as i8;
+                *q = round_away(v * id) as i8;
             }
             let s0: i32 = qs[..16].iter().map(|&q| i32::from(q)).sum();
             let s1: i32 = qs[16..].iter().map(|&q| i32::from(q)).sum();
@@ -85,6 +95,16 @@ impl Q8Acts {
     pub fn is_empty(&self) -> bool {
         self.x.is_empty()
     }
+}
+
+/// `r` rounded to the nearest integer, halves away from zero (C's
+/// `roundf`, ggml's rounding), for `|r| < 2^23`: a truncating conversion
+/// and an exact remainder instead of a libm call per value.
+#[inline]
+pub fn round_away(r: f32) -> i32 {
+    let t = r as i32;
+    let f = r - t as f32;
+    t + i32::from(f >= 0.5) - i32::from(f <= -0.5)
 }
 
 /// An instruction-set path of the product kernels.

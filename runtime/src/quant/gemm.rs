@@ -57,14 +57,21 @@ impl QRows {
     /// Append a row (`x.len() == k`), quantised as [`Q8Acts`] does.
     pub fn push(&mut self, x: &[f32]) {
         assert_eq!(x.len(), self.k);
-        self.scratch.set(x);
+        let mut a = std::mem::take(&mut self.scratch);
+        a.set(x);
+        self.push_quantised(&a);
+        self.scratch = a;
+    }
+
+    /// Append a row already quantised (`a.len() == k`).
+    pub fn push_quantised(&mut self, a: &Q8Acts) {
+        assert_eq!(a.len(), self.k);
         self.u
-            .extend(self.scratch.q.iter().map(|&q| (i16::from(q) + 128) as u8));
-        self.d.extend_from_slice(&self.scratch.d);
-        self.dsum.extend_from_slice(&self.scratch.dsum);
-        let (d, s16) = (&self.scratch.d, &self.scratch.sum16);
+            .extend(a.q.iter().map(|&q| (i16::from(q) + 128) as u8));
+        self.d.extend_from_slice(&a.d);
+        self.dsum.extend_from_slice(&a.dsum);
         self.dsum16
-            .extend((0..s16.len()).map(|h| d[h / 2] * s16[h] as f32));
+            .extend((0..a.sum16.len()).map(|h| a.d[h / 2] * a.sum16[h] as f32));
         self.rows += 1;
     }
 
@@ -153,6 +160,15 @@ impl Panel {
             let own = sub_block_len(format).unwrap_or(sub);
             // Byte offset of column `c`'s 4-byte group 0 of sub-block 0.
             let col_at = (c / 16) * 64 + (c % 16) * 4;
+            if sub == 32
+                && matches!(
+                    format,
+                    BlockFormat::Q8_0 | BlockFormat::Q4_0 | BlockFormat::Q4_1
+                )
+            {
+                self.pack_simple(format, row, c, col_at);
+                continue;
+            }
             for s in 0..nsub {
                 let (dw, mw) = if own == sub {
                     unpack(format, row, s, &mut vals[..sub])
@@ -177,6 +193,44 @@ impl Panel {
             }
         }
         true
+    }
+
+    /// Column `c` from a Q8_0, Q4_0 or Q4_1 row (32-value sub-blocks):
+    /// the common formats unpacked without the general per-block dispatch.
+    fn pack_simple(&mut self, format: BlockFormat, row: &[u8], c: usize, col_at: usize) {
+        let bb = format.block_bytes();
+        let mut vals = [0i8; 32];
+        for (s, w) in row.chunks_exact(bb).enumerate().take(self.nsub) {
+            let (dw, mw) = match format {
+                BlockFormat::Q8_0 => {
+                    for (v, &b) in vals.iter_mut().zip(&w[2..34]) {
+                        *v = b as i8;
+                    }
+                    (f16_at(w, 0), 0.0)
+                }
+                _ => {
+                    let zero = format == BlockFormat::Q4_0;
+                    let qs: &[u8; 16] = w[if zero { 2 } else { 4 }..][..16].try_into().unwrap();
+                    let off = if zero { 8 } else { 0 };
+                    let (lo, hi) = vals.split_at_mut(16);
+                    for i in 0..16 {
+                        lo[i] = (qs[i] & 0x0f) as i8 - off;
+                        hi[i] = (qs[i] >> 4) as i8 - off;
+                    }
+                    (f16_at(w, 0), if zero { 0.0 } else { f16_at(w, 2) })
+                }
+            };
+            let at = s * PANEL_COLS + c;
+            self.dw[at] = dw;
+            self.mw[at] = mw;
+            self.has_min |= mw != 0.0;
+            self.corr[at] = 128 * vals.iter().map(|&v| i32::from(v)).sum::<i32>();
+            let base = s * 8 * 128 + col_at;
+            let q = &mut self.q[base..base + 7 * 128 + 4];
+            for g in 0..8 {
+                q[g * 128..g * 128 + 4].copy_from_slice(&vals[4 * g..4 * g + 4]);
+            }
+        }
     }
 
     /// Position of value `t` of sub-block `s` of column `c` in `q`.
@@ -291,15 +345,10 @@ pub fn tile(p: &Panel, a: &QRows, r0: usize, out: &mut [[f32; PANEL_COLS]]) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the CPU has the features (checked above); shapes checked.
     unsafe {
-        match (out.len(), p.sub) {
-            (4, 32) => x86::tile::<4, 8>(p, a, r0, out),
-            (3, 32) => x86::tile::<3, 8>(p, a, r0, out),
-            (2, 32) => x86::tile::<2, 8>(p, a, r0, out),
-            (1, 32) => x86::tile::<1, 8>(p, a, r0, out),
-            (4, _) => x86::tile::<4, 4>(p, a, r0, out),
-            (3, _) => x86::tile::<3, 4>(p, a, r0, out),
-            (2, _) => x86::tile::<2, 4>(p, a, r0, out),
-            _ => x86::tile::<1, 4>(p, a, r0, out),
+        if p.sub == 32 {
+            x86::tile::<8>(p, a, r0, out)
+        } else {
+            x86::tile::<4>(p, a, r0, out)
         }
     }
 }
@@ -347,9 +396,11 @@ mod x86 {
     use super::{PANEL_COLS, Panel, QRows};
     use std::arch::x86_64::*;
 
-    /// `R` rows by 32 columns; `G` groups of 4 values per sub-block.
+    /// 4 rows (rows past `rows` repeat the last; not stored) by 32 columns;
+    /// `G` groups of 4 values per sub-block. Every accumulator is its own
+    /// variable so that all 16 stay in registers.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn tile<const R: usize, const G: usize>(
+    pub(super) unsafe fn tile<const G: usize>(
         p: &Panel,
         a: &QRows,
         r0: usize,
@@ -358,67 +409,97 @@ mod x86 {
         let k = a.k;
         let nb = k / 32;
         let sub = 4 * G;
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let rows = out.len();
+        let row = |r: usize| r0 + r.min(rows - 1);
+        let (i0, i1, i2, i3) = (row(0), row(1), row(2), row(3));
+        let u = a.u.as_ptr();
+        let (u0, u1, u2, u3) = (
+            u.wrapping_add(i0 * k),
+            u.wrapping_add(i1 * k),
+            u.wrapping_add(i2 * k),
+            u.wrapping_add(i3 * k),
+        );
+        let z = _mm512_setzero_ps();
+        let (mut c00, mut c01, mut c10, mut c11) = (z, z, z, z);
+        let (mut c20, mut c21, mut c30, mut c31) = (z, z, z, z);
         let qp = p.q.as_ptr();
-        for s in 0..p.nsub {
-            let mut ia = [[_mm512_setzero_si512(); 2]; R];
-            for g in 0..G {
-                // SAFETY: the panel holds nsub·G·2 vectors of 64 bytes and
-                // each row `k` bytes (checked by the caller).
-                unsafe {
+        let d = a.d.as_ptr();
+        let ds = if G == 8 {
+            a.dsum.as_ptr()
+        } else {
+            a.dsum16.as_ptr()
+        };
+        // Per-row strides of `d` and of `ds` in entries.
+        let dss = if G == 8 { nb } else { 2 * nb };
+        // SAFETY (whole body): the caller checked that the panel holds nsub
+        // sub-blocks of G·2 vectors and 32 entries of each per-column array,
+        // and that rows i0..=i3 of `a` exist (k bytes, k/32 and k/16 scales).
+        unsafe {
+            for s in 0..p.nsub {
+                let zi = _mm512_setzero_si512();
+                let (mut a00, mut a01, mut a10, mut a11) = (zi, zi, zi, zi);
+                let (mut a20, mut a21, mut a30, mut a31) = (zi, zi, zi, zi);
+                let base = s * sub;
+                for g in 0..G {
                     let w = qp.add((s * G + g) * 128);
                     let w0 = _mm512_loadu_si512(w.cast());
                     let w1 = _mm512_loadu_si512(w.add(64).cast());
-                    for r in 0..R {
-                        let up = a.u.as_ptr().add((r0 + r) * k + s * sub + 4 * g);
-                        let av = _mm512_set1_epi32(std::ptr::read_unaligned(up.cast::<i32>()));
-                        ia[r][0] = _mm512_dpbusd_epi32(ia[r][0], av, w0);
-                        ia[r][1] = _mm512_dpbusd_epi32(ia[r][1], av, w1);
-                    }
+                    let at = base + 4 * g;
+                    let b0 = _mm512_set1_epi32(std::ptr::read_unaligned(u0.add(at).cast::<i32>()));
+                    a00 = _mm512_dpbusd_epi32(a00, b0, w0);
+                    a01 = _mm512_dpbusd_epi32(a01, b0, w1);
+                    let b1 = _mm512_set1_epi32(std::ptr::read_unaligned(u1.add(at).cast::<i32>()));
+                    a10 = _mm512_dpbusd_epi32(a10, b1, w0);
+                    a11 = _mm512_dpbusd_epi32(a11, b1, w1);
+                    let b2 = _mm512_set1_epi32(std::ptr::read_unaligned(u2.add(at).cast::<i32>()));
+                    a20 = _mm512_dpbusd_epi32(a20, b2, w0);
+                    a21 = _mm512_dpbusd_epi32(a21, b2, w1);
+                    let b3 = _mm512_set1_epi32(std::ptr::read_unaligned(u3.add(at).cast::<i32>()));
+                    a30 = _mm512_dpbusd_epi32(a30, b3, w0);
+                    a31 = _mm512_dpbusd_epi32(a31, b3, w1);
                 }
-            }
-            let at = s * PANEL_COLS;
-            // SAFETY: 32 entries per sub-block in each array.
-            let (c, dw, mw) = unsafe {
-                (
-                    [
-                        _mm512_loadu_si512(p.corr.as_ptr().add(at).cast()),
-                        _mm512_loadu_si512(p.corr.as_ptr().add(at + 16).cast()),
-                    ],
-                    [
-                        _mm512_loadu_ps(p.dw.as_ptr().add(at)),
-                        _mm512_loadu_ps(p.dw.as_ptr().add(at + 16)),
-                    ],
-                    [
-                        _mm512_loadu_ps(p.mw.as_ptr().add(at)),
-                        _mm512_loadu_ps(p.mw.as_ptr().add(at + 16)),
-                    ],
-                )
-            };
-            for r in 0..R {
-                let b = (r0 + r) * nb + s * sub / 32;
-                let da = _mm512_set1_ps(a.d[b]);
-                for v in 0..2 {
-                    let sum = _mm512_cvtepi32_ps(_mm512_sub_epi32(ia[r][v], c[v]));
-                    acc[r][v] = _mm512_fmadd_ps(sum, _mm512_mul_ps(dw[v], da), acc[r][v]);
+                let at = s * PANEL_COLS;
+                let k0 = _mm512_loadu_si512(p.corr.as_ptr().add(at).cast());
+                let k1 = _mm512_loadu_si512(p.corr.as_ptr().add(at + 16).cast());
+                let dw0 = _mm512_loadu_ps(p.dw.as_ptr().add(at));
+                let dw1 = _mm512_loadu_ps(p.dw.as_ptr().add(at + 16));
+                let b = base / 32;
+                macro_rules! scale {
+                    ($i:expr, $x0:ident, $x1:ident, $c0:ident, $c1:ident) => {{
+                        let da = _mm512_set1_ps(*d.add($i * nb + b));
+                        let s0 = _mm512_cvtepi32_ps(_mm512_sub_epi32($x0, k0));
+                        $c0 = _mm512_fmadd_ps(s0, _mm512_mul_ps(dw0, da), $c0);
+                        let s1 = _mm512_cvtepi32_ps(_mm512_sub_epi32($x1, k1));
+                        $c1 = _mm512_fmadd_ps(s1, _mm512_mul_ps(dw1, da), $c1);
+                    }};
                 }
+                scale!(i0, a00, a01, c00, c01);
+                scale!(i1, a10, a11, c10, c11);
+                scale!(i2, a20, a21, c20, c21);
+                scale!(i3, a30, a31, c30, c31);
                 if p.has_min {
-                    let ds = _mm512_set1_ps(if G == 8 {
-                        a.dsum[b]
-                    } else {
-                        a.dsum16[2 * (r0 + r) * nb + s]
-                    });
-                    for v in 0..2 {
-                        acc[r][v] = _mm512_fmadd_ps(mw[v], ds, acc[r][v]);
+                    let m0 = _mm512_loadu_ps(p.mw.as_ptr().add(at));
+                    let m1 = _mm512_loadu_ps(p.mw.as_ptr().add(at + 16));
+                    // The minimum's term: one per sub-block (32 values, or
+                    // the half block of 16).
+                    let h = if G == 8 { b } else { s };
+                    macro_rules! mins {
+                        ($i:expr, $c0:ident, $c1:ident) => {{
+                            let v = _mm512_set1_ps(*ds.add($i * dss + h));
+                            $c0 = _mm512_fmadd_ps(m0, v, $c0);
+                            $c1 = _mm512_fmadd_ps(m1, v, $c1);
+                        }};
                     }
+                    mins!(i0, c00, c01);
+                    mins!(i1, c10, c11);
+                    mins!(i2, c20, c21);
+                    mins!(i3, c30, c31);
                 }
             }
-        }
-        for (r, o) in out.iter_mut().enumerate() {
-            // SAFETY: each output row holds 32 floats.
-            unsafe {
-                _mm512_storeu_ps(o.as_mut_ptr(), acc[r][0]);
-                _mm512_storeu_ps(o.as_mut_ptr().add(16), acc[r][1]);
+            let res = [[c00, c01], [c10, c11], [c20, c21], [c30, c31]];
+            for (o, c) in out.iter_mut().zip(res) {
+                _mm512_storeu_ps(o.as_mut_ptr(), c[0]);
+                _mm512_storeu_ps(o.as_mut_ptr().add(16), c[1]);
             }
         }
     }

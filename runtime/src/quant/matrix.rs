@@ -41,6 +41,17 @@ impl SharedBytes {
         })
     }
 
+    /// Identifies these bytes: equal for two views of the same range of the
+    /// same owner (a joined weight and its parts), so shared bytes are
+    /// counted once.
+    pub fn key(&self) -> (usize, usize, usize) {
+        (
+            Arc::as_ptr(&self.owner) as *const u8 as usize,
+            self.start,
+            self.len,
+        )
+    }
+
     /// The bytes.
     pub fn as_slice(&self) -> &[u8] {
         &(*self.owner).as_ref()[self.start..self.start + self.len]
@@ -142,6 +153,51 @@ impl QuantMatrix {
                 bytes,
             }],
         })
+    }
+
+    /// Encode dense rows `x` (shape `[.., rows, cols]`) in `format`: Q8_0
+    /// as ggml quantises it (per block of 32, `d = max|x| / 127` stored as
+    /// f16, `q = round(x / d)`), BF16 and F16 rounded to nearest even.
+    /// Other formats are not produced here (GGUF files bring them).
+    pub fn encode(format: BlockFormat, shape: &[usize], x: &[f32]) -> Result<QuantMatrix> {
+        let bad = |m: String| RuntimeError::Internal { message: m };
+        let cols = *shape
+            .last()
+            .ok_or_else(|| bad("a scalar weight to encode".into()))?;
+        if shape.iter().product::<usize>() != x.len() {
+            return Err(bad(format!("{} values for shape {shape:?}", x.len())));
+        }
+        let rb = format
+            .row_bytes(cols)
+            .ok_or_else(|| bad(format!("{cols} columns are not whole {format} blocks")))?;
+        let rows = x.len().checked_div(cols).unwrap_or(0);
+        let mut out = Vec::with_capacity(rows * rb);
+        match format {
+            BlockFormat::Q8_0 => {
+                for b in x.chunks_exact(32) {
+                    let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let d = amax / 127.0;
+                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                    out.extend(half::f16::from_f32(d).to_bits().to_le_bytes());
+                    out.extend(
+                        b.iter()
+                            .map(|&v| super::dot::round_away(v * id) as i8 as u8),
+                    );
+                }
+            }
+            BlockFormat::BF16 => {
+                for &v in x {
+                    out.extend(half::bf16::from_f32(v).to_bits().to_le_bytes());
+                }
+            }
+            BlockFormat::F16 => {
+                for &v in x {
+                    out.extend(half::f16::from_f32(v).to_bits().to_le_bytes());
+                }
+            }
+            other => return Err(bad(format!("kiln does not encode {other}"))),
+        }
+        QuantMatrix::new(format, shape, SharedBytes::from_vec(out))
     }
 
     /// The logical shape.

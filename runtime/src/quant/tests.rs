@@ -225,6 +225,27 @@ fn every_path_matches_the_decoded_weights_on_random_blocks() {
 }
 
 #[test]
+fn rounding_is_roundf_without_the_call() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut cases = vec![
+        0.5f32,
+        -0.5,
+        1.5,
+        -1.5,
+        0.49999997,
+        -0.49999997,
+        126.5,
+        -127.0,
+        0.0,
+        -0.0,
+    ];
+    cases.extend((0..100_000).map(|_| rng.random_range(-127.5f32..127.5)));
+    for r in cases {
+        assert_eq!(super::dot::round_away(r), r.round() as i32, "{r}");
+    }
+}
+
+#[test]
 fn activations_round_like_ggml() {
     let mut x = vec![0f32; 32];
     x[0] = 1.27;

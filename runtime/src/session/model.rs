@@ -82,6 +82,7 @@ impl Model {
                 backend.precisions()[0],
                 match self.precision {
                     Precision::F16 => ", or `--backend wgpu` for f16",
+                    Precision::Int8 | Precision::Bf16 => ", or `--backend jit` for int8 and bf16",
                     _ => "",
                 }
             )));

@@ -8,9 +8,10 @@
 
 use super::JitGraph;
 use super::run::row_gather;
-use crate::backends::WeightLayout;
+use crate::backends::{Precision, WeightLayout};
 use crate::error::{Result, RuntimeError};
 use crate::exec::program::{join_rows, split_rows};
+use crate::quant::{BlockFormat, QuantMatrix};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 use kiln_compiler::ir::Dim;
@@ -55,10 +56,18 @@ pub struct JitLayout {
     /// Decoded copies of stored-format weights that are also read other
     /// than by products and row gathers.
     decoded: Vec<String>,
+    /// Weights encoded at load for `--precision int8|bf16`, with their f32
+    /// originals (given back when the model leaves the JIT).
+    encoded: Vec<(String, Tensor)>,
 }
 
 impl WeightLayout for JitLayout {
     fn restore(&self, weights: &mut Weights) -> Result<()> {
+        // Encoded weights first: joined ones are then split below.
+        for (name, original) in &self.encoded {
+            weights.remove_quant(name);
+            weights.insert(name.clone(), original.clone());
+        }
         for name in &self.transposed {
             if name.ends_with(TRANSPOSED_COPY) {
                 weights.remove(name);
@@ -77,13 +86,18 @@ impl WeightLayout for JitLayout {
         for name in &self.decoded {
             weights.remove(name);
         }
+
         Ok(())
     }
 }
 
 /// Arrange `weights` for `graphs` (see the module docs) and point their
 /// kernels at the new layout.
-pub(super) fn arrange(graphs: &mut [&mut JitGraph], weights: &mut Weights) -> Result<JitLayout> {
+pub(super) fn arrange(
+    graphs: &mut [&mut JitGraph],
+    weights: &mut Weights,
+    precision: Precision,
+) -> Result<JitLayout> {
     let (joined, joined_quant) = join_weights(graphs, weights)?;
     let mut reads: BTreeMap<String, ParamReads> = BTreeMap::new();
     for j in graphs.iter() {
@@ -94,7 +108,29 @@ pub(super) fn arrange(graphs: &mut [&mut JitGraph], weights: &mut Weights) -> Re
     let total: usize = weights.iter().map(|(_, t)| t.numel()).sum();
     let mut transposed = BTreeSet::new();
     let mut decoded = Vec::new();
+    let mut encoded = Vec::new();
+    let encode_as = match precision {
+        Precision::Int8 => Some(BlockFormat::Q8_0),
+        Precision::Bf16 => Some(BlockFormat::BF16),
+        _ => None,
+    };
     for (name, r) in reads {
+        // int8 / bf16: matrices read only by products (and row gathers)
+        // move into the format; the products read its blocks.
+        if let Some(format) = encode_as
+            && r.other == 0
+            && r.transposed_gemm > 0
+            && let Some(t) = weights.get(&name)
+            && t.shape().len() == 2
+            && format.row_bytes(t.shape()[1]).is_some()
+        {
+            let x = t.as_f32().ok_or_else(|| missing(&name))?;
+            let q = QuantMatrix::encode(format, t.shape(), x)?;
+            let original = weights.remove(&name).ok_or_else(|| missing(&name))?;
+            weights.insert_quant(name.clone(), q);
+            encoded.push((name, original));
+            continue;
+        }
         if weights.get(&name).is_none()
             && let Some(q) = weights.quant(&name)
         {
@@ -133,6 +169,7 @@ pub(super) fn arrange(graphs: &mut [&mut JitGraph], weights: &mut Weights) -> Re
         joined,
         joined_quant,
         decoded,
+        encoded,
     })
 }
 

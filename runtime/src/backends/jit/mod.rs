@@ -9,8 +9,8 @@
 
 use crate::backends::profile::Profile;
 use crate::backends::{
-    Backend, Cached, Compiled, KvStore, PartSource, PrepareOptions, Prepared, host_pairs,
-    resident_copies,
+    Backend, Cached, Compiled, KvStore, PartSource, Precision, PrepareOptions, Prepared,
+    host_pairs, resident_copies,
 };
 use crate::error::{Result, RuntimeError};
 use crate::exec::interpreter::{Bindings, NamedTensor, Outputs};
@@ -46,11 +46,15 @@ impl Backend for Jit {
         "jit"
     }
 
+    fn precisions(&self) -> &'static [Precision] {
+        &[Precision::F32, Precision::Int8, Precision::Bf16]
+    }
+
     fn prepare(
         &self,
         parts: Vec<PartSource<'_>>,
         weights: &mut Weights,
-        _opts: &PrepareOptions,
+        opts: &PrepareOptions,
     ) -> Result<Prepared> {
         let mut graphs = Vec::with_capacity(parts.len());
         for p in parts {
@@ -63,7 +67,7 @@ impl Backend for Jit {
         }
         let layout = {
             let mut refs: Vec<&mut JitGraph> = graphs.iter_mut().map(|(_, j)| j).collect();
-            layout::arrange(&mut refs, weights)?
+            layout::arrange(&mut refs, weights, opts.precision)?
         };
         Ok(Prepared {
             parts: (graphs.into_iter())

@@ -62,6 +62,14 @@ impl GemmCall {
                 + i as isize * self.a.rs();
             let acs = self.a.cs();
             buf.clear();
+            if acs == 1 {
+                // SAFETY: row `i` of batch point `bi` of `a` lies inside its
+                // buffer, contiguous.
+                buf.extend_from_slice(unsafe {
+                    std::slice::from_raw_parts((pa as *const f32).offset(off), k)
+                });
+                return;
+            }
             // SAFETY: row `i` of batch point `bi` of `a` lies inside its buffer.
             buf.extend(
                 (0..k).map(|p| unsafe { *(pa as *const f32).offset(off + p as isize * acs) }),
@@ -133,15 +141,33 @@ impl GemmCall {
         // otherwise the activations once, contiguous, then panels of
         // decoded weight rows through the GEMM library.
         let packed = isa == Isa::Avx512 && qgemm::available() && k.is_multiple_of(32);
-        let mut a = Vec::with_capacity(rows * k);
+        // Every row packs (the usual case): the f32 copy is not needed.
+        let all_packed =
+            packed && (w.segments().iter()).all(|s| qgemm::sub_block_len(s.format).is_some());
         let mut qa = QRows::new(if packed { k } else { 0 });
-        let mut x = Vec::with_capacity(k);
-        for t in 0..rows {
-            a_row(t, &mut x);
-            if packed {
-                qa.push(&x);
+        if packed {
+            // Rows quantised in parallel, then appended in order.
+            let acts: Vec<Q8Acts> = (0..rows)
+                .into_par_iter()
+                .map_init(Vec::new, |x, t| {
+                    a_row(t, x);
+                    let mut q = Q8Acts::default();
+                    q.set_keeping(x, false);
+                    q
+                })
+                .collect();
+            for q in &acts {
+                qa.push_quantised(q);
             }
-            a.extend_from_slice(&x);
+        }
+        let mut a = Vec::new();
+        if !all_packed {
+            let mut x = Vec::with_capacity(k);
+            a.reserve(rows * k);
+            for t in 0..rows {
+                a_row(t, &mut x);
+                a.extend_from_slice(&x);
+            }
         }
         let chunk = (n.div_ceil(4 * threads).div_ceil(PANEL_COLS) * PANEL_COLS).clamp(32, 512);
         let work = |c: usize| {
@@ -159,9 +185,19 @@ impl GemmCall {
                             let tr = TILE_ROWS.min(rows - r0);
                             qgemm::tile(&p, &qa, r0, &mut tile[..tr]);
                             for (r, o) in tile[..tr].iter().enumerate() {
-                                for (cc, &v) in o[..p1 - p0].iter().enumerate() {
+                                let o = &o[..p1 - p0];
+                                let dst = out_at(r0 + r, p0);
+                                if ocs == 1 {
+                                    // SAFETY: elements (t, p0..p1) are
+                                    // contiguous and written by this chunk only.
+                                    unsafe {
+                                        std::ptr::copy_nonoverlapping(o.as_ptr(), dst, o.len())
+                                    };
+                                    continue;
+                                }
+                                for (cc, &v) in o.iter().enumerate() {
                                     // SAFETY: each (t, j) is written by one chunk only.
-                                    unsafe { *out_at(r0 + r, p0 + cc) = v };
+                                    unsafe { *dst.offset(cc as isize * ocs) = v };
                                 }
                             }
                         }
