@@ -67,6 +67,20 @@ impl Q8Acts {
         } else {
             self.x.resize(x.len(), 0.0);
         }
+        #[cfg(target_arch = "x86_64")]
+        if !PORTABLE_QUANTISE.with(|p| p.get())
+            && nb > 0
+            && x.iter().all(|v| v.is_finite())
+            && Isa::Avx512.available()
+        {
+            self.d.resize(nb, 0.0);
+            self.sum.resize(nb, 0);
+            self.sum16.resize(2 * nb, 0);
+            self.dsum.resize(nb, 0.0);
+            // SAFETY: AVX-512 present; every array holds its nb blocks.
+            unsafe { x86::quantise_avx512(x, self) };
+            return;
+        }
         for b in 0..nb {
             let xs = &x[32 * b..32 * b + 32];
             let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -105,6 +119,11 @@ pub fn round_away(r: f32) -> i32 {
     let t = r as i32;
     let f = r - t as f32;
     t + i32::from(f >= 0.5) - i32::from(f <= -0.5)
+}
+
+thread_local! {
+    /// Tests: quantise with the scalar loop (the reference of the vector one).
+    pub(crate) static PORTABLE_QUANTISE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// An instruction-set path of the product kernels.
@@ -639,6 +658,54 @@ mod x86 {
             // SAFETY: as for this function.
             BlockFormat::F16 | BlockFormat::BF16 => unsafe { dot_half_avx512(format, row, a) },
             _ => dot_body!(format, row, a, udot_avx512, bits_avx512, q8_avx512),
+        }
+    }
+
+    /// [`Q8Acts::set_keeping`]'s block loop, 32 values as two vectors: the
+    /// same operations as the scalar loop (max of |x|, `d = amax / 127`,
+    /// `1 / d`, `x · id` rounded half away from zero by truncation and the
+    /// exact remainder), so the results are identical. Finite inputs only
+    /// (the caller checks).
+    ///
+    /// # Safety
+    /// AVX-512 F/BW present; `a`'s arrays sized for `x.len() / 32` blocks.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn quantise_avx512(x: &[f32], a: &mut Q8Acts) {
+        let nb = x.len() / 32;
+        let one = _mm512_set1_epi32(1);
+        let half = _mm512_set1_ps(0.5);
+        let mhalf = _mm512_set1_ps(-0.5);
+        for b in 0..nb {
+            // SAFETY: block `b` lies inside `x`, `a.q` and the per-block arrays.
+            unsafe {
+                let p = x.as_ptr().add(32 * b);
+                let v = [_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16))];
+                let amax =
+                    _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
+                let d = amax / 127.0;
+                let id = _mm512_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+                let mut sums = [0i32; 2];
+                for h in 0..2 {
+                    let r = _mm512_mul_ps(v[h], id);
+                    let t = _mm512_cvttps_epi32(r);
+                    let f = _mm512_sub_ps(r, _mm512_cvtepi32_ps(t));
+                    let up = _mm512_cmp_ps_mask(f, half, _CMP_GE_OQ);
+                    let down = _mm512_cmp_ps_mask(f, mhalf, _CMP_LE_OQ);
+                    let q = _mm512_mask_add_epi32(t, up, t, one);
+                    let q = _mm512_mask_sub_epi32(q, down, q, one);
+                    sums[h] = _mm512_reduce_add_epi32(q);
+                    _mm_storeu_si128(
+                        a.q.as_mut_ptr().add(32 * b + 16 * h) as *mut __m128i,
+                        _mm512_cvtepi32_epi8(q),
+                    );
+                }
+                *a.d.get_unchecked_mut(b) = d;
+                *a.sum.get_unchecked_mut(b) = sums[0] + sums[1];
+                *a.sum16.get_unchecked_mut(2 * b) = sums[0];
+                *a.sum16.get_unchecked_mut(2 * b + 1) = sums[1];
+                *a.dsum.get_unchecked_mut(b) = d * (sums[0] + sums[1]) as f32;
+                *a.sum8.get_unchecked_mut(8 * b) = sums[0] + sums[1];
+            }
         }
     }
 

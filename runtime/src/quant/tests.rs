@@ -403,3 +403,55 @@ fn packed_products_agree_with_the_reference_bit_for_bit_and_with_the_decoded_wei
         check_packed(&w, 6, exact, &mut rng);
     }
 }
+
+#[test]
+fn f16_rows_decode_every_bit_pattern_like_the_scalar_conversion() {
+    // 65536 values (a whole number of 16-wide steps) plus a 7-value tail.
+    let mut bits: Vec<u16> = (0..=u16::MAX).collect();
+    bits.extend([0x3c00, 0x0001, 0x8001, 0x7bff, 0xfc00, 0x7e00, 0x0400]);
+    let bytes: Vec<u8> = bits.iter().flat_map(|h| h.to_le_bytes()).collect();
+    let mut out = vec![0f32; bits.len()];
+    BlockFormat::F16.decode(&bytes, &mut out);
+    for (&h, &v) in bits.iter().zip(&out) {
+        let want = super::blocks::f16_to_f32(h);
+        assert!(
+            v.to_bits() == want.to_bits() || (v.is_nan() && want.is_nan()),
+            "{h:#06x}: {v} vs {want}"
+        );
+    }
+}
+
+#[test]
+fn the_vector_quantiser_matches_the_scalar_one() {
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    for len in [32, 64, 96, 800, 808] {
+        for case in 0..50 {
+            let mut x: Vec<f32> = (0..len).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+            if case % 2 == 0 {
+                // Ties: with one ±127 per block the scale is 1, so k + 0.5
+                // values land exactly on the rounding boundary.
+                for (i, v) in x.iter_mut().enumerate() {
+                    *v = if i % 32 == 0 {
+                        127.0
+                    } else {
+                        (rng.random_range(-250i32..250) as f32) / 2.0
+                    };
+                }
+            }
+            if case == 1 {
+                x.iter_mut().take(32).for_each(|v| *v = 0.0);
+            }
+            let fast = Q8Acts::new(&x);
+            super::dot::PORTABLE_QUANTISE.with(|p| p.set(true));
+            let slow = Q8Acts::new(&x);
+            super::dot::PORTABLE_QUANTISE.with(|p| p.set(false));
+            assert_eq!(fast.q, slow.q, "len {len} case {case}");
+            assert_eq!(fast.d, slow.d);
+            assert_eq!(
+                (&fast.sum, &fast.sum16, &fast.sum8),
+                (&slow.sum, &slow.sum16, &slow.sum8)
+            );
+            assert_eq!(fast.dsum, slow.dsum);
+        }
+    }
+}
