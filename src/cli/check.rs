@@ -168,5 +168,7 @@ fn table(c: &Cost) -> String {
     }
     out += &row("weights f32", bytes(c.weight_bytes_f32));
     out += &row("weights f16/bf16", bytes(c.weight_bytes_f16));
+    out += &row("weights --precision int8 (CPU)", bytes(c.weight_bytes_int8));
+    out += &row("weights --precision bf16 (CPU)", bytes(c.weight_bytes_bf16));
     out
 }

@@ -27,8 +27,15 @@ pub struct Cost {
     pub cross_cache_bytes_per_source_token: Option<usize>,
     /// Weight bytes stored as f32.
     pub weight_bytes_f32: usize,
-    /// Weight bytes stored as f16/bf16.
+    /// Weight bytes stored as f16/bf16 (every parameter: wgpu's `f16`).
     pub weight_bytes_f16: usize,
+    /// Weight bytes in the CPU's `--precision int8`: matrices read only by
+    /// products (and row gathers) whose rows are whole 32-blocks in Q8_0
+    /// (34 bytes per 32 values), the rest f32.
+    pub weight_bytes_int8: usize,
+    /// Weight bytes in the CPU's `--precision bf16`: the same matrices in
+    /// bf16, the rest f32.
+    pub weight_bytes_bf16: usize,
 }
 
 /// Which component a canonical parameter name belongs to.
@@ -107,6 +114,24 @@ pub fn cost(rs: &ResolvedSpec, lowered: &Module, seq_len: usize) -> Cost {
         (Some(e), Some(_)) => Some(bytes_of(e, "cross.")),
         _ => None,
     };
+    let (mut int8, mut bf16) = (0usize, 0usize);
+    let products = product_matrices(lowered);
+    for (name, &n) in &params {
+        match products.get(name.as_str()) {
+            Some(&cols) => {
+                bf16 += 2 * n;
+                int8 += if cols.is_multiple_of(32) {
+                    n / 32 * 34
+                } else {
+                    4 * n
+                };
+            }
+            None => {
+                bf16 += 4 * n;
+                int8 += 4 * n;
+            }
+        }
+    }
     Cost {
         parameters,
         parameters_by_component: by,
@@ -116,7 +141,53 @@ pub fn cost(rs: &ResolvedSpec, lowered: &Module, seq_len: usize) -> Cost {
         cross_cache_bytes_per_source_token: cross,
         weight_bytes_f32: parameters * 4,
         weight_bytes_f16: parameters * 2,
+        weight_bytes_int8: int8,
+        weight_bytes_bf16: bf16,
     }
+}
+
+/// Parameters (name → columns) that every graph reads only as transposed
+/// matrix-product operands (`nn.Linear`'s `[out, in]`) and row gathers,
+/// at least one product among them: the matrices the CPU's int8 and bf16
+/// modes encode.
+fn product_matrices(lowered: &Module) -> BTreeMap<&str, usize> {
+    let mut ok: BTreeMap<&str, (usize, bool)> = BTreeMap::new();
+    for g in lowered.graphs() {
+        for id in g.g.node_indices() {
+            let Op::Parameter { name, .. } = &g.node(id).op else {
+                continue;
+            };
+            let shape = &g.ty(id).shape;
+            let cols = match shape.as_slice() {
+                [_, c] => c.as_const(),
+                _ => None,
+            };
+            let mut product = false;
+            let mut other = cols.is_none();
+            for u in g.users(id) {
+                match &g.node(u).op {
+                    // `[out, in]` weights are read transposed (nn.Linear);
+                    // the JIT keeps a weight read as stored in f32.
+                    Op::Gather { .. } => {}
+                    Op::Permute { .. } => {
+                        for v in g.users(u) {
+                            match &g.node(v).op {
+                                Op::MatMul => product = true,
+                                _ => other = true,
+                            }
+                        }
+                    }
+                    _ => other = true,
+                }
+            }
+            let e = ok.entry(name.as_str()).or_insert((cols.unwrap_or(0), true));
+            e.1 &= product && !other;
+        }
+    }
+    ok.into_iter()
+        .filter(|(_, (_, yes))| *yes)
+        .map(|(n, (c, _))| (n, c))
+        .collect()
 }
 
 /// `2 * m * n * k` (times broadcast batch dims) summed over matmuls.
