@@ -63,6 +63,43 @@ impl QRows {
         self.scratch = a;
     }
 
+    /// Replace the rows by `rows` rows quantised in parallel: `f(t, x)`
+    /// fills `x` with row `t`'s `k` values. The same values as [`QRows::push`].
+    pub fn fill_parallel(&mut self, rows: usize, f: impl Fn(usize, &mut Vec<f32>) + Sync) {
+        use rayon::prelude::*;
+        let (k, nb) = (self.k, self.k / 32);
+        self.clear();
+        if k == 0 {
+            self.rows = rows;
+            return;
+        }
+        self.u.resize(rows * k, 0);
+        self.d.resize(rows * nb, 0.0);
+        self.dsum.resize(rows * nb, 0.0);
+        self.dsum16.resize(rows * 2 * nb, 0.0);
+        (self.u.par_chunks_mut(k))
+            .zip(self.d.par_chunks_mut(nb))
+            .zip(self.dsum.par_chunks_mut(nb))
+            .zip(self.dsum16.par_chunks_mut(2 * nb))
+            .enumerate()
+            .for_each_init(
+                || (Vec::with_capacity(k), Q8Acts::default()),
+                |(x, a), (t, (((u, d), ds), ds16))| {
+                    f(t, x);
+                    a.set_keeping(x, false);
+                    for (o, &q) in u.iter_mut().zip(&a.q) {
+                        *o = (i16::from(q) + 128) as u8;
+                    }
+                    d.copy_from_slice(&a.d);
+                    ds.copy_from_slice(&a.dsum);
+                    for (h, o) in ds16.iter_mut().enumerate() {
+                        *o = a.d[h / 2] * a.sum16[h] as f32;
+                    }
+                },
+            );
+        self.rows = rows;
+    }
+
     /// Append a row already quantised (`a.len() == k`).
     pub fn push_quantised(&mut self, a: &Q8Acts) {
         assert_eq!(a.len(), self.k);
@@ -155,7 +192,38 @@ impl Panel {
         self.has_min = false;
         let groups = sub / 4;
         let mut vals = [0i8; 32];
+        // Halves of 16 columns that are contiguous rows of one Q8_0, Q4_0
+        // or Q4_1 segment pack with AVX-512 gathers (the same panel).
+        let mut done = [false; 2];
+        #[cfg(target_arch = "x86_64")]
+        if sub == 32 && super::Isa::Avx512.available() {
+            for (h, done) in done.iter_mut().enumerate() {
+                if 16 * h + 16 > self.cols {
+                    continue;
+                }
+                let (format, first) = w.row(j0 + 16 * h);
+                let rb = first.len();
+                let same = (1..16).all(|l| {
+                    let (f, r) = w.row(j0 + 16 * h + l);
+                    f == format && r.as_ptr() as usize == first.as_ptr() as usize + l * rb
+                });
+                if same
+                    && matches!(
+                        format,
+                        BlockFormat::Q8_0 | BlockFormat::Q4_0 | BlockFormat::Q4_1
+                    )
+                {
+                    // SAFETY: AVX-512 present; rows j0+16h.. are 16
+                    // contiguous rows of `rb` bytes starting at `first`.
+                    unsafe { self.pack16_avx512(format, first.as_ptr(), rb, h) };
+                    *done = true;
+                }
+            }
+        }
         for c in 0..self.cols {
+            if done[c / 16] {
+                continue;
+            }
             let (format, row) = w.row(j0 + c);
             let own = sub_block_len(format).unwrap_or(sub);
             // Byte offset of column `c`'s 4-byte group 0 of sub-block 0.
@@ -193,6 +261,72 @@ impl Panel {
             }
         }
         true
+    }
+
+    /// Columns `16h..16h + 16` from 16 contiguous rows (`rb` bytes each,
+    /// the first at `base`) of a Q8_0, Q4_0 or Q4_1 matrix: each 4-byte
+    /// group of the 16 rows is one gather, the sums come from `vpdpbusd`
+    /// against ones, the scales through `vcvtph2ps` — the values
+    /// [`Panel::pack_simple`] writes.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VNNI present; the 16 rows hold `nsub` blocks each.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn pack16_avx512(&mut self, format: BlockFormat, base: *const u8, rb: usize, h: usize) {
+        use std::arch::x86_64::*;
+        let bb = format.block_bytes();
+        let (qs_at, zero, min) = match format {
+            BlockFormat::Q8_0 => (2, false, false),
+            BlockFormat::Q4_0 => (2, true, false),
+            _ => (4, false, true),
+        };
+        let lanes = _mm512_mullo_epi32(
+            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+            _mm512_set1_epi32(rb as i32),
+        );
+        let ones = _mm512_set1_epi8(1);
+        let m4 = _mm512_set1_epi8(0x0f);
+        let eight = _mm512_set1_epi8(8);
+        let zf = _mm512_setzero_ps();
+        for s in 0..self.nsub {
+            // SAFETY: block `s` of each of the 16 rows lies inside them; the
+            // panel arrays hold nsub sub-blocks.
+            unsafe {
+                let blk = base.add(s * bb);
+                let mut sum = _mm512_setzero_si512();
+                for g in 0..8 {
+                    let v = if format == BlockFormat::Q8_0 {
+                        _mm512_i32gather_epi32::<1>(lanes, blk.add(2 + 4 * g).cast())
+                    } else {
+                        let raw =
+                            _mm512_i32gather_epi32::<1>(lanes, blk.add(qs_at + 4 * (g % 4)).cast());
+                        let n = if g < 4 {
+                            _mm512_and_si512(raw, m4)
+                        } else {
+                            _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4)
+                        };
+                        if zero { _mm512_sub_epi8(n, eight) } else { n }
+                    };
+                    let at = ((s * 8 + g) * 2 + h) * 64;
+                    _mm512_storeu_si512(self.q.as_mut_ptr().add(at).cast(), v);
+                    sum = _mm512_dpbusd_epi32(sum, ones, v);
+                }
+                let at = s * PANEL_COLS + 16 * h;
+                _mm512_storeu_si512(
+                    self.corr.as_mut_ptr().add(at).cast(),
+                    _mm512_slli_epi32(sum, 7),
+                );
+                let sc = _mm512_i32gather_epi32::<1>(lanes, blk.cast());
+                let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(sc));
+                _mm512_storeu_ps(self.dw.as_mut_ptr().add(at), d);
+                if min {
+                    let m = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(sc, 16)));
+                    _mm512_storeu_ps(self.mw.as_mut_ptr().add(at), m);
+                    self.has_min |= _mm512_cmp_ps_mask(m, zf, _CMP_NEQ_UQ) != 0;
+                }
+            }
+        }
     }
 
     /// Column `c` from a Q8_0, Q4_0 or Q4_1 row (32-value sub-blocks):

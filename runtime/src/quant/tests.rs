@@ -455,3 +455,32 @@ fn the_vector_quantiser_matches_the_scalar_one() {
         }
     }
 }
+
+#[test]
+fn activation_rows_fill_in_parallel_as_pushed_one_by_one() {
+    use super::gemm::{PANEL_COLS, Panel, QRows, tile_portable};
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let k = 256;
+    let rows: Vec<Vec<f32>> = (0..11).map(|_| random_acts(k, &mut rng, false)).collect();
+    let mut one = QRows::new(k);
+    for r in &rows {
+        one.push(r);
+    }
+    let mut par = QRows::new(k);
+    par.fill_parallel(rows.len(), |t, x| {
+        x.clear();
+        x.extend_from_slice(&rows[t]);
+    });
+    assert_eq!(par.rows(), one.rows());
+    // Same products from either (Q4_1: scales, minima and offsets all used).
+    let w = random_matrix(BlockFormat::Q4_1, 32, k, false, &mut rng);
+    let mut p = Panel::default();
+    assert!(p.pack(&w, 0, 32));
+    for r0 in [0, 4, 8] {
+        let n = 4.min(rows.len() - r0);
+        let (mut a, mut b) = (vec![[0f32; PANEL_COLS]; n], vec![[0f32; PANEL_COLS]; n]);
+        tile_portable(&p, &one, r0, &mut a);
+        tile_portable(&p, &par, r0, &mut b);
+        assert_eq!(a, b);
+    }
+}

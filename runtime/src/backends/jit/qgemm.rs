@@ -140,25 +140,13 @@ impl GemmCall {
         // has VNNI and the rows' formats pack ([`crate::quant::gemm`]);
         // otherwise the activations once, contiguous, then panels of
         // decoded weight rows through the GEMM library.
-        let packed = isa == Isa::Avx512 && qgemm::available() && k.is_multiple_of(32);
+        let packed = isa == Isa::Avx512 && qgemm::available() && k > 0 && k.is_multiple_of(32);
         // Every row packs (the usual case): the f32 copy is not needed.
         let all_packed =
             packed && (w.segments().iter()).all(|s| qgemm::sub_block_len(s.format).is_some());
         let mut qa = QRows::new(if packed { k } else { 0 });
         if packed {
-            // Rows quantised in parallel, then appended in order.
-            let acts: Vec<Q8Acts> = (0..rows)
-                .into_par_iter()
-                .map_init(Vec::new, |x, t| {
-                    a_row(t, x);
-                    let mut q = Q8Acts::default();
-                    q.set_keeping(x, false);
-                    q
-                })
-                .collect();
-            for q in &acts {
-                qa.push_quantised(q);
-            }
+            qa.fill_parallel(rows, a_row);
         }
         let mut a = Vec::new();
         if !all_packed {
