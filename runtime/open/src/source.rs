@@ -55,8 +55,8 @@ pub enum OpenError {
     /// The model does not fit the memory budget: refused before anything
     /// is allocated.
     #[error(
-        "{}: the weights need {} ({} parameters as f32), more than the memory budget of {} ({}); use a smaller spec (models/tiny/ has test-sized ones), or raise the budget with --memory-limit",
-        path.display(), gib(*need), parameters, gib(*budget), origin
+        "{}: the weights need {} ({} parameters {}), more than the memory budget of {} ({}); use a smaller spec (models/tiny/ has test-sized ones), or raise the budget with --memory-limit",
+        path.display(), gib(*need), parameters, stored_as, gib(*budget), origin
     )]
     Memory {
         /// The model source.
@@ -65,6 +65,8 @@ pub enum OpenError {
         need: u64,
         /// Their parameter count.
         parameters: usize,
+        /// How they would be held (`as f32`, `in the file's formats`).
+        stored_as: &'static str,
         /// The budget in bytes.
         budget: u64,
         /// Where the budget came from (`available memory`, `--memory-limit`).
@@ -221,18 +223,31 @@ impl Budget {
         }
     }
 
-    /// Refuse weights for `lowered` that would not fit, before allocating.
+    /// Refuse weights for `lowered` that would not fit as f32, before
+    /// allocating.
     fn check(budget: Option<Budget>, path: &Path, lowered: &Lowered) -> Result<(), OpenError> {
+        let parameters = lowered.parameter_count();
+        let need = (parameters as u64).saturating_mul(4);
+        Budget::check_bytes(budget, path, need, parameters, "as f32")
+    }
+
+    /// Refuse weights that need `need` bytes when that exceeds the budget.
+    fn check_bytes(
+        budget: Option<Budget>,
+        path: &Path,
+        need: u64,
+        parameters: usize,
+        stored_as: &'static str,
+    ) -> Result<(), OpenError> {
         let Some(b) = budget else {
             return Ok(());
         };
-        let parameters = lowered.parameter_count();
-        let need = (parameters as u64).saturating_mul(4);
         if need > b.bytes {
             return Err(OpenError::Memory {
                 path: path.to_path_buf(),
                 need,
                 parameters,
+                stored_as,
                 budget: b.bytes,
                 origin: b.origin,
             });
@@ -401,7 +416,15 @@ fn with_gguf(
 ) -> Result<LoadedModel, OpenError> {
     let path = file.path();
     let lowered = lower(&rs).map_err(|e| internal(path, e))?;
-    Budget::check(budget, path, &lowered)?;
+    if precision == Precision::Stored {
+        // The stored matrices stay mapped; what they occupy is the file's
+        // tensor data (an upper bound: f32 tensors count as stored).
+        let need: u64 = file.tensors().iter().map(|t| t.n_bytes).sum();
+        let parameters = lowered.parameter_count();
+        Budget::check_bytes(budget, path, need, parameters, "in the file's formats")?;
+    } else {
+        Budget::check(budget, path, &lowered)?;
+    }
     let graphs: Vec<_> = lowered.graphs().collect();
     let weights = file.weights_stored_for(&rs, &graphs, precision == Precision::Stored)?;
     for g in lowered.graphs() {

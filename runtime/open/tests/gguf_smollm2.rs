@@ -349,3 +349,42 @@ fn stored_weights_run_from_the_mapped_blocks_close_to_f32() {
     );
     assert!(share >= 0.95, "top-1 agreement {share}");
 }
+
+/// The memory budget counts what each precision holds: the file's 98 MB of
+/// stored blocks fit a 200 MB limit, the 538 MB of f32 they decode to do
+/// not, and the refusals say which.
+#[test]
+fn the_memory_budget_counts_stored_weights_as_stored() {
+    use kiln_open::source::{OpenOptions, open};
+    use kiln_runtime::Precision;
+    let _ = require_file!();
+    let path = gguf_path().unwrap();
+    let with = |limit: u64, precision: Precision| {
+        open(
+            &path,
+            OpenOptions {
+                memory_limit: Some(limit),
+                precision,
+                ..OpenOptions::default()
+            },
+        )
+    };
+    let m = with(200_000_000, Precision::Stored).unwrap_or_else(|e| panic!("{e}"));
+    assert!(m.model.weights.has_quantised());
+    let e = with(200_000_000, Precision::F32)
+        .err()
+        .expect("f32 is refused")
+        .to_string();
+    assert!(
+        e.contains("parameters as f32), more than the memory budget"),
+        "{e}"
+    );
+    let e = with(50_000_000, Precision::Stored)
+        .err()
+        .expect("50 MB is too little")
+        .to_string();
+    assert!(
+        e.contains("parameters in the file's formats), more than"),
+        "{e}"
+    );
+}
