@@ -150,8 +150,14 @@ impl Isa {
         }
     }
 
-    /// Whether this CPU can run the path.
+    /// Whether this CPU can run the path (detected once).
     pub fn available(self) -> bool {
+        static AVAILABLE: OnceLock<[bool; 3]> = OnceLock::new();
+        let a = AVAILABLE.get_or_init(|| Isa::ALL.map(Isa::detect_available));
+        a[Isa::ALL.iter().position(|&i| i == self).unwrap_or(2)]
+    }
+
+    fn detect_available(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
             match self {
@@ -160,7 +166,7 @@ impl Isa {
                         && is_x86_feature_detected!("avx512bw")
                         && is_x86_feature_detected!("avx512vl")
                         && is_x86_feature_detected!("avx512vnni")
-                        && Isa::Avx2.available()
+                        && Isa::Avx2.detect_available()
                 }
                 Isa::Avx2 => {
                     is_x86_feature_detected!("avx2")

@@ -237,6 +237,27 @@ impl QuantMatrix {
         names.join("+")
     }
 
+    /// `f(j, format, bytes)` for each row `j` of `rows`, in order, walking
+    /// the segments once (no per-row lookup).
+    pub fn for_each_row(&self, rows: Range<usize>, mut f: impl FnMut(usize, BlockFormat, &[u8])) {
+        let mut first = 0;
+        for s in &self.segments {
+            let (lo, hi) = (rows.start.max(first), rows.end.min(first + s.rows));
+            if lo < hi {
+                let rb = s
+                    .format
+                    .row_bytes(self.cols)
+                    .expect("checked at construction");
+                let bytes = s.bytes.as_slice();
+                for j in lo..hi {
+                    let r = j - first;
+                    f(j, s.format, &bytes[r * rb..(r + 1) * rb]);
+                }
+            }
+            first += s.rows;
+        }
+    }
+
     /// Row `r`: its format and bytes.
     pub fn row(&self, mut r: usize) -> (BlockFormat, &[u8]) {
         for s in &self.segments {

@@ -484,3 +484,23 @@ fn activation_rows_fill_in_parallel_as_pushed_one_by_one() {
         assert_eq!(a, b);
     }
 }
+
+#[test]
+fn rows_walk_the_segments_like_row_lookups() {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let parts = [
+        random_matrix(BlockFormat::Q4_1, 5, 64, false, &mut rng),
+        random_matrix(BlockFormat::Q8_0, 3, 64, false, &mut rng),
+        random_matrix(BlockFormat::F16, 4, 64, false, &mut rng),
+    ];
+    let w = QuantMatrix::join_rows(&[&parts[0], &parts[1], &parts[2]]).unwrap();
+    for range in [0..12, 3..9, 5..8, 11..12, 4..4] {
+        let mut seen = Vec::new();
+        w.for_each_row(range.clone(), |j, f, r| {
+            let (f2, r2) = w.row(j);
+            assert_eq!((f, r.as_ptr(), r.len()), (f2, r2.as_ptr(), r2.len()));
+            seen.push(j);
+        });
+        assert_eq!(seen, range.collect::<Vec<_>>());
+    }
+}

@@ -118,14 +118,13 @@ impl GemmCall {
             let chunk = n.div_ceil(8 * threads).clamp(16, 256);
             let work = |c: usize| {
                 let (j0, j1) = (c * chunk, ((c + 1) * chunk).min(n));
-                for j in j0..j1 {
-                    let (format, row) = w.row(j);
+                w.for_each_row(j0..j1, |j, format, row| {
                     for (t, a) in acts.iter().enumerate() {
                         let v = crate::quant::dot::dot(isa, format, row, a);
                         // SAFETY: each (t, j) is written by one chunk only.
                         unsafe { *out_at(t, j) = v };
                     }
-                }
+                });
                 run_epilogue(j0, j1);
             };
             let chunks = n.div_ceil(chunk);
