@@ -986,3 +986,55 @@ prefixes = ["model."]
         }
     }
 }
+
+/// `KILN_QUANT_ISA` forces each quantised-product path for a whole model
+/// run: the 12-token prefill (VNNI integer GEMM, or decoded panels on the
+/// other paths) and the single-row decode products all stay within int8's
+/// bound of the f32 logits on every path the CPU has, and a path it lacks
+/// (or a misspelt one) is named in a warning, not an error.
+#[test]
+fn every_forced_quant_path_runs_a_model_close_to_f32() {
+    let tokens = "1,2,3,4,5,6,7,8,9,10,11,12";
+    let logits = |isa: Option<&str>, precision: &str| -> (Vec<f32>, String) {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        c.args(["run", "models/tiny/smollm2-135m.toml", "--tokens", tokens])
+            .args(["--precision", precision, "--format", "json"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if let Some(i) = isa {
+            c.env("KILN_QUANT_ISA", i);
+        }
+        let out = c.output().expect("run kiln");
+        assert!(
+            out.status.success(),
+            "{isa:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let flat = (v["logits"].as_array().unwrap().iter())
+            .flat_map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+            })
+            .collect();
+        (flat, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (want, _) = logits(None, "f32");
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for isa in ["avx512", "avx2", "portable", "sse9"] {
+        let (got, stderr) = logits(Some(isa), "int8");
+        assert_eq!(got.len(), want.len());
+        let d = (got.iter().zip(&want)).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            d <= 0.08 * scale,
+            "{isa}: int8 logits off by {d} (scale {scale})"
+        );
+        if isa == "sse9" {
+            assert!(
+                stderr.contains("KILN_QUANT_ISA=sse9 is not one of"),
+                "{stderr}"
+            );
+        }
+    }
+}
