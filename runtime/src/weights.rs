@@ -134,6 +134,16 @@ impl Weights {
         self.quantised.get(name)
     }
 
+    /// The stored-format weight named `name` when no dense tensor of that
+    /// name is held: what a backend reads from its blocks (a decoded copy,
+    /// when there is one, is what other readers use).
+    pub fn stored_only(&self, name: &str) -> Option<&QuantMatrix> {
+        if self.tensors.contains_key(name) {
+            return None;
+        }
+        self.quantised.get(name)
+    }
+
     /// Parameter `name` as a dense f32 tensor: the tensor itself, or its
     /// stored-format weight decoded.
     pub fn dense(&self, name: &str) -> Option<Result<Cow<'_, Tensor>>> {
@@ -252,7 +262,7 @@ impl Weights {
             if !checked.insert(p.name) {
                 continue;
             }
-            if let (None, Some(q)) = (self.get(p.name), self.quant(p.name)) {
+            if let Some(q) = self.stored_only(p.name) {
                 if p.shape.as_deref() != Some(q.shape()) {
                     problems.push(format!(
                         "`{}` is {} {:?} but the graph declares {}",

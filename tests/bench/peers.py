@@ -542,6 +542,24 @@ def parity(key, m, sess, ids):
 # --------------------------------------------------------------------------- kiln
 
 
+def last_json_object(p, row):
+    """The last JSON object line on `p`'s stdout; None (with `row["error"]` set) when the
+    process failed or printed none."""
+    parsed = None
+    for line in reversed(p.stdout.splitlines()):
+        if line.strip().startswith("{"):
+            try:
+                parsed = json.loads(line)
+                break
+            except json.JSONDecodeError:
+                continue
+    if p.returncode != 0 or not isinstance(parsed, dict):
+        tail = (p.stderr.strip() or p.stdout.strip())[-600:]
+        row["error"] = f"exit {p.returncode}: {tail}" if p.returncode != 0 else f"no JSON object on stdout: {tail}"
+        return None
+    return parsed
+
+
 def run_kiln(target, name, args, force_model=False, precision=None):
     """`kiln bench TARGET` (a spec or a .gguf file) with the peers' sizes and repetitions.
 
@@ -564,18 +582,8 @@ def run_kiln(target, name, args, force_model=False, precision=None):
     except Exception as e:  # noqa: BLE001
         row["error"] = err_text(e)
         return row
-    parsed = None
-    for line in reversed(p.stdout.splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                parsed = json.loads(line)
-                break
-            except json.JSONDecodeError:
-                continue
-    if p.returncode != 0 or not isinstance(parsed, dict):
-        tail = (p.stderr.strip() or p.stdout.strip())[-600:]
-        row["error"] = f"exit {p.returncode}: {tail}" if p.returncode != 0 else f"no JSON object on stdout: {tail}"
+    parsed = last_json_object(p, row)
+    if parsed is None:
         return row
     out = dict(parsed)
     if force_model and "model" in out:
@@ -664,17 +672,8 @@ def run_llamacpp(path, name, args):
         return row
     for line in p.stderr.splitlines():
         log(f"  {line}")
-    parsed = None
-    for line in reversed(p.stdout.splitlines()):
-        if line.strip().startswith("{"):
-            try:
-                parsed = json.loads(line)
-                break
-            except json.JSONDecodeError:
-                continue
-    if p.returncode != 0 or not isinstance(parsed, dict):
-        tail = (p.stderr.strip() or p.stdout.strip())[-600:]
-        row["error"] = f"exit {p.returncode}: {tail}" if p.returncode != 0 else f"no JSON object on stdout: {tail}"
+    parsed = last_json_object(p, row)
+    if parsed is None:
         return row
     pre, dec = parsed.pop("prefill_s"), parsed.pop("decode_s")
     row["prefill_ms"], row["prefill_ms_min"] = ms_stats(pre)

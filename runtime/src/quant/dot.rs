@@ -33,8 +33,11 @@ pub struct Q8Acts {
     /// Σ q of each block in the first of 8 lanes (zeros in the others):
     /// the offset terms of Q4_0 and Q8_0 as one vector subtraction.
     pub sum8: Vec<i32>,
-    /// The activations themselves (for F16 and BF16 rows).
+    /// The activations themselves (for F16 and BF16 rows; empty when
+    /// quantised with `keep_x = false`).
     pub x: Vec<f32>,
+    /// Number of values.
+    len: usize,
 }
 
 impl Q8Acts {
@@ -53,7 +56,21 @@ impl Q8Acts {
     /// Quantise `x`; keep its f32 values too only if `keep_x` (the F16 and
     /// BF16 products read them; the integer GEMM does not).
     pub fn set_keeping(&mut self, x: &[f32], keep_x: bool) {
+        self.fill(x, keep_x, true);
+    }
+
+    /// The scalar loop alone (the reference of the vector one, for tests).
+    #[cfg(test)]
+    pub(crate) fn new_scalar(x: &[f32]) -> Q8Acts {
+        let mut a = Q8Acts::default();
+        a.fill(x, true, false);
+        a
+    }
+
+    /// [`Q8Acts::set_keeping`], with AVX-512 where `vector` and available.
+    fn fill(&mut self, x: &[f32], keep_x: bool, vector: bool) {
         let nb = x.len() / 32;
+        self.len = x.len();
         self.d.clear();
         self.sum.clear();
         self.sum16.clear();
@@ -64,15 +81,9 @@ impl Q8Acts {
         self.x.clear();
         if keep_x {
             self.x.extend_from_slice(x);
-        } else {
-            self.x.resize(x.len(), 0.0);
         }
         #[cfg(target_arch = "x86_64")]
-        if !PORTABLE_QUANTISE.with(|p| p.get())
-            && nb > 0
-            && x.iter().all(|v| v.is_finite())
-            && Isa::Avx512.available()
-        {
+        if vector && nb > 0 && x.iter().all(|v| v.is_finite()) && Isa::Avx512.available() {
             self.d.resize(nb, 0.0);
             self.sum.resize(nb, 0);
             self.sum16.resize(2 * nb, 0);
@@ -81,6 +92,7 @@ impl Q8Acts {
             unsafe { x86::quantise_avx512(x, self) };
             return;
         }
+        let _ = vector;
         for b in 0..nb {
             let xs = &x[32 * b..32 * b + 32];
             let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -102,12 +114,12 @@ impl Q8Acts {
 
     /// Number of values.
     pub fn len(&self) -> usize {
-        self.x.len()
+        self.len
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.x.is_empty()
+        self.len == 0
     }
 }
 
@@ -119,11 +131,6 @@ pub fn round_away(r: f32) -> i32 {
     let t = r as i32;
     let f = r - t as f32;
     t + i32::from(f >= 0.5) - i32::from(f <= -0.5)
-}
-
-thread_local! {
-    /// Tests: quantise with the scalar loop (the reference of the vector one).
-    pub(crate) static PORTABLE_QUANTISE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// An instruction-set path of the product kernels.
@@ -232,6 +239,10 @@ pub fn dot(isa: Isa, format: BlockFormat, row: &[u8], a: &Q8Acts) -> f32 {
         "a {format} row of {} bytes against {} activations",
         row.len(),
         a.len()
+    );
+    assert!(
+        !matches!(format, BlockFormat::F16 | BlockFormat::BF16) || a.x.len() == a.len(),
+        "{format} rows need the f32 activations (quantised without them)"
     );
     match isa {
         #[cfg(target_arch = "x86_64")]

@@ -228,15 +228,6 @@ impl Panel {
             let own = sub_block_len(format).unwrap_or(sub);
             // Byte offset of column `c`'s 4-byte group 0 of sub-block 0.
             let col_at = (c / 16) * 64 + (c % 16) * 4;
-            if sub == 32
-                && matches!(
-                    format,
-                    BlockFormat::Q8_0 | BlockFormat::Q4_0 | BlockFormat::Q4_1
-                )
-            {
-                self.pack_simple(format, row, c, col_at);
-                continue;
-            }
             for s in 0..nsub {
                 let (dw, mw) = if own == sub {
                     unpack(format, row, s, &mut vals[..sub])
@@ -266,8 +257,8 @@ impl Panel {
     /// Columns `16h..16h + 16` from 16 contiguous rows (`rb` bytes each,
     /// the first at `base`) of a Q8_0, Q4_0 or Q4_1 matrix: each 4-byte
     /// group of the 16 rows is one gather, the sums come from `vpdpbusd`
-    /// against ones, the scales through `vcvtph2ps` — the values
-    /// [`Panel::pack_simple`] writes.
+    /// against ones, the scales through `vcvtph2ps` — the values the
+    /// scalar loop of [`Panel::pack`] writes.
     ///
     /// # Safety
     /// AVX-512 F/BW/VNNI present; the 16 rows hold `nsub` blocks each.
@@ -325,44 +316,6 @@ impl Panel {
                     _mm512_storeu_ps(self.mw.as_mut_ptr().add(at), m);
                     self.has_min |= _mm512_cmp_ps_mask(m, zf, _CMP_NEQ_UQ) != 0;
                 }
-            }
-        }
-    }
-
-    /// Column `c` from a Q8_0, Q4_0 or Q4_1 row (32-value sub-blocks):
-    /// the common formats unpacked without the general per-block dispatch.
-    fn pack_simple(&mut self, format: BlockFormat, row: &[u8], c: usize, col_at: usize) {
-        let bb = format.block_bytes();
-        let mut vals = [0i8; 32];
-        for (s, w) in row.chunks_exact(bb).enumerate().take(self.nsub) {
-            let (dw, mw) = match format {
-                BlockFormat::Q8_0 => {
-                    for (v, &b) in vals.iter_mut().zip(&w[2..34]) {
-                        *v = b as i8;
-                    }
-                    (f16_at(w, 0), 0.0)
-                }
-                _ => {
-                    let zero = format == BlockFormat::Q4_0;
-                    let qs: &[u8; 16] = w[if zero { 2 } else { 4 }..][..16].try_into().unwrap();
-                    let off = if zero { 8 } else { 0 };
-                    let (lo, hi) = vals.split_at_mut(16);
-                    for i in 0..16 {
-                        lo[i] = (qs[i] & 0x0f) as i8 - off;
-                        hi[i] = (qs[i] >> 4) as i8 - off;
-                    }
-                    (f16_at(w, 0), if zero { 0.0 } else { f16_at(w, 2) })
-                }
-            };
-            let at = s * PANEL_COLS + c;
-            self.dw[at] = dw;
-            self.mw[at] = mw;
-            self.has_min |= mw != 0.0;
-            self.corr[at] = 128 * vals.iter().map(|&v| i32::from(v)).sum::<i32>();
-            let base = s * 8 * 128 + col_at;
-            let q = &mut self.q[base..base + 7 * 128 + 4];
-            for g in 0..8 {
-                q[g * 128..g * 128 + 4].copy_from_slice(&vals[4 * g..4 * g + 4]);
             }
         }
     }

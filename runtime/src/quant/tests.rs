@@ -442,9 +442,7 @@ fn the_vector_quantiser_matches_the_scalar_one() {
                 x.iter_mut().take(32).for_each(|v| *v = 0.0);
             }
             let fast = Q8Acts::new(&x);
-            super::dot::PORTABLE_QUANTISE.with(|p| p.set(true));
-            let slow = Q8Acts::new(&x);
-            super::dot::PORTABLE_QUANTISE.with(|p| p.set(false));
+            let slow = Q8Acts::new_scalar(&x);
             assert_eq!(fast.q, slow.q, "len {len} case {case}");
             assert_eq!(fast.d, slow.d);
             assert_eq!(

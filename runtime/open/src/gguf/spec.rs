@@ -192,13 +192,9 @@ impl GgufFile {
                 for (target, start, want) in
                     split_rows_of(&mapped, &declared, &shape).map_err(at)?
                 {
-                    let part = if start == 0 && want[0] == shape[0] {
-                        q.clone()
-                    } else {
-                        q.slice_rows(start, want[0])
-                            .map_err(|e| at(e.to_string()))?
-                    };
-                    let part = part.reshaped(&want).map_err(|e| at(e.to_string()))?;
+                    let part = (q.slice_rows(start, want[0]))
+                        .and_then(|p| p.reshaped(&want))
+                        .map_err(|e| at(e.to_string()))?;
                     weights.insert_quant(target, part);
                 }
                 continue;

@@ -131,9 +131,7 @@ pub(super) fn arrange(
             encoded.push((name, original));
             continue;
         }
-        if weights.get(&name).is_none()
-            && let Some(q) = weights.quant(&name)
-        {
+        if let Some(q) = weights.stored_only(&name) {
             // Products and row gathers read the stored blocks themselves.
             if r.other == 0 {
                 continue;
@@ -198,7 +196,7 @@ fn join_weights(graphs: &[&mut JitGraph], weights: &mut Weights) -> Result<(Join
     let mut stored = Vec::new();
     for (name, parts) in joined {
         let quant: Option<Vec<&crate::quant::QuantMatrix>> = (parts.iter())
-            .map(|(p, _)| weights.get(p).is_none().then(|| weights.quant(p)).flatten())
+            .map(|(p, _)| weights.stored_only(p))
             .collect();
         if let Some(qs) = quant {
             if weights.quant(&name).is_none() {

@@ -171,7 +171,7 @@ impl JitGraph {
                 // A stored-format weight: its shape was checked against the
                 // graph ([`Weights::check`]); decoding it here would cost
                 // the memory it saves.
-                let stored = |n: &str| weights.get(n).is_none() && weights.quant(n).is_some();
+                let stored = |n: &str| weights.stored_only(n).is_some();
                 let joined = self.program.joined.get(name);
                 if stored(name) || joined.is_some_and(|ps| ps.iter().all(|(p, _)| stored(p))) {
                     continue;

@@ -1,7 +1,9 @@
 //! Products with weights kept in their stored format ([`QuantMatrix`]):
 //! decode-sized products (few rows) as row dot products against quantised
-//! activations ([`crate::quant::dot`]); larger ones decode a panel of
-//! weight rows to f32 at a time and multiply it through the GEMM library.
+//! activations ([`crate::quant::dot`]); larger ones as integer GEMM over
+//! packed panels ([`crate::quant::gemm`], AVX-512 VNNI), or, for rows that
+//! do not pack, panels of weight rows decoded to f32 through the GEMM
+//! library.
 //! The generated epilogue runs over each finished block, as for f32.
 
 use super::gemm::GemmCall;
@@ -160,42 +162,38 @@ impl GemmCall {
         let work = |c: usize| {
             let (j0, j1) = (c * chunk, ((c + 1) * chunk).min(n));
             let mut p = Panel::default();
-            if packed && p.pack(w, j0, (j0 + PANEL_COLS).min(j1)) {
-                let mut tile = [[0f32; PANEL_COLS]; TILE_ROWS];
-                let mut p0 = j0;
-                loop {
-                    let p1 = (p0 + PANEL_COLS).min(j1);
-                    if p0 > j0 && !p.pack(w, p0, p1) {
-                        self.decoded_panel(w, p0, p1, &a, po);
-                    } else {
-                        for r0 in (0..rows).step_by(TILE_ROWS) {
-                            let tr = TILE_ROWS.min(rows - r0);
-                            qgemm::tile(&p, &qa, r0, &mut tile[..tr]);
-                            for (r, o) in tile[..tr].iter().enumerate() {
-                                let o = &o[..p1 - p0];
-                                let dst = out_at(r0 + r, p0);
-                                if ocs == 1 {
-                                    // SAFETY: elements (t, p0..p1) are
-                                    // contiguous and written by this chunk only.
-                                    unsafe {
-                                        std::ptr::copy_nonoverlapping(o.as_ptr(), dst, o.len())
-                                    };
-                                    continue;
-                                }
-                                for (cc, &v) in o.iter().enumerate() {
-                                    // SAFETY: each (t, j) is written by one chunk only.
-                                    unsafe { *dst.offset(cc as isize * ocs) = v };
-                                }
-                            }
+            // A chunk whose first panel does not pack (f16/bf16 rows, no
+            // VNNI) is decoded whole: one larger product.
+            if !(packed && p.pack(w, j0, (j0 + PANEL_COLS).min(j1))) {
+                self.decoded_panel(w, j0, j1, &a, po);
+                run_epilogue(j0, j1);
+                return;
+            }
+            let mut tile = [[0f32; PANEL_COLS]; TILE_ROWS];
+            for p0 in (j0..j1).step_by(PANEL_COLS) {
+                let p1 = (p0 + PANEL_COLS).min(j1);
+                if p0 > j0 && !p.pack(w, p0, p1) {
+                    self.decoded_panel(w, p0, p1, &a, po);
+                    continue;
+                }
+                for r0 in (0..rows).step_by(TILE_ROWS) {
+                    let tr = TILE_ROWS.min(rows - r0);
+                    qgemm::tile(&p, &qa, r0, &mut tile[..tr]);
+                    for (r, o) in tile[..tr].iter().enumerate() {
+                        let o = &o[..p1 - p0];
+                        let dst = out_at(r0 + r, p0);
+                        if ocs == 1 {
+                            // SAFETY: elements (t, p0..p1) are contiguous
+                            // and written by this chunk only.
+                            unsafe { std::ptr::copy_nonoverlapping(o.as_ptr(), dst, o.len()) };
+                            continue;
+                        }
+                        for (cc, &v) in o.iter().enumerate() {
+                            // SAFETY: each (t, j) is written by one chunk only.
+                            unsafe { *dst.offset(cc as isize * ocs) = v };
                         }
                     }
-                    p0 = p1;
-                    if p0 == j1 {
-                        break;
-                    }
                 }
-            } else {
-                self.decoded_panel(w, j0, j1, &a, po);
             }
             run_epilogue(j0, j1);
         };

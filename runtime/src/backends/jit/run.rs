@@ -120,8 +120,7 @@ impl JitGraph {
             // A weight the layout left in its stored format (read only by
             // products and row gathers, which decode it themselves).
             if let BufferKind::Param(name) = &b.kind
-                && weights.get(name).is_none()
-                && let Some(q) = weights.quant(name)
+                && let Some(q) = weights.stored_only(name)
             {
                 quant[id] = Some(q);
                 continue;
