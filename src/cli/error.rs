@@ -51,6 +51,20 @@ pub enum CliError {
     /// Tokenizing a prompt or detokenizing the output.
     #[error(transparent)]
     Tokenizer(#[from] kiln_open::tokenizer::TokenizerError),
+    /// A chat template that does not compile or refuses the conversation.
+    #[error(transparent)]
+    Chat(#[from] kiln_open::chat::ChatError),
+    /// A chat turn (template, tokenizer or model).
+    #[error(transparent)]
+    Conversation(#[from] kiln_open::conversation::ConversationError),
+    /// Reading an input file.
+    #[error("{}: error: cannot read: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// Writing an output file.
     #[error("{}: error: {message}: {source}", path.display())]
     Write {

@@ -1,6 +1,9 @@
 use super::CliError;
 use super::{Format, ModelArgs, open_model};
 use kiln_compiler::spec::Architecture;
+use kiln_open::chat::Message;
+use kiln_open::conversation::{Conversation, render_ids};
+use kiln_open::source::LoadedModel;
 use kiln_open::tokenizer::StreamDecoder;
 use kiln_runtime::sampling::SamplingOptions;
 use kiln_runtime::session::GenerateOptions;
@@ -39,6 +42,47 @@ pub struct Args {
     stop: Vec<i32>,
     #[arg(long, value_enum, default_value_t)]
     format: Format,
+    #[command(flatten)]
+    chat: ChatArgs,
+}
+
+/// How a prompt becomes a chat turn.
+#[derive(clap::Args, Clone)]
+pub struct ChatArgs {
+    /// Treat the prompt as a user message and render it through the model's
+    /// chat template (a GGUF's tokenizer.chat_template, or chat_template in
+    /// a HF folder's tokenizer_config.json); the reply stops at the
+    /// template's end-of-turn token.
+    #[arg(long)]
+    pub chat: bool,
+    /// A system message before the user's (with --chat).
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+    /// A Jinja chat template file to use instead of the model's (with --chat).
+    #[arg(long, value_name = "FILE", requires = "chat")]
+    pub chat_template: Option<std::path::PathBuf>,
+}
+
+impl ChatArgs {
+    /// The template file given with --chat-template, compiled with the
+    /// tokenizer's special-token texts.
+    pub fn template(
+        &self,
+        tok: &kiln_open::tokenizer::Tokenizer,
+    ) -> Result<Option<kiln_open::chat::ChatTemplate>, CliError> {
+        let Some(path) = &self.chat_template else {
+            return Ok(None);
+        };
+        let source = std::fs::read_to_string(path).map_err(|e| CliError::Read {
+            path: path.clone(),
+            source: e,
+        })?;
+        let (bos, eos) = tok.special_text();
+        let origin = path.display().to_string();
+        Ok(Some(kiln_open::chat::ChatTemplate::new(
+            &source, &origin, &bos, &eos,
+        )?))
+    }
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
@@ -63,6 +107,9 @@ pub fn run(a: Args) -> Result<(), CliError> {
             "generate needs a decoder; this is an encoder-only model (try `kiln embed`)".into(),
         );
     }
+    if a.chat.chat {
+        return chat_turn(&a, &loaded, &interrupt);
+    }
     let tok = loaded.tokenizer.as_ref();
     let prompt: Vec<i32> = match (&a.prompt, &a.tokens) {
         (Some(text), _) => {
@@ -80,14 +127,8 @@ pub fn run(a: Args) -> Result<(), CliError> {
         stop.extend(t.eos.iter().map(|&e| e as i32));
     }
     let opts = GenerateOptions {
-        max_new_tokens: a.max_tokens,
-        sampling: SamplingOptions {
-            temperature: a.temperature,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            seed: a.sample_seed,
-        },
         stop_tokens: stop,
+        ..a.options()
     };
     let mut session = loaded.model.session();
     let feed = if arch == Architecture::EncoderDecoder {
@@ -160,6 +201,82 @@ pub fn run(a: Args) -> Result<(), CliError> {
     if interrupted {
         return Err(CliError::Interrupted {
             generated: ids.len(),
+        });
+    }
+    Ok(())
+}
+
+impl Args {
+    /// Length and sampling as the flags say, with the `--stop` ids.
+    fn options(&self) -> GenerateOptions {
+        GenerateOptions {
+            max_new_tokens: self.max_tokens,
+            sampling: SamplingOptions {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                seed: self.sample_seed,
+            },
+            stop_tokens: self.stop.clone(),
+        }
+    }
+}
+
+/// `generate --chat`: the prompt as one user turn of a conversation.
+fn chat_turn(a: &Args, loaded: &LoadedModel, interrupt: &AtomicBool) -> Result<(), CliError> {
+    let tok = loaded.tokenizer.as_ref().ok_or(
+        "--chat needs a tokenizer and a chat template: give a HF folder with tokenizer.json or a .gguf file",
+    )?;
+    let Some(user) = a.prompt.as_deref() else {
+        return Err("--chat takes the user's message as --prompt TEXT (not --tokens)".into());
+    };
+    let template = a.chat.template(tok)?;
+    let mut conv = Conversation::new(&loaded.model, tok, template, a.chat.system.as_deref())?;
+    let mut messages = conv.history().to_vec();
+    messages.push(Message::new("user", user));
+    let prompt_text = conv.template().render(&messages, true)?;
+    let prompt_ids = render_ids(conv.template(), tok, &messages)?;
+    let streaming = a.format == Format::Text;
+    let mut stdout = std::io::stdout();
+    let mut write_err: Option<CliError> = None;
+    let mut interrupted = false;
+    let reply = conv.reply(user, &a.options(), &[], &mut |piece| {
+        interrupted |= interrupt.load(Ordering::Relaxed);
+        if streaming
+            && let Err(e) = stdout
+                .write_all(piece.as_bytes())
+                .and_then(|()| stdout.flush())
+        {
+            write_err = Some(super::stdout_error(e));
+            return false;
+        }
+        !interrupted
+    })?;
+    if let Some(e) = write_err {
+        return Err(e);
+    }
+    interrupted |= interrupt.load(Ordering::Relaxed);
+    let stopped = if interrupted {
+        "interrupted"
+    } else {
+        reply.stopped.as_str()
+    };
+    match a.format {
+        Format::Text => outln!(),
+        Format::Json => outln!(
+            "{}",
+            serde_json::json!({
+                "prompt_text": prompt_text,
+                "prompt_tokens": prompt_ids,
+                "tokens": reply.tokens,
+                "text": reply.text,
+                "stopped": stopped,
+            })
+        ),
+    }
+    if interrupted {
+        return Err(CliError::Interrupted {
+            generated: reply.tokens.len(),
         });
     }
     Ok(())

@@ -24,6 +24,7 @@ macro_rules! outln {
 }
 
 mod bench;
+mod chat;
 mod check;
 mod compile;
 mod embed;
@@ -32,6 +33,7 @@ mod export;
 mod generate;
 mod import;
 mod run;
+mod serve;
 
 pub use error::CliError;
 
@@ -69,6 +71,12 @@ enum Command {
     Import(import::Args),
     /// Generate text from a prompt, streaming tokens as they are produced.
     Generate(generate::Args),
+    /// Talk to a chat model: each input line is a user message, the reply
+    /// streams back through the model's chat template.
+    Chat(chat::Args),
+    /// Serve the model over HTTP with an OpenAI-compatible API
+    /// (completions, chat completions, embeddings, models, health, metrics).
+    Serve(serve::Args),
     /// Sentence embeddings (mean pooling + L2 normalisation) and their cosine similarities.
     Embed(embed::Args),
     /// Time encode / prefill / decode of a model, with the JIT's kernel profile.
@@ -98,6 +106,8 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Import(a) => import::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Embed(a) => embed::run(a),
+        Command::Chat(a) => chat::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Export(a) => export::run(a),
     };

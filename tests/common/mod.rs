@@ -7,6 +7,7 @@
 pub mod backends;
 pub mod inputs;
 pub mod random_spec;
+pub mod real;
 pub mod rng;
 pub mod sessions;
 

@@ -14,8 +14,12 @@
 //! - [`gguf`]: GGUF v2/v3 files: metadata, tensors, the spec their metadata
 //!   describes, and the tokenizer they carry.
 //! - [`tokenizer`]: Hugging Face tokenizers and streamed detokenisation.
+//! - [`chat`]: the chat template a model carries, rendered as transformers does.
+//! - [`conversation`]: chat turns over one reused KV cache; stop strings on streamed text.
 
+pub mod chat;
 pub mod checkpoint;
+pub mod conversation;
 pub mod gguf;
 pub mod source;
 pub mod tokenizer;

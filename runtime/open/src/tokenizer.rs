@@ -3,6 +3,7 @@
 //! builds one from its metadata). Also an incremental decoder that turns a
 //! growing id sequence into text pieces for streaming.
 
+use crate::chat::{ChatError, ChatTemplate};
 use std::path::Path;
 
 /// A tokenizer plus the special tokens generation needs.
@@ -17,6 +18,11 @@ pub struct Tokenizer {
     pub eos: Vec<u32>,
     /// Whether `encode` adds the tokenizer's special tokens (BOS, `[CLS]`/`[SEP]`).
     pub add_special_tokens: bool,
+    /// The chat template the model carries, uncompiled: `(source, origin)`.
+    chat_template: Option<(String, String)>,
+    /// The texts a chat template sees as `bos_token` / `eos_token` (set
+    /// with the template; by default the text of `bos` and the first `eos`).
+    special_text: Option<(String, String)>,
 }
 
 /// Why a tokenizer could not be loaded or could not encode/decode.
@@ -55,7 +61,70 @@ impl Tokenizer {
             prepend_bos: false,
             eos,
             add_special_tokens: true,
+            chat_template: None,
+            special_text: None,
         }
+    }
+
+    /// Attach a chat template: its Jinja `source`, and `origin` naming
+    /// where it came from in errors (`FILE: key`).
+    pub fn set_chat_template(&mut self, source: String, origin: String) {
+        self.chat_template = Some((source, origin));
+    }
+
+    /// Set the texts a chat template sees as `bos_token` and `eos_token`.
+    pub fn set_special_text(&mut self, bos: String, eos: String) {
+        self.special_text = Some((bos, eos));
+    }
+
+    /// The texts a chat template sees as `bos_token` and `eos_token`.
+    pub fn special_text(&self) -> (String, String) {
+        if let Some((b, e)) = &self.special_text {
+            return (b.clone(), e.clone());
+        }
+        let text = |id: Option<u32>| {
+            id.and_then(|i| self.inner.id_to_token(i))
+                .unwrap_or_default()
+        };
+        (text(self.bos), text(self.eos.first().copied()))
+    }
+
+    /// Whether the model carries a chat template.
+    pub fn has_chat_template(&self) -> bool {
+        self.chat_template.is_some()
+    }
+
+    /// The model's chat template, compiled; `None` when it carries none.
+    pub fn chat_template(&self) -> Result<Option<ChatTemplate>, ChatError> {
+        let Some((source, origin)) = &self.chat_template else {
+            return Ok(None);
+        };
+        let (bos, eos) = self.special_text();
+        ChatTemplate::new(source, origin, &bos, &eos).map(Some)
+    }
+
+    /// Ids for `text` exactly as written: no special tokens added and no
+    /// BOS prepended (a rendered chat template writes its own), while
+    /// special tokens written in the text (`<|im_start|>`) match whole.
+    pub fn encode_raw(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let enc =
+            (self.inner.encode(text, false)).map_err(|e| TokenizerError::Codec(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Decode `ids` keeping special tokens as written.
+    pub fn decode_raw(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| TokenizerError::Codec(e.to_string()))
+    }
+
+    /// Whether `id` is a special (control) token of the vocabulary.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.inner
+            .get_added_tokens_decoder()
+            .get(&id)
+            .is_some_and(|t| t.special)
     }
 
     /// Load `tokenizer.json`; special tokens come from the sibling
@@ -117,7 +186,51 @@ impl Tokenizer {
         }
         eos.sort_unstable();
         eos.dedup();
-        Ok(Tokenizer::new(inner, bos, eos))
+        let config_path = dir.join("tokenizer_config.json");
+        let tok_config = config("tokenizer_config.json");
+        let mut chat = tok_config
+            .as_ref()
+            .and_then(|c| chat_template_of(c.get("chat_template")?))
+            .map(|t| (t, format!("{}: chat_template", config_path.display())));
+        // transformers >= 4.43 may save the template beside the config instead.
+        for (name, json) in [("chat_template.jinja", false), ("chat_template.json", true)] {
+            let file = dir.join(name);
+            if chat.is_some() || !file.exists() {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).map_err(|e| TokenizerError::Load {
+                path: file.display().to_string(),
+                message: e.to_string(),
+            })?;
+            let source = if json {
+                serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| chat_template_of(v.get("chat_template")?))
+                    .ok_or_else(|| TokenizerError::Load {
+                        path: file.display().to_string(),
+                        message: "expected a JSON object with a string `chat_template`".into(),
+                    })?
+            } else {
+                text
+            };
+            chat = Some((source, file.display().to_string()));
+        }
+        let special = |key: &str| -> Option<String> {
+            match tok_config.as_ref()?.get(key)? {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Object(o) => Some(o.get("content")?.as_str()?.to_string()),
+                _ => None,
+            }
+        };
+        let (bos_text, eos_text) = (special("bos_token"), special("eos_token"));
+        let mut tok = Tokenizer::new(inner, bos, eos);
+        if let Some((source, origin)) = chat {
+            tok.set_chat_template(source, origin);
+        }
+        if bos_text.is_some() || eos_text.is_some() {
+            tok.set_special_text(bos_text.unwrap_or_default(), eos_text.unwrap_or_default());
+        }
+        Ok(tok)
     }
 
     /// Encode `text` to ids, adding special tokens if `add_special_tokens` and
@@ -151,6 +264,19 @@ impl Tokenizer {
     /// The wrapped `tokenizers` tokenizer.
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
+    }
+}
+
+/// A `chat_template` value: a string, or (transformers' named templates) a
+/// list of `{name, template}` from which the one named `default` is used.
+fn chat_template_of(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(list) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+        _ => None,
     }
 }
 

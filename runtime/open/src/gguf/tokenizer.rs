@@ -96,6 +96,8 @@ pub struct GgufTokenizer {
     add_eos: bool,
     eog: Vec<u32>,
     pre: String,
+    /// `tokenizer.chat_template` and its origin (`FILE: tokenizer.chat_template`).
+    chat_template: Option<(String, String)>,
 }
 
 impl GgufFile {
@@ -256,6 +258,14 @@ impl GgufTokenizer {
         }
         eog.sort_unstable();
         eog.dedup();
+        let key = "tokenizer.chat_template";
+        let chat_template = match file.get(key) {
+            None => None,
+            Some(_) => Some((
+                file.get_str(key)?.to_string(),
+                format!("{}: {key}", file.path().display()),
+            )),
+        };
 
         // BOS/EOS through a post-processor, so `inner` is complete on its own
         // (`encode(text, true)` adds them, `encode(text, false)` does not).
@@ -300,6 +310,7 @@ impl GgufTokenizer {
             add_bos,
             add_eos,
             pre: pre.to_string(),
+            chat_template,
         })
     }
 
@@ -383,7 +394,22 @@ impl GgufTokenizer {
 
     /// [`GgufTokenizer::to_tokenizer`] without the copy.
     pub fn into_tokenizer(self) -> crate::tokenizer::Tokenizer {
-        crate::tokenizer::Tokenizer::new(self.inner, self.bos, self.eog)
+        let text = |id: Option<u32>| {
+            id.and_then(|i| self.inner.id_to_token(i))
+                .unwrap_or_default()
+        };
+        let special = (text(self.bos), text(self.eos));
+        let mut tok = crate::tokenizer::Tokenizer::new(self.inner, self.bos, self.eog);
+        tok.set_special_text(special.0, special.1);
+        if let Some((source, origin)) = self.chat_template {
+            tok.set_chat_template(source, origin);
+        }
+        tok
+    }
+
+    /// `tokenizer.chat_template`, when the file carries one.
+    pub fn chat_template_source(&self) -> Option<&str> {
+        self.chat_template.as_ref().map(|(s, _)| s.as_str())
     }
 
     /// Whether [`GgufTokenizer::encode`] prepends BOS.
