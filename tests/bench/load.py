@@ -91,6 +91,7 @@ def main():
     one(0)
     rss_before = rss_kib(proc.pid)
     lat, toks, ttft, errors = [], [], [], []
+    samples = []  # (requests done, server RSS MiB) at each quarter: flat memory means no leak
     lock = threading.Lock()
     per_client = [list(range(c, a.requests, a.clients)) for c in range(a.clients)]
 
@@ -103,6 +104,9 @@ def main():
                     toks.append(n)
                     if first is not None:
                         ttft.append(first)
+                    done = len(lat) + len(errors)
+                    if done % max(1, a.requests // 4) == 0:
+                        samples.append((done, round(rss_kib(proc.pid) / 1024, 1)))
             except Exception as e:  # noqa: BLE001 - counted and reported
                 with lock:
                     errors.append(repr(e))
@@ -137,6 +141,7 @@ def main():
         "wall_s": round(wall, 2),
         "rss_before_mib": round(rss_before / 1024, 1),
         "rss_after_mib": round(rss_after / 1024, 1),
+        "rss_by_requests_mib": samples,
         "server_exit": code,
     }
     print(json.dumps(report))
