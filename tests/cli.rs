@@ -1038,3 +1038,86 @@ fn every_forced_quant_path_runs_a_model_close_to_f32() {
         }
     }
 }
+
+/// `kiln serve` without Python: on a tiny spec (random weights, no
+/// tokenizer) it listens on the port it prints, answers /health,
+/// /v1/models and a token-id completion's refusal (no tokenizer to write
+/// text) with OpenAI-style JSON, and exits 0 on SIGTERM. The openai-client
+/// tests (tests/python/test_server.py) cover the rest on SmolLM2.
+#[test]
+fn serve_answers_over_http_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "models/tiny/gpt2.toml", "--port", "0"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .trim()
+        .to_string();
+    let request = |method: &str, path: &str, body: &str| -> (u16, serde_json::Value) {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status: u16 = text[9..12].parse().unwrap();
+        let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+        (
+            status,
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}")),
+        )
+    };
+    let (status, health) = request("GET", "/health", "");
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+    let (status, models) = request("GET", "/v1/models", "");
+    assert_eq!(status, 200);
+    assert_eq!(models["data"][0]["id"], "gpt2-tiny", "{models}");
+    let (status, e) = request(
+        "POST",
+        "/v1/completions",
+        r#"{"prompt": [1, 2, 3], "max_tokens": 2}"#,
+    );
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no tokenizer"),
+        "{e}"
+    );
+    let (status, e) = request(
+        "POST",
+        "/v1/completions",
+        r#"{"prompt": [1, 2, 3], "n": 3}"#,
+    );
+    assert_eq!(
+        (status, e["error"]["param"].as_str()),
+        (400, Some("n")),
+        "{e}"
+    );
+    let (status, e) = request("POST", "/v1/chat/completions", "{not json");
+    assert_eq!(status, 400, "{e}");
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "{status}: {rest}");
+    assert!(rest.contains("shutting down"), "{rest}");
+}
