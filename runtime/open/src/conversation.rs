@@ -4,11 +4,10 @@
 //! adds to what the cache already holds (all of them when the prompt no
 //! longer starts with the cached tokens, e.g. after a template rewrites
 //! the history).
-//!
-//! Also [`StopText`]: stop strings applied to streamed text, holding back
-//! what could still become a stop string so none is ever emitted.
+//! Stop strings go through [`crate::stop::StopText`].
 
 use crate::chat::{ChatError, ChatTemplate, Message};
+use crate::stop::StopText;
 use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
 use kiln_runtime::RuntimeError;
 use kiln_runtime::session::{GenerateOptions, Model, Session};
@@ -73,77 +72,6 @@ pub struct Reply {
     pub stopped: Stopped,
 }
 
-/// Stop strings over streamed text. [`StopText::push`] returns what can be
-/// emitted now: text that cannot be the start of a stop string; the rest is
-/// held until it either completes a stop string (then it and everything
-/// after it are dropped) or cannot any more.
-#[derive(Debug, Clone, Default)]
-pub struct StopText {
-    stops: Vec<String>,
-    held: String,
-    hit: bool,
-}
-
-impl StopText {
-    /// Stop at any of `stops` (empty strings are ignored).
-    pub fn new(stops: &[String]) -> Self {
-        StopText {
-            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
-            held: String::new(),
-            hit: false,
-        }
-    }
-
-    /// Add a piece; returns the text to emit. After a stop string matched,
-    /// [`StopText::stopped`] is true and nothing more is emitted.
-    pub fn push(&mut self, piece: &str) -> String {
-        if self.hit {
-            return String::new();
-        }
-        self.held.push_str(piece);
-        if let Some(at) = (self.stops.iter())
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min()
-        {
-            self.hit = true;
-            let out = self.held[..at].to_string();
-            self.held.clear();
-            return out;
-        }
-        // Hold back the longest tail that begins some stop string.
-        let keep = (self.stops.iter())
-            .map(|s| {
-                (1..s.len().min(self.held.len() + 1))
-                    .rev()
-                    .find(|&n| {
-                        self.held.is_char_boundary(self.held.len() - n)
-                            && s.is_char_boundary(n)
-                            && self.held.ends_with(&s[..n])
-                    })
-                    .unwrap_or(0)
-            })
-            .max()
-            .unwrap_or(0);
-        let cut = self.held.len() - keep;
-        let out = self.held[..cut].to_string();
-        self.held.drain(..cut);
-        out
-    }
-
-    /// What is still held, once generation has ended without a stop string.
-    pub fn finish(&mut self) -> String {
-        if self.hit {
-            return String::new();
-        }
-        std::mem::take(&mut self.held)
-    }
-
-    /// Whether a stop string has matched.
-    pub fn stopped(&self) -> bool {
-        self.hit
-    }
-}
-
 /// Generate from `prompt` on `session`, streaming text pieces to `on_piece`
 /// (return false to stop) and stopping at `opts.stop_tokens`, `stop` strings,
 /// `max_new_tokens` or the context. Shared by chat turns and plain
@@ -157,10 +85,10 @@ pub fn generate_text(
     on_piece: &mut dyn FnMut(&str) -> bool,
 ) -> Result<(String, Vec<i32>, Stopped), ConversationError> {
     let mut decoder = StreamDecoder::new(tok);
-    let mut stops = StopText::new(stop);
+    let mut stops = StopText::new(stop.to_vec());
     let mut text = String::new();
     let mut fault: Option<TokenizerError> = None;
-    let mut cancelled = false;
+    let (mut cancelled, mut hit) = (false, false);
     let ids = session.generate(prompt, opts, &mut |id| {
         if opts.stop_tokens.contains(&id) {
             return false;
@@ -173,25 +101,35 @@ pub fn generate_text(
             }
             Err(_) => String::new(),
         };
-        let out = stops.push(&piece);
-        text.push_str(&out);
-        if !out.is_empty() && !on_piece(&out) {
+        let r = stops.push(&piece);
+        hit = r.stopped;
+        text.push_str(&r.piece);
+        if !r.piece.is_empty() && !on_piece(&r.piece) {
             cancelled = true;
             return false;
         }
-        !stops.stopped()
+        !hit
     })?;
     if let Some(e) = fault {
         return Err(e.into());
     }
-    let rest = stops.finish();
-    if !rest.is_empty() && !cancelled {
-        text.push_str(&rest);
-        if !on_piece(&rest) {
+    if !hit && !cancelled {
+        // The whole reply decoded at once: what the stream decoder still
+        // held (an incomplete character) is released too.
+        let content = &ids
+            [..ids.len() - usize::from(ids.last().is_some_and(|t| opts.stop_tokens.contains(t)))];
+        let content: Vec<u32> = content
+            .iter()
+            .filter_map(|&t| u32::try_from(t).ok())
+            .collect();
+        let r = stops.finish(Some(tok.decode(&content)?));
+        hit = r.stopped;
+        text.push_str(&r.piece);
+        if !r.piece.is_empty() && !on_piece(&r.piece) {
             cancelled = true;
         }
     }
-    let stopped = if stops.stopped() {
+    let stopped = if hit {
         Stopped::StopText
     } else if ids.last().is_some_and(|t| opts.stop_tokens.contains(t)) {
         Stopped::StopToken
@@ -356,45 +294,4 @@ pub fn chat_stop_tokens(
         }
     }
     Ok(stop)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::StopText;
-
-    fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
-        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
-        let mut s = StopText::new(&stops);
-        let mut out = String::new();
-        for p in pieces {
-            out += &s.push(p);
-        }
-        out += &s.finish();
-        (out, s.stopped())
-    }
-
-    #[test]
-    fn stop_strings_split_across_pieces_are_never_emitted() {
-        assert_eq!(
-            run(&["\nUser:"], &["Hi", " there\nUs", "er: more"]),
-            ("Hi there".into(), true)
-        );
-        assert_eq!(run(&["END"], &["aEN", "D"]), ("a".into(), true));
-        // A held prefix that turns out not to be a stop string is emitted.
-        assert_eq!(run(&["END"], &["aEN", "x"]), ("aENx".into(), false));
-        assert_eq!(run(&["END"], &["aE"]), ("aE".into(), false));
-        // The earliest of several matches wins.
-        assert_eq!(run(&["cd", "b"], &["abcd"]), ("a".into(), true));
-        assert_eq!(run(&[], &["a", "b"]), ("ab".into(), false));
-        // Multi-byte characters are never split.
-        assert_eq!(run(&["éé"], &["xé", "y"]), ("xéy".into(), false));
-    }
-
-    #[test]
-    fn held_text_is_released_as_soon_as_it_cannot_match() {
-        let mut s = StopText::new(&["abc".to_string()]);
-        assert_eq!(s.push("xa"), "x");
-        assert_eq!(s.push("b"), "");
-        assert_eq!(s.push("d"), "abd");
-    }
 }

@@ -15,13 +15,15 @@
 //!   describes, and the tokenizer they carry.
 //! - [`tokenizer`]: Hugging Face tokenizers and streamed detokenisation.
 //! - [`chat`]: the chat template a model carries, rendered as transformers does.
-//! - [`conversation`]: chat turns over one reused KV cache; stop strings on streamed text.
+//! - [`conversation`]: chat turns over one reused KV cache.
+//! - [`stop`]: stop strings over streamed text.
 
 pub mod chat;
 pub mod checkpoint;
 pub mod conversation;
 pub mod gguf;
 pub mod source;
+pub mod stop;
 pub mod tokenizer;
 
 pub use source::{LoadedModel, OpenError, OpenOptions, open, open_spec};
