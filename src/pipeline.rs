@@ -149,3 +149,88 @@ pub fn dot_text(lowered: &Lowered) -> String {
 pub fn kernels_text(programs: &[KernelProgram]) -> String {
     programs.iter().map(KernelProgram::to_text).collect()
 }
+
+/// Planned peak activation memory (the kernel programs' buffer plan after
+/// the default graph passes) of the largest graph at `batch` × `seq` with
+/// an empty cache: `kiln check`'s `peak_activation_bytes`. Optimises
+/// `lowered` in place.
+///
+/// ```
+/// let origin = std::path::Path::new("x.toml");
+/// let (_, mut lowered) = kiln::pipeline::load_str("extends = \"gpt2\"\nlayers = 1", origin)?;
+/// let one = kiln::pipeline::peak_activation_bytes(&mut lowered, 1, 16, origin)?;
+/// assert!(kiln::pipeline::peak_activation_bytes(&mut lowered, 2, 16, origin)? > one);
+/// # Ok::<(), kiln::Error>(())
+/// ```
+pub fn peak_activation_bytes(
+    lowered: &mut Lowered,
+    batch: usize,
+    seq: usize,
+    origin: &Path,
+) -> Result<usize, Error> {
+    optimise(lowered, &Options::default(), origin)?;
+    let lengths = std::collections::BTreeMap::from([
+        ("batch".to_string(), batch),
+        ("seq".to_string(), seq),
+        ("past".to_string(), 0),
+        ("src".to_string(), seq),
+    ]);
+    let mut peak = 0;
+    for g in lowered.graphs() {
+        let p = kiln_compiler::kernel::fuse(g)
+            .map_err(|e| Error::compile(origin, compile::CompileError::Fuse(e)))?;
+        peak = peak.max(p.peak_bytes(&lengths));
+    }
+    Ok(peak)
+}
+
+/// `kiln check --format json`'s report (without `--weights`): the cost
+/// table's fields, `name`, `peak_activation_bytes`, `peak_activation_batch`
+/// and the resolved `spec`.
+pub fn check_report(
+    rs: &ResolvedSpec,
+    cost: &kiln_compiler::analysis::cost::Cost,
+    peak: usize,
+    batch: usize,
+) -> Result<serde_json::Value, serde_json::Error> {
+    let resolved = toml::Value::try_from(&rs.spec).map_err(serde::ser::Error::custom)?;
+    let mut v = serde_json::to_value(cost)?;
+    v["name"] = rs.spec.name.clone().into();
+    v["peak_activation_bytes"] = peak.into();
+    v["peak_activation_batch"] = batch.into();
+    v["spec"] = serde_json::to_value(&resolved)?;
+    Ok(v)
+}
+
+/// A byte count as the `--memory-limit` flags take it: `8G`, `512M`,
+/// `64K`, `1.5G` or plain bytes (binary units: K = 1024).
+///
+/// ```
+/// assert_eq!(kiln::pipeline::parse_bytes("1.5K"), Ok(1536));
+/// assert!(kiln::pipeline::parse_bytes("8X").is_err());
+/// ```
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&t[..i], &t[i..]),
+        None => (t, ""),
+    };
+    let upper = unit.to_ascii_uppercase();
+    let scale: f64 = match upper.trim_end_matches("IB").trim_end_matches('B') {
+        "" => 1.0,
+        "K" => 1024.0,
+        "M" => 1024.0 * 1024.0,
+        "G" => 1024.0 * 1024.0 * 1024.0,
+        "T" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("`{s}`: give bytes, or a number with K, M, G or T")),
+    };
+    let n: f64 = (num.trim().parse())
+        .map_err(|_| format!("`{s}`: give bytes, or a number with K, M, G or T"))?;
+    let bytes = n * scale;
+    if !(bytes.is_finite() && (1.0..1.8e19).contains(&bytes)) {
+        return Err(format!(
+            "`{s}`: the limit must be at least one byte and below 16 EiB"
+        ));
+    }
+    Ok(bytes as u64)
+}

@@ -49,7 +49,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
         return Err(CliError::Usage("--batch must be at least 1".into()));
     }
     let c = cost(&rs, &lowered, seq_len);
-    let peak = peak_activation_bytes(&mut lowered, a.batch, seq_len)?;
+    let peak = kiln::pipeline::peak_activation_bytes(&mut lowered, a.batch, seq_len, spec)?;
     let preflight = match &a.weights {
         Some(w) => {
             let graphs: Vec<_> = lowered.graphs().collect();
@@ -66,14 +66,9 @@ pub fn run(a: Args) -> Result<(), CliError> {
         }
         None => None,
     };
-    let resolved = toml::Value::try_from(&rs.spec)?;
     match a.format {
         Format::Json => {
-            let mut v = serde_json::to_value(&c)?;
-            v["name"] = rs.spec.name.clone().into();
-            v["peak_activation_bytes"] = peak.into();
-            v["peak_activation_batch"] = a.batch.into();
-            v["spec"] = serde_json::to_value(&resolved)?;
+            let mut v = kiln::pipeline::check_report(&rs, &c, peak, a.batch)?;
             if let Some(p) = &preflight {
                 v["weights"] = p.clone().into();
             }
@@ -93,31 +88,6 @@ pub fn run(a: Args) -> Result<(), CliError> {
         }
     }
     Ok(())
-}
-
-/// Planned peak activation memory (kernel-IR buffer plan after the default
-/// passes) of the largest graph at `batch` x `seq` with an empty cache.
-fn peak_activation_bytes(
-    lowered: &mut kiln_compiler::lower::Lowered,
-    batch: usize,
-    seq: usize,
-) -> Result<usize, CliError> {
-    kiln_compiler::passes::default_pipeline(1).run_lowered(lowered)?;
-    let lengths = std::collections::BTreeMap::from([
-        ("batch".to_string(), batch),
-        ("seq".to_string(), seq),
-        ("past".to_string(), 0),
-        ("src".to_string(), seq),
-    ]);
-    let mut peak = 0;
-    for g in lowered.graphs() {
-        let p = kiln_compiler::kernel::fuse(g).map_err(|source| CliError::Fuse {
-            graph: g.name.clone(),
-            source,
-        })?;
-        peak = peak.max(p.peak_bytes(&lengths));
-    }
-    Ok(peak)
 }
 
 fn human(n: f64) -> String {

@@ -34,14 +34,6 @@ pub enum CliError {
     /// Lowering a resolved spec (a kiln bug).
     #[error(transparent)]
     Ir(#[from] kiln_compiler::ir::IrError),
-    /// Fusing a graph into kernels (a kiln bug), naming the graph.
-    #[error("{graph}: {source}")]
-    Fuse {
-        /// The graph's name.
-        graph: String,
-        /// What fusion reported.
-        source: kiln_compiler::kernel::FuseError,
-    },
     /// Turning a HF config into a spec.
     #[error(transparent)]
     Import(#[from] kiln_compiler::import::ImportError),

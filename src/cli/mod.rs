@@ -231,38 +231,11 @@ pub struct ModelArgs {
     /// Memory the model may hold (weights, then each step's KV cache and
     /// activations), e.g. `8G`, `512M`, `1500000000`; more is refused up
     /// front. Default: the memory available on this machine.
-    #[arg(long, value_parser = parse_bytes)]
+    #[arg(long, value_parser = kiln::pipeline::parse_bytes)]
     pub memory_limit: Option<u64>,
     /// Refuse NaN or infinite weights (and outputs) instead of warning.
     #[arg(long)]
     pub strict: bool,
-}
-
-/// `8G`, `512M`, `64K`, `1.5G` or plain bytes (binary units: K = 1024).
-fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => (&t[..i], &t[i..]),
-        None => (t, ""),
-    };
-    let upper = unit.to_ascii_uppercase();
-    let scale: f64 = match upper.trim_end_matches("IB").trim_end_matches('B') {
-        "" => 1.0,
-        "K" => 1024.0,
-        "M" => 1024.0 * 1024.0,
-        "G" => 1024.0 * 1024.0 * 1024.0,
-        "T" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(format!("`{s}`: give bytes, or a number with K, M, G or T")),
-    };
-    let n: f64 = (num.trim().parse())
-        .map_err(|_| format!("`{s}`: give bytes, or a number with K, M, G or T"))?;
-    let bytes = n * scale;
-    if !(bytes.is_finite() && (1.0..1.8e19).contains(&bytes)) {
-        return Err(format!(
-            "`{s}`: the limit must be at least one byte and below 16 EiB"
-        ));
-    }
-    Ok(bytes as u64)
 }
 
 /// Open a model, with a progress bar on stderr while a checkpoint loads.

@@ -113,7 +113,8 @@ fn warn(py: Python<'_>, text: &str) -> PyResult<()> {
 /// `--memory-limit` takes them (binary units: K = 1024).
 fn memory_bytes(v: &Bound<'_, PyAny>) -> PyResult<u64> {
     if let Ok(s) = v.cast::<PyString>() {
-        return parse_bytes(&s.to_cow()?).map_err(|e| Failure::value(e).into_pyerr(v.py()));
+        return kiln::pipeline::parse_bytes(&s.to_cow()?)
+            .map_err(|e| Failure::value(e).into_pyerr(v.py()));
     }
     let n: i128 = v.extract().map_err(|_| {
         PyTypeError::new_err("memory_limit takes bytes (int) or a size like \"8G\" (str)")
@@ -124,33 +125,6 @@ fn memory_bytes(v: &Bound<'_, PyAny>) -> PyResult<u64> {
         ))
         .into_pyerr(v.py())
     })
-}
-
-/// `8G`, `512M`, `64K`, `1.5G` or plain bytes, as the `kiln` command reads them.
-fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => (&t[..i], &t[i..]),
-        None => (t, ""),
-    };
-    let upper = unit.to_ascii_uppercase();
-    let scale: f64 = match upper.trim_end_matches("IB").trim_end_matches('B') {
-        "" => 1.0,
-        "K" => 1024.0,
-        "M" => 1024.0 * 1024.0,
-        "G" => 1024.0 * 1024.0 * 1024.0,
-        "T" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(format!("`{s}`: give bytes, or a number with K, M, G or T")),
-    };
-    let n: f64 = (num.trim().parse())
-        .map_err(|_| format!("`{s}`: give bytes, or a number with K, M, G or T"))?;
-    let bytes = n * scale;
-    if !(bytes.is_finite() && (1.0..1.8e19).contains(&bytes)) {
-        return Err(format!(
-            "`{s}`: the limit must be at least one byte and below 16 EiB"
-        ));
-    }
-    Ok(bytes as u64)
 }
 
 /// Token ids from a Python sequence of ints (a list, a tuple, a numpy
