@@ -6,11 +6,10 @@
 //! generated (it stays in the history as far as it got); at the prompt it
 //! ends kiln.
 
-use super::generate::ChatArgs;
+use super::generate::{ChatArgs, SamplingArgs};
 use super::{CliError, ModelArgs, open_model};
 use kiln_compiler::spec::Architecture;
 use kiln_open::conversation::{Conversation, Stopped};
-use kiln_runtime::sampling::SamplingOptions;
 use kiln_runtime::session::GenerateOptions;
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
@@ -29,25 +28,12 @@ pub struct Args {
     /// Most tokens per reply.
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
-    /// 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
-    #[arg(long, default_value_t = 0)]
-    top_k: usize,
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
-    /// Seed of the sampler (each reply samples from it afresh).
-    #[arg(long, default_value_t = 0)]
-    sample_seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
-    if !(0.0..=1.0).contains(&a.top_p) {
-        return Err(format!("--top-p must be in [0, 1], got {}", a.top_p).into());
-    }
-    if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
-        return Err(format!("--temperature must be >= 0, got {}", a.temperature).into());
-    }
+    let sampling = a.sampling.options()?;
     let loaded = open_model(&a.model)?;
     if loaded.spec.spec.architecture != Architecture::Decoder {
         return Err("chat needs a decoder-only model with a chat template".into());
@@ -64,12 +50,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let mut conv = Conversation::new(&loaded.model, tok, template, a.system.as_deref())?;
     let opts = GenerateOptions {
         max_new_tokens: a.max_tokens,
-        sampling: SamplingOptions {
-            temperature: a.temperature,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            seed: a.sample_seed,
-        },
+        sampling,
         stop_tokens: Vec::new(),
     };
     let interactive = std::io::stdin().is_terminal();

@@ -13,23 +13,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<(), CliError> {
     let loaded = open_model(&a.model)?;
-    let tok = loaded
-        .tokenizer
-        .as_ref()
-        .ok_or("embed needs a tokenizer: give a HF folder with tokenizer.json")?;
-    let ids: Vec<Vec<i32>> = a
-        .sentences
-        .iter()
-        .map(|s| {
-            tok.encode(s)
-                .map(|v| v.into_iter().map(|t| t as i32).collect())
-        })
-        .collect::<Result<_, _>>()?;
-    let refs: Vec<&[i32]> = ids.iter().map(Vec::as_slice).collect();
-    let out = loaded.model.encode_batch(&refs)?;
-    let emb = out
-        .get("embedding")
-        .ok_or("this model has no sentence-embedding head (a sentence-transformers folder with modules.json, or a spec with head.kind = \"mean-pool\")")?;
+    let emb = loaded.embed(&a.sentences)?;
     super::check_finite(&a.model, "embedding values", &emb.to_f32_vec())?;
     let d = *emb.shape().last().unwrap_or(&1);
     let vecs: Vec<Vec<f32>> = emb

@@ -49,6 +49,9 @@ pub enum CliError {
     /// A chat turn (template, tokenizer or model).
     #[error(transparent)]
     Conversation(#[from] kiln_open::conversation::ConversationError),
+    /// Sentence embeddings (no tokenizer, no pooling head, the encoder's failure).
+    #[error(transparent)]
+    Embed(#[from] kiln_open::EmbedError),
     /// Reading an input file.
     #[error("{}: error: cannot read: {source}", path.display())]
     Read {

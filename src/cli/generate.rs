@@ -27,6 +27,20 @@ pub struct Args {
     /// Most tokens to generate.
     #[arg(long, default_value_t = 32)]
     max_tokens: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Extra stop token ids (the tokenizer's end-of-sequence tokens always stop).
+    #[arg(long, value_delimiter = ',')]
+    stop: Vec<i32>,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+    #[command(flatten)]
+    chat: ChatArgs,
+}
+
+/// How each next token is picked (`generate` and `chat`).
+#[derive(clap::Args, Clone)]
+pub struct SamplingArgs {
     /// 0 = greedy.
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
@@ -37,13 +51,24 @@ pub struct Args {
     /// Seed of the sampler.
     #[arg(long, default_value_t = 0)]
     sample_seed: u64,
-    /// Extra stop token ids (the tokenizer's end-of-sequence tokens always stop).
-    #[arg(long, value_delimiter = ',')]
-    stop: Vec<i32>,
-    #[arg(long, value_enum, default_value_t)]
-    format: Format,
-    #[command(flatten)]
-    chat: ChatArgs,
+}
+
+impl SamplingArgs {
+    /// The flags checked and turned into the sampler's options.
+    pub fn options(&self) -> Result<SamplingOptions, CliError> {
+        if !(0.0..=1.0).contains(&self.top_p) || !self.top_p.is_finite() {
+            return Err(format!("--top-p must be in [0, 1], got {}", self.top_p).into());
+        }
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(format!("--temperature must be >= 0, got {}", self.temperature).into());
+        }
+        Ok(SamplingOptions {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.sample_seed,
+        })
+    }
 }
 
 /// How a prompt becomes a chat turn.
@@ -94,12 +119,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
         signal_hook::flag::register(sig, interrupt.clone())
             .map_err(|e| CliError::Usage(format!("cannot handle interrupts: {e}")))?;
     }
-    if !(0.0..=1.0).contains(&a.top_p) || !a.top_p.is_finite() {
-        return Err(format!("--top-p must be in [0, 1], got {}", a.top_p).into());
-    }
-    if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
-        return Err(format!("--temperature must be >= 0, got {}", a.temperature).into());
-    }
+    let sampling = a.sampling.options()?;
     let loaded = open_model(&a.model)?;
     let arch = loaded.spec.spec.architecture;
     if arch == Architecture::Encoder {
@@ -108,7 +128,12 @@ pub fn run(a: Args) -> Result<(), CliError> {
         );
     }
     if a.chat.chat {
-        return chat_turn(&a, &loaded, &interrupt);
+        let opts = GenerateOptions {
+            max_new_tokens: a.max_tokens,
+            sampling,
+            stop_tokens: a.stop.clone(),
+        };
+        return chat_turn(&a, &opts, &loaded, &interrupt);
     }
     let tok = loaded.tokenizer.as_ref();
     let prompt: Vec<i32> = match (&a.prompt, &a.tokens) {
@@ -127,8 +152,9 @@ pub fn run(a: Args) -> Result<(), CliError> {
         stop.extend(t.eos.iter().map(|&e| e as i32));
     }
     let opts = GenerateOptions {
+        max_new_tokens: a.max_tokens,
+        sampling: sampling.clone(),
         stop_tokens: stop,
-        ..a.options()
     };
     let mut session = loaded.model.session();
     let feed = if arch == Architecture::EncoderDecoder {
@@ -206,24 +232,13 @@ pub fn run(a: Args) -> Result<(), CliError> {
     Ok(())
 }
 
-impl Args {
-    /// Length and sampling as the flags say, with the `--stop` ids.
-    fn options(&self) -> GenerateOptions {
-        GenerateOptions {
-            max_new_tokens: self.max_tokens,
-            sampling: SamplingOptions {
-                temperature: self.temperature,
-                top_k: self.top_k,
-                top_p: self.top_p,
-                seed: self.sample_seed,
-            },
-            stop_tokens: self.stop.clone(),
-        }
-    }
-}
-
 /// `generate --chat`: the prompt as one user turn of a conversation.
-fn chat_turn(a: &Args, loaded: &LoadedModel, interrupt: &AtomicBool) -> Result<(), CliError> {
+fn chat_turn(
+    a: &Args,
+    opts: &GenerateOptions,
+    loaded: &LoadedModel,
+    interrupt: &AtomicBool,
+) -> Result<(), CliError> {
     let tok = loaded.tokenizer.as_ref().ok_or(
         "--chat needs a tokenizer and a chat template: give a HF folder with tokenizer.json or a .gguf file",
     )?;
@@ -240,7 +255,7 @@ fn chat_turn(a: &Args, loaded: &LoadedModel, interrupt: &AtomicBool) -> Result<(
     let mut stdout = std::io::stdout();
     let mut write_err: Option<CliError> = None;
     let mut interrupted = false;
-    let reply = conv.reply(user, &a.options(), &[], &mut |piece| {
+    let reply = conv.reply(user, opts, &[], &mut |piece| {
         interrupted |= interrupt.load(Ordering::Relaxed);
         if streaming
             && let Err(e) = stdout

@@ -933,14 +933,10 @@ async fn embeddings_inner(
     let vecs = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let refs: Vec<&[i32]> = seqs.iter().map(Vec::as_slice).collect();
-        let out = st
-            .loaded
-            .model
-            .encode_batch(&refs)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        let emb = out
-            .get("embedding")
-            .ok_or_else(|| ApiError::bad("this model has no sentence-embedding head", None))?;
+        let emb = st.loaded.embed_ids(&refs).map_err(|e| match e {
+            kiln_open::EmbedError::Runtime(e) => ApiError::internal(e.to_string()),
+            e => ApiError::bad(e.to_string(), None),
+        })?;
         let d = (*emb.shape().last().unwrap_or(&1)).max(1);
         Ok::<Vec<Vec<f32>>, ApiError>(emb.to_f32_vec().chunks(d).map(<[f32]>::to_vec).collect())
     })

@@ -26,4 +26,4 @@ pub mod source;
 pub mod stop;
 pub mod tokenizer;
 
-pub use source::{LoadedModel, OpenError, OpenOptions, open, open_spec};
+pub use source::{EmbedError, LoadedModel, OpenError, OpenOptions, open, open_spec};

@@ -31,6 +31,47 @@ pub struct LoadedModel {
     pub warnings: Vec<String>,
 }
 
+/// Why [`LoadedModel::embed`] could not embed.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    /// Encoding a sentence failed.
+    #[error("{0}")]
+    Tokenizer(#[from] TokenizerError),
+    /// The encoder could not run.
+    #[error("{0}")]
+    Runtime(#[from] RuntimeError),
+    /// The model has no tokenizer or no sentence-embedding head.
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+impl LoadedModel {
+    /// Sentence embeddings of `texts`: each encoded with the model's
+    /// tokenizer, then [`LoadedModel::embed_ids`].
+    pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<kiln_runtime::Tensor, EmbedError> {
+        let tok = self.tokenizer.as_ref().ok_or(EmbedError::Unsupported(
+            "embed needs a tokenizer: give a HF folder with tokenizer.json",
+        ))?;
+        let ids: Vec<Vec<i32>> = (texts.iter())
+            .map(|s| {
+                tok.encode(s.as_ref())
+                    .map(|v| v.into_iter().map(|t| t as i32).collect())
+            })
+            .collect::<Result<_, _>>()?;
+        let refs: Vec<&[i32]> = ids.iter().map(Vec::as_slice).collect();
+        self.embed_ids(&refs)
+    }
+
+    /// Sentence embeddings of token sequences, `[n, dim]`: the encoder's
+    /// pooled `embedding` output, batched (padding masked).
+    pub fn embed_ids(&self, seqs: &[&[i32]]) -> Result<kiln_runtime::Tensor, EmbedError> {
+        let mut out = self.model.encode_batch(seqs)?;
+        out.remove("embedding").ok_or(EmbedError::Unsupported(
+            "this model has no sentence-embedding head (a sentence-transformers folder with modules.json, or a spec with head.kind = \"mean-pool\")",
+        ))
+    }
+}
+
 /// Why [`open`] failed, wrapping the error of the stage that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {

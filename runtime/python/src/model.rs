@@ -522,30 +522,10 @@ impl Model {
         if texts.is_empty() {
             return Err(fail(Failure::value("embed: give at least one sentence")));
         }
-        let tok = self.loaded.tokenizer.as_ref().ok_or_else(|| {
-            fail(Failure::kiln(
-                "embed needs a tokenizer: give a HF folder with tokenizer.json",
-            ))
-        })?;
-        let model = &self.loaded.model;
-        let mut out = py
-            .detach(|| -> Result<Outputs, Failure> {
-                let ids: Vec<Vec<i32>> = texts
-                    .iter()
-                    .map(|s| {
-                        tok.encode(s)
-                            .map(|v| v.into_iter().map(|t| t as i32).collect())
-                    })
-                    .collect::<Result<_, _>>()?;
-                let refs: Vec<&[i32]> = ids.iter().map(Vec::as_slice).collect();
-                Ok(model.encode_batch(&refs)?)
-            })
-            .map_err(fail)?;
-        let emb = out.remove("embedding").ok_or_else(|| {
-            fail(Failure::kiln(
-                "this model has no sentence-embedding head (a sentence-transformers folder with modules.json, or a spec with head.kind = \"mean-pool\")",
-            ))
-        })?;
+        let loaded = &self.loaded;
+        let emb = py
+            .detach(|| loaded.embed(&texts))
+            .map_err(|e| fail(Failure::kiln(e.to_string())))?;
         if let Some(v) = emb.as_f32() {
             self.check_finite(py, "embedding values", v)?;
         }
